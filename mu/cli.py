@@ -1,0 +1,75 @@
+"""The ``mu`` command: the composition root.
+
+Each subcommand is one ``_cmd_<name>`` function registered in :func:`build_parser`. Backends
+are imported lazily inside the subcommands that need them; nothing else in mu imports them.
+Errors of the :class:`~mu.errors.MuError` tree print one line and exit 2 (bad input) or 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from mu import __version__
+from mu.errors import ConfigError, MuError
+
+__all__ = ["build_parser", "main"]
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used to check that the README matches ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="mu",
+        description=(
+            "Run one job on hundreds of AWS Lambda workers at once, driven by a coordinator "
+            "over mutual TLS, or rehearse the same run locally (emulator + moto S3)."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"mu {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in _REGISTRY:
+        register(sub)
+    return parser
+
+
+Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+_REGISTRY: list[Registrar] = []
+
+
+def subcommand(register: Registrar) -> Registrar:
+    """Register a function that adds one subparser (and sets ``func`` on it)."""
+    _REGISTRY.append(register)
+    return register
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mu`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "debug", False) else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    func: Handler = args.func
+    try:
+        return func(args)
+    except ConfigError as exc:
+        print(f"mu: error: {exc}", file=sys.stderr)
+        return 2
+    except MuError as exc:
+        print(f"mu: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mu: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""The one error tree of mu.
+
+::
+
+    MuError
+    ├── ProtocolError                 the peer or we broke the wire protocol
+    │   ├── LocalProtocolError        raised by the pure core (protocol, states, actor)
+    │   └── RemoteProtocolError       the same, relabelled at the receive boundary
+    │       └── FrameTooLarge         a length header above the configured maximum
+    ├── ConfigError                   bad flags, files, keys or job definitions
+    ├── LaunchError                   a backend could not create or invoke functions
+    ├── TransportError                sockets and TLS (handshake, EOF, timeouts)
+    │   └── HandshakeTimeout
+    └── WorkerFailed(actor, state, reason)
+
+Contract: anything but ``RemoteProtocolError`` coming out of ``FrameDecoder.next_frame()``
+is a bug. A protocol failure ends one connection, never the coordinator. Every message names
+the offending value and, where there is one, the limit it broke.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "FrameTooLarge",
+    "HandshakeTimeout",
+    "LaunchError",
+    "LocalProtocolError",
+    "MuError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "TransportError",
+    "WorkerFailed",
+]
+
+
+class MuError(Exception):
+    """Base class of every error mu raises on purpose."""
+
+
+class ProtocolError(MuError):
+    """The wire protocol was broken (framing, unexpected message, bad state transition)."""
+
+    def as_remote(self) -> RemoteProtocolError:
+        """The same error relabelled as the peer's fault (used at the receive boundary)."""
+        if isinstance(self, RemoteProtocolError):
+            return self
+        remote = RemoteProtocolError(*self.args)
+        remote.__cause__ = self
+        return remote
+
+
+class LocalProtocolError(ProtocolError):
+    """We (or the pure core acting for us) were asked to do something the protocol forbids."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol forbids."""
+
+
+class FrameTooLarge(RemoteProtocolError):
+    """A frame header announced more bytes than the configured maximum.
+
+    Attributes:
+        length: the announced payload length.
+        limit: the configured maximum.
+    """
+
+    def __init__(self, length: int, limit: int, peer: str = "") -> None:
+        where = f" from {peer}" if peer else ""
+        super().__init__(f"frame length {length} exceeds maximum {limit}{where}")
+        self.length = length
+        self.limit = limit
+
+
+class ConfigError(MuError):
+    """A configuration value, file or flag is wrong; the message names it."""
+
+
+class LaunchError(MuError):
+    """A launcher backend failed to create, find or invoke a function."""
+
+
+class TransportError(MuError):
+    """A socket or TLS failure on one connection."""
+
+
+class HandshakeTimeout(TransportError):
+    """The TLS handshake or the hello did not complete within its deadline."""
+
+
+class WorkerFailed(MuError):
+    """A worker ended in an error state.
+
+    Attributes:
+        actor: the actor number.
+        state: the name of the state it was in.
+        reason: what went wrong, as the worker or the coordinator saw it.
+    """
+
+    def __init__(self, actor: int, state: str, reason: str) -> None:
+        super().__init__(f"actor {actor} failed in {state}: {reason}")
+        self.actor = actor
+        self.state = state
+        self.reason = reason

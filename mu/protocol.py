@@ -1,0 +1,304 @@
+"""The mu wire protocol, sans-IO.
+
+Theory of operation
+-------------------
+Both ends exchange *frames*: the payload length as 12 ASCII decimal digits, zero padded, one
+space (0x20), then exactly that many payload bytes::
+
+    b"000000000008 OK:HELLO"
+
+This module never touches a socket. Senders call :func:`encode_frame`; receivers feed whatever
+bytes arrived to :meth:`FrameDecoder.receive_data` (``b""`` meaning EOF) and then call
+:meth:`FrameDecoder.next_frame` until it returns :data:`NEED_DATA`. Any split or merge of frames
+across reads decodes the same.
+
+Rules:
+
+1. A header that is not 12 digits and a space, or that announces more than the configured
+   maximum, is a :class:`~mu.errors.RemoteProtocolError` (:class:`~mu.errors.FrameTooLarge` for
+   the latter). The decoder is then poisoned: every later call raises the same error.
+2. EOF on a frame boundary is clean (:data:`CLOSED`); EOF inside a frame is an error.
+3. Anything other than ``RemoteProtocolError`` escaping ``next_frame()`` is a bug.
+
+Messages are text. Coordinator -> worker messages are commands ``name:args``; worker ->
+coordinator messages are responses starting ``OK``, ``FAIL(reason)``, or asynchronous
+``INFO:key:value`` updates. :func:`parse_message` classifies them and :data:`EXPECT` maps each
+command name to the prefix of the response that completes it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final
+
+from mu.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "CLOSED",
+    "DEFAULT_MAX_FRAME",
+    "EXPECT",
+    "HEADER_LEN",
+    "NEED_DATA",
+    "Fail",
+    "FrameDecoder",
+    "Info",
+    "Message",
+    "Ok",
+    "Sentinel",
+    "command_name",
+    "decode_text",
+    "encode_frame",
+    "encode_text",
+    "expected_response",
+    "parse_message",
+]
+
+DIGITS: Final = 12
+HEADER_LEN: Final = DIGITS + 1
+DEFAULT_MAX_FRAME: Final = 64 * 1024 * 1024
+_MAX_ENCODABLE: Final = 10**DIGITS - 1
+
+
+class Sentinel(enum.Enum):
+    """Non-frame results of :meth:`FrameDecoder.next_frame`."""
+
+    NEED_DATA = "NEED_DATA"
+    CLOSED = "CLOSED"
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+NEED_DATA: Final = Sentinel.NEED_DATA
+"""More bytes are needed before the next frame is complete."""
+CLOSED: Final = Sentinel.CLOSED
+"""The peer closed the stream cleanly, on a frame boundary."""
+
+
+def encode_frame(payload: bytes) -> bytes:
+    """Frame one payload for the wire.
+
+    Args:
+        payload: the bytes to send.
+
+    Returns:
+        The 12-digit length header, a space and the payload.
+
+    Raises:
+        LocalProtocolError: the payload is longer than 12 decimal digits can express.
+
+    >>> encode_frame(b"OK:HELLO")
+    b'000000000008 OK:HELLO'
+    """
+    n = len(payload)
+    if n > _MAX_ENCODABLE:
+        raise LocalProtocolError(f"payload length {n} exceeds maximum {_MAX_ENCODABLE}")
+    return b"%012d " % n + payload
+
+
+def encode_text(message: str) -> bytes:
+    """Frame a text message (UTF-8)."""
+    return encode_frame(message.encode("utf-8", "surrogateescape"))
+
+
+def decode_text(payload: bytes) -> str:
+    """Decode a frame payload to text; bytes that are not UTF-8 survive as surrogates."""
+    return payload.decode("utf-8", "surrogateescape")
+
+
+class FrameDecoder:
+    """Incremental decoder of length-prefixed frames.
+
+    Args:
+        max_frame: the largest payload accepted, in bytes.
+        peer: a name for the peer used in error messages ("worker 12", "127.0.0.1:4242").
+
+    >>> d = FrameDecoder()
+    >>> d.receive_data(b"000000000002 OK0000")
+    >>> d.next_frame()
+    b'OK'
+    >>> d.next_frame()
+    NEED_DATA
+    """
+
+    __slots__ = ("_buf", "_eof", "_error", "_pos", "max_frame", "peer")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, peer: str = "") -> None:
+        if max_frame < 0:
+            raise ValueError(f"max_frame must be >= 0, got {max_frame}")
+        self.max_frame = max_frame
+        self.peer = peer
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames."""
+        return len(self._buf) - self._pos
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed received bytes; ``b""`` marks EOF.
+
+        Raises:
+            LocalProtocolError: data fed after EOF.
+        """
+        if self._eof:
+            if data:
+                raise LocalProtocolError("received data after EOF")
+            return
+        if not data:
+            self._eof = True
+            return
+        if self._pos and self._pos == len(self._buf):
+            # Everything so far was consumed: start over instead of growing the buffer.
+            self._buf.clear()
+            self._pos = 0
+        self._buf += data
+
+    def next_frame(self) -> bytes | Sentinel:
+        """Return the next complete payload, :data:`NEED_DATA` or :data:`CLOSED`.
+
+        Raises:
+            RemoteProtocolError: the peer broke the framing; the decoder stays broken.
+        """
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        pos = self._pos
+        avail = len(buf) - pos
+        if avail >= HEADER_LEN:
+            length = self._parse_header(pos)
+            end = pos + HEADER_LEN + length
+            if end <= len(buf):
+                payload = bytes(buf[pos + HEADER_LEN : end])
+                self._pos = end
+                if end > 65536 and end * 2 > len(buf):
+                    # Compact lazily so a long stream of small frames costs O(1) per frame.
+                    del buf[:end]
+                    self._pos = 0
+                return payload
+        elif avail and not bytes(buf[pos:]).isdigit():
+            # Reject garbage as soon as it is visible, not only after 13 bytes arrive.
+            self._parse_header(pos)
+        if self._eof:
+            if avail == 0:
+                return CLOSED
+            return self._fail(f"stream ended inside a frame ({avail} bytes buffered)")
+        return NEED_DATA
+
+    def _parse_header(self, pos: int) -> int:
+        header = bytes(self._buf[pos : pos + HEADER_LEN])
+        digits = header[:DIGITS]
+        if not digits.isdigit():
+            self._fail(f"frame header {header!r} is not {DIGITS} decimal digits and a space")
+        if len(header) < HEADER_LEN:
+            return 0
+        if header[DIGITS] != 0x20:
+            self._fail(f"frame header {header!r} lacks the space after the length")
+        length = int(digits)
+        if length > self.max_frame:
+            self._error = FrameTooLarge(length, self.max_frame, self.peer)
+            raise self._error
+        return length
+
+    def _fail(self, message: str) -> Sentinel:
+        where = f" from {self.peer}" if self.peer else ""
+        self._error = RemoteProtocolError(message + where)
+        raise self._error
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True, slots=True)
+class Ok:
+    """A success response: ``OK`` followed by anything."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """A failure response ``FAIL(reason)``; ``reason`` is the text between the parentheses."""
+
+    text: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Info:
+    """An asynchronous update ``INFO:key:value``."""
+
+    text: str
+    key: str
+    value: str
+
+
+Message = Ok | Fail | Info
+
+
+def parse_message(text: str) -> Message:
+    """Classify a worker -> coordinator message.
+
+    Raises:
+        LocalProtocolError: the text is none of ``OK...``, ``FAIL...``, ``INFO:k:v``.
+
+    >>> parse_message("FAIL(no such variable x)")
+    Fail(text='FAIL(no such variable x)', reason='no such variable x')
+    """
+    if text.startswith("OK"):
+        return Ok(text)
+    if text.startswith("FAIL"):
+        reason = text[4:]
+        if reason.startswith("(") and reason.endswith(")"):
+            reason = reason[1:-1]
+        return Fail(text, reason)
+    if text.startswith("INFO:"):
+        key, sep, value = text[5:].partition(":")
+        if sep:
+            return Info(text, key, value)
+    raise LocalProtocolError(f"message {text[:80]!r} is not OK..., FAIL(...) or INFO:key:value")
+
+
+EXPECT: Final[dict[str, str | None]] = {
+    "set": "OK:SET",
+    "seti": "OK:SETI",
+    "get": "OK:GET",
+    "geti": "OK:GETI",
+    "dump_vals": "OK:DUMP_VALS",
+    "retrieve": "OK:RETRIEV",
+    "upload": "OK:UPLOAD",
+    "run": "OK:R",
+    "echo": "OK:ECHO",
+    "connect": "OK:CONNECT",
+    "close_connect": "OK:CLOSE_CONNECT",
+    "quit": None,
+}
+"""Command name -> prefix of the response that completes it (``None``: no response).
+
+The prefixes cover both blocking and nonblock answers: ``OK:RETRIEV`` matches ``OK:RETRIEVE(``
+and ``OK:RETRIEVING(``; ``OK:R`` matches ``OK:RETVAL(`` and ``OK:RUNNING(``.
+"""
+
+
+def command_name(command: str) -> str:
+    """The name of a command: the text before the first ``:``."""
+    return command.partition(":")[0]
+
+
+def expected_response(command: str) -> str | None:
+    """The response prefix that completes ``command``.
+
+    Raises:
+        LocalProtocolError: the command name is not in :data:`EXPECT`.
+    """
+    name = command_name(command)
+    try:
+        return EXPECT[name]
+    except KeyError:
+        raise LocalProtocolError(
+            f"no expected response known for command {name!r}; known: {', '.join(EXPECT)}"
+        ) from None

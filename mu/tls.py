@@ -1,0 +1,207 @@
+"""Keys and TLS contexts for mutual TLS between the coordinator and its workers.
+
+Theory of operation
+-------------------
+A run uses three identities, all signed by one CA (DESIGN §6):
+
+* the CA (its key signs the two others and is not needed during a run);
+* the coordinator's certificate and key: the key never leaves the coordinator;
+* the workers' shared client certificate and key, which travel in the invocation payload.
+
+Both sides verify the peer's chain against the CA. Host names are not checked: the
+coordinator's address differs per run and per network, and the chain to a CA made for this
+purpose is what authenticates it. Keys are ECDSA P-256.
+
+:func:`generate_keys` makes a fresh :class:`KeySet` in memory (a run without keys given uses
+an ephemeral one); :meth:`KeySet.write` stores it as the six PEM files of ``mu genkeys`` with
+private keys mode 0600, refusing to overwrite without ``force``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from mu.errors import ConfigError
+
+__all__ = ["KEY_FILES", "KeySet", "generate_keys"]
+
+KEY_FILES = {
+    "ca_cert": "ca_cert.pem",
+    "ca_key": "ca_key.pem",
+    "server_cert": "server_cert.pem",
+    "server_key": "server_key.pem",
+    "worker_cert": "worker_cert.pem",
+    "worker_key": "worker_key.pem",
+}
+_PRIVATE = frozenset({"ca_key", "server_key", "worker_key"})
+
+
+@dataclass(frozen=True)
+class KeySet:
+    """PEM text of the CA, coordinator and worker identities (``ca_key`` may be empty)."""
+
+    ca_cert: str
+    server_cert: str
+    server_key: str
+    worker_cert: str
+    worker_key: str
+    ca_key: str = ""
+
+    def write(self, directory: str | os.PathLike[str], force: bool = False) -> list[Path]:
+        """Write the six PEM files into ``directory`` (created if missing).
+
+        Returns:
+            The paths written.
+
+        Raises:
+            ConfigError: a file exists and ``force`` is false (nothing is written then).
+        """
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        items = [(attr, out / name) for attr, name in KEY_FILES.items() if getattr(self, attr)]
+        existing = [str(p) for _, p in items if p.exists()]
+        if existing and not force:
+            raise ConfigError(
+                f"refusing to overwrite {', '.join(existing)} (use --force to replace them)"
+            )
+        for attr, path in items:
+            mode = 0o600 if attr in _PRIVATE else 0o644
+            path.unlink(missing_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(fd, "w") as f:
+                f.write(getattr(self, attr))
+            os.chmod(path, mode)
+        return [p for _, p in items]
+
+    @classmethod
+    def load(
+        cls,
+        ca_cert: str | os.PathLike[str],
+        server_cert: str | os.PathLike[str],
+        server_key: str | os.PathLike[str],
+        worker_cert: str | os.PathLike[str] | None = None,
+        worker_key: str | os.PathLike[str] | None = None,
+    ) -> KeySet:
+        """Read PEM files; without a worker pair, the server pair serves the workers too
+        (the 2016 behaviour), which is allowed but means the worker key is the server key.
+
+        Raises:
+            ConfigError: a file is missing, unreadable or not PEM.
+        """
+
+        def read(path: str | os.PathLike[str], what: str) -> str:
+            try:
+                text = Path(path).read_text()
+            except OSError as exc:
+                raise ConfigError(f"cannot read {what} {os.fspath(path)!r}: {exc.strerror}") from exc
+            if "-----BEGIN " not in text:
+                raise ConfigError(f"{what} {os.fspath(path)!r} is not a PEM file")
+            return text
+
+        srv_cert = read(server_cert, "server certificate")
+        srv_key = read(server_key, "server key")
+        return cls(
+            ca_cert=read(ca_cert, "CA certificate"),
+            server_cert=srv_cert,
+            server_key=srv_key,
+            worker_cert=read(worker_cert, "worker certificate") if worker_cert else srv_cert,
+            worker_key=read(worker_key, "worker key") if worker_key else srv_key,
+        )
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mu"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def generate_keys(days: int = 3650) -> KeySet:
+    """Make a CA and the coordinator and worker identities it signs.
+
+    Args:
+        days: validity of every certificate, from now.
+
+    Raises:
+        ConfigError: ``days`` is not positive.
+    """
+    if days <= 0:
+        raise ConfigError(f"certificate validity must be a positive number of days, got {days}")
+    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    until = now + datetime.timedelta(days=days)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("mu run CA")
+    ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(common_name: str, usage: x509.ObjectIdentifier) -> tuple[str, str]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(until)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+                critical=False,
+            )
+        )
+        if usage == ExtendedKeyUsageOID.SERVER_AUTH:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
+            )
+        cert = builder.sign(ca_key, hashes.SHA256())
+        return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key)
+
+    server_cert, server_key = leaf("mu coordinator", ExtendedKeyUsageOID.SERVER_AUTH)
+    worker_cert, worker_key = leaf("mu worker", ExtendedKeyUsageOID.CLIENT_AUTH)
+    return KeySet(
+        ca_cert=ca_cert.public_bytes(serialization.Encoding.PEM).decode(),
+        ca_key=_pem_key(ca_key),
+        server_cert=server_cert,
+        server_key=server_key,
+        worker_cert=worker_cert,
+        worker_key=worker_key,
+    )
