@@ -135,6 +135,11 @@ class FrameDecoder:
         self._error: RemoteProtocolError | None = None
 
     @property
+    def at_eof(self) -> bool:
+        """Whether EOF was fed."""
+        return self._eof
+
+    @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames."""
         return len(self._buf) - self._pos

@@ -1,0 +1,332 @@
+"""One worker connection, sans-IO: bytes in, current state, bytes out.
+
+Theory of operation
+-------------------
+An :class:`Actor` is the coordinator's side of one worker connection, shaped like
+``h11.Connection``: the I/O layer calls :meth:`Actor.receive_data` with whatever arrived
+(``b""`` for EOF), drains :meth:`Actor.next_event` until :data:`~mu.protocol.NEED_DATA`, and
+writes whatever :meth:`Actor.data_to_send` returns. The actor never touches a socket.
+
+The connection's lifecycle is the table :data:`LIFECYCLE`; a trigger the table lacks for the
+current lifecycle is a :class:`~mu.errors.LocalProtocolError` (a bug in the caller)::
+
+    AWAIT_HELLO --hello--> READY --start--> RUNNING --finish--> DONE
+         |                   |                 |
+         +--reject--> ERROR  +--fail--> ERROR  +--fail--> ERROR
+    (READY --dismiss--> DONE: a surplus worker told to quit)
+
+1. The worker speaks first: ``OK:HELLO:<token>``. A wrong or missing token, bad framing or
+   EOF before the hello gives a :class:`Rejected` event: the peer is not a worker.
+2. After :class:`HelloReceived` the coordinator calls :meth:`Actor.start` with an actor
+   number and the job's first state, which receives the hello as its first message (the
+   worker goes first, as in 2016). Frames that arrive before ``start()`` wait in the decoder.
+3. While RUNNING every message advances the state machine (:func:`mu.states.advance`); the
+   commands it returns are framed into the outbox. A terminal state gives :class:`Finished`,
+   an :class:`~mu.states.ErrorState` gives :class:`Failed` with its message.
+4. Nothing the peer sends makes the actor raise: bad framing, EOF mid-run and unexpected
+   messages all end in ERROR with a reason.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from mu.errors import LocalProtocolError, ProtocolError
+from mu.protocol import (
+    CLOSED,
+    DEFAULT_MAX_FRAME,
+    NEED_DATA,
+    FrameDecoder,
+    Sentinel,
+    decode_text,
+    encode_text,
+)
+from mu.states import ErrorState, MachineState, TerminalState, TerminatedState, advance
+
+__all__ = [
+    "HELLO_PREFIX",
+    "LIFECYCLE",
+    "Actor",
+    "Event",
+    "Failed",
+    "Finished",
+    "HelloReceived",
+    "Lifecycle",
+    "Rejected",
+]
+
+HELLO_PREFIX: Final = "OK:HELLO"
+
+
+class Lifecycle(enum.Enum):
+    """Where a connection is in its life (see the module docstring)."""
+
+    AWAIT_HELLO = "AWAIT_HELLO"
+    READY = "READY"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    ERROR = "ERROR"
+
+
+LIFECYCLE: Final[dict[Lifecycle, dict[str, Lifecycle]]] = {
+    Lifecycle.AWAIT_HELLO: {"hello": Lifecycle.READY, "reject": Lifecycle.ERROR},
+    Lifecycle.READY: {
+        "start": Lifecycle.RUNNING,
+        "dismiss": Lifecycle.DONE,
+        "fail": Lifecycle.ERROR,
+    },
+    Lifecycle.RUNNING: {"finish": Lifecycle.DONE, "fail": Lifecycle.ERROR},
+    Lifecycle.DONE: {},
+    Lifecycle.ERROR: {},
+}
+"""Lifecycle -> trigger -> next lifecycle. Anything missing is a protocol error."""
+
+
+@dataclass(frozen=True, slots=True)
+class HelloReceived:
+    """The peer said hello with the right token: it is a worker, ready to start."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The peer is not a worker of this run (bad token, bad framing, no hello)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The state machine reached a terminal, non-error state."""
+
+    state: MachineState
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The state machine ended in error; ``state`` is the ErrorState (None if never started)."""
+
+    state: MachineState | None
+    reason: str
+
+
+Event = HelloReceived | Rejected | Finished | Failed
+
+
+class Actor:
+    """The coordinator's sans-IO view of one worker connection.
+
+    Args:
+        token: the run token the worker must present in its hello.
+        max_frame: the largest frame accepted from the peer.
+        peer: a name for error messages (the peer address, until an actor number is known).
+        clock: the time source handed to the state machine.
+    """
+
+    __slots__ = (
+        "_decoder",
+        "_events",
+        "_hello",
+        "_outbox",
+        "_token",
+        "actorNum",
+        "clock",
+        "last_response",
+        "lifecycle",
+        "messages_in",
+        "messages_out",
+        "peer",
+        "reason",
+        "state",
+    )
+
+    def __init__(
+        self,
+        token: str,
+        *,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        peer: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._token = token.encode()
+        self._decoder = FrameDecoder(max_frame, peer)
+        self._events: deque[Event] = deque()
+        self._outbox: list[bytes] = []
+        self._hello = ""
+        self.peer = peer
+        self.clock = clock
+        self.lifecycle = Lifecycle.AWAIT_HELLO
+        self.state: MachineState | None = None
+        self.actorNum: int | None = None
+        self.last_response = ""
+        self.reason = ""
+        self.messages_in = 0
+        self.messages_out = 0
+
+    def __repr__(self) -> str:
+        state = self.state.name if self.state is not None else None
+        return (
+            f"<Actor {self.actorNum} {self.lifecycle.value} state={state} "
+            f"last={self.last_response[:60]!r}>"
+        )
+
+    # -- lifecycle table -----------------------------------------------------------------
+
+    def _move(self, trigger: str) -> None:
+        try:
+            self.lifecycle = LIFECYCLE[self.lifecycle][trigger]
+        except KeyError:
+            was = self.lifecycle
+            self.lifecycle = Lifecycle.ERROR
+            self.reason = f"can't handle {trigger!r} in lifecycle {was.value}"
+            raise LocalProtocolError(self.reason) from None
+
+    @property
+    def ended(self) -> bool:
+        """Whether the connection reached DONE or ERROR."""
+        return self.lifecycle in (Lifecycle.DONE, Lifecycle.ERROR)
+
+    # -- input ---------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes received from the worker (``b""`` for EOF) and process them."""
+        if self.ended or self._decoder.at_eof:
+            return  # nothing can follow EOF on a real stream; never raise for peer input
+        self._decoder.receive_data(data)
+        self._pump()
+
+    def _pump(self) -> None:
+        decoder = self._decoder
+        while self.lifecycle in (Lifecycle.AWAIT_HELLO, Lifecycle.RUNNING):
+            try:
+                frame = decoder.next_frame()
+            except ProtocolError as exc:
+                self._end_remote(str(exc.as_remote()))
+                return
+            if frame is NEED_DATA:
+                return
+            if frame is CLOSED:
+                self._end_remote(self._eof_reason())
+                return
+            assert not isinstance(frame, Sentinel)
+            self.messages_in += 1
+            text = decode_text(frame)
+            self.last_response = text
+            if self.lifecycle is Lifecycle.AWAIT_HELLO:
+                self._on_hello(text)
+            else:
+                self._feed(text)
+
+    def _eof_reason(self) -> str:
+        if self.lifecycle is Lifecycle.AWAIT_HELLO:
+            return "connection closed before hello"
+        name = self.state.name if self.state is not None else "no state"
+        return f"connection closed by worker in {name}"
+
+    def _on_hello(self, text: str) -> None:
+        _head, sep, token = text.partition(":HELLO:")
+        if not text.startswith(HELLO_PREFIX):
+            self._reject(f"expected hello, got {text[:80]!r}")
+        elif not sep or not token:
+            self._reject("hello carries no run token")
+        elif not hmac.compare_digest(token.encode(), self._token):
+            self._reject("hello carries a wrong run token")
+        else:
+            self._hello = text
+            self._move("hello")
+            self._events.append(HelloReceived())
+
+    def _reject(self, reason: str) -> None:
+        self.reason = reason
+        self._move("reject")
+        self._events.append(Rejected(reason))
+
+    def _end_remote(self, reason: str) -> None:
+        """The peer broke the protocol or went away: end this connection, never raise."""
+        if self.lifecycle is Lifecycle.AWAIT_HELLO:
+            self._reject(reason)
+        else:
+            self._fail(ErrorState(self.state, reason) if self.state else None, reason)
+
+    def _feed(self, text: str) -> None:
+        assert self.state is not None
+        self._settle(*advance(self.state, text))
+
+    def _settle(self, state: MachineState, commands: list[str]) -> None:
+        self.state = state
+        for command in commands:
+            self.send_command(command)
+        if isinstance(state, ErrorState):
+            self._fail(state, state.message)
+        elif isinstance(state, TerminalState):
+            self._move("finish")
+            self._events.append(Finished(state))
+
+    def _fail(self, state: MachineState | None, reason: str) -> None:
+        if state is not None:
+            self.state = state
+        self.reason = reason
+        self._move("fail")
+        self._events.append(Failed(state, reason))
+
+    # -- output and control --------------------------------------------------------------
+
+    def next_event(self) -> Event | Sentinel:
+        """The next event, or :data:`~mu.protocol.NEED_DATA` when there is none."""
+        if self._events:
+            return self._events.popleft()
+        return NEED_DATA
+
+    def start(
+        self,
+        actorNum: int,
+        first_state: Callable[..., MachineState],
+        config: Any = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        """Begin driving the worker as actor ``actorNum`` from ``first_state``.
+
+        The first state is built with this actor's clock and, if it waits for a message,
+        fed the worker's hello.
+
+        Raises:
+            LocalProtocolError: the actor is not READY (no hello yet, or already started).
+        """
+        self._move("start")
+        self.actorNum = actorNum
+        state = first_state(None, actorNum, config=config, info=info, clock=self.clock)
+        self._settle(*advance(state, self._hello if state.waiting else None))
+        self._pump()
+
+    def dismiss(self) -> None:
+        """Tell a surplus worker to quit (no work left for it)."""
+        self._move("dismiss")
+        self.send_command("quit:")
+
+    def terminate(self, reason: str) -> None:
+        """End the machine from outside (deadline, shutdown): TerminatedState, Failed event.
+
+        Before a hello this rejects the peer; after the end it does nothing.
+        """
+        if self.lifecycle is Lifecycle.AWAIT_HELLO:
+            self._reject(reason)
+        elif not self.ended:
+            self._fail(TerminatedState(self.state, reason) if self.state else None, reason)
+
+    def send_command(self, command: str) -> None:
+        """Queue one command for the worker."""
+        self._outbox.append(encode_text(command))
+        self.messages_out += 1
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the worker since the last call, framed."""
+        if not self._outbox:
+            return b""
+        data = b"".join(self._outbox)
+        self._outbox.clear()
+        return data
