@@ -1,0 +1,47 @@
+"""Session fixtures shared by every test folder.
+
+Fixtures that start servers bind 127.0.0.1 and stop them in ``finally``. Module-specific
+fixtures live beside their tests.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mu.tls import KeySet, generate_keys
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def keys() -> KeySet:
+    """A CA, coordinator and worker identity made for this test session."""
+    return generate_keys(days=2)
+
+
+@pytest.fixture(scope="session")
+def key_dir(keys: KeySet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session keys written as the six PEM files of ``mu genkeys``."""
+    out = tmp_path_factory.mktemp("keys")
+    keys.write(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def png2y4m_binary() -> Path:
+    """The static png2y4m binary, built (incrementally) from function/png2y4m."""
+    subprocess.run(["make", "-s", "-C", str(ROOT / "function" / "png2y4m")], check=True)
+    binary = ROOT / "function" / "png2y4m" / "png2y4m"
+    assert binary.is_file(), f"build did not produce {binary}"
+    return binary
+
+
+@pytest.fixture
+def fresh_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run the test from an empty private directory."""
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
