@@ -1,0 +1,146 @@
+"""The png2y4m job: PNG frames in S3 -> Y4M chunks in S3, one chunk per worker.
+
+Theory of operation
+-------------------
+Inputs are ``s3://BUCKET/{video}-{informat}/%08d.png`` numbered from 1. The worker that
+plays chunk ``c`` (the actor number; the coordinator numbers actors from the offset ``-o``)
+converts frames ``1 + f*c ... f*(c+1)`` and uploads
+``s3://BUCKET/{video}-y4m_{f:02d}/%08d.y4m`` numbered ``c``.
+
+The machine, as in 2016 (states defined in reverse order, each naming the next)::
+
+    ConfigState --> RetrieveLoopState --(frame < f)--> RetrieveAndRunState --+
+                          ^                                                  |
+                          +--------------------------------------------------+
+                          +--(done)--> UploadState --> FinalState
+
+* ConfigState sets the blocking mode, the bucket, the command's input pattern and output
+  file (all under the worker's private ``##TMPDIR##``) and the output key;
+* RetrieveAndRunState sets ``inkey``/``targfile``, retrieves one PNG and runs
+  ``png2y4m -i -d -o ##OUTFILE## ##INFILE##``, which appends the frame to the chunk and
+  deletes the PNG; a non-zero exit status fails the worker with the binary's message;
+* UploadState uploads the chunk and says ``quit:``.
+
+The worker's private tmpdir is the only place anything is written or deleted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mu.errors import ConfigError
+from mu.states import CommandListState, ForLoopState, MachineState, TerminalState
+
+__all__ = [
+    "COMMAND",
+    "ConfigState",
+    "FinalState",
+    "Png2Y4MConfig",
+    "RetrieveAndRunState",
+    "RetrieveLoopState",
+    "UploadState",
+]
+
+COMMAND = "-i -d -o ##OUTFILE## ##INFILE##"
+"""The arguments lambdaize puts after ``./png2y4m`` (the 2016 POST_ARGS)."""
+
+
+@dataclass(frozen=True)
+class Png2Y4MConfig:
+    """What a png2y4m run converts (the 2016 ``-v -b -i -f`` flags)."""
+
+    video: str = "sintel-1k"
+    bucket: str = "excamera-us-east-1"
+    informat: str = "png16"
+    frames: int = 6
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise ConfigError(f"frames per worker must be >= 1, got {self.frames}")
+        for name in ("video", "bucket", "informat"):
+            value = getattr(self, name)
+            if not value or any(c in value for c in ":\0\n"):
+                raise ConfigError(f"{name} {value!r} must be non-empty, without ':' or newlines")
+
+    @property
+    def input_prefix(self) -> str:
+        return f"{self.video}-{self.informat}/"
+
+    @property
+    def output_prefix(self) -> str:
+        return f"{self.video}-y4m_{self.frames:02d}/"
+
+    def input_key(self, frame: int) -> str:
+        """S3 key of input frame ``frame`` (numbered from 1)."""
+        return f"{self.input_prefix}{frame:08d}.png"
+
+    def output_key(self, chunk: int) -> str:
+        """S3 key of output chunk ``chunk``."""
+        return f"{self.output_prefix}{chunk:08d}.y4m"
+
+    def frames_of(self, chunk: int) -> range:
+        """The input frame numbers chunk ``chunk`` converts."""
+        return range(1 + self.frames * chunk, 1 + self.frames * (chunk + 1))
+
+
+class FinalState(TerminalState):
+    extra = "(finished)"
+
+
+class UploadState(CommandListState):
+    extra = "(uploading)"
+    commandlist = [(None, "upload:"), ("OK:UPLOAD", "quit:")]
+    nextState = FinalState
+
+
+class RetrieveAndRunState(CommandListState):
+    extra = "(retrieving and converting)"
+
+    def __init__(self, prevState: MachineState | None = None, *args: Any, **kw: Any) -> None:
+        super().__init__(prevState, *args, **kw)
+        cfg: Png2Y4MConfig = self.config
+        frame = cfg.frames_of(self.actorNum)[self.info["frame"]]
+        self.commandlist = [
+            (None, f"set:inkey:{cfg.input_key(frame)}"),
+            f"set:targfile:##TMPDIR##/{frame:08d}.png",
+            "retrieve:",
+            "run:",
+            ("OK:RETVAL(0)", None),
+        ]
+
+
+class RetrieveLoopState(ForLoopState):
+    extra = "(next frame)"
+    iterKey = "frame"
+    loopState = RetrieveAndRunState
+    exitState = UploadState
+
+    def __init__(self, prevState: MachineState | None = None, *args: Any, **kw: Any) -> None:
+        super().__init__(prevState, *args, **kw)
+        self.iterFin = self.config.frames
+
+
+RetrieveAndRunState.nextState = RetrieveLoopState
+
+
+class ConfigState(CommandListState):
+    """The first state: configure the worker for its chunk."""
+
+    extra = "(configuring)"
+
+    def __init__(self, prevState: MachineState | None = None, *args: Any, **kw: Any) -> None:
+        super().__init__(prevState, *args, **kw)
+        cfg: Png2Y4MConfig = self.config
+        chunk = f"##TMPDIR##/{self.actorNum:08d}.y4m"
+        self.commandlist = [
+            ("OK:HELLO", "seti:nonblock:0"),
+            f"set:bucket:{cfg.bucket}",
+            "set:cmdinfile:##TMPDIR##/%08d.png",
+            f"set:cmdoutfile:{chunk}",
+            f"set:fromfile:{chunk}",
+            f"set:outkey:{cfg.output_key(self.actorNum)}",
+            None,
+        ]
+
+    nextState = RetrieveLoopState
