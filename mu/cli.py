@@ -97,5 +97,26 @@ def _cmd_frames(args: argparse.Namespace) -> int:
     return 0
 
 
+@subcommand
+def _register_plot(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="draw a run record (-O file) as a timeline PNG",
+        description="Draw a run record as one horizontal bar per worker, coloured by state "
+        "over time; failed workers are marked with a red cross and their reason.",
+    )
+    p.add_argument("record", help="run record written by -O (JSON lines)")
+    p.add_argument("-o", "--output", default="timeline.png", help="PNG to write")
+    p.add_argument("--title", help="plot title (default: counts)")
+    p.set_defaults(func=_cmd_plot)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from mu.plot import plot_timeline
+
+    print(f"wrote {plot_timeline(args.record, args.output, args.title)}")
+    return 0
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,139 @@
+"""Timeline plot of a run record (``-O run.jsonl``): one bar per worker, coloured by state.
+
+Theory of operation
+-------------------
+Each line of the record is one actor attempt: ``{"actor": n, "state": final_state, "ok":
+bool, "error": reason | null, "timestamps": [[seconds_since_start, state_name], ...]}``
+(an ``attempt`` number may be present when an actor was retried). A state lasts from its
+timestamp to the next one; the final (terminal) state is drawn as a marker at its time:
+a dot when the actor finished, a red cross when it failed. Rows are sorted by actor number
+and attempt. matplotlib comes from the ``plot`` extra and is imported only here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mu.errors import ConfigError
+
+__all__ = ["Attempt", "plot_timeline", "read_record"]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One actor attempt from the run record."""
+
+    actor: int
+    attempt: int
+    ok: bool
+    state: str
+    error: str | None
+    timestamps: tuple[tuple[float, str], ...]
+
+
+def read_record(path: str | os.PathLike[str]) -> list[Attempt]:
+    """Parse a run record.
+
+    Raises:
+        ConfigError: the file is missing, or a line is not a record object (named by number).
+    """
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read run record {os.fspath(path)!r}: {exc.strerror}") from exc
+    attempts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj: dict[str, Any] = json.loads(line)
+            attempts.append(
+                Attempt(
+                    actor=int(obj["actor"]),
+                    attempt=int(obj.get("attempt", 0)),
+                    ok=bool(obj["ok"]),
+                    state=str(obj["state"]),
+                    error=obj.get("error"),
+                    timestamps=tuple((float(t), str(s)) for t, s in obj["timestamps"]),
+                )
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{os.fspath(path)} line {number} is not a run record entry: {exc!r}"
+            ) from exc
+    if not attempts:
+        raise ConfigError(f"run record {os.fspath(path)!r} has no entries")
+    return sorted(attempts, key=lambda a: (a.actor, a.attempt))
+
+
+def plot_timeline(
+    record: str | os.PathLike[str], output: str | os.PathLike[str], title: str | None = None
+) -> Path:
+    """Draw ``record`` as a timeline PNG at ``output``.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConfigError: matplotlib is missing, or the record is unreadable.
+    """
+    attempts = read_record(record)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
+    except ImportError as exc:
+        raise ConfigError(
+            "mu plot needs matplotlib: pip install 'mu[plot]' (or pip install matplotlib)"
+        ) from exc
+
+    states: list[str] = []
+    for a in attempts:
+        for _, name in a.timestamps[:-1]:
+            if name not in states:
+                states.append(name)
+    cmap = plt.get_cmap("tab20" if len(states) > 10 else "tab10")
+    colour = {name: cmap(i % cmap.N) for i, name in enumerate(states)}
+
+    height = max(2.5, min(0.28 * len(attempts) + 1.5, 40))
+    fig, ax = plt.subplots(figsize=(11, height), dpi=110)
+    end = 0.0
+    for row, a in enumerate(attempts):
+        spans = list(zip(a.timestamps, a.timestamps[1:], strict=False))
+        for (start, name), (stop, _) in spans:
+            ax.barh(row, max(stop - start, 1e-4), left=start, color=colour[name], height=0.8)
+        t_end = a.timestamps[-1][0] if a.timestamps else 0.0
+        end = max(end, t_end)
+        if a.ok:
+            ax.plot([t_end], [row], marker="o", color="black", markersize=3)
+        else:
+            ax.plot([t_end], [row], marker="x", color="red", markersize=8, mew=2)
+            reason = (a.error or a.state)[:60]
+            ax.annotate(
+                reason, (t_end, row), xytext=(6, -3), textcoords="offset points",
+                color="red", fontsize=7,
+            )
+    failed = sum(1 for a in attempts if not a.ok)
+    labels = [f"{a.actor}" + (f" #{a.attempt}" if a.attempt else "") for a in attempts]
+    ax.set_yticks(range(len(attempts)))
+    ax.set_yticklabels(labels, fontsize=7 if len(attempts) > 30 else 9)
+    ax.invert_yaxis()
+    ax.set_xlim(0, end * (1.35 if failed else 1.05) if end > 0 else 1)
+    ax.set_xlabel("seconds since the run started")
+    ax.set_ylabel("actor")
+    ax.set_title(title or f"{len(attempts)} workers, {failed} failed")
+    handles = [Patch(color=colour[s], label=s) for s in states]
+    if handles:
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
+                  frameon=False, title="state", title_fontsize=8)
+    fig.tight_layout()
+    out = Path(output)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
