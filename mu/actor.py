@@ -59,6 +59,7 @@ __all__ = [
     "HelloReceived",
     "Lifecycle",
     "Rejected",
+    "lifecycle_diagram",
 ]
 
 HELLO_PREFIX: Final = "OK:HELLO"
@@ -86,6 +87,16 @@ LIFECYCLE: Final[dict[Lifecycle, dict[str, Lifecycle]]] = {
     Lifecycle.ERROR: {},
 }
 """Lifecycle -> trigger -> next lifecycle. Anything missing is a protocol error."""
+
+
+def lifecycle_diagram() -> str:
+    """The :data:`LIFECYCLE` table as a Mermaid state diagram (docs/protocol.md embeds it)."""
+    lines = ["stateDiagram-v2", f"    [*] --> {Lifecycle.AWAIT_HELLO.value}"]
+    for source, moves in LIFECYCLE.items():
+        for trigger, target in moves.items():
+            lines.append(f"    {source.value} --> {target.value}: {trigger}")
+    lines += [f"    {Lifecycle.DONE.value} --> [*]", f"    {Lifecycle.ERROR.value} --> [*]"]
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True, slots=True)
