@@ -144,3 +144,91 @@ class ConfigState(CommandListState):
         ]
 
     nextState = RetrieveLoopState
+
+
+# ------------------------------------------------------------------ the job's S3 layout
+
+
+def upload_inputs(s3: Any, cfg: Png2Y4MConfig, directory: str, create_bucket: bool) -> int:
+    """Upload ``directory/*.png`` (sorted) as input frames 1, 2, ... of ``cfg``.
+
+    Args:
+        s3: a boto3 S3 client.
+        cfg: the run's configuration (bucket, video, informat).
+        directory: where the PNG frames are.
+        create_bucket: create the bucket if it is missing (local runs).
+
+    Returns:
+        The number of frames uploaded.
+
+    Raises:
+        ConfigError: no PNG in ``directory``, or the bucket is missing and may not be made.
+    """
+    from pathlib import Path
+
+    pngs = sorted(Path(directory).glob("*.png"))
+    if not pngs:
+        raise ConfigError(f"no .png files in input directory {directory!r}")
+    if not bucket_exists(s3, cfg.bucket):
+        if not create_bucket:
+            raise ConfigError(f"bucket {cfg.bucket!r} does not exist")
+        s3.create_bucket(Bucket=cfg.bucket)
+    for number, path in enumerate(pngs, 1):
+        s3.upload_file(str(path), cfg.bucket, cfg.input_key(number))
+    return len(pngs)
+
+
+def bucket_exists(s3: Any, bucket: str) -> bool:
+    """Whether ``bucket`` exists and is reachable with these credentials."""
+    from botocore.exceptions import ClientError
+
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError:
+        return False
+    return True
+
+
+def missing_inputs(s3: Any, cfg: Png2Y4MConfig, chunks: list[int]) -> list[str]:
+    """The input keys that ``chunks`` need and the bucket lacks (one listing per run)."""
+    present: set[str] = set()
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=cfg.bucket, Prefix=cfg.input_prefix):
+        present.update(obj["Key"] for obj in page.get("Contents", []))
+    needed = [cfg.input_key(f) for c in chunks for f in cfg.frames_of(c)]
+    return [key for key in needed if key not in present]
+
+
+def preflight_inputs(s3: Any, cfg: Png2Y4MConfig, chunks: list[int]) -> list[str]:
+    """Every problem with the bucket and input frames, as messages (empty: all is well)."""
+    if not bucket_exists(s3, cfg.bucket):
+        return [f"bucket {cfg.bucket!r} does not exist or is not reachable"]
+    missing = missing_inputs(s3, cfg, chunks)
+    if not missing:
+        return []
+    need = sum(cfg.frames for _ in chunks)
+    shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+    return [
+        f"{len(missing)} of the {need} input frames are missing from s3://{cfg.bucket}/"
+        f"{cfg.input_prefix} ({len(chunks)} workers x {cfg.frames} frames): {shown}"
+    ]
+
+
+def download_outputs(s3: Any, cfg: Png2Y4MConfig, chunks: list[int], directory: str) -> list[str]:
+    """Download the output chunks that exist into ``directory``; return the paths written."""
+    from pathlib import Path
+
+    from botocore.exceptions import ClientError
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for chunk in chunks:
+        key = cfg.output_key(chunk)
+        target = out / key.rsplit("/", 1)[-1]
+        try:
+            s3.download_file(cfg.bucket, key, str(target))
+        except ClientError:
+            continue  # that chunk failed; the run report names it
+        written.append(str(target))
+    return written
