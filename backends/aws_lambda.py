@@ -686,6 +686,9 @@ class LambdaLauncher:
         io_timeout: seconds a connection may stay silent with requests in flight.
         verify: TLS verification for https endpoints (``True``, ``False`` or a CA file).
         direct_upload_limit: zips above this many bytes go through ``code_bucket``.
+        check_function: before a launch, look the function up once per region (one
+            GetFunctionConfiguration call), so that a wrong name fails before anything is
+            sent, also on endpoints that accept Event invokes of unknown functions (moto).
 
     Example::
 
@@ -711,6 +714,7 @@ class LambdaLauncher:
         io_timeout: float = 30.0,
         verify: bool | str = True,
         direct_upload_limit: int = DIRECT_UPLOAD_LIMIT,
+        check_function: bool = True,
     ) -> None:
         if connections < 1 or pipeline < 1 or max_attempts < 1:
             raise ConfigError(
@@ -729,6 +733,7 @@ class LambdaLauncher:
         self.io_timeout = io_timeout
         self.verify = verify
         self.direct_upload_limit = direct_upload_limit
+        self.check_function = check_function
         self.last_stats: dict[str, int] = {}
         self._clients: dict[tuple[str, str], Any] = {}
         self._addresses: dict[tuple[str, int], tuple[str, int]] = {}
@@ -927,13 +932,22 @@ class LambdaLauncher:
 
         Raises:
             ConfigError: unknown region.
-            LaunchError: no credentials.
+            LaunchError: no credentials, or the function does not exist in a region.
             LaunchAborted: a non-retryable answer (e.g. the function does not exist); its
                 ``report`` holds what was accepted until then.
         """
         regions = list(dict.fromkeys(spec.regions))
         for region in regions:
             self.check_region(region)
+            if (
+                self.check_function
+                and spec.count
+                and not self.function_exists(spec.function_name, region)
+            ):
+                raise LaunchError(
+                    f"invoke {spec.function_name} in {region}: function {spec.function_name} "
+                    f"does not exist there (deploy it with `mu lambdaize`)"
+                )
         if spec.count == 0:
             now = time.monotonic()
             return LaunchReport((), started=now, finished=now)

@@ -124,7 +124,12 @@ PAYLOAD = json.dumps({"addr": "127.0.0.1", "port": 1, "token": "t"}).encode()
 
 
 def launcher_for(server: FakeLambda, **options: object) -> LambdaLauncher:
-    settings: dict[str, object] = {"connections": 4, "backoff_base": 0.001, "backoff_cap": 0.01}
+    settings: dict[str, object] = {
+        "connections": 4,
+        "backoff_base": 0.001,
+        "backoff_cap": 0.01,
+        "check_function": False,  # the fake endpoint only knows Invoke
+    }
     settings.update(options)
     return LambdaLauncher(endpoint_url=server.url, **settings)  # type: ignore[arg-type]
 
@@ -209,7 +214,7 @@ def test_refused_connection_is_a_launch_error() -> None:
     script = Script()
     for server in serve(script):
         url = server.url
-    launcher = LambdaLauncher(endpoint_url=url, connections=2)
+    launcher = LambdaLauncher(endpoint_url=url, connections=2, check_function=False)
     with pytest.raises(LaunchError, match="cannot connect"):
         launcher.launch(LaunchSpec("f", PAYLOAD, 3))
     launcher.close()
