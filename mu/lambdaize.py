@@ -480,12 +480,12 @@ def build_bundle(
         for soname, where in resolve_libraries(info).items():
             add(f"solibs/{soname}", where.resolve(), "library")
         command = f"LD_LIBRARY_PATH=./solibs {command}"
+    files["mu_command.json"] = (json.dumps({"command": command}).encode(), MODE_FILE)
     for extra in extra_files:
         path = Path(extra)
         if not path.is_file():
             raise ConfigError(f"extra file {str(path)!r} does not exist or is not a file")
         add(path.name, path, "extra file")
-    files["mu_command.json"] = (json.dumps({"command": command}).encode(), MODE_FILE)
     return Bundle(_zip(files), command, info.architecture, tuple(sorted(files)))
 
 
