@@ -95,8 +95,15 @@ CORE_MODULES = ("errors", "protocol", "launch", "states", "actor", "config")
 MACHINES = {"EM_X86_64": "x86_64", "EM_AARCH64": "arm64"}
 
 # Libraries Lambda's runtime always has: never bundled (a second libc breaks the loader).
-SYSTEM_LIBRARIES = ("libc.so", "ld-linux", "ld64.so", "libm.so", "libpthread.so", "libdl.so",
-                    "librt.so")  # fmt: skip
+SYSTEM_LIBRARIES = (
+    "libc.so",
+    "ld-linux",
+    "ld64.so",
+    "libm.so",
+    "libpthread.so",
+    "libdl.so",
+    "librt.so",
+)
 
 # Interpreters a script may name in its #! line, and what /usr/bin/env may run.
 SHEBANG_INTERPRETERS = ("/bin/sh", "/bin/bash", "/usr/bin/sh", "/usr/bin/bash")
@@ -278,8 +285,11 @@ def resolve_libraries(info: ExecutableInfo) -> dict[str, Path]:
             f"{str(info.path)!r} needs {', '.join(missing)}, which cannot be found on this "
             f"machine; install it or {STATIC_ADVICE}"
         )
-    return {name: where for name, where in sorted(found.items())
-            if where is not None and not _is_system_library(name)}  # fmt: skip
+    return {
+        name: where
+        for name, where in sorted(found.items())
+        if where is not None and not _is_system_library(name)
+    }
 
 
 def _ldd(path: Path) -> dict[str, Path | None] | None:

@@ -79,8 +79,16 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    for var in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "MEM_SIZE", "TIMEOUT", "AWS_ROLE",
-                "SKIP_UPLOAD", "ALLOW_LD", "REGION"):  # fmt: skip
+    for var in (
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "MEM_SIZE",
+        "TIMEOUT",
+        "AWS_ROLE",
+        "SKIP_UPLOAD",
+        "ALLOW_LD",
+        "REGION",
+    ):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -173,8 +181,14 @@ def test_elf_machine_picks_architecture(
 
 
 def test_env_defaults() -> None:
-    env = {"MEM_SIZE": "1024", "TIMEOUT": "60", "AWS_ROLE": "arn:r", "SKIP_UPLOAD": "1",
-           "ALLOW_LD": "0", "REGION": "us-east-1, eu-west-1"}  # fmt: skip
+    env = {
+        "MEM_SIZE": "1024",
+        "TIMEOUT": "60",
+        "AWS_ROLE": "arn:r",
+        "SKIP_UPLOAD": "1",
+        "ALLOW_LD": "0",
+        "REGION": "us-east-1, eu-west-1",
+    }
     assert env_defaults(env) == {
         "memory": 1024,
         "timeout": 60,
@@ -208,8 +222,16 @@ def test_zip_contents_and_exec_bits(tmp_path: Path, binaries: dict[str, Path]) -
     bundle = build_bundle(binaries["hello_static"], "", POST_ARGS, [extra_exec, extra_data])
     entries = members(bundle.zip_bytes)
     assert list(entries) == sorted(entries) == list(bundle.entries)
-    for required in ("lambda_function.py", "mu/__init__.py", "mu/errors.py", "mu/protocol.py",
-                     "mu_command.json", "hello_static", "helper.sh", "table.txt"):  # fmt: skip
+    for required in (
+        "lambda_function.py",
+        "mu/__init__.py",
+        "mu/errors.py",
+        "mu/protocol.py",
+        "mu_command.json",
+        "hello_static",
+        "helper.sh",
+        "table.txt",
+    ):
         assert required in entries
     worker = Path(mu.__file__).parent / "worker"
     for path in worker.rglob("*.py"):
@@ -250,8 +272,7 @@ def test_dynamic_binary_with_allow_dynamic(binaries: dict[str, Path]) -> None:
     bundle = build_bundle(binaries["uses_lib"], "", "-x", allow_dynamic=True)
     entries = members(bundle.zip_bytes)
     assert "solibs/libmuhello.so" in entries
-    assert not any(n.startswith("solibs/") and ("libc.so" in n or "ld-linux" in n)
-                   for n in entries)  # fmt: skip
+    assert not any(n.startswith("solibs/") and ("libc.so" in n or "ld-linux" in n) for n in entries)
     assert read(bundle.zip_bytes, "solibs/libmuhello.so") == binaries["libmuhello.so"].read_bytes()
     command = json.loads(read(bundle.zip_bytes, "mu_command.json"))["command"]
     assert command == "LD_LIBRARY_PATH=./solibs ./uses_lib -x"
@@ -334,15 +355,43 @@ def test_deploy_with_moto_checks_every_parameter(
         assert len(zip_bytes) > 0
 
         # Deploying the same bundle again is recognised by its CodeSha256: nothing changes.
-        assert main(["lambdaize", exe, "", POST_ARGS, "--name", "hello_ab12cd34",
-                     "--region", "us-east-1"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "lambdaize",
+                    exe,
+                    "",
+                    POST_ARGS,
+                    "--name",
+                    "hello_ab12cd34",
+                    "--region",
+                    "us-east-1",
+                ]
+            )
+            == 0
+        )
         capsys.readouterr()
         client = boto3.client("lambda", region_name="us-east-1")
         versions = client.list_versions_by_function(FunctionName="hello_ab12cd34")
         assert len(versions["Versions"]) == 2
         # A changed command is a new bundle: new code, new version.
-        assert main(["lambdaize", exe, "", "-q -v", "--name", "hello_ab12cd34",
-                     "--region", "us-east-1", "--memory", "2048"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "lambdaize",
+                    exe,
+                    "",
+                    "-q -v",
+                    "--name",
+                    "hello_ab12cd34",
+                    "--region",
+                    "us-east-1",
+                    "--memory",
+                    "2048",
+                ]
+            )
+            == 0
+        )
         conf = client.get_function_configuration(FunctionName="hello_ab12cd34")
         assert conf["MemorySize"] == 2048
         assert conf["CodeSha256"] == build_bundle(exe, "", "-q -v").code_sha256
@@ -402,8 +451,18 @@ def test_aws_cli_sees_the_registered_function(
     iam = boto3.client("iam", endpoint_url=moto_server, region_name="us-east-1")
     role = iam.create_role(RoleName="mu-exec", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     iam.close()
-    argv = ["lambdaize", str(binaries["hello_static"]), "", POST_ARGS, "--role", role,
-            "--endpoint-url", moto_server, "--name", "hello_cli12345"]  # fmt: skip
+    argv = [
+        "lambdaize",
+        str(binaries["hello_static"]),
+        "",
+        POST_ARGS,
+        "--role",
+        role,
+        "--endpoint-url",
+        moto_server,
+        "--name",
+        "hello_cli12345",
+    ]
     assert main(argv) == 0
     capsys.readouterr()
     listed = subprocess.run(

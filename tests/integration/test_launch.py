@@ -58,12 +58,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if name in script.missing:
-            self._answer(404, {"Type": "User", "message": f"Function not found: {name}"},
-                         "ResourceNotFoundException")  # fmt: skip
+            self._answer(
+                404,
+                {"Type": "User", "message": f"Function not found: {name}"},
+                "ResourceNotFoundException",
+            )
         elif script.throttle_every and n % script.throttle_every == 0:
-            self._answer(429, {"Reason": "ReservedFunctionConcurrentInvocationLimitExceeded",
-                               "message": "Rate exceeded", "retryAfterSeconds": 0},
-                         "TooManyRequestsException")  # fmt: skip
+            self._answer(
+                429,
+                {
+                    "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded",
+                    "message": "Rate exceeded",
+                    "retryAfterSeconds": 0,
+                },
+                "TooManyRequestsException",
+            )
         elif script.fail_every and n % script.fail_every == 0:
             self._answer(500, {"message": "internal"}, "ServiceException")
         else:
@@ -170,8 +179,11 @@ def test_regions_round_robin_and_summary() -> None:
         report = launcher.launch(spec)
         launcher.close()
         assert [i.region for i in report.invocations[:4]] == [
-            "us-east-1", "eu-west-1", "ap-south-1", "us-east-1"
-        ]  # fmt: skip
+            "us-east-1",
+            "eu-west-1",
+            "ap-south-1",
+            "us-east-1",
+        ]
         assert report.by_region() == {
             "us-east-1": {"accepted": 4, "failed": 0, "throttled": 0},
             "eu-west-1": {"accepted": 3, "failed": 0, "throttled": 0},
