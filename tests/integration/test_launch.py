@@ -11,10 +11,12 @@ from __future__ import annotations
 import http.server
 import itertools
 import json
+import ssl
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -117,8 +119,10 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
-def serve(script: Script) -> Iterator[FakeLambda]:
+def serve(script: Script, tls: ssl.SSLContext | None = None) -> Iterator[FakeLambda]:
     server = FakeLambda(script)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
@@ -236,3 +240,29 @@ def test_refused_connection_is_a_launch_error() -> None:
 def test_zero_invocations() -> None:
     launcher = LambdaLauncher(endpoint_url="http://127.0.0.1:9")
     assert launcher.launch(LaunchSpec("f", PAYLOAD, 0)).invocations == ()
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_https_endpoint(key_dir: Path) -> None:
+    """The TLS path (non-blocking handshakes, certificate verification) against loopback."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(key_dir / "server_cert.pem", key_dir / "server_key.pem")
+    script = Script(throttle_every=5)
+    for server in serve(script, context):
+        url = f"https://localhost:{server.server_address[1]}"
+        launcher = LambdaLauncher(
+            endpoint_url=url,
+            verify=str(key_dir / "ca_cert.pem"),
+            connections=3,
+            backoff_base=0.001,
+            check_function=False,
+        )
+        report = launcher.launch(LaunchSpec("f", PAYLOAD, 40))
+        launcher.close()
+        assert report.accepted == 40 == len(set(script.accepted_ids))
+        assert report.throttled > 0
+
+        untrusting = LambdaLauncher(endpoint_url=url, connections=1, check_function=False)
+        with pytest.raises(LaunchError, match="CERTIFICATE_VERIFY_FAILED"):
+            untrusting.launch(LaunchSpec("f", PAYLOAD, 2))
+        untrusting.close()
