@@ -488,3 +488,51 @@ def test_aws_cli_sees_the_registered_function(
         functions["hello_cli12345"]["CodeSha256"]
         == build_bundle(binaries["hello_static"], "", POST_ARGS).code_sha256
     )
+
+
+@needs_handler
+@pytest.mark.usefixtures("aws_env", "fresh_cwd")
+def test_aws_cli_sees_what_lambdaize_registered_in_the_emulator(
+    binaries: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("emulator.server", reason="the emulator package is not there yet")
+    aws = shutil.which("aws")
+    if aws is None:
+        pytest.skip("the aws CLI is not installed")
+    from backends.local import LocalLauncher
+
+    with LocalLauncher() as running:
+        argv = [
+            "lambdaize",
+            str(binaries["hello_static"]),
+            "",
+            POST_ARGS,
+            "--backend",
+            "local",
+            "--endpoint-url",
+            running.endpoint_url,
+            "--name",
+            "hello_emu12345",
+        ]
+        assert main(argv) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["FunctionName"] == "hello_emu12345"
+        listed = subprocess.run(
+            [
+                aws,
+                "lambda",
+                "list-functions",
+                "--endpoint-url",
+                running.endpoint_url,
+                "--region",
+                "us-east-1",
+                "--output",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        names = [f["FunctionName"] for f in json.loads(listed.stdout)["Functions"]]
+        assert "hello_emu12345" in names
+        assert running.function_exists("hello_emu12345", "us-east-1")
