@@ -28,7 +28,7 @@ from typing import Any
 import boto3
 
 from backends.aws_lambda import LambdaLauncher
-from mu.errors import LaunchError
+from mu.errors import ConfigError, LaunchError
 from mu.launch import FunctionSpec, LaunchReport, LaunchSpec
 
 __all__ = ["LOCAL_CREDENTIALS", "LocalLauncher", "emulator_parser", "run_emulator"]
@@ -89,9 +89,11 @@ class LocalLauncher:
         )
 
     def _start_servers(self) -> str:
-        from emulator.s3 import S3Server
-        from emulator.server import ThreadedEmulatorServer
-
+        try:
+            from emulator.s3 import S3Server
+            from emulator.server import ThreadedEmulatorServer
+        except ImportError as exc:
+            raise LaunchError(f"the local backend needs the emulator package: {exc}") from exc
         try:
             if self.s3_endpoint_url is None:
                 s3 = S3Server()
@@ -159,8 +161,15 @@ def _url_of(server: Any) -> str:
 
 
 def emulator_parser(prog: str) -> argparse.ArgumentParser:
-    """The emulator's own command-line parser, under the name ``prog``."""
-    from emulator import cli
+    """The emulator's own command-line parser, under the name ``prog``.
+
+    Raises:
+        ConfigError: the emulator package is not installed.
+    """
+    try:
+        from emulator import cli
+    except ImportError as exc:
+        raise ConfigError(f"`{prog}` needs the emulator package: {exc}") from exc
 
     parser = argparse.ArgumentParser(
         prog=prog,

@@ -114,11 +114,12 @@ def trivial_zip() -> bytes:
 
 
 def emulator_rates(sizes: list[int], repeat: int) -> dict[str, Any]:
-    try:
-        from backends.local import LocalLauncher
+    from backends.local import LocalLauncher
+    from mu.errors import LaunchError
 
+    try:
         launcher = LocalLauncher()
-    except ImportError as exc:
+    except LaunchError as exc:
         return {"skipped": f"emulator not available: {exc}"}
     try:
         launcher.create_function(FunctionSpec("bench", trivial_zip(), memory=128), "us-east-1")

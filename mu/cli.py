@@ -169,7 +169,7 @@ def _cmd_lambdaize(args: argparse.Namespace) -> int:
     import os
 
     from backends import get_backend
-    from mu.lambdaize import LambdaizeOptions, env_defaults, lambdaize
+    from mu.lambdaize import LambdaizeOptions, env_defaults, inspect_executable, lambdaize
 
     env = env_defaults(os.environ)
     regions = [r.strip() for item in args.region or [] for r in item.split(",") if r.strip()]
@@ -188,6 +188,8 @@ def _cmd_lambdaize(args: argparse.Namespace) -> int:
         allow_dynamic=bool(args.allow_dynamic or env.get("allow_dynamic", False)),
         out_dir=args.out_dir,
     )
+    options.validate()
+    inspect_executable(options.executable, options.allow_dynamic)  # before starting anything
     if options.skip_upload:
         result = lambdaize(options, None)
         print(f"wrote {result.zip_path} (function {result.name}, not uploaded)")
