@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from mu import __version__
 from mu.errors import ConfigError, MuError
@@ -232,6 +233,128 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
 
     parser = emulator_parser("mu emulator")
     return run_emulator(parser.parse_args(args.emulator_args))
+
+
+@subcommand
+def _register_png2y4m(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from mu.apps.png2y4m_run import add_arguments
+
+    p = sub.add_parser(
+        "png2y4m",
+        help="convert PNG frames in S3 to Y4M chunks on many workers",
+        description="Convert s3://BUCKET/VIDEO-INFORMAT/%%08d.png into "
+        "s3://BUCKET/VIDEO-y4m_FF/%%08d.y4m, FRAMES frames per worker. With --backend local "
+        "(the default) everything runs on this machine: an embedded Lambda emulator and S3, "
+        "ephemeral keys, the binary built from function/png2y4m.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=_cmd_png2y4m)
+
+
+def _cmd_png2y4m(args: argparse.Namespace) -> int:
+    from mu.apps.png2y4m_run import run
+
+    launcher, s3, host_addr, credentials_ok = _backend_for_run(args)
+    try:
+        outcome = run(args, launcher, s3, host_addr, credentials_ok)
+    finally:
+        launcher.close()
+    return outcome.exit_status
+
+
+def _backend_for_run(args: argparse.Namespace) -> tuple[Any, Any, str, Callable[[], bool]]:
+    """The launcher, an S3 client for its S3, the dial-back address and a credentials check."""
+    import boto3
+
+    from backends import get_backend
+    from backends.local import LOCAL_CREDENTIALS
+    from mu.apps.png2y4m_run import regions_of
+
+    region = regions_of(args)[0]
+
+    def credentials_ok() -> bool:
+        return boto3.session.Session().get_credentials() is not None
+
+    if args.backend == "local":
+        launcher = get_backend(
+            "local",
+            endpoint_url=args.endpoint_url,
+            s3_endpoint_url=args.s3_endpoint_url,
+            region=region,
+        )
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=launcher.s3_endpoint_url,  # type: ignore[attr-defined]
+            region_name=region,
+            **LOCAL_CREDENTIALS,
+        )
+        return launcher, s3, args.host_addr or "127.0.0.1", lambda: True
+    s3 = boto3.client("s3", endpoint_url=args.s3_endpoint_url, region_name=region)
+    if args.backend == "none":
+        launcher = get_backend("none", payload_out=args.payload_out)
+        return launcher, s3, args.host_addr or args.host, credentials_ok
+    from backends.aws_lambda import route_address
+
+    launcher = get_backend("lambda", endpoint_url=args.endpoint_url)
+    host = args.host_addr or route_address(region, args.endpoint_url)
+    return launcher, s3, host, credentials_ok
+
+
+@subcommand
+def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the whole png2y4m flow locally and verify it",
+        description="Make 24 frames of 1280x720 16-bit content, convert them with 4 workers "
+        "x 6 frames on the local backend (embedded emulator and S3), download the Y4M "
+        "chunks, verify them against the Python reference, and draw the timeline.",
+    )
+    p.add_argument("--out", default="demo-out", help="output directory (default ./demo-out)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import boto3
+
+    from backends import get_backend
+    from backends.local import LOCAL_CREDENTIALS
+    from mu.demo import run_demo
+
+    launcher = get_backend("local")
+    try:
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=launcher.s3_endpoint_url,  # type: ignore[attr-defined]
+            region_name="us-east-1",
+            **LOCAL_CREDENTIALS,
+        )
+        return run_demo(args.out, launcher, s3)
+    finally:
+        launcher.close()
+
+
+@subcommand
+def _register_genkeys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "genkeys",
+        help="make a CA, a coordinator key pair and a worker key pair",
+        description="Write ca_cert.pem, ca_key.pem, server_cert.pem, server_key.pem, "
+        "worker_cert.pem and worker_key.pem (ECDSA P-256, private keys mode 0600). Use them "
+        "with -c/-s/-k and --worker-cert/--worker-key (or CA_CERT, SRV_CERT, SRV_KEY, "
+        "WORKER_CERT, WORKER_KEY); without them every run makes ephemeral keys.",
+    )
+    p.add_argument("--out", default=".", help="directory to write into (default .)")
+    p.add_argument("--days", type=int, default=3650, help="validity in days (default 3650)")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(func=_cmd_genkeys)
+
+
+def _cmd_genkeys(args: argparse.Namespace) -> int:
+    from mu.tls import generate_keys
+
+    for path in generate_keys(args.days).write(args.out, force=args.force):
+        print(path)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

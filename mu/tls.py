@@ -28,10 +28,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from OpenSSL import SSL, crypto
 
 from mu.errors import ConfigError
 
-__all__ = ["KEY_FILES", "KeySet", "generate_keys"]
+__all__ = ["KEY_FILES", "KeySet", "client_context", "generate_keys", "server_context"]
 
 KEY_FILES = {
     "ca_cert": "ca_cert.pem",
@@ -205,3 +206,52 @@ def generate_keys(days: int = 3650) -> KeySet:
         worker_cert=worker_cert,
         worker_key=worker_key,
     )
+
+
+# --------------------------------------------------------------------------- TLS contexts
+
+_SSL_MODE_ENABLE_PARTIAL_WRITE = 0x1
+_SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER = 0x2
+
+
+def server_context(keys: KeySet) -> SSL.Context:
+    """The coordinator's pyOpenSSL context: TLS >= 1.2, client certificate required and
+    verified against the run's CA, no compression, no session tickets.
+
+    Raises:
+        ConfigError: a certificate or key does not parse, or they do not match.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(keys.server_cert.encode())
+        key = serialization.load_pem_private_key(keys.server_key.encode(), password=None)
+        ca = x509.load_pem_x509_certificate(keys.ca_cert.encode())
+    except ValueError as exc:
+        raise ConfigError(f"cannot parse the coordinator's certificate or key: {exc}") from exc
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_TICKET)
+    ctx.set_mode(_SSL_MODE_ENABLE_PARTIAL_WRITE | _SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+    try:
+        ctx.use_certificate(cert)
+        ctx.use_privatekey(key)  # type: ignore[arg-type]
+        ctx.check_privatekey()
+    except SSL.Error as exc:
+        raise ConfigError(f"the coordinator's key does not match its certificate: {exc}") from exc
+    ctx.get_cert_store().add_cert(crypto.X509.from_cryptography(ca))  # type: ignore[union-attr]
+    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
+    return ctx
+
+
+def client_context(keys: KeySet, minimum: int = SSL.TLS1_2_VERSION) -> SSL.Context:
+    """A pyOpenSSL client context presenting the worker identity (tests and tools)."""
+    cert = x509.load_pem_x509_certificate(keys.worker_cert.encode())
+    key = serialization.load_pem_private_key(keys.worker_key.encode(), password=None)
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_min_proto_version(minimum)
+    ctx.use_certificate(cert)
+    ctx.use_privatekey(key)  # type: ignore[arg-type]
+    ctx.get_cert_store().add_cert(  # type: ignore[union-attr]
+        crypto.X509.from_cryptography(x509.load_pem_x509_certificate(keys.ca_cert.encode()))
+    )
+    ctx.set_verify(SSL.VERIFY_PEER)
+    return ctx

@@ -1,0 +1,673 @@
+"""The coordinator: one thread, one ``selectors`` loop, thousands of workers.
+
+Theory of operation
+-------------------
+The coordinator listens, launches the workers through an injected
+:class:`~mu.launch.Launcher` (in a helper thread, so accepting starts at once), and drives
+each worker connection through its :class:`~mu.actor.Actor`:
+
+1. **Accept** every connection waiting at each wake-up. Each gets a :class:`~mu.net.Pipe`
+   (TLS, mutual, unless disabled) and a handshake deadline.
+2. **Hello.** After the handshake the worker must say ``OK:HELLO:<token>`` before the hello
+   deadline. A failed handshake, a wrong or missing token, or silence closes the connection
+   and counts it as *rejected*, never as a worker.
+3. **Work.** An accepted worker takes the next actor number from the work queue and the
+   job's first state; then every message it sends advances that actor's state machine and the
+   commands that come out are written back. A worker beyond the work left is told ``quit:``.
+4. **End.** An actor ends finished (terminal state), failed (error state, protocol error,
+   disconnect, or its ``-m`` deadline), or — if no worker can arrive for it any more —
+   failed with that reason. The run ends when every actor has ended, or at the run deadline.
+
+Costs per message do not grow with N: readiness comes from the selector, and deadlines sit
+in a heap whose stale entries are skipped when they surface (nothing scans all workers).
+Everything a peer can make the coordinator hold is bounded: frame size, handshake and hello
+time, queued output (a worker that stops reading is dropped), and open connections.
+A peer's misbehaviour ends that peer's connection only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import secrets
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from OpenSSL import SSL
+
+from mu.actor import Actor, Failed, Finished, HelloReceived, Lifecycle, Rejected
+from mu.config import RunConfig
+from mu.errors import LaunchError, TransportError
+from mu.launch import Launcher, LaunchReport, LaunchSpec, WorkerPayload
+from mu.net import Pipe
+from mu.protocol import NEED_DATA
+from mu.states import MachineState
+from mu.tls import KeySet, server_context
+
+__all__ = ["ActorResult", "Coordinator", "RunResult", "Statistics"]
+
+log = logging.getLogger(__name__)
+
+_STATUS_EVERY = 0.25  # seconds between status callbacks
+
+
+@dataclass(frozen=True)
+class ActorResult:
+    """How one actor (attempt) ended.
+
+    ``timestamps`` are ``(seconds since the run started, state name)``.
+    """
+
+    actor: int
+    ok: bool
+    state: str
+    error: str | None
+    timestamps: tuple[tuple[float, str], ...]
+    attempt: int = 0
+    peer: str = ""
+
+    def to_record(self) -> dict[str, Any]:
+        """The run-record line (``-O``) for this attempt."""
+        return {
+            "actor": self.actor,
+            "attempt": self.attempt,
+            "state": self.state,
+            "ok": self.ok,
+            "error": self.error,
+            "timestamps": [[round(t, 6), name] for t, name in self.timestamps],
+        }
+
+
+@dataclass
+class RunResult:
+    """What a run did."""
+
+    actors: list[ActorResult]
+    rejected: int
+    rejections: list[str]
+    launch: LaunchReport | None
+    launch_error: str | None
+    wall: float
+    messages_in: int
+    messages_out: int
+
+    @property
+    def done(self) -> int:
+        return sum(1 for a in self.actors if a.ok)
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for a in self.actors if not a.ok)
+
+    @property
+    def failed(self) -> list[ActorResult]:
+        return [a for a in self.actors if not a.ok]
+
+    @property
+    def exit_status(self) -> int:
+        """0 only if every actor ended in a non-error terminal state."""
+        return 0 if self.actors and not self.failed else 1
+
+    def write_record(self, path: str | Path) -> None:
+        """Write the run record: one JSON object per actor attempt per line."""
+        import json
+
+        with open(path, "w") as f:
+            for result in sorted(self.actors, key=lambda a: (a.actor, a.attempt)):
+                f.write(json.dumps(result.to_record()) + "\n")
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """A snapshot of the run (see :meth:`Coordinator.statistics`)."""
+
+    elapsed: float
+    total: int
+    waiting: int
+    active: int
+    done: int
+    errors: int
+    rejected: int
+    connections: int
+    messages_in: int
+    messages_out: int
+    launched: int | None
+    states: Mapping[int, str] = field(default_factory=dict)
+
+
+class _Conn:
+    """One connection: its pipe, its actor and its pending output."""
+
+    __slots__ = (
+        "actor",
+        "closing",
+        "counted_out",
+        "id",
+        "out",
+        "peer",
+        "pipe",
+        "started_at",
+        "tls_done",
+    )
+
+    def __init__(self, cid: int, pipe: Pipe, actor: Actor, peer: str) -> None:
+        self.id = cid
+        self.pipe = pipe
+        self.actor = actor
+        self.peer = peer
+        self.out = bytearray()
+        self.tls_done = False
+        self.closing = False
+        self.started_at = 0.0
+        self.counted_out = 0
+
+
+class Coordinator:
+    """Drives one run.
+
+    Args:
+        first_state: the job's first state class (it receives the worker's hello).
+        job_config: the job's frozen configuration, handed to every state.
+        run_config: how the run goes (:class:`~mu.config.RunConfig`).
+        keys: the run's keys; ``None`` with ``run_config.tls`` means ephemeral keys.
+        launcher: starts the workers; ``None`` launches nothing (workers join by hand).
+        function_name: the function to invoke.
+        regions: where to invoke it (round-robin).
+        payload_fields: extra invocation payload fields (``bucket``, ``region``, ...).
+        host_addr: the address workers dial back to (default: the listening address).
+        clock: monotonic time source.
+        status: called about four times a second with :meth:`statistics`.
+    """
+
+    def __init__(
+        self,
+        first_state: Callable[..., MachineState],
+        job_config: Any,
+        run_config: RunConfig,
+        keys: KeySet | None = None,
+        *,
+        launcher: Launcher | None = None,
+        function_name: str = "",
+        regions: Sequence[str] = ("us-east-1",),
+        payload_fields: Mapping[str, Any] | None = None,
+        host_addr: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        status: Callable[[Statistics], None] | None = None,
+    ) -> None:
+        self.first_state = first_state
+        self.job_config = job_config
+        self.config = run_config
+        if run_config.tls and keys is None:
+            from mu.tls import generate_keys
+
+            keys = generate_keys(days=2)
+        self.keys = keys
+        self.launcher = launcher
+        self.function_name = function_name
+        self.regions = tuple(regions)
+        self.payload_fields = dict(payload_fields or {})
+        self.host_addr = host_addr
+        self.clock = clock
+        self.status = status
+        self.token = secrets.token_urlsafe(24)
+        self._ctx: SSL.Context | None = server_context(keys) if keys and run_config.tls else None
+        self._listener: socket.socket | None = None
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._queue: deque[int] = deque(run_config.actor_numbers())
+        self._pending = set(self._queue)  # actors not yet ended
+        self._running: dict[int, _Conn] = {}  # actor number -> its connection
+        self._conns: dict[int, _Conn] = {}
+        self._heap: list[tuple[float, int, int, str]] = []
+        self._ids = itertools.count()
+        self._seq = itertools.count()
+        self._results: list[ActorResult] = []
+        self._rejected = 0
+        self._rejections: deque[str] = deque(maxlen=100)
+        self._arrived = 0
+        self._launch: LaunchReport | None = None
+        self._launch_error: str | None = None
+        self._launch_done = launcher is None
+        self._launch_thread: threading.Thread | None = None
+        self._t0 = clock()
+        self._messages_in = 0
+        self._messages_out = 0
+        self._stop = False
+
+    # -- setup ---------------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port); binds first if needed."""
+        if self._listener is None:
+            self.bind()
+        assert self._listener is not None
+        host, port = self._listener.getsockname()[:2]
+        return host, port
+
+    def bind(self) -> tuple[str, int]:
+        """Listen on ``run_config.host:port`` (port 0: a free one).
+
+        Raises:
+            TransportError: the address cannot be bound.
+        """
+        if self._listener is not None:
+            return self.address
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.config.host, self.config.port))
+        except OSError as exc:
+            sock.close()
+            raise TransportError(
+                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}"
+            ) from exc
+        sock.listen(_backlog(self.config.workers_to_launch))
+        sock.setblocking(False)
+        self._listener = sock
+        self._sel.register(sock, selectors.EVENT_READ, None)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        return self.address
+
+    def payload(self) -> WorkerPayload:
+        """The invocation payload every worker of this run receives (no coordinator key)."""
+        host, port = self.address
+        keys = self.keys if self.config.tls else None
+        fields = dict(self.payload_fields)
+        known = {k: fields.pop(k) for k in list(fields) if k in WorkerPayload.__dataclass_fields__}
+        return WorkerPayload(
+            addr=self.host_addr or host,
+            port=port,
+            token=self.token,
+            cacert=keys.ca_cert if keys else "",
+            wrkcrt=keys.worker_cert if keys else "",
+            wrkkey=keys.worker_key if keys else "",
+            extra=fields,
+            **known,
+        )
+
+    def payload_json(self) -> bytes:
+        """The payload as sent, checked never to carry the coordinator's private key."""
+        forbidden = self.keys.server_key if self.keys else None
+        return self.payload().to_json(forbidden_key=forbidden)
+
+    # -- introspection -------------------------------------------------------------------
+
+    def statistics(self) -> Statistics:
+        """Counts for status displays; cheap enough to call a few times a second."""
+        done = sum(1 for r in self._results if r.ok)
+        states = {
+            n: (c.actor.state.name if c.actor.state else "?") for n, c in self._running.items()
+        }
+        for r in self._results:
+            states[r.actor] = r.state
+        return Statistics(
+            elapsed=self.clock() - self._t0,
+            total=len(self.config.actor_numbers()),
+            waiting=len(self._queue),
+            active=len(self._running),
+            done=done,
+            errors=len(self._results) - done,
+            rejected=self._rejected,
+            connections=len(self._conns),
+            messages_in=self._messages_in,
+            messages_out=self._messages_out,
+            launched=self._launch.accepted if self._launch else None,
+            states=states,
+        )
+
+    # -- the run -------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        """Bind, launch, drive every worker until every actor has ended; return the result."""
+        self.bind()
+        self._t0 = self.clock()
+        payload = self.payload_json()
+        if self.launcher is not None:
+            spec = LaunchSpec(
+                self.function_name, payload, self.config.workers_to_launch, self.regions
+            )
+            self._launch_thread = threading.Thread(
+                target=self._launch_workers, args=(spec,), name="mu-launch", daemon=True
+            )
+            self._launch_thread.start()
+        if self.config.run_deadline:
+            self._at(self.config.run_deadline, -1, "run")
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        return RunResult(
+            actors=list(self._results),
+            rejected=self._rejected,
+            rejections=list(self._rejections),
+            launch=self._launch,
+            launch_error=self._launch_error,
+            wall=self.clock() - self._t0,
+            messages_in=self._messages_in,
+            messages_out=self._messages_out,
+        )
+
+    def stop(self) -> None:
+        """Ask a running loop (in another thread) to end; unfinished actors fail."""
+        self._stop = True
+        self._wake()
+
+    def _wake(self) -> None:
+        # If the loop is gone or the pipe is full, it wakes anyway.
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"!")
+
+    def _launch_workers(self, spec: LaunchSpec) -> None:
+        assert self.launcher is not None
+        try:
+            self._launch = self.launcher.launch(spec)
+        except LaunchError as exc:
+            self._launch_error = str(exc)
+            self._launch = getattr(exc, "report", None)
+        finally:
+            self._launch_done = True
+            self._wake()
+
+    def _loop(self) -> None:
+        select = self._sel.select
+        next_status = 0.0
+        while self._pending and not self._stop:
+            now = self.clock()
+            timeout = _STATUS_EVERY if self.status else 1.0
+            if self._heap:
+                timeout = max(0.0, min(timeout, self._heap[0][0] - now))
+            for key, mask in select(timeout):
+                data = key.data
+                if data is None:
+                    self._accept()
+                elif data == "wake":
+                    self._drain_wake()
+                else:
+                    self._service(data, mask)
+            now = self.clock()
+            self._expire(now)
+            self._check_starved()
+            if self.status and now >= next_status:
+                next_status = now + _STATUS_EVERY
+                self.status(self.statistics())
+        reason = "the run was stopped" if self._stop else "the run deadline passed"
+        for number in list(self._pending):
+            self._end_unstarted(number, reason)
+        if self.status:
+            self.status(self.statistics())
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            self._wake_r.recv(4096)
+
+    def _check_starved(self) -> None:
+        """Fail actors no worker can come for any more (the launch is over, none is left)."""
+        if not self._launch_done or not self._queue or self.launcher is None:
+            return
+        accepted = self._launch.accepted if self._launch else 0
+        if self._arrived < accepted or self._conns:
+            return
+        why = self._launch_error or f"the launch started {accepted} worker(s)"
+        while self._queue:
+            self._end_unstarted(self._queue.popleft(), f"no worker came for it ({why})")
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                sock, addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. EMFILE: leave the rest in the backlog
+                log.warning("accept failed: %s", exc)
+                return
+            peer = f"{addr[0]}:{addr[1]}"
+            if len(self._conns) >= self.config.max_connections:
+                self._reject_count(f"{peer}: over {self.config.max_connections} connections")
+                sock.close()
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            cid = next(self._ids)
+            pipe = Pipe(sock, self._ctx, peer)
+            actor = Actor(self.token, max_frame=self.config.max_frame, peer=peer, clock=self.clock)
+            conn = _Conn(cid, pipe, actor, peer)
+            conn.tls_done = self._ctx is None
+            self._conns[cid] = conn
+            self._sel.register(sock, selectors.EVENT_READ, conn)
+            if conn.tls_done:
+                self._at(self.config.hello_timeout, cid, "hello")
+            else:
+                self._at(self.config.handshake_timeout, cid, "handshake")
+                self._handshake(conn)
+
+    def _handshake(self, conn: _Conn) -> None:
+        try:
+            done = conn.pipe.handshake()
+        except TransportError as exc:
+            self._close(conn, rejected=str(exc))
+            return
+        if conn.pipe.wants_write:
+            self._sel.modify(conn.pipe.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+        elif done or not conn.out:
+            self._sel.modify(conn.pipe.sock, selectors.EVENT_READ, conn)
+        if done:
+            conn.tls_done = True
+            self._at(self.config.hello_timeout, conn.id, "hello")
+            self._read(conn)  # the hello may have come with the last handshake flight
+
+    def _service(self, conn: _Conn, mask: int) -> None:
+        if conn.id not in self._conns:
+            return
+        if not conn.tls_done:
+            self._handshake(conn)
+            return
+        if mask & selectors.EVENT_READ:
+            self._read(conn)
+        if conn.id in self._conns and (mask & selectors.EVENT_WRITE or conn.out):
+            self._flush(conn)
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.pipe.receive()
+        except TransportError as exc:
+            conn.actor.receive_data(b"")
+            self._events(conn, override=str(exc))
+            self._close(conn)
+            return
+        if data is None:
+            if conn.pipe.wants_write:
+                self._flush(conn)
+            return
+        actor = conn.actor
+        before = actor.messages_in
+        actor.receive_data(data)
+        self._messages_in += actor.messages_in - before
+        self._events(conn)
+        if conn.id in self._conns:
+            self._flush(conn)
+
+    def _events(self, conn: _Conn, override: str | None = None) -> None:
+        actor = conn.actor
+        while (event := actor.next_event()) is not NEED_DATA:
+            if isinstance(event, HelloReceived):
+                self._arrived += 1
+                self._assign(conn)
+            elif isinstance(event, Rejected):
+                self._close(conn, rejected=override or event.reason)
+                return
+            elif isinstance(event, Finished):
+                self._record(conn, True, None)
+                conn.closing = True
+            elif isinstance(event, Failed):
+                reason = event.reason
+                if override and "connection closed" in reason:
+                    reason = override
+                if actor.actorNum is not None and actor.actorNum in self._running:
+                    self._record(conn, False, reason)
+                conn.closing = True
+
+    def _assign(self, conn: _Conn) -> None:
+        actor = conn.actor
+        if not self._queue:
+            actor.dismiss()
+            conn.closing = True
+            return
+        number = self._queue.popleft()
+        self._running[number] = conn
+        conn.started_at = self.clock()
+        if self.config.worker_deadline:
+            self._at(self.config.worker_deadline, conn.id, "worker")
+        before = actor.messages_in
+        actor.start(number, self.first_state, self.job_config)
+        self._messages_in += actor.messages_in - before
+        self._events(conn)
+
+    def _record(self, conn: _Conn, ok: bool, error: str | None) -> None:
+        actor = conn.actor
+        number = actor.actorNum
+        assert number is not None
+        self._running.pop(number, None)
+        self._pending.discard(number)
+        state = actor.state
+        stamps = tuple((t - self._t0, name) for t, name in (state.timestamps if state else ()))
+        self._results.append(
+            ActorResult(number, ok, state.name if state else "?", error, stamps, peer=conn.peer)
+        )
+        if not ok:
+            log.warning("actor %d failed in %s: %s", number, _failed_in(state), error)
+
+    def _end_unstarted(self, number: int, reason: str) -> None:
+        conn = self._running.get(number)
+        if conn is not None:
+            conn.actor.terminate(reason)
+            self._events(conn)
+            self._close(conn)
+            return
+        self._pending.discard(number)
+        self._results.append(ActorResult(number, False, "NotStarted", reason, ()))
+
+    def _flush(self, conn: _Conn) -> None:
+        actor = conn.actor
+        data = actor.data_to_send()
+        self._messages_out += actor.messages_out - conn.counted_out
+        conn.counted_out = actor.messages_out
+        if data:
+            conn.out += data
+        out = conn.out
+        try:
+            while out:
+                sent = conn.pipe.send(memoryview(out))
+                if not sent:
+                    break
+                del out[:sent]
+        except TransportError as exc:
+            if conn.actor.actorNum in self._running:
+                conn.actor.terminate(str(exc))
+                self._events(conn)
+            self._close(conn)
+            return
+        if len(out) > self.config.max_send_buffer:
+            conn.actor.terminate(
+                f"worker stopped reading: {len(out)} bytes queued, limit "
+                f"{self.config.max_send_buffer}"
+            )
+            self._events(conn)
+            self._close(conn)
+            return
+        if out or conn.pipe.wants_write:
+            self._sel.modify(conn.pipe.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+        elif conn.closing:
+            self._close(conn)
+        else:
+            self._sel.modify(conn.pipe.sock, selectors.EVENT_READ, conn)
+
+    def _close(self, conn: _Conn, rejected: str | None = None) -> None:
+        if self._conns.pop(conn.id, None) is None:
+            return
+        if rejected is not None:
+            self._reject_count(f"{conn.peer}: {rejected}")
+        number = conn.actor.actorNum
+        if number is not None and self._running.get(number) is conn:
+            # Ended without an event (should not happen): record it rather than lose it.
+            self._record(conn, False, "connection closed")
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(conn.pipe.sock)
+        conn.pipe.close()
+
+    def _reject_count(self, reason: str) -> None:
+        self._rejected += 1
+        self._rejections.append(reason)
+        log.info("rejected %s", reason)
+
+    # -- deadlines -----------------------------------------------------------------------
+
+    def _at(self, delay: float, cid: int, kind: str) -> None:
+        heapq.heappush(self._heap, (self.clock() + delay, next(self._seq), cid, kind))
+
+    def _expire(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, cid, kind = heapq.heappop(heap)
+            if kind == "run":
+                self._stop_for_deadline()
+                continue
+            conn = self._conns.get(cid)
+            if conn is None:
+                continue  # stale: that connection is gone
+            actor = conn.actor
+            if kind == "handshake" and not conn.tls_done:
+                self._close(
+                    conn,
+                    rejected="TLS handshake did not finish within "
+                    f"{self.config.handshake_timeout:g} s",
+                )
+            elif kind == "hello" and actor.lifecycle is Lifecycle.AWAIT_HELLO:
+                actor.terminate(f"no hello within {self.config.hello_timeout:g} s")
+                self._events(conn)
+            elif kind == "worker" and actor.lifecycle is Lifecycle.RUNNING:
+                actor.terminate(f"deadline of {self.config.worker_deadline:g} s passed")
+                self._events(conn)
+                self._close(conn)
+
+    def _stop_for_deadline(self) -> None:
+        for conn in list(self._running.values()):
+            conn.actor.terminate(f"run deadline of {self.config.run_deadline:g} s passed")
+            self._events(conn)
+            self._close(conn)
+        self._stop = True
+
+    def _shutdown(self) -> None:
+        for conn in list(self._conns.values()):
+            self._close(conn)
+        self._sel.close()
+        if self._listener is not None:
+            self._listener.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        if self._launch_thread is not None:
+            self._launch_thread.join(timeout=30)
+
+
+def _failed_in(state: MachineState | None) -> str:
+    return getattr(state, "failed_in", "") or (state.name if state else "?")
+
+
+def _backlog(workers: int) -> int:
+    """A listen backlog for ``workers`` arrivals, within the kernel's somaxconn."""
+    try:
+        cap = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    except (OSError, ValueError):
+        cap = 4096
+    return max(128, min(workers + 64, cap))

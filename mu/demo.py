@@ -1,0 +1,166 @@
+"""``mu demo``: the whole png2y4m flow on this machine, checked end to end.
+
+Theory of operation
+-------------------
+1. Write 24 frames of 1280x720 16-bit moving content (:mod:`mu.frames`) into
+   ``OUT/frames/``.
+2. Run ``mu png2y4m`` on the local backend (embedded emulator and moto S3, ephemeral keys,
+   the static binary): 4 workers x 6 frames, inputs uploaded from ``OUT/frames``, the four
+   Y4M chunks downloaded to ``OUT/``, the run record written to ``OUT/run.jsonl``.
+3. Verify each chunk against the Python reference conversion of its PNG frames (frame
+   count, size, PSNR of Y, Cb and Cr), draw ``OUT/timeline.png`` and print a summary.
+
+The exit status is 0 only if the run succeeded and every chunk verified.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import png
+
+from mu.apps.png2y4m_run import Outcome, parse, run
+from mu.frames import write_frames
+from mu.launch import Launcher
+
+__all__ = ["MIN_PSNR", "ChunkCheck", "run_demo", "verify_chunk"]
+
+MIN_PSNR = 48.0
+"""Lowest PSNR (dB) of any plane against the float reference that counts as correct.
+Rounding alone gives about 59 dB on this content; dithering costs a few dB."""
+
+WORKERS, FRAMES, WIDTH, HEIGHT, DEPTH = 4, 6, 1280, 720, 16
+BUCKET, VIDEO = "mu-demo", "demo"
+
+
+@dataclass(frozen=True)
+class ChunkCheck:
+    """Verification of one output chunk."""
+
+    path: str
+    frames: int
+    size: tuple[int, int]
+    psnr: tuple[float, float, float]  # worst frame's PSNR of Y, Cb, Cr
+    problem: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def read_png(path: Path) -> tuple[np.ndarray[Any, Any], int]:
+    """RGB samples and bit depth of a PNG, 16-bit kept (pypng; Pillow would truncate)."""
+    width, height, rows, info = png.Reader(filename=str(path)).asRGB()
+    depth = int(info["bitdepth"])
+    data = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
+    return data.reshape(height, width, 3), depth
+
+
+def verify_chunk(path: Path, pngs: list[Path]) -> ChunkCheck:
+    """Compare a Y4M chunk with the reference conversion of its PNG frames."""
+    from mu.y4m import convert_frame, psnr, read_y4m
+
+    video = read_y4m(path)
+    size = (video.width, video.height)
+    if len(video.frames) != len(pngs):
+        return ChunkCheck(str(path), len(video.frames), size, (0, 0, 0),
+                          f"{len(video.frames)} frames, expected {len(pngs)}")
+    worst = [float("inf")] * 3
+    for frame, png_path in zip(video.frames, pngs, strict=True):
+        rgb, depth = read_png(png_path)
+        if (rgb.shape[1], rgb.shape[0]) != size:
+            return ChunkCheck(str(path), len(video.frames), size, (0, 0, 0),
+                              f"size {size} differs from {png_path.name}")
+        reference = convert_frame(rgb, depth, video.chroma)
+        for plane in range(3):
+            worst[plane] = min(worst[plane], psnr(frame[plane], reference[plane]))
+    low = min(worst)
+    problem = None if low >= MIN_PSNR else f"PSNR {low:.1f} dB below {MIN_PSNR} dB"
+    return ChunkCheck(str(path), len(video.frames), size, (worst[0], worst[1], worst[2]), problem)
+
+
+def time_per_state(record: Path) -> dict[str, float]:
+    """Mean seconds a worker spent in each state, from the run record."""
+    from mu.plot import read_record
+
+    spent: dict[str, list[float]] = defaultdict(list)
+    for attempt in read_record(record):
+        totals: dict[str, float] = defaultdict(float)
+        for (start, name), (stop, _) in zip(attempt.timestamps, attempt.timestamps[1:], strict=False):
+            totals[name] += stop - start
+        for name, total in totals.items():
+            spent[name].append(total)
+    return {name: statistics.fmean(values) for name, values in spent.items()}
+
+
+def run_demo(
+    out_dir: str,
+    launcher: Launcher,
+    s3: Any,
+    stream: TextIO | None = None,
+    frame_writer: Callable[..., list[Path]] = write_frames,
+) -> int:
+    """Run the demo into ``out_dir`` with a local ``launcher`` and its ``s3`` client.
+
+    Returns:
+        0 if every chunk was produced and verified, else 1.
+    """
+    say = stream or sys.stdout
+    out = Path(out_dir)
+    frames_dir = out / "frames"
+    started = time.monotonic()
+    print(f"[1/4] writing {WORKERS * FRAMES} frames {WIDTH}x{HEIGHT} {DEPTH}-bit to "
+          f"{frames_dir}/", file=say)
+    pngs = frame_writer(frames_dir, WORKERS * FRAMES, WIDTH, HEIGHT, DEPTH)
+    record = out / "run.jsonl"
+    args = parse([
+        "--backend", "local", "-n", str(WORKERS), "-f", str(FRAMES), "-v", VIDEO,
+        "-b", BUCKET, "--input-dir", str(frames_dir), "--output-dir", str(out),
+        "-O", str(record), "-t", "0",
+    ])
+    print(f"[2/4] running png2y4m: {WORKERS} workers x {FRAMES} frames on the local "
+          "emulator", file=say)
+    run_started = time.monotonic()
+    outcome: Outcome = run(args, launcher, s3, "127.0.0.1", out=say)
+    run_wall = time.monotonic() - run_started
+
+    print("[3/4] verifying chunks against the Python reference", file=say)
+    checks = []
+    for chunk in range(WORKERS):
+        path = out / f"{chunk:08d}.y4m"
+        mine = pngs[chunk * FRAMES : (chunk + 1) * FRAMES]
+        if not path.exists():
+            checks.append(ChunkCheck(str(path), 0, (0, 0), (0, 0, 0), "missing"))
+            continue
+        checks.append(verify_chunk(path, mine))
+    for c in checks:
+        status = "ok" if c.ok else f"FAILED: {c.problem}"
+        print(f"  {c.path}: {c.frames} frames {c.size[0]}x{c.size[1]}, PSNR Y/Cb/Cr "
+              f"{c.psnr[0]:.1f}/{c.psnr[1]:.1f}/{c.psnr[2]:.1f} dB  {status}", file=say)
+
+    print("[4/4] drawing the timeline", file=say)
+    timeline = None
+    if record.exists():
+        from mu.plot import plot_timeline
+
+        timeline = plot_timeline(record, out / "timeline.png", "mu demo: png2y4m, local backend")
+    total = time.monotonic() - started
+    ok = outcome.exit_status == 0 and all(c.ok for c in checks)
+    print("", file=say)
+    print(f"{'PASSED' if ok else 'FAILED'}: {WORKERS * FRAMES} frames, {WORKERS} workers, "
+          f"run {run_wall:.1f} s, demo {total:.1f} s", file=say)
+    if record.exists():
+        per_state = time_per_state(record)
+        print("  mean time per state: " + ", ".join(
+            f"{name} {seconds:.2f} s" for name, seconds in per_state.items()), file=say)
+    print(f"  outputs: {out}/*.y4m, run record {record}"
+          + (f", timeline {timeline}" if timeline else ""), file=say)
+    return 0 if ok else 1

@@ -1,0 +1,168 @@
+"""The coordinator's command-line flags, shared by every job subcommand.
+
+:func:`add_run_arguments` adds the 2016 server flags (``-t -D -O -P -m -c -s -k``, ``-X``,
+``-N``) and mu's own; :func:`keys_from_args` and :func:`run_config_from_args` turn them into a
+:class:`~mu.tls.KeySet` and a :class:`~mu.config.RunConfig`; :func:`execute` runs a
+coordinator with the live view, the run record (``-O``), profiling (``-P``) and the final
+report that those flags ask for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping
+from typing import TextIO
+
+from mu.config import DEFAULT_PORT, RunConfig
+from mu.coordinator import Coordinator, RunResult
+from mu.errors import ConfigError
+from mu.tls import KeySet
+
+__all__ = ["add_run_arguments", "execute", "keys_from_args", "parse_actors", "run_config_from_args"]
+
+
+def parse_actors(text: str) -> list[int]:
+    """Parse ``-N a,b,c`` (ranges ``a-b`` allowed)."""
+    actors: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise argparse.ArgumentTypeError(f"{part!r} is not an actor number or range a-b")
+        actors.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+    return actors
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the coordinator flags to ``parser``."""
+    g = parser.add_argument_group("coordinator")
+    g.add_argument(
+        "-t",
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"listen on this port ({DEFAULT_PORT}; 0 picks a free one)",
+    )
+    g.add_argument(
+        "--host",
+        default=None,
+        help="listen address (default 127.0.0.1 for local runs, 0.0.0.0 for AWS)",
+    )
+    g.add_argument("-D", "--debug", action="store_true", help="debug logging")
+    g.add_argument("-O", "--record", metavar="FILE", help="write the run record (JSON lines)")
+    g.add_argument("-P", "--profile", metavar="FILE", help="write cProfile stats")
+    g.add_argument(
+        "-m",
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help="fail a worker that takes longer than this",
+    )
+    g.add_argument(
+        "--run-deadline", type=float, metavar="SECONDS", help="end the whole run after this long"
+    )
+    g.add_argument(
+        "-X", "--extra", type=int, default=0, metavar="N", help="launch N spare workers (0)"
+    )
+    g.add_argument(
+        "-N", "--actors", type=parse_actors, metavar="A,B,C", help="run exactly these actor numbers"
+    )
+    g.add_argument(
+        "--no-tls",
+        action="store_true",
+        help="plain TCP between coordinator and workers (debugging only)",
+    )
+    g.add_argument(
+        "--payload-out", metavar="FILE", help="backend none: write the invocation payload here"
+    )
+    k = parser.add_argument_group("keys (default: ephemeral keys made for this run)")
+    k.add_argument("-c", "--ca-cert", metavar="FILE", help="CA certificate (env CA_CERT)")
+    k.add_argument(
+        "-s", "--server-cert", metavar="FILE", help="coordinator certificate (env SRV_CERT)"
+    )
+    k.add_argument("-k", "--server-key", metavar="FILE", help="coordinator key (env SRV_KEY)")
+    k.add_argument("--worker-cert", metavar="FILE", help="worker certificate (env WORKER_CERT)")
+    k.add_argument("--worker-key", metavar="FILE", help="worker key (env WORKER_KEY)")
+
+
+def keys_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] = os.environ
+) -> KeySet | None:
+    """The run's keys: from flags, else the 2016 environment variables, else ephemeral.
+
+    Returns None for ``--no-tls``.
+
+    Raises:
+        ConfigError: a key file is missing or unreadable, or only some were given.
+    """
+    if getattr(args, "no_tls", False):
+        return None
+    ca = args.ca_cert or environ.get("CA_CERT")
+    cert = args.server_cert or environ.get("SRV_CERT")
+    key = args.server_key or environ.get("SRV_KEY")
+    wcert = args.worker_cert or environ.get("WORKER_CERT")
+    wkey = args.worker_key or environ.get("WORKER_KEY")
+    given = {"-c/CA_CERT": ca, "-s/SRV_CERT": cert, "-k/SRV_KEY": key}
+    if not any(given.values()):
+        from mu.tls import generate_keys
+
+        return generate_keys(days=2)
+    missing = [name for name, value in given.items() if not value]
+    if missing:
+        raise ConfigError(f"keys given in part: also give {', '.join(missing)}")
+    assert ca and cert and key
+    return KeySet.load(ca, cert, key, wcert, wkey)
+
+
+def run_config_from_args(args: argparse.Namespace, num_actors: int, offset: int) -> RunConfig:
+    """The RunConfig the flags describe."""
+    host = args.host or (
+        "0.0.0.0" if getattr(args, "backend", "local") == "lambda" else "127.0.0.1"
+    )
+    return RunConfig(
+        num_actors=num_actors,
+        offset=offset,
+        actors=args.actors,
+        extra_workers=args.extra,
+        host=host,
+        port=args.port,
+        worker_deadline=args.deadline,
+        run_deadline=args.run_deadline,
+        tls=not args.no_tls,
+    )
+
+
+def execute(
+    coordinator: Coordinator, args: argparse.Namespace, out: TextIO | None = None
+) -> RunResult:
+    """Run ``coordinator`` with the live view, ``-P`` profiling, ``-O`` record and the report."""
+    from mu.report import LiveStatus, final_report
+
+    stream = out or sys.stderr
+    if not coordinator.config.tls:
+        print(
+            "mu: WARNING: --no-tls: workers and coordinator talk in the clear, and anyone "
+            "who can reach the port can pose as a worker",
+            file=stream,
+        )
+    live = LiveStatus(stream)
+    coordinator.status = live.update
+    try:
+        if args.profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            result = profiler.runcall(coordinator.run)
+            profiler.dump_stats(args.profile)
+        else:
+            result = coordinator.run()
+    finally:
+        live.close()
+    if args.record:
+        result.write_record(args.record)
+    final_report(result, stream)
+    return result
