@@ -1,0 +1,431 @@
+"""The worker's command table, its values, and command templating.
+
+Theory of operation
+-------------------
+The coordinator sends text commands ``name:args``; :func:`dispatch` looks ``name`` up in
+:data:`COMMANDS` (a plain dict, the contract of DESIGN §3) and queues the response(s) through
+the worker's ``send`` function. The table and its exact responses::
+
+    set:k:v              OK:SET(k)
+    seti:k:n             OK:SETI(k)          FAIL(seti: 'x' is not an integer)
+    get:k                OK:GET(v)           FAIL(no such variable k)
+    geti:k               INFO:k:v, OK:GETI(k)
+    dump_vals:           OK:DUMP_VALS:{json}      (secrets redacted)
+    retrieve:[key\\0file] OK:RETRIEVE(bucket/key)  FAIL(retrieve s3://bucket/key: Code: msg)
+    upload:[key\\0file]   OK:UPLOAD(bucket/key)    FAIL(upload s3://bucket/key: Code: msg)
+    run:[cmd]            OK:RETVAL(0):OUTPUT(...):COMMAND(...)
+                         FAIL(RETVAL(n):OUTPUT(...):COMMAND(...))   when n != 0
+    echo:x               OK:ECHO(x)
+    connect:h:p:first    OK:CONNECT(h:p)
+    close_connect:       OK:CLOSE_CONNECT
+    quit:                (no response; the session closes)
+    anything else        FAIL(no such command 'name')
+
+A command whose arguments are malformed answers ``FAIL(<name>: <what was wrong>)``; the worker
+keeps serving after every FAIL.
+
+``run`` with a non-zero exit status answers ``FAIL(RETVAL(n):...)`` rather than
+``OK:RETVAL(n):...``: a job that expects ``OK:RETVAL(0)`` then ends in ``ErrorState`` with the
+binary's own message instead of a generic "unexpected response".
+
+Values (``vals``) start from the invocation (``bucket``, ``region``, ``nonblock``,
+``bg_silent``, ``cmdinfile``/``cmdoutfile``/``cmdquality`` from ``infile``/``outfile``/
+``quality``, ``cmdvars``/``cmdargs`` from ``vars``/``args``); ``set``/``seti`` change them.
+``retrieve`` reads ``bucket``, ``inkey``, ``targfile``; ``upload`` reads ``fromfile``,
+``bucket``, ``outkey``. File paths have ``##TMPDIR##`` replaced by the invocation's private
+temporary directory; a relative path is taken relative to it.
+
+Nonblock: when ``nonblock`` is 1, ``retrieve``, ``upload`` and ``run`` first answer
+``OK:RETRIEVING(bucket/key)``, ``OK:UPLOADING(bucket/key)`` or ``OK:RUNNING(cmd)`` (unless
+``bg_silent`` is 1), then do the work in a background job and send the same final response as
+in blocking mode when it ends. The arguments of a job are fixed when the command arrives, so
+later ``set`` commands do not change a running job.
+
+Templating (:func:`render`): in the command, ``##INFILE##``, ``##OUTFILE##`` and
+``##QUALITY##`` are replaced by ``cmdinfile``, ``cmdoutfile`` and ``cmdquality``; ``cmdvars``
+is put in front and ``cmdargs`` after; ``##TMPDIR##`` is replaced last. Commands run through
+``/bin/sh`` with the function's directory (where the binary sits) as working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from mu.worker.jobs import JobSet
+from mu.worker.s3 import S3, TransferError
+
+__all__ = [
+    "COMMANDS",
+    "REDACTED",
+    "SECRET_NAMES",
+    "CommandError",
+    "Reply",
+    "Worker",
+    "dispatch",
+    "expand_path",
+    "initial_vals",
+    "redacted",
+    "render",
+]
+
+Val = str | int
+
+SECRET_NAMES: Final = frozenset({"token", "cacert", "wrkcrt", "wrkkey", "key", "secret"})
+"""Value names whose values ``dump_vals`` never shows."""
+REDACTED: Final = "<redacted>"
+
+
+class CommandError(Exception):
+    """A command cannot be carried out; ``str()`` is the text inside ``FAIL(...)``."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a handler asks :func:`dispatch` to do.
+
+    Attributes:
+        messages: responses to queue at once, in order.
+        job: the slow part (transfer, command), returning the final response; run in the
+            background when ``nonblock`` is set, else at once.
+        ack: the immediate nonblock answer (``OK:RUNNING(...)``).
+        quit: end the session after queuing ``messages``.
+    """
+
+    messages: tuple[str, ...] = ()
+    job: Callable[[], str] | None = None
+    ack: str = ""
+    quit: bool = False
+
+
+@dataclass
+class Worker:
+    """The state one invocation's commands act on.
+
+    Args:
+        vals: the worker's values (see the module docstring).
+        command: the function's command template (``./png2y4m -i -d -o ##OUTFILE## ##INFILE##``).
+        tmpdir: the invocation's private temporary directory.
+        cwd: where commands run (the function's directory).
+        send: thread-safe function queuing one message for the coordinator.
+        jobs: the background jobs and subprocesses of this invocation.
+        s3: the invocation's S3 client holder.
+        connect_peer: opens a peer link ``(host, port, first)``; ``None`` disables ``connect``.
+    """
+
+    vals: dict[str, Val]
+    command: str
+    tmpdir: str
+    cwd: str
+    send: Callable[[str], None]
+    jobs: JobSet
+    s3: S3
+    connect_peer: Callable[[str, int, str], Any] | None = None
+    peer: Any = None
+    commands_served: int = 0
+
+    def flag(self, name: str) -> bool:
+        """Whether value ``name`` is a non-zero integer (``"1"`` counts as 1)."""
+        try:
+            return int(self.vals.get(name, 0)) != 0
+        except ValueError:
+            return False
+
+    def text(self, name: str) -> str:
+        """Value ``name`` as text (empty if unset)."""
+        return str(self.vals.get(name, ""))
+
+
+def initial_vals(event: Mapping[str, Any]) -> dict[str, Val]:
+    """The values a worker starts with, taken from the invocation payload.
+
+    Args:
+        event: the invocation payload (DESIGN §3).
+
+    Returns:
+        ``bucket``, ``region``, ``nonblock``, ``bg_silent``, ``cmdinfile``, ``cmdoutfile``,
+        ``cmdquality``, ``cmdvars``, ``cmdargs``.
+    """
+
+    def num(name: str) -> int:
+        try:
+            return int(event.get(name) or 0)
+        except (TypeError, ValueError):
+            return 0
+
+    return {
+        "bucket": str(event.get("bucket") or ""),
+        "region": str(event.get("region") or ""),
+        "nonblock": num("nonblock"),
+        "bg_silent": num("bg_silent"),
+        "cmdinfile": str(event.get("cmdinfile") or event.get("infile") or ""),
+        "cmdoutfile": str(event.get("cmdoutfile") or event.get("outfile") or ""),
+        "cmdquality": str(event.get("cmdquality") or event.get("quality") or ""),
+        "cmdvars": str(event.get("cmdvars") or event.get("vars") or ""),
+        "cmdargs": str(event.get("cmdargs") or event.get("args") or ""),
+    }
+
+
+def render(template: str, vals: Mapping[str, Val], tmpdir: str) -> str:
+    """Fill in a command template (see the module docstring for the order).
+
+    Args:
+        template: the command with ``##INFILE##``-style placeholders.
+        vals: the worker's values.
+        tmpdir: the private temporary directory (``##TMPDIR##``, substituted last).
+
+    Returns:
+        The shell text to run.
+
+    >>> render("./x -o ##OUTFILE## ##INFILE##", {"cmdinfile": "##TMPDIR##/a",
+    ...        "cmdoutfile": "o", "cmdargs": "-v"}, "/tmp/w")
+    './x -o o /tmp/w/a -v'
+    """
+    command = template
+    for placeholder, name in (
+        ("##INFILE##", "cmdinfile"),
+        ("##OUTFILE##", "cmdoutfile"),
+        ("##QUALITY##", "cmdquality"),
+    ):
+        command = command.replace(placeholder, str(vals.get(name, "")))
+    prefix, suffix = str(vals.get("cmdvars", "")), str(vals.get("cmdargs", ""))
+    if prefix:
+        command = f"{prefix} {command}"
+    if suffix:
+        command = f"{command} {suffix}"
+    return command.replace("##TMPDIR##", tmpdir)
+
+
+def expand_path(path: str, tmpdir: str) -> str:
+    """A file-path value made concrete: ``##TMPDIR##`` replaced, relative to ``tmpdir``.
+
+    >>> expand_path("##TMPDIR##/00000007.png", "/tmp/w")
+    '/tmp/w/00000007.png'
+    >>> expand_path("out.y4m", "/tmp/w")
+    '/tmp/w/out.y4m'
+    """
+    path = path.replace("##TMPDIR##", tmpdir)
+    return os.path.join(tmpdir, path)
+
+
+def redacted(vals: Mapping[str, Val]) -> dict[str, Val]:
+    """``vals`` with secret values (keys, certificates, the token) replaced by a marker."""
+    out: dict[str, Val] = {}
+    for name, value in vals.items():
+        secret = name.lower() in SECRET_NAMES or name.lower().endswith(("key", "crt", "cert"))
+        secret = (secret and name not in ("inkey", "outkey")) or "-----BEGIN" in str(value)
+        out[name] = REDACTED if secret else value
+    return out
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def _split(name: str, args: str, count: int, usage: str) -> list[str]:
+    parts = args.split(":", count - 1)
+    if len(parts) != count or not parts[0]:
+        raise CommandError(f"{name}: expected {usage}, got {name}:{args}")
+    return parts
+
+
+def _set(worker: Worker, args: str) -> Reply:
+    key, value = _split("set", args, 2, "set:key:value")
+    worker.vals[key] = value
+    return Reply((f"OK:SET({key})",))
+
+
+def _seti(worker: Worker, args: str) -> Reply:
+    key, value = _split("seti", args, 2, "seti:key:integer")
+    try:
+        worker.vals[key] = int(value)
+    except ValueError:
+        raise CommandError(f"seti: {value!r} is not an integer") from None
+    return Reply((f"OK:SETI({key})",))
+
+
+def _lookup(worker: Worker, name: str, args: str) -> tuple[str, Val]:
+    key = args
+    if not key:
+        raise CommandError(f"{name}: expected {name}:key, got {name}:")
+    if key not in worker.vals:
+        raise CommandError(f"no such variable {key}")
+    return key, worker.vals[key]
+
+
+def _get(worker: Worker, args: str) -> Reply:
+    _key, value = _lookup(worker, "get", args)
+    return Reply((f"OK:GET({value})",))
+
+
+def _geti(worker: Worker, args: str) -> Reply:
+    key, value = _lookup(worker, "geti", args)
+    return Reply((f"INFO:{key}:{value}", f"OK:GETI({key})"))
+
+
+def _dump_vals(worker: Worker, args: str) -> Reply:
+    return Reply((f"OK:DUMP_VALS:{json.dumps(redacted(worker.vals), sort_keys=True)}",))
+
+
+def _key_and_file(name: str, args: str, key_val: str, file_val: str, worker: Worker) -> tuple[str, str]:
+    if args:
+        key, sep, path = args.partition("\0")
+        if not sep or not key or not path:
+            raise CommandError(f"{name}: expected {name}: or {name}:key\\0file, got {args!r}")
+    else:
+        key, path = worker.text(key_val), worker.text(file_val)
+        if not key:
+            raise CommandError(f"{name}: no {key_val} set")
+        if not path:
+            raise CommandError(f"{name}: no {file_val} set")
+    return key, expand_path(path, worker.tmpdir)
+
+
+def _bucket(worker: Worker, name: str) -> str:
+    bucket = worker.text("bucket")
+    if not bucket:
+        raise CommandError(f"{name}: no bucket set")
+    return bucket
+
+
+def _retrieve(worker: Worker, args: str) -> Reply:
+    key, path = _key_and_file("retrieve", args, "inkey", "targfile", worker)
+    bucket = _bucket(worker, "retrieve")
+    s3 = worker.s3
+
+    def job() -> str:
+        try:
+            s3.download(bucket, key, path)
+        except TransferError as exc:
+            return f"FAIL({exc})"
+        return f"OK:RETRIEVE({bucket}/{key})"
+
+    return Reply(job=job, ack=f"OK:RETRIEVING({bucket}/{key})")
+
+
+def _upload(worker: Worker, args: str) -> Reply:
+    key, path = _key_and_file("upload", args, "outkey", "fromfile", worker)
+    bucket = _bucket(worker, "upload")
+    s3 = worker.s3
+
+    def job() -> str:
+        try:
+            s3.upload(path, bucket, key)
+        except TransferError as exc:
+            return f"FAIL({exc})"
+        return f"OK:UPLOAD({bucket}/{key})"
+
+    return Reply(job=job, ack=f"OK:UPLOADING({bucket}/{key})")
+
+
+def _run(worker: Worker, args: str) -> Reply:
+    template = args or worker.command
+    if not template.strip():
+        raise CommandError("run: no command given and the function has none")
+    command = render(template, worker.vals, worker.tmpdir)
+    jobs, cwd = worker.jobs, worker.cwd
+
+    def job() -> str:
+        try:
+            result = jobs.run_process(command, cwd)
+        except OSError as exc:
+            return f"FAIL(run: cannot start {command!r} in {cwd}: {exc.strerror or exc})"
+        body = f"RETVAL({result.returncode}):OUTPUT({result.output}):COMMAND({command})"
+        return f"OK:{body}" if result.returncode == 0 else f"FAIL({body})"
+
+    return Reply(job=job, ack=f"OK:RUNNING({command})")
+
+
+def _echo(worker: Worker, args: str) -> Reply:
+    return Reply((f"OK:ECHO({args})",))
+
+
+def _connect(worker: Worker, args: str) -> Reply:
+    host, port_text, first = _split("connect", args, 3, "connect:host:port:first")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise CommandError(f"connect: port {port_text!r} is not an integer") from None
+    if not 0 < port < 65536:
+        raise CommandError(f"connect: port {port} is out of range 1-65535")
+    if worker.connect_peer is None:
+        raise CommandError("connect: peer links are not available in this session")
+    if worker.peer is not None:
+        raise CommandError(f"connect: a peer link to {worker.peer} is already open")
+    try:
+        worker.peer = worker.connect_peer(host, port, first)
+    except OSError as exc:
+        raise CommandError(f"connect {host}:{port}: {type(exc).__name__}: {exc}") from exc
+    return Reply((f"OK:CONNECT({host}:{port})",))
+
+
+def _close_connect(worker: Worker, args: str) -> Reply:
+    peer, worker.peer = worker.peer, None
+    if peer is not None:
+        peer.close()
+    return Reply(("OK:CLOSE_CONNECT",))
+
+
+def _quit(worker: Worker, args: str) -> Reply:
+    return Reply(quit=True)
+
+
+Handler = Callable[[Worker, str], Reply]
+
+COMMANDS: Final[dict[str, Handler]] = {
+    "set": _set,
+    "seti": _seti,
+    "get": _get,
+    "geti": _geti,
+    "dump_vals": _dump_vals,
+    "retrieve": _retrieve,
+    "upload": _upload,
+    "run": _run,
+    "echo": _echo,
+    "connect": _connect,
+    "close_connect": _close_connect,
+    "quit": _quit,
+}
+"""Command name -> handler. A name not here answers ``FAIL(no such command 'name')``."""
+
+
+def dispatch(worker: Worker, text: str) -> bool:
+    """Carry out one command and queue its response(s) with ``worker.send``.
+
+    In blocking mode the slow part runs here, before returning; with ``nonblock`` set it runs
+    as a background job of ``worker.jobs``.
+
+    Args:
+        worker: the invocation's state.
+        text: the command as received, ``name:args``.
+
+    Returns:
+        Whether the session should end (``quit:``).
+    """
+    worker.commands_served += 1
+    name, _sep, args = text.partition(":")
+    handler = COMMANDS.get(name)
+    if handler is None:
+        _fail(worker, f"no such command {name[:80]!r}")
+        return False
+    try:
+        reply = handler(worker, args)
+    except CommandError as exc:
+        _fail(worker, str(exc))
+        return False
+    for message in reply.messages:
+        worker.send(message)
+    if reply.job is not None:
+        if worker.flag("nonblock"):
+            if not worker.flag("bg_silent"):
+                worker.send(reply.ack)
+            worker.jobs.start(name, reply.job)
+        else:
+            worker.send(reply.job())
+    return reply.quit
+
+
+def _fail(worker: Worker, reason: str) -> None:
+    worker.send(f"FAIL({reason})")

@@ -1,0 +1,1 @@
+../../function/lambda_function.py

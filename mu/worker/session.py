@@ -1,0 +1,409 @@
+"""One invocation of the worker: connect back, say hello, serve commands, clean up.
+
+Theory of operation
+-------------------
+:func:`run` is all the Lambda handler calls. It makes a private temporary directory
+(``tempfile.mkdtemp``; the only place the worker writes or deletes anything), then:
+
+* **mode 1** (default): dial ``addr:port``; with ``cacert`` in the event, wrap the socket in
+  stdlib TLS (1.2 or later), presenting the worker certificate (``wrkcrt``/``wrkkey``, written
+  0600 inside the private directory) and verifying the coordinator's chain against ``cacert``
+  (no host name check: the CA is private to the run). A coordinator that fails verification
+  gets nothing: no hello, no command. Without ``cacert`` the link is plain TCP (``--no-tls``
+  debugging runs) and a warning is logged. The worker speaks first with ``OK:HELLO:<token>``,
+  then serves commands (:func:`mu.worker.commands.dispatch`) until ``quit:``, the coordinator
+  going away, ``timeout`` seconds without a command (default 300; the clock does not run
+  while background jobs are busy), or the Lambda deadline.
+* **mode 0**: render and run the function's command once; the summary carries its exit
+  status and output.
+
+The coordinator socket is non-blocking for reads: a readable socket may carry only TLS
+housekeeping (TLS 1.3 session tickets), and a blocking read would then hang past the idle
+deadline. Writes switch it to a bounded blocking mode for the duration of ``sendall``.
+
+Threads: only the session's thread touches the coordinator socket. Background jobs and the
+peer reader call :meth:`Session.send`, which appends to a queue and wakes the session's
+``select()`` through a socket pair; the session thread frames and writes the queue. Writes are
+therefore serialised and responses leave in the order they were queued.
+
+At the end every background job is stopped (:meth:`mu.worker.jobs.JobSet.close` kills the
+process groups and joins the threads), the peer link and socket are closed, and the private
+directory is removed. The return value is a JSON-able summary dict:
+
+``mode``, ``exit`` (``quit``, ``disconnected``, ``idle_timeout``, ``lambda_deadline``,
+``protocol_error``, ``tls_error``, ``connect_error``, ``bad_event`` or, in mode 0, ``done``),
+``reason`` (human text), ``commands`` (commands served), ``errors`` (FAIL responses sent),
+``last_error``, ``jobs`` (background jobs started), ``tmpdir`` (the removed directory);
+mode 0 adds ``retval``, ``output`` and ``command``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import select
+import shutil
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+from mu.errors import ProtocolError
+from mu.protocol import CLOSED, NEED_DATA, FrameDecoder, decode_text, encode_text
+from mu.worker.commands import Worker, dispatch, initial_vals, render
+from mu.worker.jobs import JobSet
+from mu.worker.peer import PeerLink, open_link
+from mu.worker.s3 import S3
+
+__all__ = ["DEFAULT_TIMEOUT", "EventError", "Session", "client_context", "run"]
+
+log = logging.getLogger("mu.worker")
+
+DEFAULT_TIMEOUT: Final = 300
+"""Seconds without a command after which a worker gives up, unless the event says otherwise."""
+CONNECT_TIMEOUT: Final = 30.0
+"""Bound on the TCP connect and the TLS handshake with the coordinator."""
+IO_TIMEOUT: Final = 60.0
+"""Bound on one blocking socket write or read once the session runs."""
+DEADLINE_MARGIN: Final = 1.0
+"""Seconds kept in hand before the Lambda deadline to clean up and return."""
+
+
+class EventError(ValueError):
+    """The invocation payload lacks a required field or has a malformed one."""
+
+
+def run(
+    event: Mapping[str, Any],
+    *,
+    command: str = "",
+    context: Any = None,
+    cwd: str | None = None,
+) -> dict[str, Any]:
+    """Serve one invocation and return its summary (see the module docstring).
+
+    Args:
+        event: the invocation payload (DESIGN §3).
+        command: the function's command template (from ``mu_command.json``).
+        context: the Lambda context; its ``get_remaining_time_in_millis()`` bounds the
+            session. ``None`` outside Lambda.
+        cwd: where commands run (default: the current directory, which on Lambda is the
+            function's directory).
+
+    Returns:
+        A JSON-able summary dict. Failures are reported in it, never raised.
+    """
+    tmpdir = tempfile.mkdtemp(prefix="mu-worker-")
+    summary: dict[str, Any]
+    try:
+        mode = _int(event, "mode", 1)
+        if mode == 0:
+            summary = _run_once(event, command, tmpdir, cwd or os.getcwd())
+        elif mode == 1:
+            summary = Session(event, command, tmpdir, cwd or os.getcwd(), context).serve()
+        else:
+            raise EventError(f"mode must be 0 or 1, got {mode}")
+    except EventError as exc:
+        log.error("bad invocation payload: %s", exc)
+        summary = _summary(event, "bad_event", str(exc))
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    summary["tmpdir"] = tmpdir
+    return summary
+
+
+def _int(event: Mapping[str, Any], name: str, default: int) -> int:
+    value = event.get(name, default)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise EventError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _summary(event: Mapping[str, Any], exit_code: str, reason: str) -> dict[str, Any]:
+    mode = event.get("mode", 1)
+    return {
+        "mode": mode if isinstance(mode, int) else 1,
+        "exit": exit_code,
+        "reason": reason,
+        "commands": 0,
+        "errors": 0,
+        "last_error": "",
+        "jobs": 0,
+    }
+
+
+def _run_once(event: Mapping[str, Any], command: str, tmpdir: str, cwd: str) -> dict[str, Any]:
+    if not command.strip():
+        raise EventError("mode 0 needs a command, and the function has none")
+    rendered = render(command, initial_vals(event), tmpdir)
+    jobs = JobSet(lambda _text: None)
+    try:
+        result = jobs.run_process(rendered, cwd)
+    except OSError as exc:
+        summary = _summary(event, "done", f"cannot start {rendered!r}: {exc}")
+        summary.update(mode=0, retval=-1, output="", command=rendered, errors=1)
+        return summary
+    finally:
+        jobs.close()
+    summary = _summary(event, "done", f"command exited with status {result.returncode}")
+    summary.update(
+        mode=0,
+        retval=result.returncode,
+        output=result.output,
+        command=rendered,
+        errors=int(result.returncode != 0),
+    )
+    return summary
+
+
+def client_context(event: Mapping[str, Any], tmpdir: str) -> ssl.SSLContext | None:
+    """The client TLS context for the coordinator and peers, or ``None`` without ``cacert``.
+
+    Args:
+        event: the invocation payload (``cacert``, ``wrkcrt``, ``wrkkey``).
+        tmpdir: the private directory where the worker's PEMs are written (mode 0600).
+
+    Raises:
+        EventError: ``cacert`` without the worker's certificate and key, or unusable PEMs.
+    """
+    cacert = str(event.get("cacert") or "")
+    if not cacert:
+        return None
+    cert, key = str(event.get("wrkcrt") or ""), str(event.get("wrkkey") or "")
+    if not cert or not key:
+        raise EventError("cacert is set but wrkcrt or wrkkey is missing")
+    tls_dir = os.path.join(tmpdir, ".tls")
+    os.mkdir(tls_dir, 0o700)
+    cert_path, key_path = os.path.join(tls_dir, "worker.crt"), os.path.join(tls_dir, "worker.key")
+    for path, pem in ((cert_path, cert), (key_path, key)):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_REQUIRED
+    try:
+        context.load_verify_locations(cadata=cacert)
+        context.load_cert_chain(cert_path, key_path)
+    except ssl.SSLError as exc:
+        raise EventError(f"unusable TLS material in the payload: {exc}") from exc
+    return context
+
+
+class Session:
+    """A mode-1 session: one connection to the coordinator.
+
+    Args:
+        event: the invocation payload.
+        command: the function's command template.
+        tmpdir: the private temporary directory (removed by :func:`run`, not here).
+        cwd: where commands run.
+        context: the Lambda context, or ``None``.
+
+    Raises:
+        EventError: ``addr``, ``port`` or ``token`` is missing or malformed.
+    """
+
+    def __init__(
+        self, event: Mapping[str, Any], command: str, tmpdir: str, cwd: str, context: Any
+    ) -> None:
+        self.event = event
+        self.addr = str(event.get("addr") or "")
+        self.port = _int(event, "port", 0)
+        self.token = str(event.get("token") or "")
+        missing = [n for n, v in (("addr", self.addr), ("port", self.port), ("token", self.token)) if not v]
+        if missing:
+            raise EventError(f"missing required field(s): {', '.join(missing)}")
+        self.timeout = float(_int(event, "timeout", DEFAULT_TIMEOUT))
+        self.hard_deadline = _lambda_deadline(context)
+        self.tmpdir = tmpdir
+        self._outbox: collections.deque[str] = collections.deque()
+        self._outbox_lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)
+        self.errors = 0
+        self.last_error = ""
+        self.tls = client_context(event, tmpdir)
+        self.worker = Worker(
+            vals=initial_vals(event),
+            command=command,
+            tmpdir=tmpdir,
+            cwd=cwd,
+            send=self.send,
+            jobs=JobSet(self.send),
+            s3=S3(str(event.get("region") or "")),
+            connect_peer=self._connect_peer,
+        )
+
+    def send(self, text: str) -> None:
+        """Queue a message for the coordinator (any thread)."""
+        with self._outbox_lock:
+            self._outbox.append(text)
+        # BlockingIOError: the pair is full, so a wake-up is pending anyway; OSError: closed.
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def _connect_peer(self, host: str, port: int, first: str) -> PeerLink:
+        return open_link(host, port, first, self.tls, self.send, CONNECT_TIMEOUT)
+
+    def serve(self) -> dict[str, Any]:
+        """Connect, say hello, serve until the end; always clean up.
+
+        Returns:
+            The summary dict.
+        """
+        sock: socket.socket | None = None
+        try:
+            try:
+                sock = self._connect()
+            except ssl.SSLCertVerificationError as exc:
+                return self._finish("tls_error", f"coordinator certificate rejected: {exc.verify_message}")
+            except ssl.SSLError as exc:
+                return self._finish("tls_error", f"TLS handshake with the coordinator failed: {exc}")
+            except OSError as exc:
+                return self._finish(
+                    "connect_error", f"cannot connect to {self.addr}:{self.port}: {exc}"
+                )
+            exit_code, reason = self._loop(sock)
+            return self._finish(exit_code, reason)
+        finally:
+            self._shutdown(sock)
+
+    def _connect(self) -> socket.socket:
+        raw = socket.create_connection((self.addr, self.port), timeout=CONNECT_TIMEOUT)
+        if self.tls is None:
+            log.warning("no cacert in the payload: talking to the coordinator over plain TCP")
+            sock = raw
+        else:
+            try:
+                sock = self.tls.wrap_socket(raw)
+            except BaseException:
+                raw.close()
+                raise
+        try:
+            sock.settimeout(IO_TIMEOUT)
+            sock.sendall(encode_text(f"OK:HELLO:{self.token}"))
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _flush(self, sock: socket.socket) -> bool:
+        with self._outbox_lock:
+            texts = list(self._outbox)
+            self._outbox.clear()
+        for text in texts:
+            if text.startswith("FAIL"):
+                self.errors += 1
+                self.last_error = text
+        if texts:
+            # Reads are non-blocking (see _loop); a write may block, within IO_TIMEOUT.
+            sock.settimeout(IO_TIMEOUT)
+            try:
+                sock.sendall(b"".join(encode_text(t) for t in texts))
+            finally:
+                sock.setblocking(False)
+        return bool(texts)
+
+    def _loop(self, sock: socket.socket) -> tuple[str, str]:
+        decoder = FrameDecoder(peer=f"coordinator {self.addr}:{self.port}")
+        idle_deadline = time.monotonic() + self.timeout
+        pending = getattr(sock, "pending", lambda: 0)
+        while True:
+            try:
+                if self._flush(sock):
+                    idle_deadline = time.monotonic() + self.timeout
+                frame = decoder.next_frame()
+            except ProtocolError as exc:
+                return "protocol_error", str(exc)
+            except OSError as exc:
+                return "disconnected", f"coordinator connection lost while sending: {exc}"
+            if frame is CLOSED:
+                return "disconnected", "the coordinator closed the connection"
+            if isinstance(frame, bytes):
+                if dispatch(self.worker, decode_text(frame)):
+                    try:
+                        self._flush(sock)
+                    except OSError as exc:
+                        return "disconnected", f"coordinator connection lost while sending: {exc}"
+                    return "quit", "the coordinator said quit"
+                idle_deadline = time.monotonic() + self.timeout
+                continue
+            assert frame is NEED_DATA
+            now = time.monotonic()
+            if now >= self.hard_deadline:
+                return "lambda_deadline", "the Lambda deadline is near"
+            wait = self.hard_deadline - now
+            if not self.worker.jobs.running:
+                if now >= idle_deadline:
+                    return "idle_timeout", f"no command for {self.timeout:g} seconds"
+                wait = min(wait, idle_deadline - now)
+            if not pending():
+                timeout = None if wait == float("inf") else max(0.0, wait)
+                readable, _, _ = select.select([sock, self._wake_r], [], [], timeout)
+                if self._wake_r in readable:
+                    self._wake_r.recv(4096)
+                if sock not in readable:
+                    continue
+            try:
+                data = sock.recv(65536)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                # The socket is non-blocking: readable bytes may be half a TLS record or a
+                # post-handshake message (TLS 1.3 session tickets) with no data for us.
+                continue
+            except OSError as exc:
+                return "disconnected", f"coordinator connection lost: {exc}"
+            decoder.receive_data(data)
+
+    def _finish(self, exit_code: str, reason: str) -> dict[str, Any]:
+        log.info("worker session ends: %s (%s)", exit_code, reason)
+        summary = _summary(self.event, exit_code, reason)
+        summary.update(
+            commands=self.worker.commands_served,
+            errors=self.errors,
+            last_error=self.last_error,
+            jobs=self.worker.jobs.started,
+        )
+        return summary
+
+    def _shutdown(self, sock: socket.socket | None) -> None:
+        stuck = self.worker.jobs.close()
+        if stuck:
+            log.warning("background jobs still running at exit: %s", ", ".join(stuck))
+        peer, self.worker.peer = self.worker.peer, None
+        if peer is not None:
+            peer.close()
+        if sock is not None:
+            _close(sock)
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _close(sock: socket.socket) -> None:
+    """Close the coordinator link, sending a TLS close_notify first (without waiting for
+    the peer's: non-blocking, so ``unwrap`` stops with want-read once ours is sent)."""
+    if isinstance(sock, ssl.SSLSocket):
+        # SSLWantReadError: ours went out, theirs is not awaited; OSError/ValueError: the
+        # peer is gone. Either way closing is all that is left.
+        with contextlib.suppress(OSError, ValueError):
+            sock.setblocking(False)
+            sock.unwrap()
+    sock.close()
+
+
+def _lambda_deadline(context: Any) -> float:
+    """Monotonic time at which to stop, from the Lambda context (infinity outside Lambda)."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining is None:
+        return float("inf")
+    return time.monotonic() + float(remaining()) / 1000.0 - DEADLINE_MARGIN

@@ -1,0 +1,201 @@
+"""A small scripted coordinator for worker tests, and a worker running in a thread.
+
+:class:`ScriptedCoordinator` listens on ``127.0.0.1:0`` (stdlib ``ssl`` server socket that
+requires a client certificate from the run's CA, or plain TCP), accepts one worker and lets
+the test send commands and read responses with bounded waits. :class:`WorkerThread` runs
+:func:`mu.worker.session.run` in a thread and hands back its summary.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from mu.protocol import CLOSED, NEED_DATA, FrameDecoder, decode_text, encode_text
+from mu.tls import KeySet
+from mu.worker import session
+
+WAIT = 20.0
+"""Upper bound on any single wait in these tests (never reached when things work)."""
+
+
+def server_context(keys: KeySet, *, client_ca: str | None = None) -> ssl.SSLContext:
+    """A TLS server context with the coordinator identity of ``keys``.
+
+    Args:
+        keys: server certificate/key (and, by default, the CA used to check clients).
+        client_ca: PEM of the CA that client certificates must chain to (default: keys').
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = Path(tmp, "s.crt"), Path(tmp, "s.key")
+        cert.write_text(keys.server_cert)
+        key.write_text(keys.server_key)
+        ctx.load_cert_chain(str(cert), str(key))
+    ctx.load_verify_locations(cadata=client_ca or keys.ca_cert)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class Conn:
+    """The coordinator's end of one accepted worker connection."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.decoder = FrameDecoder(peer="worker")
+        sock.settimeout(WAIT)
+
+    def send(self, command: str) -> None:
+        """Send one command frame."""
+        self.sock.sendall(encode_text(command))
+
+    def recv(self) -> str:
+        """The next message from the worker.
+
+        Raises:
+            EOFError: the worker closed the connection.
+            TimeoutError: nothing within :data:`WAIT` seconds.
+        """
+        while True:
+            frame = self.decoder.next_frame()
+            if frame is CLOSED:
+                raise EOFError("worker closed the connection")
+            if isinstance(frame, bytes):
+                return decode_text(frame)
+            assert frame is NEED_DATA
+            try:
+                data = self.sock.recv(65536)
+            except ssl.SSLZeroReturnError:
+                data = b""
+            self.decoder.receive_data(data)
+
+    def ask(self, command: str) -> str:
+        """Send ``command`` and return the next message."""
+        self.send(command)
+        return self.recv()
+
+    def recv_eof(self) -> None:
+        """Wait for the worker to close (asserting nothing else arrives first)."""
+        try:
+            extra = self.recv()
+        except (EOFError, ConnectionResetError, ssl.SSLEOFError):
+            return
+        raise AssertionError(f"expected the worker to close, got {extra!r}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class ScriptedCoordinator:
+    """Listen on 127.0.0.1:0 and accept one worker.
+
+    Args:
+        context: server TLS context, or ``None`` for plain TCP.
+    """
+
+    def __init__(self, context: ssl.SSLContext | None) -> None:
+        self.context = context
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(WAIT)
+        self.port: int = self.listener.getsockname()[1]
+        self.conns: list[Conn] = []
+
+    def accept(self) -> Conn:
+        """Accept one connection and complete the TLS handshake.
+
+        Raises:
+            ssl.SSLError: the handshake failed (bad client certificate, ...).
+        """
+        raw, _addr = self.listener.accept()
+        try:
+            raw.settimeout(WAIT)
+            sock = self.context.wrap_socket(raw, server_side=True) if self.context else raw
+        except BaseException:
+            raw.close()
+            raise
+        conn = Conn(sock)
+        self.conns.append(conn)
+        return conn
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+        self.listener.close()
+
+    def __enter__(self) -> ScriptedCoordinator:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class WorkerThread:
+    """:func:`mu.worker.session.run` in a background thread."""
+
+    def __init__(self, event: dict[str, Any], *, command: str = "", cwd: str | None = None):
+        self.summary: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(
+            target=self._main, args=(event, command, cwd), name="worker", daemon=True
+        )
+        self.thread.start()
+
+    def _main(self, event: dict[str, Any], command: str, cwd: str | None) -> None:
+        try:
+            self.summary = session.run(event, command=command, cwd=cwd)
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self, timeout: float = WAIT) -> dict[str, Any]:
+        """Wait for the session to end; return its summary."""
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "worker session did not end"
+        if self.error is not None:
+            raise self.error
+        assert self.summary is not None
+        return self.summary
+
+
+def event_for(keys: KeySet | None, port: int, **fields: Any) -> dict[str, Any]:
+    """An invocation payload pointing at 127.0.0.1:``port`` (TLS unless ``keys`` is None)."""
+    event: dict[str, Any] = {"addr": "127.0.0.1", "port": port, "token": "t0k3n", "timeout": 30}
+    if keys is not None:
+        event.update(cacert=keys.ca_cert, wrkcrt=keys.worker_cert, wrkkey=keys.worker_key)
+    event.update(fields)
+    return event
+
+
+@contextmanager
+def connected_worker(
+    keys: KeySet | None, *, command: str = "", cwd: str | None = None, **fields: Any
+) -> Iterator[tuple[Conn, WorkerThread]]:
+    """A worker connected to a scripted coordinator, past its hello.
+
+    Yields:
+        ``(conn, worker)``; on exit the connection is closed and the worker joined.
+    """
+    ctx = server_context(keys) if keys is not None else None
+    with ScriptedCoordinator(ctx) as coord:
+        event = event_for(keys, coord.port, **fields)
+        worker = WorkerThread(event, command=command, cwd=cwd)
+        try:
+            conn = coord.accept()
+            hello = conn.recv()
+            assert hello == f"OK:HELLO:{event['token']}", hello
+            yield conn, worker
+        finally:
+            coord.close()
+            worker.join()
