@@ -169,6 +169,41 @@ class WorkerThread:
         return self.summary
 
 
+@contextmanager
+def moto_s3(monkeypatch: Any, bucket: str) -> Iterator[Any]:
+    """A moto S3 server on 127.0.0.1:0 holding an empty ``bucket``.
+
+    The worker finds it only through the standard environment (``AWS_ENDPOINT_URL_S3`` and
+    test credentials, set with ``monkeypatch``). Yields a boto3 client for the test's own
+    checks; the bucket is emptied and the server stopped on exit.
+    """
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", url)
+        for var in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+            monkeypatch.delenv(var, raising=False)
+        client = boto3.client("s3", region_name="us-east-1", endpoint_url=url)
+        client.create_bucket(Bucket=bucket)
+        try:
+            yield client
+        finally:
+            listing = client.list_objects_v2(Bucket=bucket)
+            for obj in listing.get("Contents", []):
+                client.delete_object(Bucket=bucket, Key=obj["Key"])
+            client.delete_bucket(Bucket=bucket)
+            client.close()
+    finally:
+        server.stop()
+
+
 def event_for(keys: KeySet | None, port: int, **fields: Any) -> dict[str, Any]:
     """An invocation payload pointing at 127.0.0.1:``port`` (TLS unless ``keys`` is None)."""
     event: dict[str, Any] = {"addr": "127.0.0.1", "port": port, "token": "t0k3n", "timeout": 30}

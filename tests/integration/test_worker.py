@@ -19,9 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from mu.protocol import encode_text
 from mu.tls import KeySet, generate_keys
@@ -34,6 +32,7 @@ from tests.worker_helpers import (
     WorkerThread,
     connected_worker,
     event_for,
+    moto_s3,
     server_context,
 )
 
@@ -44,35 +43,11 @@ BUCKET = "mu-worker-test"
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def s3(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A moto S3 bucket; the worker finds the server through AWS_ENDPOINT_URL_S3 only."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_url)
-    for var in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(var, raising=False)
-    client = boto3.client("s3", region_name="us-east-1", endpoint_url=moto_url)
-    client.create_bucket(Bucket=BUCKET)
-    try:
+    with moto_s3(monkeypatch, BUCKET) as client:
         yield client
-    finally:
-        listing = client.list_objects_v2(Bucket=BUCKET)
-        for obj in listing.get("Contents", []):
-            client.delete_object(Bucket=BUCKET, Key=obj["Key"])
-        client.delete_bucket(Bucket=BUCKET)
-        client.close()
 
 
 def quit_and_join(conn: Conn, worker: WorkerThread) -> dict[str, Any]:
@@ -405,7 +380,7 @@ def test_isolated_import_stdlib_boto3_and_core_only(tmp_path: Path) -> None:
         shutil.copy(source, tmp_path / "mu" / "worker" / source.name)
     (tmp_path / "mu_command.json").write_text(json.dumps({"command": "echo isolated"}))
     boto_dirs = sorted(
-        {str(Path(m.__file__).resolve().parents[1]) for m in _boto_modules()}  # type: ignore[arg-type]
+        {str(Path(m.__file__).resolve().parents[1]) for m in _boto_modules()}
     )
     code = (
         "import sys, json\n"
