@@ -269,7 +269,9 @@ def _dump_vals(worker: Worker, args: str) -> Reply:
     return Reply((f"OK:DUMP_VALS:{json.dumps(redacted(worker.vals), sort_keys=True)}",))
 
 
-def _key_and_file(name: str, args: str, key_val: str, file_val: str, worker: Worker) -> tuple[str, str]:
+def _key_and_file(
+    name: str, args: str, key_val: str, file_val: str, worker: Worker
+) -> tuple[str, str]:
     if args:
         key, sep, path = args.partition("\0")
         if not sep or not key or not path:

@@ -120,7 +120,9 @@ class JobSet:
         with self._lock:
             return self._done.wait_for(lambda: self.started == self.finished, timeout)
 
-    def run_process(self, command: str, cwd: str, env: dict[str, str] | None = None) -> ProcessResult:
+    def run_process(
+        self, command: str, cwd: str, env: dict[str, str] | None = None
+    ) -> ProcessResult:
         """Run ``command`` through ``/bin/sh`` in its own process group and wait for it.
 
         Args:

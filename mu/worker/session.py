@@ -220,7 +220,9 @@ class Session:
         self.addr = str(event.get("addr") or "")
         self.port = _int(event, "port", 0)
         self.token = str(event.get("token") or "")
-        missing = [n for n, v in (("addr", self.addr), ("port", self.port), ("token", self.token)) if not v]
+        missing = [
+            n for n, v in (("addr", self.addr), ("port", self.port), ("token", self.token)) if not v
+        ]
         if missing:
             raise EventError(f"missing required field(s): {', '.join(missing)}")
         self.timeout = float(_int(event, "timeout", DEFAULT_TIMEOUT))
@@ -266,9 +268,13 @@ class Session:
             try:
                 sock = self._connect()
             except ssl.SSLCertVerificationError as exc:
-                return self._finish("tls_error", f"coordinator certificate rejected: {exc.verify_message}")
+                return self._finish(
+                    "tls_error", f"coordinator certificate rejected: {exc.verify_message}"
+                )
             except ssl.SSLError as exc:
-                return self._finish("tls_error", f"TLS handshake with the coordinator failed: {exc}")
+                return self._finish(
+                    "tls_error", f"TLS handshake with the coordinator failed: {exc}"
+                )
             except OSError as exc:
                 return self._finish(
                     "connect_error", f"cannot connect to {self.addr}:{self.port}: {exc}"

@@ -121,7 +121,7 @@ def test_dump_vals_redacts_secrets(keys: KeySet) -> None:
 
 
 def test_run_templating_and_tmpdir(keys: KeySet, tmp_path: Path) -> None:
-    (tmp_path / "tool").write_text("#!/bin/sh\necho tool \"$@\"\n")
+    (tmp_path / "tool").write_text('#!/bin/sh\necho tool "$@"\n')
     (tmp_path / "tool").chmod(0o755)
     fields = {"infile": "##TMPDIR##/in", "outfile": "out.y4m", "quality": "7", "vars": "X=1"}
     command = "./tool -o ##OUTFILE## -q ##QUALITY## ##INFILE##"
@@ -132,8 +132,7 @@ def test_run_templating_and_tmpdir(keys: KeySet, tmp_path: Path) -> None:
         assert conn.recv() == "OK:SET(cmdargs)"
         expected = f"X=1 ./tool -o out.y4m -q 7 {tmpdir}/in --last"
         assert conn.ask("run:") == (
-            f"OK:RETVAL(0):OUTPUT(tool -o out.y4m -q 7 {tmpdir}/in --last\n)"
-            f":COMMAND({expected})"
+            f"OK:RETVAL(0):OUTPUT(tool -o out.y4m -q 7 {tmpdir}/in --last\n):COMMAND({expected})"
         )
         quit_and_join(conn, worker)
     assert not os.path.exists(tmpdir)
@@ -288,9 +287,7 @@ def test_s3_failures_name_bucket_key_and_code(keys: KeySet, s3: Any) -> None:
         assert missing_key.startswith(f"FAIL(retrieve s3://{BUCKET}/no/such.png: NoSuchKey: ")
         conn.ask("set:bucket:no-such-bucket-mu")
         missing_bucket = conn.ask("retrieve:k\0x")
-        assert missing_bucket.startswith(
-            "FAIL(retrieve s3://no-such-bucket-mu/k: NoSuchBucket: "
-        )
+        assert missing_bucket.startswith("FAIL(retrieve s3://no-such-bucket-mu/k: NoSuchBucket: ")
         assert conn.ask("upload:k\0absent").startswith(
             "FAIL(upload s3://no-such-bucket-mu/k: cannot read "
         )
@@ -355,8 +352,13 @@ def test_handler_reads_mu_command_json(tmp_path: Path) -> None:
     )
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-        check=True, timeout=WAIT,
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=WAIT,
     )
     summary = json.loads(out.stdout)
     assert summary["retval"] == 0 and summary["output"] == "from-json\n"
@@ -379,9 +381,7 @@ def test_isolated_import_stdlib_boto3_and_core_only(tmp_path: Path) -> None:
     for source in (ROOT / "mu" / "worker").glob("*.py"):
         shutil.copy(source, tmp_path / "mu" / "worker" / source.name)
     (tmp_path / "mu_command.json").write_text(json.dumps({"command": "echo isolated"}))
-    boto_dirs = sorted(
-        {str(Path(m.__file__).resolve().parents[1]) for m in _boto_modules()}
-    )
+    boto_dirs = sorted({str(Path(m.__file__).resolve().parents[1]) for m in _boto_modules()})
     code = (
         "import sys, json\n"
         f"sys.path[:] = [{str(tmp_path)!r}, *{boto_dirs!r}, *sys.path]\n"
@@ -393,7 +393,10 @@ def test_isolated_import_stdlib_boto3_and_core_only(tmp_path: Path) -> None:
         "print(json.dumps({'bad': bad, 'summary': summary, 'files': files}))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-I", "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+        [sys.executable, "-I", "-S", "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
         timeout=WAIT,
     )
     assert out.returncode == 0, out.stderr
