@@ -1,15 +1,23 @@
-"""Y4M reading and writing, and the reference R'G'B' -> Y'CbCr conversion, in numpy.
+"""Y4M (YUV4MPEG2) streams and the reference R'G'B' -> Y'CbCr conversion of png2y4m.
 
 Theory of operation
 -------------------
-This is the yardstick for the ``png2y4m`` binary: the same BT.709 studio-range conversion
-(Y 16..235, Cb/Cr 16..240) done in float64 on samples normalised to 0..1
-(``v / (2**depth - 1)``), chroma from the box average of R'G'B' over 2x2 (4:2:0) or 2x1
-(4:2:2) pixels with the last row/column replicated for odd sizes, then rounded to nearest.
-The binary without dithering matches it within one code value.
+This module is the executable specification that the C ``png2y4m`` binary is tested against.
+It depends on numpy and the standard library only, so tests, benchmarks and the demo can use
+it without loading anything else of ``mu``.
 
-A Y4M stream is a header line ``YUV4MPEG2 W.. H.. F.. Ip A.. C..`` then, per frame,
-``FRAME`` and the Y, Cb and Cr planes.
+Conversion: samples of ``bitdepth`` bits are scaled to 0..1 by ``v / (2**bitdepth - 1)``
+(16-bit input is never truncated to 8 bits first). Luma is BT.709,
+``Y' = 0.2126 R' + 0.7152 G' + 0.0722 B'``, and the colour differences are
+``Cb = (B' - Y') / 1.8556`` and ``Cr = (R' - Y') / 1.5748``. Studio range maps ``Y'`` to
+16..235 and ``Cb``/``Cr`` to 16..240 around 128. Chroma is computed from the box average of
+R'G'B' over 2x2 (4:2:0) or 2x1 (4:2:2) pixels; odd sizes replicate the last column/row.
+All math is float64; :func:`convert_frame` rounds half up (``floor(v + 0.5)``) and clips to
+0..255, which is what ``png2y4m --no-dither`` does.
+
+Y4M layout: one header line ``YUV4MPEG2 W<w> H<h> F<n>:<d> Ip A<a>:<b> C<chroma>`` and per
+frame ``FRAME`` (optionally followed by parameters) and a newline, then the Y, Cb and Cr
+planes, each row-major, one byte per sample.
 """
 
 from __future__ import annotations
@@ -24,157 +32,215 @@ import numpy.typing as npt
 __all__ = [
     "KB",
     "KR",
-    "Y4M",
-    "Plane",
+    "Planes",
+    "Video",
     "Y4MError",
+    "chroma_size",
     "convert_frame",
+    "convert_planes",
     "psnr",
     "read_y4m",
-    "rgb_to_ycbcr_float",
     "write_y4m",
 ]
 
-KR, KB = 0.2126, 0.0722
+KR = 0.2126
+KB = 0.0722
 KG = 1.0 - KR - KB
-Plane = npt.NDArray[np.uint8]
-FloatPlane = npt.NDArray[np.float64]
-_SUBSAMPLING = {"420": (2, 2), "422": (2, 1), "444": (1, 1)}
+
+U8 = npt.NDArray[np.uint8]
+F64 = npt.NDArray[np.float64]
+Planes = tuple[U8, U8, U8]
+
 _TAGS = {"420": "C420jpeg", "422": "C422jpeg", "444": "C444"}
+_SUBSAMPLING = {"420": (2, 2), "422": (2, 1), "444": (1, 1)}
 
 
 class Y4MError(ValueError):
-    """A Y4M stream is malformed; the message says where."""
+    """A Y4M stream is malformed or a frame does not fit its header."""
 
 
 @dataclass
-class Y4M:
-    """A decoded Y4M stream."""
+class Video:
+    """A decoded Y4M stream.
+
+    ``chroma`` is ``"420"``, ``"422"`` or ``"444"``; ``fps`` and ``aspect`` are the
+    ``(numerator, denominator)`` of the header (``aspect`` ``(0, 0)`` means unknown).
+    """
 
     width: int
     height: int
-    chroma: str = "420"
     fps: tuple[int, int] = (24, 1)
     aspect: tuple[int, int] = (0, 0)
-    frames: list[tuple[Plane, Plane, Plane]] = field(default_factory=list)
-
-    @property
-    def chroma_size(self) -> tuple[int, int]:
-        """(width, height) of the Cb and Cr planes."""
-        sx, sy = _SUBSAMPLING[self.chroma]
-        return -(-self.width // sx), -(-self.height // sy)
+    chroma: str = "420"
+    frames: list[Planes] = field(default_factory=list)
 
 
-def _chroma_of(tag: str) -> str:
-    for name, full in _TAGS.items():
-        if tag == full or tag == full[:4]:
-            return name
-    raise Y4MError(f"unsupported chroma {tag!r}")
+def chroma_size(width: int, height: int, chroma: str) -> tuple[int, int]:
+    """Width and height of a chroma plane: ``ceil(w/2)``, and ``ceil(h/2)`` for 4:2:0."""
+    if chroma not in _SUBSAMPLING:
+        raise Y4MError(f"chroma {chroma!r} is not one of 420, 422, 444")
+    sx, sy = _SUBSAMPLING[chroma]
+    return -(-width // sx), -(-height // sy)
 
 
-def read_y4m(path: str | os.PathLike[str]) -> Y4M:
+def _chroma_from_tag(tag: str) -> str:
+    if tag.startswith("420"):
+        return "420"
+    if tag.startswith("422"):
+        return "422"
+    if tag.startswith("444") and not tag.startswith("444alpha"):
+        return "444"
+    raise Y4MError(f"unsupported Y4M colour space C{tag}")
+
+
+def _ratio(text: str, what: str) -> tuple[int, int]:
+    num, sep, den = text.partition(":")
+    if not sep or not num.isdigit() or not den.isdigit():
+        raise Y4MError(f"bad {what} {text!r} in Y4M header")
+    return int(num), int(den)
+
+
+def read_y4m(path: str | os.PathLike[str]) -> Video:
     """Read a whole Y4M file.
 
     Raises:
-        Y4MError: bad header, or a truncated or malformed frame (its number is named).
+        Y4MError: missing or malformed header, unsupported colour space, a truncated frame.
     """
     with open(path, "rb") as f:
         data = f.read()
     end = data.find(b"\n")
     if end < 0 or not data.startswith(b"YUV4MPEG2 "):
         raise Y4MError(f"{os.fspath(path)}: not a Y4M stream")
-    fields = data[10:end].decode("ascii", "replace").split()
-    video = Y4M(width=0, height=0)
-    for tok in fields:
-        key, value = tok[0], tok[1:]
+    video = Video(0, 0)
+    for token in data[10:end].decode("ascii", "replace").split():
+        key, value = token[0], token[1:]
         if key == "W":
             video.width = int(value)
         elif key == "H":
             video.height = int(value)
-        elif key == "C":
-            video.chroma = _chroma_of(tok)
         elif key == "F":
-            n, d = value.split(":")
-            video.fps = (int(n), int(d))
+            video.fps = _ratio(value, "frame rate")
         elif key == "A":
-            n, d = value.split(":")
-            video.aspect = (int(n), int(d))
-    if video.width <= 0 or video.height <= 0:
-        raise Y4MError(f"{os.fspath(path)}: header lacks a size")
-    cw, ch = video.chroma_size
+            video.aspect = _ratio(value, "aspect")
+        elif key == "C":
+            video.chroma = _chroma_from_tag(value)
+    if video.width < 1 or video.height < 1:
+        raise Y4MError(f"{os.fspath(path)}: header lacks a positive W and H")
+    cw, ch = chroma_size(video.width, video.height, video.chroma)
     luma, chroma = video.width * video.height, cw * ch
     pos = end + 1
     while pos < len(data):
         nl = data.find(b"\n", pos)
         if nl < 0 or not data.startswith(b"FRAME", pos):
-            raise Y4MError(f"{os.fspath(path)}: frame {len(video.frames)} lacks its FRAME line")
-        pos = nl + 1
-        if pos + luma + 2 * chroma > len(data):
-            raise Y4MError(f"{os.fspath(path)}: frame {len(video.frames)} is truncated")
-        buf = np.frombuffer(data, np.uint8, luma + 2 * chroma, pos)
-        y = buf[:luma].reshape(video.height, video.width)
-        cb = buf[luma : luma + chroma].reshape(ch, cw)
-        cr = buf[luma + chroma :].reshape(ch, cw)
+            raise Y4MError(f"{os.fspath(path)}: bad frame header at byte {pos}")
+        start = nl + 1
+        stop = start + luma + 2 * chroma
+        if stop > len(data):
+            raise Y4MError(f"{os.fspath(path)}: truncated frame at byte {pos}")
+        raw = np.frombuffer(data, np.uint8, luma + 2 * chroma, start)
+        y = raw[:luma].reshape(video.height, video.width).copy()
+        cb = raw[luma : luma + chroma].reshape(ch, cw).copy()
+        cr = raw[luma + chroma :].reshape(ch, cw).copy()
         video.frames.append((y, cb, cr))
-        pos += luma + 2 * chroma
+        pos = stop
     return video
 
 
-def write_y4m(path: str | os.PathLike[str], video: Y4M) -> None:
-    """Write ``video`` as a Y4M file."""
+def write_y4m(path: str | os.PathLike[str], video: Video) -> None:
+    """Write ``video`` as a Y4M file (header, then every frame).
+
+    Raises:
+        Y4MError: a plane's shape does not match the header.
+    """
+    cw, ch = chroma_size(video.width, video.height, video.chroma)
     header = (
         f"YUV4MPEG2 W{video.width} H{video.height} F{video.fps[0]}:{video.fps[1]} Ip "
         f"A{video.aspect[0]}:{video.aspect[1]} {_TAGS[video.chroma]}\n"
     )
+    shapes = [(video.height, video.width), (ch, cw), (ch, cw)]
     with open(path, "wb") as f:
-        f.write(header.encode())
-        for planes in video.frames:
+        f.write(header.encode("ascii"))
+        for index, planes in enumerate(video.frames):
+            for plane, shape in zip(planes, shapes, strict=True):
+                if plane.shape != shape:
+                    raise Y4MError(f"frame {index}: plane shape {plane.shape} is not {shape}")
             f.write(b"FRAME\n")
             for plane in planes:
                 f.write(np.ascontiguousarray(plane, dtype=np.uint8).tobytes())
 
 
-def _box(plane: FloatPlane, sx: int, sy: int) -> FloatPlane:
-    """Average ``plane`` over sx*sy boxes, replicating the last row/column."""
+def _box(plane: F64, sx: int, sy: int) -> F64:
+    """Box average over ``sx`` x ``sy`` blocks, replicating the last column/row."""
     h, w = plane.shape
-    if sy == 2 and h % 2:
-        plane = np.vstack([plane, plane[-1:]])
     if sx == 2 and w % 2:
-        plane = np.hstack([plane, plane[:, -1:]])
-    if sy == 2:
-        plane = (plane[0::2] + plane[1::2]) / 2
+        plane = np.concatenate([plane, plane[:, -1:]], axis=1)
+    if sy == 2 and h % 2:
+        plane = np.concatenate([plane, plane[-1:, :]], axis=0)
     if sx == 2:
-        plane = (plane[:, 0::2] + plane[:, 1::2]) / 2
-    return plane
+        plane = plane[:, 0::2] + plane[:, 1::2]
+    if sy == 2:
+        plane = plane[0::2, :] + plane[1::2, :]
+    out: F64 = plane / float(sx * sy)
+    return out
 
 
-def rgb_to_ycbcr_float(
-    rgb: npt.NDArray[np.float64], chroma: str = "420"
-) -> tuple[FloatPlane, FloatPlane, FloatPlane]:
-    """The exact (unrounded) Y'CbCr code values of normalised R'G'B' (``(h, w, 3)``, 0..1)."""
-    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+def convert_planes(
+    rgb: npt.NDArray[np.generic],
+    bitdepth: int,
+    chroma: str = "420",
+) -> tuple[F64, F64, F64]:
+    """Unrounded Y, Cb, Cr (float64, in 8-bit code values) of an ``(h, w, 3)`` R'G'B' frame.
+
+    Raises:
+        Y4MError: bad shape, bit depth or chroma.
+    """
+    arr = np.asarray(rgb)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise Y4MError(f"expected an (h, w, 3) R'G'B' array, got shape {arr.shape}")
+    if not 1 <= bitdepth <= 16:
+        raise Y4MError(f"bit depth {bitdepth} is not 1..16")
+    sx, sy = _SUBSAMPLING.get(chroma, (0, 0))
+    if not sx:
+        raise Y4MError(f"chroma {chroma!r} is not one of 420, 422, 444")
+    f = arr.astype(np.float64) / float((1 << bitdepth) - 1)
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
     y = 16.0 + 219.0 * (KR * r + KG * g + KB * b)
-    sx, sy = _SUBSAMPLING[chroma]
-    rs, gs, bs = (_box(c, sx, sy) for c in (r, g, b))
+    rs, gs, bs = _box(r, sx, sy), _box(g, sx, sy), _box(b, sx, sy)
     ys = KR * rs + KG * gs + KB * bs
     cb = 128.0 + 112.0 * (bs - ys) / (1.0 - KB)
     cr = 128.0 + 112.0 * (rs - ys) / (1.0 - KR)
     return y, cb, cr
 
 
+def _quantise(plane: F64) -> U8:
+    out: U8 = np.clip(np.floor(plane + 0.5), 0, 255).astype(np.uint8)
+    return out
+
+
 def convert_frame(
-    rgb: npt.NDArray[np.integer], bitdepth: int, chroma: str = "420"
-) -> tuple[Plane, Plane, Plane]:
-    """Reference conversion of integer R'G'B' samples (``(h, w, 3)``) to rounded planes."""
-    if not 1 <= bitdepth <= 16:
-        raise ValueError(f"bit depth {bitdepth} is not between 1 and 16")
-    norm = rgb.astype(np.float64) / float((1 << bitdepth) - 1)
-    planes = rgb_to_ycbcr_float(norm, chroma)
-    y, cb, cr = (np.clip(np.floor(p + 0.5), 0, 255).astype(np.uint8) for p in planes)
-    return y, cb, cr
+    rgb: npt.NDArray[np.generic],
+    bitdepth: int,
+    chroma: str = "420",
+) -> Planes:
+    """Y, Cb, Cr (uint8, studio range) of an ``(h, w, 3)`` R'G'B' frame, rounded to nearest.
+
+    Raises:
+        Y4MError: bad shape, bit depth or chroma.
+    """
+    y, cb, cr = convert_planes(rgb, bitdepth, chroma)
+    return _quantise(y), _quantise(cb), _quantise(cr)
 
 
 def psnr(a: npt.NDArray[np.generic], b: npt.NDArray[np.generic], peak: float = 255.0) -> float:
-    """Peak signal-to-noise ratio in dB (``inf`` when equal)."""
-    diff = a.astype(np.float64) - b.astype(np.float64)
-    mse = float(np.mean(diff * diff))
-    return math.inf if mse == 0 else 10.0 * math.log10(peak * peak / mse)
+    """Peak signal-to-noise ratio in dB of ``a`` against ``b`` (``inf`` when equal).
+
+    Raises:
+        Y4MError: shapes differ.
+    """
+    x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if x.shape != y.shape:
+        raise Y4MError(f"shapes differ: {x.shape} vs {y.shape}")
+    mse = float(np.mean((x - y) ** 2))
+    if mse == 0.0:
+        return math.inf
+    return 10.0 * math.log10(peak * peak / mse)

@@ -422,11 +422,10 @@ int main(int argc, char **argv) {
         if (first < 0) fail(input, "no input frame matches this pattern");
     }
 
-    int fd = open(o.output, O_RDWR | O_CREAT | (o.incremental ? 0 : O_TRUNC), 0644);
-    if (fd < 0) fail(o.output, "cannot open for writing: %s", strerror(errno));
-    off_t size = lseek(fd, 0, SEEK_END);
-    if (size < 0) fail(o.output, "cannot seek: %s", strerror(errno));
-
+    /* The output is opened once the first frame has decoded, so a bad input leaves it as
+     * it was. */
+    int fd = -1;
+    off_t size = 0;
     char path[PATH_MAX], why[300];
     uint32_t w0 = 0, h0 = 0;
     uint8_t *buf = NULL;
@@ -442,6 +441,10 @@ int main(int argc, char **argv) {
         struct image img;
         if (decode_png(path, &img, why, sizeof why)) fail(path, "%s", why);
         if (frames == 0) {
+            fd = open(o.output, O_RDWR | O_CREAT | (o.incremental ? 0 : O_TRUNC), 0644);
+            if (fd < 0) fail(o.output, "cannot open for writing: %s", strerror(errno));
+            size = lseek(fd, 0, SEEK_END);
+            if (size < 0) fail(o.output, "cannot seek: %s", strerror(errno));
             w0 = img.width;
             h0 = img.height;
             if (size > 0) {
