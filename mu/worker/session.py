@@ -31,7 +31,8 @@ process groups and joins the threads), the peer link and socket are closed, and 
 directory is removed. The return value is a JSON-able summary dict:
 
 ``mode``, ``exit`` (``quit``, ``disconnected``, ``idle_timeout``, ``lambda_deadline``,
-``protocol_error``, ``tls_error``, ``connect_error``, ``bad_event`` or, in mode 0, ``done``),
+``protocol_error``, ``tls_error``, ``connect_error``, ``bad_event``, ``internal_error`` (a
+bug, logged with its traceback) or, in mode 0, ``done``),
 ``reason`` (human text), ``commands`` (commands served), ``errors`` (FAIL responses sent),
 ``last_error``, ``jobs`` (background jobs started), ``tmpdir`` (the removed directory);
 mode 0 adds ``retval``, ``output`` and ``command``.
@@ -128,9 +129,12 @@ def _int(event: Mapping[str, Any], name: str, default: int) -> int:
 
 
 def _summary(event: Mapping[str, Any], exit_code: str, reason: str) -> dict[str, Any]:
-    mode = event.get("mode", 1)
+    try:
+        mode = _int(event, "mode", 1)
+    except EventError:
+        mode = 1
     return {
-        "mode": mode if isinstance(mode, int) else 1,
+        "mode": mode,
         "exit": exit_code,
         "reason": reason,
         "commands": 0,
@@ -228,13 +232,13 @@ class Session:
         self.timeout = float(_int(event, "timeout", DEFAULT_TIMEOUT))
         self.hard_deadline = _lambda_deadline(context)
         self.tmpdir = tmpdir
+        self.tls = client_context(event, tmpdir)  # may raise EventError: before any socket
         self._outbox: collections.deque[str] = collections.deque()
         self._outbox_lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_w.setblocking(False)
         self.errors = 0
         self.last_error = ""
-        self.tls = client_context(event, tmpdir)
         self.worker = Worker(
             vals=initial_vals(event),
             command=command,
@@ -279,7 +283,11 @@ class Session:
                 return self._finish(
                     "connect_error", f"cannot connect to {self.addr}:{self.port}: {exc}"
                 )
-            exit_code, reason = self._loop(sock)
+            try:
+                exit_code, reason = self._loop(sock)
+            except Exception as exc:  # a bug: report it in the summary, still clean up
+                log.exception("worker session failed")
+                return self._finish("internal_error", f"{type(exc).__name__}: {exc}")
             return self._finish(exit_code, reason)
         finally:
             self._shutdown(sock)

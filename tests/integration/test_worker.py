@@ -242,6 +242,38 @@ def test_missing_fields_and_refused_connection() -> None:
     assert f"127.0.0.1:{port}" in summary["reason"]
 
 
+def test_unusable_tls_material_is_a_bad_event(keys: KeySet) -> None:
+    summary = session.run(event_for(keys, 1, cacert="not a pem"))
+    assert summary["exit"] == "bad_event"
+    assert summary["reason"].startswith("unusable TLS material in the payload: ")
+    summary = session.run(event_for(keys, 1, wrkkey=""))
+    assert summary["reason"] == "cacert is set but wrkcrt or wrkkey is missing"
+    assert not os.path.exists(summary["tmpdir"])
+
+
+class FakeLambdaContext:
+    """Just the part of the Lambda context the worker reads."""
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 1000  # the worker keeps one second in hand: stop at once
+
+
+def test_lambda_deadline_ends_the_session(keys: KeySet) -> None:
+    with ScriptedCoordinator(server_context(keys)) as coord:
+        holder: dict[str, Any] = {}
+        thread = threading.Thread(
+            target=lambda: holder.update(
+                session.run(event_for(keys, coord.port), context=FakeLambdaContext())
+            )
+        )
+        thread.start()
+        conn = coord.accept()
+        assert conn.recv() == "OK:HELLO:t0k3n"
+        conn.recv_eof()
+        thread.join(WAIT)
+    assert holder["exit"] == "lambda_deadline"
+
+
 # --------------------------------------------------------------------------- S3
 
 
