@@ -408,12 +408,14 @@ int main(int argc, char **argv) {
         case 3: o.dither = 0; break;
         case 4: o.threads = parse_int("--threads", optarg, 1); break;
         case 'h': usage(stdout); return 0;
-        case ':': usage(stderr); fail("options", "option '%s' needs a value", argv[optind - 1]); break;
-        default: usage(stderr); fail("options", "unknown option '%s'", argv[optind - 1]);
+        case ':': fail("options", "option '%s' needs a value (see --help)", argv[optind - 1]); break;
+        default:
+            if (optopt) fail("options", "unknown option '-%c' (see --help)", optopt);
+            fail("options", "unknown option '%s' (see --help)", argv[optind - 1]);
         }
     }
-    if (!o.output) { usage(stderr); fail("options", "-o/--output is required"); }
-    if (optind != argc - 1) { usage(stderr); fail("options", "exactly one INPUT is needed"); }
+    if (!o.output) fail("options", "-o/--output is required (see --help)");
+    if (optind != argc - 1) fail("options", "exactly one INPUT is needed (see --help)");
     const char *input = argv[optind];
     int pattern = strchr(input, '%') != NULL;
     long first = 0;
