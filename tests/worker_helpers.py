@@ -26,15 +26,22 @@ WAIT = 20.0
 """Upper bound on any single wait in these tests (never reached when things work)."""
 
 
-def server_context(keys: KeySet, *, client_ca: str | None = None) -> ssl.SSLContext:
+def server_context(
+    keys: KeySet,
+    *,
+    client_ca: str | None = None,
+    version: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED,
+) -> ssl.SSLContext:
     """A TLS server context with the coordinator identity of ``keys``.
 
     Args:
         keys: server certificate/key (and, by default, the CA used to check clients).
         client_ca: PEM of the CA that client certificates must chain to (default: keys').
+        version: the highest TLS version the server offers.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.maximum_version = version
     with tempfile.TemporaryDirectory() as tmp:
         cert, key = Path(tmp, "s.crt"), Path(tmp, "s.key")
         cert.write_text(keys.server_cert)

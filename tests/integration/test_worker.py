@@ -448,6 +448,24 @@ def _boto_modules() -> list[Any]:
     return [boto3, botocore]
 
 
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_tls_versions(keys: KeySet, version: ssl.TLSVersion) -> None:
+    with ScriptedCoordinator(server_context(keys, version=version)) as coord:
+        worker = WorkerThread(event_for(keys, coord.port, nonblock=1))
+        conn = coord.accept()
+        assert isinstance(conn.sock, ssl.SSLSocket)
+        assert (
+            conn.sock.version()
+            == {"TLSv1.2": "TLSv1.2", "TLSv1.3": "TLSv1.3"}[version.name.replace("v1_", "v1.")]
+        )
+        assert conn.recv() == "OK:HELLO:t0k3n"
+        assert conn.ask("run:echo $((6*7))") == "OK:RUNNING(echo $((6*7)))"
+        assert conn.recv() == "OK:RETVAL(0):OUTPUT(42\n):COMMAND(echo $((6*7)))"
+        conn.send("quit:")
+        conn.recv_eof()
+        assert worker.join()["exit"] == "quit"
+
+
 def test_hello_is_the_first_frame(keys: KeySet) -> None:
     with ScriptedCoordinator(server_context(keys)) as coord:
         worker = WorkerThread(event_for(keys, coord.port, token="abc"))
