@@ -454,10 +454,7 @@ def test_tls_versions(keys: KeySet, version: ssl.TLSVersion) -> None:
         worker = WorkerThread(event_for(keys, coord.port, nonblock=1))
         conn = coord.accept()
         assert isinstance(conn.sock, ssl.SSLSocket)
-        assert (
-            conn.sock.version()
-            == {"TLSv1.2": "TLSv1.2", "TLSv1.3": "TLSv1.3"}[version.name.replace("v1_", "v1.")]
-        )
+        assert conn.sock.version() == version.name.replace("_", ".")
         assert conn.recv() == "OK:HELLO:t0k3n"
         assert conn.ask("run:echo $((6*7))") == "OK:RUNNING(echo $((6*7)))"
         assert conn.recv() == "OK:RETVAL(0):OUTPUT(42\n):COMMAND(echo $((6*7)))"
