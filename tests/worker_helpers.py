@@ -1,4 +1,5 @@
-"""A small scripted coordinator for worker tests, and a worker running in a thread.
+"""A small scripted coordinator for worker tests, a worker running in a thread, and the
+png2y4m function directory (real binary or a shell stand-in) with tiny PNG frames.
 
 :class:`ScriptedCoordinator` listens on ``127.0.0.1:0`` (stdlib ``ssl`` server socket that
 requires a client certificate from the run's CA, or plain TCP), accepts one worker and lets
@@ -8,10 +9,13 @@ the test send commands and read responses with bounded waits. :class:`WorkerThre
 
 from __future__ import annotations
 
+import shutil
 import socket
 import ssl
+import struct
 import tempfile
 import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +25,56 @@ from typing import Any
 from mu.protocol import CLOSED, NEED_DATA, FrameDecoder, decode_text, encode_text
 from mu.tls import KeySet
 from mu.worker import session
+
+COMMAND = "./png2y4m -i -d -o ##OUTFILE## ##INFILE##"
+
+STAND_IN = """#!/bin/sh
+# png2y4m stand-in: png2y4m -i -d -o OUT PATTERN  (PATTERN holds %08d)
+out=$4
+glob=$(printf '%s' "$5" | sed 's/%08d/*/')
+for f in $glob; do
+    [ -e "$f" ] || continue
+    cat "$f" >> "$out" && rm -f "$f"
+done
+"""
+
+
+def tiny_png(shade: int, size: int = 16) -> bytes:
+    """An 8-bit RGB PNG of one flat colour."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row = b"\0" + bytes([shade, 255 - shade, shade // 2]) * size
+    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * size))
+        + chunk(b"IEND", b"")
+    )
+
+
+def install_png2y4m(request: Any, directory: Path) -> bool:
+    """Put ``png2y4m`` in ``directory``: the real binary if it builds, else the stand-in.
+
+    Args:
+        request: the test's ``pytest.FixtureRequest`` (to build the session binary).
+        directory: where the function's files go.
+
+    Returns:
+        Whether the real binary is used.
+    """
+    try:
+        binary: Path = request.getfixturevalue("png2y4m_binary")
+    except Exception:  # no C toolchain or no sources: the stand-in keeps tests meaningful
+        (directory / "png2y4m").write_text(STAND_IN)
+        (directory / "png2y4m").chmod(0o755)
+        return False
+    shutil.copy(binary, directory / "png2y4m")
+    return True
+
 
 WAIT = 20.0
 """Upper bound on any single wait in these tests (never reached when things work)."""

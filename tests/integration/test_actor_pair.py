@@ -11,9 +11,6 @@ real static png2y4m binary when it builds, else a shell stand-in with the same i
 from __future__ import annotations
 
 import os
-import shutil
-import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -25,38 +22,10 @@ from mu.protocol import NEED_DATA, FrameDecoder, decode_text, encode_text
 from mu.worker.commands import Worker, dispatch, initial_vals
 from mu.worker.jobs import JobSet
 from mu.worker.s3 import S3
-from tests.worker_helpers import moto_s3
+from tests.worker_helpers import COMMAND, install_png2y4m, moto_s3, tiny_png
 
 BUCKET = "mu-actor-pair"
 TOKEN = "pair-token"
-COMMAND = "./png2y4m -i -d -o ##OUTFILE## ##INFILE##"
-
-STAND_IN = """#!/bin/sh
-# png2y4m stand-in: png2y4m -i -d -o OUT PATTERN  (PATTERN holds %08d)
-out=$4
-glob=$(printf '%s' "$5" | sed 's/%08d/*/')
-for f in $glob; do
-    [ -e "$f" ] || continue
-    cat "$f" >> "$out" && rm -f "$f"
-done
-"""
-
-
-def tiny_png(shade: int, size: int = 16) -> bytes:
-    """An 8-bit RGB PNG of one flat colour."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    row = b"\0" + bytes([shade, 255 - shade, shade // 2]) * size
-    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(row * size))
-        + chunk(b"IEND", b"")
-    )
 
 
 @pytest.fixture
@@ -64,14 +33,7 @@ def function_dir(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, 
     """A directory holding ``png2y4m``: the real binary if it builds, else the stand-in."""
     directory = tmp_path / "function"
     directory.mkdir()
-    try:
-        binary: Path = request.getfixturevalue("png2y4m_binary")
-    except Exception:  # no C toolchain or no sources: the stand-in keeps the test meaningful
-        (directory / "png2y4m").write_text(STAND_IN)
-        (directory / "png2y4m").chmod(0o755)
-        return directory, False
-    shutil.copy(binary, directory / "png2y4m")
-    return directory, True
+    return directory, install_png2y4m(request, directory)
 
 
 def test_png2y4m_conversation(
