@@ -21,6 +21,9 @@ the worker's ``send`` function. The table and its exact responses::
     quit:                (no response; the session closes)
     anything else        FAIL(no such command 'name')
 
+While a peer link is open, frames from the peer arrive as ``INFO:peer:<text>`` and its end
+as ``INFO:peer_closed:host:port`` (asynchronous: they never answer a command).
+
 A command whose arguments are malformed answers ``FAIL(<name>: <what was wrong>)``; the worker
 keeps serving after every FAIL.
 

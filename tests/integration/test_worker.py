@@ -202,6 +202,29 @@ def test_disconnect_kills_background_job(keys: KeySet, tmp_path: Path) -> None:
         os.kill(pid, 0)  # killed and reaped before run() returned
 
 
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs Linux pidfd_open")
+def test_disconnect_kills_the_whole_process_group(keys: KeySet, tmp_path: Path) -> None:
+    """A grandchild of the shell dies too (its exit is awaited through a pidfd, not a sleep)."""
+    fifo = tmp_path / "pid"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    pidfd = -1
+    try:
+        with connected_worker(keys, nonblock=1) as (conn, worker):
+            conn.ask(f"run:sleep 60 & echo $! > {fifo}; wait")
+            _wait_readable(reader)
+            pid = int(os.read(reader, 100))
+            pidfd = os.pidfd_open(pid)
+            conn.close()
+            assert worker.join()["exit"] == "disconnected"
+        readable, _, _ = select.select([pidfd], [], [], WAIT)
+        assert readable, f"grandchild {pid} survived the coordinator going away"
+    finally:
+        os.close(reader)
+        if pidfd >= 0:
+            os.close(pidfd)
+
+
 def test_idle_timeout(keys: KeySet) -> None:
     with connected_worker(keys, timeout=1) as (conn, worker):
         conn.recv_eof()
