@@ -1,0 +1,11 @@
+"""A local, Docker-free subset of the AWS Lambda API, with an embedded moto S3.
+
+Layout follows moto's services: :mod:`emulator.models` keeps state and raises
+:class:`~emulator.errors.EmulatorError`; :mod:`emulator.responses` turns requests into model
+calls and is the only place errors become HTTP; :mod:`emulator.urls` is the route table;
+:mod:`emulator.runner` runs each invocation in a fresh process (through a fork server or a
+plain spawn). :mod:`emulator.server` and :mod:`emulator.s3` are the two servers, both on
+127.0.0.1. This package imports nothing from mu.
+"""
+
+from __future__ import annotations

@@ -1,0 +1,85 @@
+"""``mu emulator``: run the emulator and its S3 in the foreground, or show invocation logs."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from emulator.server import DEFAULT_STATE_DIR, ThreadedEmulatorServer
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", nargs="?", choices=("serve", "logs"), default="serve",
+                        help="serve (default) or logs FUNCTION [REQUEST_ID]")
+    parser.add_argument("function", nargs="?", help="logs: the function")
+    parser.add_argument("request_id", nargs="?", help="logs: one invocation (default: all)")
+    parser.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
+                        help=f"functions and logs (default {DEFAULT_STATE_DIR})")
+    parser.add_argument("--port", type=int, default=0, help="Lambda API port (default: free)")
+    parser.add_argument("--s3-port", type=int, default=0, help="S3 port (default: free)")
+    parser.add_argument("--concurrency", type=int, default=1000,
+                        help="concurrent invocations (default 1000)")
+    parser.add_argument("--no-fork-server", action="store_true",
+                        help="start each invocation with a plain spawn")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "logs":
+        return _logs(Path(args.state_dir), args.function, args.request_id)
+    from emulator.s3 import S3Server
+
+    s3 = S3Server(port=args.s3_port)
+    s3.start()
+    server = ThreadedEmulatorServer(
+        state_dir=args.state_dir, s3_endpoint_url=s3.url, concurrency_limit=args.concurrency,
+        fork_server=not args.no_fork_server, port=args.port,
+    )
+    try:
+        server.start()
+        print(f"Lambda API: {server.url}\nS3:         {s3.url}\n")
+        print("# paste into a shell to use the aws CLI or boto3 against it:")
+        print(f"export AWS_ENDPOINT_URL_LAMBDA={server.url}")
+        print(f"export AWS_ENDPOINT_URL_S3={s3.url}")
+        print("export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing")
+        print("export AWS_DEFAULT_REGION=us-east-1", flush=True)
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        previous = signal.signal(signal.SIGTERM, on_signal)
+        try:
+            while not stop.wait(3600):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    finally:
+        server.stop()
+        s3.stop()
+    print("stopped", file=sys.stderr)
+    return 0
+
+
+def _logs(state_dir: Path, function: str | None, request_id: str | None) -> int:
+    if not function:
+        print("mu emulator logs: name a FUNCTION", file=sys.stderr)
+        return 2
+    folder = state_dir / "logs" / function
+    files = [folder / f"{request_id}.log"] if request_id else sorted(
+        folder.glob("*.log"), key=lambda p: p.stat().st_mtime)
+    found = [p for p in files if p.is_file()]
+    if not found:
+        what = f"invocation {request_id} of " if request_id else ""
+        print(f"mu emulator logs: no logs for {what}{function} in {folder}", file=sys.stderr)
+        return 1
+    for path in found:
+        sys.stdout.write(path.read_text(errors="replace"))
+    return 0

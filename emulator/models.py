@@ -1,0 +1,397 @@
+"""The emulator's state: functions in a state directory, and invocations.
+
+Theory of operation
+-------------------
+:class:`FunctionRegistry` keeps each function under ``STATE_DIR/functions/NAME/``: its
+configuration (``config.json``) and its code, unpacked once per CodeSha256 into ``code-SHA/``.
+A registry opened on an existing state directory finds the functions created before.
+
+Invocations go through :meth:`FunctionRegistry.invoke`. Synchronous ones run in the calling
+(request) thread; beyond the concurrency limit they are refused with 429, as on AWS.
+Asynchronous (Event) ones are accepted at once and queued; a dispatcher starts each when a
+concurrency slot is free, and retries a failed one up to the function's
+``MaximumRetryAttempts`` (default 2, as on AWS). The execution engine
+(:class:`~emulator.runner.Runner`) sits behind the model and can be swapped.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import io
+import json
+import re
+import shutil
+import threading
+import uuid
+import zipfile
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from emulator.errors import (
+    EmulatorError,
+    InvalidParameterValue,
+    RequestTooLarge,
+    ResourceConflict,
+    ResourceNotFound,
+    TooManyRequests,
+)
+from emulator.runner import Code, Result, Runner
+
+__all__ = ["ACCOUNT", "Function", "FunctionRegistry", "InvokeResult"]
+
+ACCOUNT = "123456789012"
+SYNC_LIMIT = 6 * 1024 * 1024
+ASYNC_LIMIT = 1024 * 1024
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ARN = re.compile(r"^arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:([A-Za-z0-9_-]{1,64})(:.+)?$")
+RUNTIMES = {"python3.9", "python3.10", "python3.11", "python3.12", "python3.13"}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0000"
+
+
+@dataclass
+class Function:
+    """One function's configuration (AWS field names) and where its code is."""
+
+    FunctionName: str
+    Runtime: str
+    Role: str
+    Handler: str
+    CodeSha256: str
+    CodeSize: int
+    Description: str = ""
+    Timeout: int = 3
+    MemorySize: int = 128
+    Architectures: list[str] = field(default_factory=lambda: ["x86_64"])
+    Environment: dict[str, str] = field(default_factory=dict)
+    Version: str = "$LATEST"
+    LastModified: str = field(default_factory=_now)
+    RevisionId: str = field(default_factory=lambda: str(uuid.uuid4()))
+    MaximumRetryAttempts: int | None = None  # None: no event-invoke config (AWS default 2)
+    MaximumEventAgeInSeconds: int | None = None
+    code_dir: str = ""
+
+    def arn(self, region: str) -> str:
+        return f"arn:aws:lambda:{region}:{ACCOUNT}:function:{self.FunctionName}"
+
+    def configuration(self, region: str) -> dict[str, Any]:
+        """The GetFunctionConfiguration shape."""
+        conf = {
+            k: v for k, v in asdict(self).items()
+            if k[0].isupper() and k not in ("Environment", "MaximumRetryAttempts",
+                                            "MaximumEventAgeInSeconds")
+        }
+        conf["FunctionArn"] = self.arn(region)
+        conf["Environment"] = {"Variables": dict(self.Environment)}
+        conf["State"] = "Active"
+        conf["LastUpdateStatus"] = "Successful"
+        conf["PackageType"] = "Zip"
+        return conf
+
+    def code(self, region: str) -> Code:
+        return Code(
+            name=self.FunctionName, version=self.Version, arn=self.arn(region),
+            code_dir=self.code_dir, handler=self.Handler, memory=self.MemorySize,
+            timeout=float(self.Timeout), environment=dict(self.Environment),
+            sha=self.CodeSha256,
+        )
+
+
+@dataclass
+class InvokeResult:
+    """What Invoke answers: status, payload bytes and headers."""
+
+    status: int
+    payload: bytes = b""
+    function_error: str | None = None
+    log_tail: bytes | None = None
+    request_id: str = ""
+
+
+class FunctionRegistry:
+    """Functions, their code and their invocations.
+
+    Args:
+        state_dir: where functions and logs are kept.
+        runner: the execution engine.
+        region: the region in ARNs and the invocation environment.
+        concurrency_limit: invocations running at once.
+    """
+
+    def __init__(
+        self, state_dir: Path, runner: Runner, region: str = "us-east-1",
+        concurrency_limit: int = 1000,
+    ) -> None:
+        if concurrency_limit < 1:
+            raise ValueError(f"concurrency limit must be >= 1, got {concurrency_limit}")
+        self.state_dir = state_dir
+        self.runner = runner
+        self.region = region
+        self.concurrency_limit = concurrency_limit
+        self._lock = threading.Condition()
+        self._functions: dict[str, Function] = {}
+        self._active = 0
+        self._queue: deque[tuple[str, bytes, str, int]] = deque()
+        self._threads: set[threading.Thread] = set()
+        self._closed = False
+        self.attempts: dict[str, int] = {}  # request id -> attempts made (async)
+        (state_dir / "functions").mkdir(parents=True, exist_ok=True)
+        for conf in sorted((state_dir / "functions").glob("*/config.json")):
+            try:
+                fn = Function(**json.loads(conf.read_text()))
+            except (ValueError, TypeError):
+                continue  # a damaged entry: skip it rather than refuse to start
+            self._functions[fn.FunctionName] = fn
+
+    # -- functions -----------------------------------------------------------------------
+
+    @staticmethod
+    def resolve_name(name: str) -> str:
+        """A function name from a name, ``name:qualifier`` or an ARN."""
+        match = _ARN.match(name)
+        if match:
+            return match.group(1)
+        base = name.split(":", 1)[0]
+        if not _NAME.match(base):
+            raise InvalidParameterValue(f"invalid function name {name!r}")
+        return base
+
+    def get(self, name: str) -> Function:
+        base = self.resolve_name(name)
+        with self._lock:
+            fn = self._functions.get(base)
+        if fn is None:
+            raise ResourceNotFound(
+                f"Function not found: arn:aws:lambda:{self.region}:{ACCOUNT}:function:{base}"
+            )
+        return fn
+
+    def list(self) -> list[Function]:
+        with self._lock:
+            return sorted(self._functions.values(), key=lambda f: f.FunctionName)
+
+    def create(self, params: dict[str, Any]) -> Function:
+        name = params.get("FunctionName")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise InvalidParameterValue(f"invalid FunctionName {name!r}")
+        for required in ("Role", "Handler", "Runtime"):
+            if not params.get(required):
+                raise InvalidParameterValue(f"{required} is required")
+        if params["Runtime"] not in RUNTIMES:
+            raise InvalidParameterValue(
+                f"runtime {params['Runtime']!r} is not supported here (one of "
+                f"{', '.join(sorted(RUNTIMES))})"
+            )
+        memory = int(params.get("MemorySize", 128))
+        timeout = int(params.get("Timeout", 3))
+        if not 128 <= memory <= 10240:
+            raise InvalidParameterValue(f"MemorySize {memory} is outside 128-10240")
+        if not 1 <= timeout <= 900:
+            raise InvalidParameterValue(f"Timeout {timeout} is outside 1-900")
+        zip_bytes = self._zip_of(params.get("Code") or {})
+        with self._lock:
+            if name in self._functions:
+                raise ResourceConflict(f"Function already exist: {name}")
+            fn = Function(
+                FunctionName=name,
+                Runtime=params["Runtime"],
+                Role=params["Role"],
+                Handler=params["Handler"],
+                CodeSha256="",
+                CodeSize=0,
+                Description=params.get("Description", ""),
+                Timeout=timeout,
+                MemorySize=memory,
+                Architectures=list(params.get("Architectures") or ["x86_64"]),
+                Environment=dict((params.get("Environment") or {}).get("Variables") or {}),
+            )
+            self._store_code(fn, zip_bytes)
+            self._functions[name] = fn
+            self._save(fn)
+        return fn
+
+    def update_code(self, name: str, params: dict[str, Any]) -> Function:
+        fn = self.get(name)
+        zip_bytes = self._zip_of(params)
+        with self._lock:
+            self._store_code(fn, zip_bytes)
+            fn.LastModified = _now()
+            fn.RevisionId = str(uuid.uuid4())
+            self._save(fn)
+        self.runner.forget(fn.FunctionName)
+        return fn
+
+    def delete(self, name: str) -> None:
+        fn = self.get(name)
+        with self._lock:
+            self._functions.pop(fn.FunctionName, None)
+        self.runner.forget(fn.FunctionName)
+        shutil.rmtree(self.state_dir / "functions" / fn.FunctionName, ignore_errors=True)
+
+    def put_event_invoke_config(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
+        fn = self.get(name)
+        retries = params.get("MaximumRetryAttempts", 2)
+        age = params.get("MaximumEventAgeInSeconds", 21600)
+        if not isinstance(retries, int) or not 0 <= retries <= 2:
+            raise InvalidParameterValue(f"MaximumRetryAttempts {retries!r} is outside 0-2")
+        if not isinstance(age, int) or not 60 <= age <= 21600:
+            raise InvalidParameterValue(f"MaximumEventAgeInSeconds {age!r} is outside 60-21600")
+        with self._lock:
+            fn.MaximumRetryAttempts, fn.MaximumEventAgeInSeconds = retries, age
+            self._save(fn)
+        return self.get_event_invoke_config(name)
+
+    def get_event_invoke_config(self, name: str) -> dict[str, Any]:
+        fn = self.get(name)
+        if fn.MaximumRetryAttempts is None:
+            raise ResourceNotFound(
+                f"The function {fn.arn(self.region)} doesn't have an EventInvokeConfig"
+            )
+        return {
+            "FunctionArn": fn.arn(self.region) + ":$LATEST",
+            "MaximumRetryAttempts": fn.MaximumRetryAttempts,
+            "MaximumEventAgeInSeconds": fn.MaximumEventAgeInSeconds,
+            "LastModified": datetime.datetime.now(datetime.timezone.utc).timestamp(),
+            "DestinationConfig": {"OnSuccess": {}, "OnFailure": {}},
+        }
+
+    @staticmethod
+    def _zip_of(code: dict[str, Any]) -> bytes:
+        data = code.get("ZipFile")
+        if not data:
+            raise InvalidParameterValue("Code.ZipFile is required (S3 code is not supported)")
+        try:
+            raw = base64.b64decode(data, validate=True)
+            zipfile.ZipFile(io.BytesIO(raw)).testzip()
+        except (ValueError, zipfile.BadZipFile) as exc:
+            raise InvalidParameterValue(f"Could not unzip uploaded file: {exc}") from exc
+        return raw
+
+    def _store_code(self, fn: Function, zip_bytes: bytes) -> None:
+        sha = base64.b64encode(hashlib.sha256(zip_bytes).digest()).decode()
+        home = self.state_dir / "functions" / fn.FunctionName
+        code_dir = home / f"code-{hashlib.sha256(zip_bytes).hexdigest()[:16]}"
+        if not code_dir.is_dir():
+            partial = home / f".unpacking-{uuid.uuid4().hex}"
+            with zipfile.ZipFile(io.BytesIO(zip_bytes)) as zf:
+                for info in zf.infolist():
+                    target = (partial / info.filename).resolve()
+                    if not str(target).startswith(str(partial.resolve())):
+                        raise InvalidParameterValue(f"zip entry {info.filename!r} escapes")
+                    zf.extract(info, partial)
+                    mode = (info.external_attr >> 16) & 0o777
+                    if mode and not info.is_dir():
+                        target.chmod(mode)
+            partial.rename(code_dir)
+        (home / "code.zip").write_bytes(zip_bytes)
+        fn.CodeSha256, fn.CodeSize, fn.code_dir = sha, len(zip_bytes), str(code_dir)
+
+    def _save(self, fn: Function) -> None:
+        home = self.state_dir / "functions" / fn.FunctionName
+        home.mkdir(parents=True, exist_ok=True)
+        tmp = home / "config.json.tmp"
+        tmp.write_text(json.dumps(asdict(fn)))
+        tmp.replace(home / "config.json")
+
+    # -- invocations ---------------------------------------------------------------------
+
+    def invoke(self, name: str, payload: bytes, kind: str, tail: bool) -> InvokeResult:
+        """Invoke ``name`` (``kind`` RequestResponse, Event or DryRun)."""
+        fn = self.get(name)
+        request_id = str(uuid.uuid4())
+        if kind == "DryRun":
+            return InvokeResult(204, request_id=request_id)
+        if kind == "Event":
+            if len(payload) > ASYNC_LIMIT:
+                raise RequestTooLarge(f"{len(payload)} byte payload is above {ASYNC_LIMIT}")
+            self._check_json(payload)
+            with self._lock:
+                if self._closed:
+                    raise EmulatorError(503, "ServiceException", "the emulator is stopping")
+                self._queue.append((fn.FunctionName, payload, request_id, 0))
+                self._dispatch()
+            return InvokeResult(202, request_id=request_id)
+        if kind != "RequestResponse":
+            raise InvalidParameterValue(f"InvocationType {kind!r} is not one of "
+                                        "RequestResponse, Event, DryRun")
+        if len(payload) > SYNC_LIMIT:
+            raise RequestTooLarge(f"{len(payload)} byte payload is above {SYNC_LIMIT}")
+        self._check_json(payload)
+        with self._lock:
+            if self._active >= self.concurrency_limit:
+                raise TooManyRequests("Rate Exceeded.", "ConcurrentInvocationLimitExceeded")
+            self._active += 1
+        try:
+            result = self.runner.run(fn.code(self.region), payload, request_id)
+        finally:
+            with self._lock:
+                self._active -= 1
+                self._dispatch()
+        return self._answer(result, tail, request_id)
+
+    @staticmethod
+    def _check_json(payload: bytes) -> None:
+        if payload.strip():
+            try:
+                json.loads(payload)
+            except ValueError as exc:
+                raise EmulatorError(400, "InvalidRequestContentException",
+                                    f"Could not parse request body into json: {exc}") from exc
+
+    @staticmethod
+    def _answer(result: Result, tail: bool, request_id: str) -> InvokeResult:
+        log = base64.b64encode(result.log_tail()) if tail else None
+        if result.ok:
+            body = json.dumps(result.payload).encode()
+            return InvokeResult(200, body, None, log, request_id)
+        return InvokeResult(200, json.dumps(result.error).encode(), "Unhandled", log, request_id)
+
+    def _dispatch(self) -> None:
+        """Start queued Event invocations while slots are free (lock held)."""
+        while self._queue and self._active < self.concurrency_limit and not self._closed:
+            item = self._queue.popleft()
+            self._active += 1
+            thread = threading.Thread(target=self._run_async, args=item, daemon=True)
+            self._threads.add(thread)
+            thread.start()
+
+    def _run_async(self, name: str, payload: bytes, request_id: str, attempt: int) -> None:
+        retry = False
+        try:
+            try:
+                fn = self.get(name)
+            except EmulatorError:
+                return  # deleted meanwhile: the event is dropped, as on AWS
+            self.attempts[request_id] = attempt + 1
+            result = self.runner.run(fn.code(self.region), payload, request_id)
+            allowed = 2 if fn.MaximumRetryAttempts is None else fn.MaximumRetryAttempts
+            retry = not result.ok and attempt < allowed
+        finally:
+            with self._lock:
+                self._active -= 1
+                if retry and not self._closed:
+                    self._queue.append((name, payload, request_id, attempt + 1))
+                self._threads.discard(threading.current_thread())
+                self._dispatch()
+                self._lock.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing runs or waits; True if that happened within ``timeout``."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._active and not self._queue, timeout)
+
+    def close(self) -> None:
+        """Refuse new invocations, kill running ones and join their threads."""
+        with self._lock:
+            self._closed = True
+            self._queue.clear()
+            threads = list(self._threads)
+        self.runner.close()
+        for thread in threads:
+            thread.join(timeout=30)

@@ -1,0 +1,132 @@
+"""Requests -> model calls -> JSON: the one place an error becomes an HTTP answer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from emulator import urls
+from emulator.errors import EmulatorError, InvalidParameterValue, UnsupportedRoute
+from emulator.models import FunctionRegistry
+
+__all__ = ["Request", "Response", "handle"]
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> Response:
+    h = {"Content-Type": "application/json"}
+    h.update(headers or {})
+    return Response(status, json.dumps(obj).encode(), h)
+
+
+def _params(req: Request) -> dict[str, Any]:
+    if not req.body:
+        return {}
+    try:
+        obj = json.loads(req.body)
+    except ValueError as exc:
+        raise InvalidParameterValue(f"request body is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise InvalidParameterValue("request body is not a JSON object")
+    return obj
+
+
+def handle(registry: FunctionRegistry, req: Request) -> Response:
+    """Answer one request."""
+    try:
+        path = req.path.split("?", 1)[0]
+        found = urls.match(req.method, path)
+        if found is None:
+            raise UnsupportedRoute(req.method, path)
+        name, args = found
+        args = {k: unquote(v) for k, v in args.items()}
+        response: Response = _HANDLERS[name](registry, req, **args)
+        return response
+    except EmulatorError as err:
+        body: dict[str, Any] = {"Type": "User", "Message": err.message, "message": err.message}
+        if err.reason:
+            body["Reason"] = err.reason
+        return _json(err.status, body, {"x-amzn-ErrorType": err.aws_type})
+
+
+def create_function(reg: FunctionRegistry, req: Request) -> Response:
+    return _json(201, reg.create(_params(req)).configuration(reg.region))
+
+
+def list_functions(reg: FunctionRegistry, req: Request) -> Response:
+    return _json(200, {"Functions": [f.configuration(reg.region) for f in reg.list()]})
+
+
+def get_function(reg: FunctionRegistry, req: Request, name: str) -> Response:
+    fn = reg.get(name)
+    return _json(200, {
+        "Configuration": fn.configuration(reg.region),
+        "Code": {"RepositoryType": "S3", "Location": f"file://{fn.code_dir}"},
+    })
+
+
+def delete_function(reg: FunctionRegistry, req: Request, name: str) -> Response:
+    reg.delete(name)
+    return Response(204)
+
+
+def get_configuration(reg: FunctionRegistry, req: Request, name: str) -> Response:
+    return _json(200, reg.get(name).configuration(reg.region))
+
+
+def update_code(reg: FunctionRegistry, req: Request, name: str) -> Response:
+    return _json(200, reg.update_code(name, _params(req)).configuration(reg.region))
+
+
+def put_invoke_config(reg: FunctionRegistry, req: Request, name: str) -> Response:
+    return _json(200, reg.put_event_invoke_config(name, _params(req)))
+
+
+def get_invoke_config(reg: FunctionRegistry, req: Request, name: str) -> Response:
+    return _json(200, reg.get_event_invoke_config(name))
+
+
+def invoke(reg: FunctionRegistry, req: Request, name: str) -> Response:
+    headers = {k.lower(): v for k, v in req.headers.items()}
+    kind = headers.get("x-amz-invocation-type", "RequestResponse")
+    tail = headers.get("x-amz-log-type", "None") == "Tail"
+    result = reg.invoke(name, req.body, kind, tail)
+    out = {"x-amzn-RequestId": result.request_id, "X-Amz-Executed-Version": "$LATEST"}
+    if result.function_error:
+        out["X-Amz-Function-Error"] = result.function_error
+    if result.log_tail is not None:
+        out["X-Amz-Log-Result"] = result.log_tail.decode()
+    if result.status != 200:
+        return Response(result.status, b"", out)
+    out["Content-Type"] = "application/json"
+    return Response(200, result.payload, out)
+
+
+_HANDLERS: dict[str, Any] = {
+    "create_function": create_function,
+    "list_functions": list_functions,
+    "get_function": get_function,
+    "delete_function": delete_function,
+    "get_configuration": get_configuration,
+    "update_code": update_code,
+    "put_invoke_config": put_invoke_config,
+    "get_invoke_config": get_invoke_config,
+    "invoke": invoke,
+}

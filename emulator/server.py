@@ -1,0 +1,176 @@
+"""The emulator's HTTP server: HTTP/1.1 keep-alive on 127.0.0.1, started ready, stopped joined.
+
+``start()`` binds (port 0 by default), starts the serving thread and returns once it
+serves; ``.url`` and ``.address`` give the real port. ``stop()`` stops accepting, kills
+every running invocation and fork server, and joins every thread it started.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from emulator.models import FunctionRegistry
+from emulator.responses import Request, handle
+from emulator.runner import Runner
+
+__all__ = ["DEFAULT_STATE_DIR", "LocalCloud", "ThreadedEmulatorServer"]
+
+DEFAULT_STATE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mu" / "emulator"
+_READY_TIMEOUT = 10.0
+_MAX_BODY = 70 * 1024 * 1024
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > _MAX_BODY:
+            self.send_error(413, "request too large")
+            return
+        body = self.rfile.read(length) if length else b""
+        resp = handle(self.server.registry, Request(self.command, self.path, dict(self.headers), body))
+        self.send_response(resp.status)
+        for key, value in resp.headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(resp.body)))
+        self.end_headers()
+        if resp.body:
+            self.wfile.write(resp.body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # requests are not logged to the console
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 1024
+
+    def __init__(self, address: tuple[str, int], registry: FunctionRegistry) -> None:
+        self.registry = registry
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a client closing a keep-alive connection is not an error
+        super().handle_error(request, client_address)
+
+
+class ThreadedEmulatorServer:
+    """The Lambda API on loopback.
+
+    Args:
+        state_dir: where functions and logs live (default ``~/.cache/mu/emulator``).
+        s3_endpoint_url: the S3 endpoint invocations are pointed at.
+        concurrency_limit: invocations running at once (default 1000, as on AWS).
+        fork_server: start invocations through fork servers (False: plain spawn).
+        region: the region in ARNs and in the invocation environment.
+        port: 0 picks a free port.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str] | None = None,
+        s3_endpoint_url: str | None = None,
+        concurrency_limit: int = 1000,
+        fork_server: bool = True,
+        region: str = "us-east-1",
+        port: int = 0,
+    ) -> None:
+        self.state_dir = Path(state_dir) if state_dir else DEFAULT_STATE_DIR
+        self.s3_endpoint_url = s3_endpoint_url
+        self.runner = Runner(self.state_dir, s3_endpoint_url, region, fork_server)
+        self.registry = FunctionRegistry(self.state_dir, self.runner, region, concurrency_limit)
+        self._port = port
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    def start(self) -> None:
+        """Bind 127.0.0.1 and serve; return once serving (raises after a bounded wait)."""
+        self._httpd = _HTTPServer(("127.0.0.1", self._port), self.registry)
+        self._thread = threading.Thread(target=self._serve, name="mu-emulator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(_READY_TIMEOUT):
+            raise RuntimeError("the emulator did not start serving")
+
+    def _serve(self) -> None:
+        assert self._httpd is not None
+        self._ready.set()
+        self._httpd.serve_forever(poll_interval=0.2)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._httpd is not None, "start() first"
+        host, port = self._httpd.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        """Stop serving, kill invocations and fork servers, join."""
+        if self._httpd is None:
+            return
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self.registry.close()
+        if self._thread is not None:
+            self._thread.join()
+        self._httpd = None
+
+    def __enter__(self) -> ThreadedEmulatorServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class LocalCloud:
+    """S3 and the emulator pointed at it, started and stopped together."""
+
+    def __init__(self, **emulator_options: Any) -> None:
+        from emulator.s3 import S3Server
+
+        self.s3 = S3Server()
+        self._options = emulator_options
+        self.emulator: ThreadedEmulatorServer | None = None
+
+    def start(self) -> None:
+        self.s3.start()
+        try:
+            self.emulator = ThreadedEmulatorServer(s3_endpoint_url=self.s3.url, **self._options)
+            self.emulator.start()
+        except BaseException:
+            self.s3.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.emulator is not None:
+            self.emulator.stop()
+        self.s3.stop()
+
+    def __enter__(self) -> LocalCloud:
+        self.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
