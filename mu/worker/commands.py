@@ -117,6 +117,8 @@ class Worker:
         jobs: the background jobs and subprocesses of this invocation.
         s3: the invocation's S3 client holder.
         connect_peer: opens a peer link ``(host, port, first)``; ``None`` disables ``connect``.
+        run_blocking: carries out a blocking job ``(name, job)``: it must send the job's
+            result before the next command is served. ``None``: run it here, in the caller.
     """
 
     vals: dict[str, Val]
@@ -127,6 +129,7 @@ class Worker:
     jobs: JobSet
     s3: S3
     connect_peer: Callable[[str, int, str], Any] | None = None
+    run_blocking: Callable[[str, Callable[[], str]], None] | None = None
     peer: Any = None
     commands_served: int = 0
 
@@ -399,8 +402,9 @@ COMMANDS: Final[dict[str, Handler]] = {
 def dispatch(worker: Worker, text: str) -> bool:
     """Carry out one command and queue its response(s) with ``worker.send``.
 
-    In blocking mode the slow part runs here, before returning; with ``nonblock`` set it runs
-    as a background job of ``worker.jobs``.
+    In blocking mode the slow part runs before the next command is served (here, or through
+    ``worker.run_blocking``); with ``nonblock`` set it runs as a background job of
+    ``worker.jobs``.
 
     Args:
         worker: the invocation's state.
@@ -427,6 +431,8 @@ def dispatch(worker: Worker, text: str) -> bool:
             if not worker.flag("bg_silent"):
                 worker.send(reply.ack)
             worker.jobs.start(name, reply.job)
+        elif worker.run_blocking is not None:
+            worker.run_blocking(name, reply.job)
         else:
             worker.send(reply.job())
     return reply.quit

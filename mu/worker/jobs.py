@@ -82,22 +82,25 @@ class JobSet:
         """Whether :meth:`close` was called."""
         return self._closed
 
-    def start(self, name: str, job: Callable[[], str]) -> None:
+    def start(
+        self, name: str, job: Callable[[], str], on_done: Callable[[], None] | None = None
+    ) -> None:
         """Run ``job`` in a background thread; send its result when it returns.
 
         Args:
             name: the command name, used in the FAIL text if the job raises.
             job: returns the final response text.
+            on_done: called in the job's thread after the result was sent.
         """
         thread = threading.Thread(
-            target=self._run, args=(name, job), name=f"mu-job-{name}", daemon=True
+            target=self._run, args=(name, job, on_done), name=f"mu-job-{name}", daemon=True
         )
         with self._lock:
             self.started += 1
             self._threads.add(thread)
         thread.start()
 
-    def _run(self, name: str, job: Callable[[], str]) -> None:
+    def _run(self, name: str, job: Callable[[], str], on_done: Callable[[], None] | None) -> None:
         try:
             result = job()
         except Exception as exc:  # a bug in a job must still answer the coordinator
@@ -105,6 +108,8 @@ class JobSet:
             result = f"FAIL({name}: internal error: {type(exc).__name__}: {exc})"
         try:
             self._send(result)
+            if on_done is not None:
+                on_done()
         finally:
             with self._lock:
                 self.finished += 1

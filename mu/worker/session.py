@@ -21,6 +21,11 @@ The coordinator socket is non-blocking for reads: a readable socket may carry on
 housekeeping (TLS 1.3 session tickets), and a blocking read would then hang past the idle
 deadline. Writes switch it to a bounded blocking mode for the duration of ``sendall``.
 
+Blocking mode (``nonblock`` 0) still runs ``retrieve``/``upload``/``run`` in a job thread:
+the session serves no further command until the job's response is queued, but it keeps
+reading the socket, so a coordinator that goes away mid-job gets the job killed at once
+instead of after it finishes.
+
 Threads: only the session's thread touches the coordinator socket. Background jobs and the
 peer reader call :meth:`Session.send`, which appends to a queue and wakes the session's
 ``select()`` through a socket pair; the session thread frames and writes the queue. Writes are
@@ -34,7 +39,8 @@ directory is removed. The return value is a JSON-able summary dict:
 ``protocol_error``, ``tls_error``, ``connect_error``, ``bad_event``, ``internal_error`` (a
 bug, logged with its traceback) or, in mode 0, ``done``),
 ``reason`` (human text), ``commands`` (commands served), ``errors`` (FAIL responses sent),
-``last_error``, ``jobs`` (background jobs started), ``tmpdir`` (the removed directory);
+``last_error``, ``jobs`` (transfers and commands run off the session thread, blocking or
+not), ``tmpdir`` (the removed directory);
 mode 0 adds ``retval``, ``output`` and ``command``.
 """
 
@@ -51,11 +57,11 @@ import ssl
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from mu.errors import ProtocolError
-from mu.protocol import CLOSED, NEED_DATA, FrameDecoder, decode_text, encode_text
+from mu.protocol import CLOSED, NEED_DATA, FrameDecoder, Sentinel, decode_text, encode_text
 from mu.worker.commands import Worker, dispatch, initial_vals, render
 from mu.worker.jobs import JobSet
 from mu.worker.peer import PeerLink, open_link
@@ -248,13 +254,26 @@ class Session:
             jobs=JobSet(self.send),
             s3=S3(str(event.get("region") or "")),
             connect_peer=self._connect_peer,
+            run_blocking=self._run_blocking,
         )
+        self._busy = threading.Event()
 
     def send(self, text: str) -> None:
         """Queue a message for the coordinator (any thread)."""
         with self._outbox_lock:
             self._outbox.append(text)
         # BlockingIOError: the pair is full, so a wake-up is pending anyway; OSError: closed.
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def _run_blocking(self, name: str, job: Callable[[], str]) -> None:
+        # A blocking job runs in a job thread while this thread serves no command but keeps
+        # reading, so that the coordinator going away kills it (see _loop).
+        self._busy.set()
+        self.worker.jobs.start(name, job, on_done=self._not_busy)
+
+    def _not_busy(self) -> None:
+        self._busy.clear()
         with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
 
@@ -333,11 +352,16 @@ class Session:
         decoder = FrameDecoder(peer=f"coordinator {self.addr}:{self.port}")
         idle_deadline = time.monotonic() + self.timeout
         pending = getattr(sock, "pending", lambda: 0)
+        frame: bytes | Sentinel
         while True:
             try:
                 if self._flush(sock):
                     idle_deadline = time.monotonic() + self.timeout
-                frame = decoder.next_frame()
+                if self._busy.is_set():
+                    # A blocking job runs: serve nothing, but notice the coordinator leaving.
+                    frame = CLOSED if decoder.at_eof else NEED_DATA
+                else:
+                    frame = decoder.next_frame()
             except ProtocolError as exc:
                 return "protocol_error", str(exc)
             except OSError as exc:

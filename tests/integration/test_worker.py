@@ -202,6 +202,40 @@ def test_disconnect_kills_background_job(keys: KeySet, tmp_path: Path) -> None:
         os.kill(pid, 0)  # killed and reaped before run() returned
 
 
+def test_disconnect_during_a_blocking_run_kills_it(keys: KeySet, tmp_path: Path) -> None:
+    fifo = tmp_path / "pid"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with connected_worker(keys) as (conn, worker):
+            conn.send(f"run:echo $$ > {fifo}; exec sleep 60")  # blocking: no answer yet
+            conn.send("echo:queued behind the run")
+            _wait_readable(reader)
+            pid = int(os.read(reader, 100))
+            conn.close()
+            summary = worker.join()
+    finally:
+        os.close(reader)
+    assert summary["exit"] == "disconnected"
+    assert summary["commands"] == 1  # the echo was never served
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_blocking_commands_answer_in_order(keys: KeySet) -> None:
+    with connected_worker(keys) as (conn, worker):
+        for n in range(3):
+            conn.send(f"run:echo {n}")
+            conn.send(f"echo:{n}")
+        answers = [conn.recv() for _ in range(6)]
+        quit_and_join(conn, worker)
+    assert answers == [
+        text
+        for n in range(3)
+        for text in (f"OK:RETVAL(0):OUTPUT({n}\n):COMMAND(echo {n})", f"OK:ECHO({n})")
+    ]
+
+
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs Linux pidfd_open")
 def test_disconnect_kills_the_whole_process_group(keys: KeySet, tmp_path: Path) -> None:
     """A grandchild of the shell dies too (its exit is awaited through a pidfd, not a sleep)."""
