@@ -22,6 +22,8 @@ back to (loopback).
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 from types import TracebackType
 from typing import Any
 
@@ -71,6 +73,7 @@ class LocalLauncher:
         pipeline: int = 1,
     ) -> None:
         self._started: list[Any] = []  # servers we own, in start order
+        self._state_dir: str | None = None
         self.s3_endpoint_url = s3_endpoint_url
         try:
             if endpoint_url is None:
@@ -100,7 +103,12 @@ class LocalLauncher:
                 s3.start()
                 self._started.append(s3)
                 self.s3_endpoint_url = _url_of(s3)
-            server = ThreadedEmulatorServer(s3_endpoint_url=self.s3_endpoint_url)
+            # A private emulator keeps its functions and logs in a private temp dir,
+            # removed on close (``mu emulator`` is the one with a lasting state dir).
+            self._state_dir = tempfile.mkdtemp(prefix="mu-emulator-")
+            server = ThreadedEmulatorServer(
+                state_dir=self._state_dir, s3_endpoint_url=self.s3_endpoint_url
+            )
             server.start()
             self._started.append(server)
         except OSError as exc:
@@ -149,6 +157,9 @@ class LocalLauncher:
             inner.close()
         while self._started:
             self._started.pop().stop()
+        if self._state_dir is not None:
+            shutil.rmtree(self._state_dir, ignore_errors=True)
+            self._state_dir = None
 
 
 def _url_of(server: Any) -> str:

@@ -73,6 +73,7 @@ class Function:
     Version: str = "$LATEST"
     LastModified: str = field(default_factory=_now)
     RevisionId: str = field(default_factory=lambda: str(uuid.uuid4()))
+    published: int = 0  # versions published so far (they all run the current code)
     MaximumRetryAttempts: int | None = None  # None: no event-invoke config (AWS default 2)
     MaximumEventAgeInSeconds: int | None = None
     code_dir: str = ""
@@ -176,6 +177,41 @@ class FunctionRegistry:
         with self._lock:
             return sorted(self._functions.values(), key=lambda f: f.FunctionName)
 
+    @staticmethod
+    def _limits(params: dict[str, Any], memory: int, timeout: int) -> tuple[int, int]:
+        memory = int(params.get("MemorySize", memory))
+        timeout = int(params.get("Timeout", timeout))
+        if not 128 <= memory <= 10240:
+            raise InvalidParameterValue(f"MemorySize {memory} is outside 128-10240")
+        if not 1 <= timeout <= 900:
+            raise InvalidParameterValue(f"Timeout {timeout} is outside 1-900")
+        return memory, timeout
+
+    @staticmethod
+    def _runtime(params: dict[str, Any]) -> None:
+        runtime = params.get("Runtime")
+        if runtime is not None and runtime not in RUNTIMES:
+            raise InvalidParameterValue(
+                f"runtime {runtime!r} is not supported here (one of {', '.join(sorted(RUNTIMES))})"
+            )
+
+    def update_configuration(self, name: str, params: dict[str, Any]) -> Function:
+        fn = self.get(name)
+        self._runtime(params)
+        memory, timeout = self._limits(params, fn.MemorySize, fn.Timeout)
+        with self._lock:
+            fn.MemorySize, fn.Timeout = memory, timeout
+            for key in ("Role", "Handler", "Runtime", "Description"):
+                if key in params:
+                    setattr(fn, key, params[key])
+            if "Environment" in params:
+                fn.Environment = dict((params["Environment"] or {}).get("Variables") or {})
+            fn.LastModified = _now()
+            fn.RevisionId = str(uuid.uuid4())
+            self._save(fn)
+        self.runner.forget(fn.FunctionName)
+        return fn
+
     def create(self, params: dict[str, Any]) -> Function:
         name = params.get("FunctionName")
         if not isinstance(name, str) or not _NAME.match(name):
@@ -183,17 +219,8 @@ class FunctionRegistry:
         for required in ("Role", "Handler", "Runtime"):
             if not params.get(required):
                 raise InvalidParameterValue(f"{required} is required")
-        if params["Runtime"] not in RUNTIMES:
-            raise InvalidParameterValue(
-                f"runtime {params['Runtime']!r} is not supported here (one of "
-                f"{', '.join(sorted(RUNTIMES))})"
-            )
-        memory = int(params.get("MemorySize", 128))
-        timeout = int(params.get("Timeout", 3))
-        if not 128 <= memory <= 10240:
-            raise InvalidParameterValue(f"MemorySize {memory} is outside 128-10240")
-        if not 1 <= timeout <= 900:
-            raise InvalidParameterValue(f"Timeout {timeout} is outside 1-900")
+        self._runtime(params)
+        memory, timeout = self._limits(params, 128, 3)
         zip_bytes = self._zip_of(params.get("Code") or {})
         with self._lock:
             if name in self._functions:
@@ -233,6 +260,17 @@ class FunctionRegistry:
             self._functions.pop(fn.FunctionName, None)
         self.runner.forget(fn.FunctionName)
         shutil.rmtree(self.state_dir / "functions" / fn.FunctionName, ignore_errors=True)
+
+    def publish(self, name: str) -> dict[str, Any]:
+        """Publish a version: numbered 1, 2, ...; the configuration it answers carries it."""
+        fn = self.get(name)
+        with self._lock:
+            fn.published += 1
+            self._save(fn)
+            conf = fn.configuration(self.region)
+        conf["Version"] = str(fn.published)
+        conf["FunctionArn"] += f":{fn.published}"
+        return conf
 
     def put_event_invoke_config(self, name: str, params: dict[str, Any]) -> dict[str, Any]:
         fn = self.get(name)

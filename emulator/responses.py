@@ -67,7 +67,11 @@ def handle(registry: FunctionRegistry, req: Request) -> Response:
 
 
 def create_function(reg: FunctionRegistry, req: Request) -> Response:
-    return _json(201, reg.create(_params(req)).configuration(reg.region))
+    params = _params(req)
+    fn = reg.create(params)
+    if params.get("Publish"):
+        return _json(201, reg.publish(fn.FunctionName))
+    return _json(201, fn.configuration(reg.region))
 
 
 def list_functions(reg: FunctionRegistry, req: Request) -> Response:
@@ -93,6 +97,14 @@ def get_configuration(reg: FunctionRegistry, req: Request, name: str) -> Respons
 
 def update_code(reg: FunctionRegistry, req: Request, name: str) -> Response:
     return _json(200, reg.update_code(name, _params(req)).configuration(reg.region))
+
+
+def update_configuration(reg: FunctionRegistry, req: Request, name: str) -> Response:
+    return _json(200, reg.update_configuration(name, _params(req)).configuration(reg.region))
+
+
+def publish_version(reg: FunctionRegistry, req: Request, name: str) -> Response:
+    return _json(201, reg.publish(name))
 
 
 def put_invoke_config(reg: FunctionRegistry, req: Request, name: str) -> Response:
@@ -126,6 +138,8 @@ _HANDLERS: dict[str, Any] = {
     "delete_function": delete_function,
     "get_configuration": get_configuration,
     "update_code": update_code,
+    "publish_version": publish_version,
+    "update_configuration": update_configuration,
     "put_invoke_config": put_invoke_config,
     "get_invoke_config": get_invoke_config,
     "invoke": invoke,

@@ -17,6 +17,8 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("DELETE", rf"^/2015-03-31/functions/{_NAME}/?$", "delete_function"),
         ("GET", rf"^/2015-03-31/functions/{_NAME}/configuration/?$", "get_configuration"),
         ("PUT", rf"^/2015-03-31/functions/{_NAME}/code/?$", "update_code"),
+        ("PUT", rf"^/2015-03-31/functions/{_NAME}/configuration/?$", "update_configuration"),
+        ("POST", rf"^/2015-03-31/functions/{_NAME}/versions/?$", "publish_version"),
         ("POST", rf"^/2015-03-31/functions/{_NAME}/invocations/?$", "invoke"),
         ("PUT", rf"^/2019-09-25/functions/{_NAME}/event-invoke-config/?$", "put_invoke_config"),
         ("POST", rf"^/2019-09-25/functions/{_NAME}/event-invoke-config/?$", "put_invoke_config"),

@@ -58,9 +58,10 @@ class ChunkCheck:
 
 def read_png(path: Path) -> tuple[np.ndarray[Any, Any], int]:
     """RGB samples and bit depth of a PNG, 16-bit kept (pypng; Pillow would truncate)."""
-    width, height, rows, info = png.Reader(filename=str(path)).asRGB()
+    with open(path, "rb") as f:
+        width, height, rows, info = png.Reader(file=f).asRGB()
+        data = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
     depth = int(info["bitdepth"])
-    data = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows])
     return data.reshape(height, width, 3), depth
 
 

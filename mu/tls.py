@@ -95,26 +95,36 @@ class KeySet:
         (the 2016 behaviour), which is allowed but means the worker key is the server key.
 
         Raises:
-            ConfigError: a file is missing, unreadable or not PEM.
+            ConfigError: files missing, unreadable or not PEM (all of them named).
         """
 
-        def read(path: str | os.PathLike[str], what: str) -> str:
+        problems: list[str] = []
+
+        def read(path: str | os.PathLike[str] | None, what: str) -> str:
+            if path is None:
+                return ""
             try:
                 text = Path(path).read_text()
             except OSError as exc:
-                raise ConfigError(f"cannot read {what} {os.fspath(path)!r}: {exc.strerror}") from exc
+                problems.append(f"cannot read {what} {os.fspath(path)!r}: {exc.strerror}")
+                return ""
             if "-----BEGIN " not in text:
-                raise ConfigError(f"{what} {os.fspath(path)!r} is not a PEM file")
+                problems.append(f"{what} {os.fspath(path)!r} is not a PEM file")
             return text
 
+        ca = read(ca_cert, "CA certificate")
         srv_cert = read(server_cert, "server certificate")
         srv_key = read(server_key, "server key")
+        wrk_cert = read(worker_cert, "worker certificate")
+        wrk_key = read(worker_key, "worker key")
+        if problems:
+            raise ConfigError("; ".join(problems))
         return cls(
-            ca_cert=read(ca_cert, "CA certificate"),
+            ca_cert=ca,
             server_cert=srv_cert,
             server_key=srv_key,
-            worker_cert=read(worker_cert, "worker certificate") if worker_cert else srv_cert,
-            worker_key=read(worker_key, "worker key") if worker_key else srv_key,
+            worker_cert=wrk_cert or srv_cert,
+            worker_key=wrk_key or srv_key,
         )
 
 

@@ -212,7 +212,7 @@ def run(
         The outcome; ``exit_status`` is 0 only if every chunk was converted.
     """
     from mu.coordinator import Coordinator
-    from mu.runopts import run_config_from_args
+    from mu.runopts import execute, run_config_from_args
 
     out = out or sys.stderr
     cfg = config_from_args(args)
@@ -241,7 +241,7 @@ def run(
         payload_fields={"bucket": cfg.bucket, "region": regions[0]},
         host_addr=host_addr,
     )
-    result = coordinator.run()
+    result = execute(coordinator, args, out)
     outputs: list[str] = []
     if args.output_dir:
         outputs = download_outputs(s3, cfg, chunks, args.output_dir)
