@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import TracebackType
 
 from moto.server import ThreadedMotoServer
@@ -19,6 +20,8 @@ class S3Server:
         self._started = False
 
     def start(self) -> None:
+        # moto's server logs every request through werkzeug; a run is not a web log.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self._server.start()
         self._started = True
 
