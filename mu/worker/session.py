@@ -359,7 +359,9 @@ class Session:
                     idle_deadline = time.monotonic() + self.timeout
                 if self._busy.is_set():
                     # A blocking job runs: serve nothing, but notice the coordinator leaving.
-                    frame = CLOSED if decoder.at_eof else NEED_DATA
+                    if decoder.at_eof:
+                        return self._eof_while_busy(decoder)
+                    frame = NEED_DATA
                 else:
                     frame = decoder.next_frame()
             except ProtocolError as exc:
@@ -402,6 +404,19 @@ class Session:
             except OSError as exc:
                 return "disconnected", f"coordinator connection lost: {exc}"
             decoder.receive_data(data)
+
+    def _eof_while_busy(self, decoder: FrameDecoder) -> tuple[str, str]:
+        """The coordinator closed while a blocking job ran; nothing more can be answered.
+
+        A coordinator may say ``quit:`` and close at once after the job's response (which is
+        already on its way): that is a quit. Anything else is a disconnect. Either way the
+        job is killed on the way out.
+        """
+        while isinstance(frame := decoder.next_frame(), bytes):
+            if decode_text(frame).partition(":")[0] == "quit":
+                self.worker.commands_served += 1
+                return "quit", "the coordinator said quit"
+        return "disconnected", "the coordinator closed the connection during a blocking job"
 
     def _finish(self, exit_code: str, reason: str) -> dict[str, Any]:
         log.info("worker session ends: %s (%s)", exit_code, reason)

@@ -222,6 +222,16 @@ def test_disconnect_during_a_blocking_run_kills_it(keys: KeySet, tmp_path: Path)
         os.kill(pid, 0)
 
 
+def test_quit_then_close_during_a_blocking_run_is_a_quit(keys: KeySet) -> None:
+    with connected_worker(keys) as (conn, worker):
+        conn.send("run:exec sleep 60")
+        conn.send("quit:")
+        conn.close()
+        summary = worker.join()
+    assert summary["exit"] == "quit"
+    assert summary["commands"] == 2
+
+
 def test_blocking_commands_answer_in_order(keys: KeySet) -> None:
     with connected_worker(keys) as (conn, worker):
         for n in range(3):
