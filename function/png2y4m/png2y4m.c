@@ -3,16 +3,33 @@
  *
  * Theory of operation
  * -------------------
- * Each frame is decoded by libpng with transforms that turn every colour type and bit
- * depth into 16-bit R'G'B' (palette and gray expand to RGB, alpha is dropped, 1..8-bit
- * samples are scaled exactly to 16 bits), so 8-bit and 16-bit input go through the same
- * math. The conversion is BT.709 in double precision, studio range (Y 16..235, C
- * 16..240). Chroma is computed from the box average of R'G'B' over 2x2 (4:2:0) or 2x1
- * (4:2:2) pixels, replicating the last row/column for odd sizes.
+ * Decoding has two paths that give the same samples:
  *
- * Quantisation rounds to nearest with --no-dither. By default a triangular (TPDF) dither
- * of +-1 LSB is added first; its noise comes from a hash of (frame, plane, x, y), so the
- * output depends only on the input, never on --threads or timing.
+ * - The fast path takes non-interlaced 8- and 16-bit gray, gray+alpha, RGB and RGBA images
+ *   (what cameras, renderers and ffmpeg write). It reads the file into memory, checks the
+ *   chunk layout and the CRC of every critical chunk, joins the IDAT payloads in place,
+ *   inflates them in one call to libdeflate and undoes the PNG row filters itself, lazily,
+ *   a few rows ahead of the conversion so the rows are still in cache when converted.
+ * - Everything else (palette, 1/2/4-bit gray, interlaced) goes through libpng with
+ *   transforms to 16-bit big-endian R'G'B'. Whenever the fast path meets anything it does
+ *   not expect (a bad CRC, a damaged zlib stream, an odd chunk order, a bad filter type),
+ *   it hands the file to libpng too, so every error message and every tolerance for
+ *   harmless damage is libpng's.
+ *
+ * Conversion reads samples as 16 bits (8-bit v counts as v * 257, exactly v / 255 of full
+ * scale), so 8-bit and 16-bit input go through the same math: R'G'B' -> Y'CbCr BT.709,
+ * studio range (Y 16..235, C 16..240), with chroma computed from the box average of R'G'B'
+ * over 2x2 (4:2:0) or 2x1 (4:2:2) pixels, the last row/column replicated for odd sizes.
+ * The weights are folded into single-precision coefficients; the result differs from the
+ * float64 reference by well under 1e-3 code values before quantisation.
+ *
+ * Quantisation rounds to nearest with --no-dither. By default triangular (TPDF) noise of
+ * +-1 LSB is added first; the noise of a sample is a hash of (frame, plane, x, y), so the
+ * output depends only on the input, never on --threads or on which CPU features are used.
+ *
+ * Threads share one frame: the chroma rows are cut into chunks taken in order; a thread
+ * that needs rows not yet unfiltered unfilters them under a lock (filters are sequential),
+ * then converts its chunk without it.
  *
  * Each frame is converted into one buffer and written with a single write; if anything
  * fails the output is truncated back to where the frame began, so a Y4M never holds a
@@ -24,17 +41,20 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <libdeflate.h>
 #include <limits.h>
-#include <math.h>
 #include <png.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#define MAX_SIDE 65536u /* the largest width or height accepted */
 
 enum chroma { C420, C422, C444 };
 
@@ -45,11 +65,18 @@ struct options {
     int fps_n, fps_d, aspect_n, aspect_d;
 };
 
-struct image {
+/* A decoded frame: row y starts at data + y * stride; samples are 8-bit or 16-bit
+ * big-endian, `channels` per pixel (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA). When `filters`
+ * is set, rows [ready, height) still carry their PNG filter (type byte at row - 1). */
+struct frame {
     uint32_t width, height;
-    uint16_t *rgb; /* width * height * 3 samples */
+    int channels, depth;
+    size_t stride;
+    uint8_t *data;
+    int filtered;
+    atomic_uint ready;
+    pthread_mutex_t lock;
 };
-
 
 static void fail(const char *file, const char *fmt, ...) {
     va_list ap;
@@ -61,7 +88,23 @@ static void fail(const char *file, const char *fmt, ...) {
     exit(1);
 }
 
-/* ------------------------------------------------------------------ PNG decoding */
+/* Buffers reused from frame to frame (no page faults after the first frame). */
+struct buffer {
+    uint8_t *p;
+    size_t size;
+};
+
+static int reserve(struct buffer *b, size_t n) {
+    if (n <= b->size) return 0;
+    free(b->p);
+    b->p = malloc(n);
+    b->size = b->p ? n : 0;
+    return b->p ? 0 : -1;
+}
+
+static struct buffer file_buf, pixel_buf;
+
+/* ------------------------------------------------------------------ libpng path */
 
 struct png_err {
     char message[256];
@@ -78,13 +121,12 @@ static void on_png_warning(png_structp png, png_const_charp msg) {
     (void)msg; /* ancillary-chunk problems are not fatal */
 }
 
-/* Decode `path` into 16-bit RGB. Returns NULL and sets *why on failure. */
-static int decode_png(const char *path, struct image *img, char *why, size_t why_len) {
+/* Decode `path` with libpng into 16-bit big-endian RGB. Returns -1 with *why set. */
+static int decode_libpng(const char *path, struct frame *img, char *why, size_t why_len) {
     FILE *volatile f = fopen(path, "rb");
     png_structp png = NULL;
     png_infop info = NULL;
     png_bytep *volatile rows = NULL;
-    uint16_t *volatile rgb = NULL;
     struct png_err err = {{0}};
     unsigned char sig[8];
 
@@ -109,13 +151,12 @@ static int decode_png(const char *path, struct image *img, char *why, size_t why
         snprintf(why, why_len, "corrupt PNG: %s", err.message[0] ? err.message : "error");
         png_destroy_read_struct(&png, &info, NULL);
         free(rows);
-        free(rgb);
         fclose(f);
         return -1;
     }
     png_init_io(png, f);
     png_set_sig_bytes(png, 8);
-    png_set_user_limits(png, 1u << 16, 1u << 16);
+    png_set_user_limits(png, MAX_SIDE, MAX_SIDE);
     png_read_info(png, info);
 
     png_uint_32 w = png_get_image_width(png, info), h = png_get_image_height(png, info);
@@ -126,19 +167,16 @@ static int decode_png(const char *path, struct image *img, char *why, size_t why
     if (type == PNG_COLOR_TYPE_GRAY || type == PNG_COLOR_TYPE_GRAY_ALPHA) png_set_gray_to_rgb(png);
     png_set_strip_alpha(png);
     png_set_expand_16(png); /* exact: v8 * 257 */
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    png_set_swap(png);
-#endif
     png_set_interlace_handling(png);
     png_read_update_info(png, info);
     if (png_get_channels(png, info) != 3 || png_get_bit_depth(png, info) != 16)
         png_error(png, "unsupported pixel layout");
 
-    size_t row_samples = (size_t)w * 3;
-    rgb = malloc(row_samples * h * sizeof(uint16_t));
+    size_t stride = (size_t)w * 6;
+    if (reserve(&pixel_buf, stride * h)) png_error(png, "out of memory");
     rows = malloc(h * sizeof(png_bytep));
-    if (!rgb || !rows) png_error(png, "out of memory");
-    for (png_uint_32 y = 0; y < h; y++) rows[y] = (png_bytep)(rgb + row_samples * y);
+    if (!rows) png_error(png, "out of memory");
+    for (png_uint_32 y = 0; y < h; y++) rows[y] = pixel_buf.p + stride * y;
     png_read_image(png, rows);
     png_read_end(png, NULL);
     png_destroy_read_struct(&png, &info, NULL);
@@ -146,130 +184,393 @@ static int decode_png(const char *path, struct image *img, char *why, size_t why
     fclose(f);
     img->width = w;
     img->height = h;
-    img->rgb = rgb;
+    img->channels = 3;
+    img->depth = 16;
+    img->stride = stride;
+    img->data = pixel_buf.p;
+    img->filtered = 0;
+    atomic_store(&img->ready, h);
     return 0;
+}
+
+/* ------------------------------------------------------------------ fast path */
+
+static inline uint32_t be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static struct libdeflate_decompressor *inflater;
+
+/* Read the whole file into file_buf. Returns its length, or -1 with *why set. */
+static long read_file(const char *path, char *why, size_t why_len) {
+    int fd = open(path, O_RDONLY);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st)) {
+        snprintf(why, why_len, "%s", strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode) || st.st_size > (off_t)1 << 40) {
+        close(fd);
+        return -2; /* let libpng deal with it */
+    }
+    size_t len = (size_t)st.st_size, done = 0;
+    if (reserve(&file_buf, len + 1)) {
+        close(fd);
+        return -2;
+    }
+    while (done < len) {
+        ssize_t k = read(fd, file_buf.p + done, len - done);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) break;
+        done += (size_t)k;
+    }
+    close(fd);
+    return (long)done;
+}
+
+/* Decode `path` without libpng. Returns 0 on success, 1 when libpng must take the file
+ * (unsupported or damaged: libpng then reports the error), -1 with *why set. */
+static int decode_fast(const char *path, struct frame *img, char *why, size_t why_len) {
+    static const uint8_t signature[8] = {137, 'P', 'N', 'G', '\r', '\n', 26, '\n'};
+    long got = read_file(path, why, why_len);
+    if (got == -1) return -1;
+    if (got < 0) return 1;
+    size_t len = (size_t)got;
+    uint8_t *b = file_buf.p;
+    if (len < 8 || memcmp(b, signature, 8)) {
+        snprintf(why, why_len, "not a PNG file");
+        return -1;
+    }
+    if (len < 33 || be32(b + 8) != 13 || memcmp(b + 12, "IHDR", 4) ||
+        libdeflate_crc32(0, b + 12, 17) != be32(b + 29))
+        return 1;
+    uint32_t w = be32(b + 16), h = be32(b + 20);
+    int depth = b[24], type = b[25];
+    if (w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE || (depth != 8 && depth != 16) ||
+        (type != 0 && type != 2 && type != 4 && type != 6) || b[26] || b[27] || b[28])
+        return 1;
+    int channels = type == 0 ? 1 : type == 4 ? 2 : type == 2 ? 3 : 4;
+
+    /* Walk the chunks; move the IDAT payloads together at the start of the buffer. */
+    size_t pos = 33, idat = 0;
+    int state = 0; /* 0 before IDAT, 1 in the IDAT run, 2 after it */
+    for (;;) {
+        if (len - pos < 12) return 1;
+        uint32_t n = be32(b + pos);
+        if (n > 0x7fffffffu || len - pos - 12 < n) return 1;
+        const uint8_t *t = b + pos + 4;
+        int critical = !(t[0] & 0x20);
+        if (critical && libdeflate_crc32(0, t, (size_t)n + 4) != be32(b + pos + 8 + n)) return 1;
+        if (!memcmp(t, "IDAT", 4)) {
+            if (state == 2) return 1;
+            state = 1;
+            memmove(b + idat, b + pos + 8, n);
+            idat += n;
+        } else {
+            if (state == 1) state = 2;
+            if (!memcmp(t, "IEND", 4)) break;
+            if (critical && memcmp(t, "PLTE", 4)) return 1; /* IHDR again, or unknown */
+        }
+        pos += 12 + (size_t)n;
+    }
+    if (!state) return 1;
+
+    size_t row = (size_t)w * channels * (depth / 8), stride = row + 1;
+    if (reserve(&pixel_buf, stride * h)) return 1;
+    if (!inflater && !(inflater = libdeflate_alloc_decompressor())) return 1;
+    if (libdeflate_zlib_decompress(inflater, b, idat, pixel_buf.p, stride * h, NULL) !=
+        LIBDEFLATE_SUCCESS)
+        return 1;
+    for (uint32_t y = 0; y < h; y++)
+        if (pixel_buf.p[stride * y] > 4) return 1;
+    img->width = w;
+    img->height = h;
+    img->channels = channels;
+    img->depth = depth;
+    img->stride = stride;
+    img->data = pixel_buf.p + 1;
+    img->filtered = 1;
+    atomic_store(&img->ready, 0);
+    return 0;
+}
+
+static int decode_png(const char *path, struct frame *img, char *why, size_t why_len) {
+    int r = decode_fast(path, img, why, why_len);
+    return r == 1 ? decode_libpng(path, img, why, why_len) : r;
+}
+
+/* ------------------------------------------------------------------ unfiltering */
+
+static inline int paeth(int a, int b, int c) {
+    int pa = abs(b - c), pb = abs(a - c), pc = abs(a + b - 2 * c);
+    return pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+}
+
+/* Undo the filter of one row in place; `prev` is the previous (unfiltered) row or NULL. */
+static void unfilter_row(uint8_t *cur, const uint8_t *prev, size_t n, size_t bpp, int type) {
+    size_t i;
+    switch (type) {
+    case 1:
+        for (i = bpp; i < n; i++) cur[i] = (uint8_t)(cur[i] + cur[i - bpp]);
+        break;
+    case 2:
+        if (prev)
+            for (i = 0; i < n; i++) cur[i] = (uint8_t)(cur[i] + prev[i]);
+        break;
+    case 3:
+        if (prev) {
+            for (i = 0; i < bpp; i++) cur[i] = (uint8_t)(cur[i] + (prev[i] >> 1));
+            for (; i < n; i++) cur[i] = (uint8_t)(cur[i] + ((cur[i - bpp] + prev[i]) >> 1));
+        } else {
+            for (i = bpp; i < n; i++) cur[i] = (uint8_t)(cur[i] + (cur[i - bpp] >> 1));
+        }
+        break;
+    case 4:
+        if (prev) {
+            for (i = 0; i < bpp; i++) cur[i] = (uint8_t)(cur[i] + prev[i]);
+            for (; i < n; i++)
+                cur[i] = (uint8_t)(cur[i] + paeth(cur[i - bpp], prev[i], prev[i - bpp]));
+        } else {
+            for (i = bpp; i < n; i++) cur[i] = (uint8_t)(cur[i] + cur[i - bpp]);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+/* Make rows [0, upto) of `img` plain. */
+static void need_rows(struct frame *img, uint32_t upto) {
+    if (!img->filtered || atomic_load_explicit(&img->ready, memory_order_acquire) >= upto) return;
+    pthread_mutex_lock(&img->lock);
+    uint32_t y = atomic_load_explicit(&img->ready, memory_order_relaxed);
+    size_t n = img->stride - 1, bpp = (size_t)img->channels * (img->depth / 8);
+    for (; y < upto; y++) {
+        uint8_t *cur = img->data + img->stride * y;
+        unfilter_row(cur, y ? cur - img->stride : NULL, n, bpp, cur[-1]);
+        atomic_store_explicit(&img->ready, y + 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&img->lock);
 }
 
 /* ------------------------------------------------------------------ conversion */
 
-static const double KR = 0.2126, KB = 0.0722, KG = 1.0 - 0.2126 - 0.0722;
+#define KR 0.2126
+#define KB 0.0722
+#define KG (1.0 - KR - KB)
 
-static inline uint32_t hash4(uint32_t frame, uint32_t plane, uint32_t x, uint32_t y) {
-    uint32_t h = frame * 0x9E3779B1u ^ (plane + 1) * 0x85EBCA77u;
-    h ^= x * 0xC2B2AE3Du;
-    h = (h ^ (h >> 15)) * 0x2C1B3C6Du;
-    h ^= y * 0x27D4EB2Fu;
-    h = (h ^ (h >> 13)) * 0x165667B1u;
-    return h ^ (h >> 16);
+/* Per-sample TPDF noise in (-1, 1) LSB: two 16-bit halves of a hash of (seed, x). */
+static inline uint32_t mix(uint32_t h) {
+    h ^= h >> 16;
+    h *= 0x7feb352du;
+    h ^= h >> 15;
+    h *= 0x846ca68bu;
+    h ^= h >> 16;
+    return h;
 }
 
-/* Triangular noise in (-1, 1) LSB from two 16-bit halves of a hash. */
-static inline double tpdf(uint32_t frame, uint32_t plane, uint32_t x, uint32_t y) {
-    uint32_t h = hash4(frame, plane, x, y);
-    return ((h & 0xFFFF) + (h >> 16) + 1.0) / 65536.0 - 1.0;
+static inline uint32_t row_seed(uint32_t frame, uint32_t plane, uint32_t y) {
+    return mix(mix(frame * 0x9E3779B1u + plane) ^ (y * 0x85EBCA77u + 0x165667B1u));
 }
 
-static inline uint8_t quantise(double v, int dither, uint32_t frame, uint32_t plane,
-                               uint32_t x, uint32_t y) {
-    if (dither) v += tpdf(frame, plane, x, y);
-    double r = floor(v + 0.5);
-    if (r < 0) r = 0;
-    if (r > 255) r = 255;
-    return (uint8_t)r;
+static inline float tpdf(uint32_t seed, uint32_t x) {
+    uint32_t h = mix(seed ^ (x * 0xC2B2AE3Du));
+    return (float)((int32_t)((h & 0xFFFF) + (h >> 16)) - 65535) * (1.0f / 65536.0f);
 }
 
-struct job {
-    const struct image *img;
-    uint8_t *y, *cb, *cr;
-    uint32_t cw;
-    int sx, sy, dither;
-    uint32_t frame, row0, row1, crow0, crow1;
+static inline uint8_t clamp8(float v) {
+    v += 0.5f;
+    v = v < 0.0f ? 0.0f : v;
+    v = v > 255.0f ? 255.0f : v;
+    return (uint8_t)(int32_t)v;
+}
+
+struct coeffs {
+    float yr, yg, yb;        /* luma per 16-bit unit */
+    float br, bg, bb;        /* Cb per unit of the chroma box sum */
+    float rr, rg, rb;        /* Cr per unit of the chroma box sum */
 };
 
-static void *convert_rows(void *arg) {
-    const struct job *j = arg;
-    const struct image *img = j->img;
-    const double s = 1.0 / 65535.0;
-    for (uint32_t y = j->row0; y < j->row1; y++) {
-        const uint16_t *p = img->rgb + (size_t)y * img->width * 3;
-        uint8_t *out = j->y + (size_t)y * img->width;
-        for (uint32_t x = 0; x < img->width; x++) {
-            double yy = KR * p[3 * x] * s + KG * p[3 * x + 1] * s + KB * p[3 * x + 2] * s;
-            out[x] = quantise(16.0 + 219.0 * yy, j->dither, j->frame, 0, x, y);
+static struct coeffs make_coeffs(int box) {
+    const double unit = 1.0 / 65535.0, cu = unit / box;
+    struct coeffs k;
+    k.yr = (float)(219.0 * KR * unit);
+    k.yg = (float)(219.0 * KG * unit);
+    k.yb = (float)(219.0 * KB * unit);
+    k.br = (float)(-112.0 * KR / (1.0 - KB) * cu);
+    k.bg = (float)(-112.0 * KG / (1.0 - KB) * cu);
+    k.bb = (float)(112.0 * cu);
+    k.rr = (float)(112.0 * cu);
+    k.rg = (float)(-112.0 * KG / (1.0 - KR) * cu);
+    k.rb = (float)(-112.0 * KB / (1.0 - KR) * cu);
+    return k;
+}
+
+/* Sample c (0 R, 1 G, 2 B) of pixel x as a 16-bit value. */
+#define SAMPLE(p, x, C, D, c)                                                                 \
+    ((D) == 16 ? (uint32_t)((p)[2 * ((x) * (C) + ((C) >= 3 ? (c) : 0))] << 8 |                  \
+                            (p)[2 * ((x) * (C) + ((C) >= 3 ? (c) : 0)) + 1])                    \
+               : (uint32_t)(p)[(x) * (C) + ((C) >= 3 ? (c) : 0)] * 257u)
+
+/* The row converters, specialised by channels C and depth D (constants after inlining). */
+static inline __attribute__((always_inline)) void
+luma_row(const uint8_t *p, uint8_t *out, uint32_t w, int C, int D, const struct coeffs *k,
+         int dither, uint32_t seed) {
+    if (dither) {
+        for (uint32_t x = 0; x < w; x++) {
+            float v = 16.0f + k->yr * (float)SAMPLE(p, x, C, D, 0) +
+                      k->yg * (float)SAMPLE(p, x, C, D, 1) + k->yb * (float)SAMPLE(p, x, C, D, 2);
+            out[x] = clamp8(v + tpdf(seed, x));
+        }
+    } else {
+        for (uint32_t x = 0; x < w; x++) {
+            float v = 16.0f + k->yr * (float)SAMPLE(p, x, C, D, 0) +
+                      k->yg * (float)SAMPLE(p, x, C, D, 1) + k->yb * (float)SAMPLE(p, x, C, D, 2);
+            out[x] = clamp8(v);
         }
     }
-    for (uint32_t cy = j->crow0; cy < j->crow1; cy++) {
-        uint32_t ya = cy * j->sy, yb = ya + (j->sy - 1);
-        if (yb >= img->height) yb = img->height - 1;
-        const uint16_t *ra = img->rgb + (size_t)ya * img->width * 3;
-        const uint16_t *rb = img->rgb + (size_t)yb * img->width * 3;
-        for (uint32_t cx = 0; cx < j->cw; cx++) {
-            uint32_t xa = cx * j->sx, xb = xa + (j->sx - 1);
-            if (xb >= img->width) xb = img->width - 1;
-            double n = (double)(j->sx * j->sy);
-            double r, g, b;
-            if (j->sx == 1 && j->sy == 1) {
-                r = ra[3 * xa];
-                g = ra[3 * xa + 1];
-                b = ra[3 * xa + 2];
-            } else if (j->sy == 1) {
-                r = (double)ra[3 * xa] + ra[3 * xb];
-                g = (double)ra[3 * xa + 1] + ra[3 * xb + 1];
-                b = (double)ra[3 * xa + 2] + ra[3 * xb + 2];
-                r /= n, g /= n, b /= n;
-            } else {
-                r = (double)ra[3 * xa] + ra[3 * xb] + rb[3 * xa] + rb[3 * xb];
-                g = (double)ra[3 * xa + 1] + ra[3 * xb + 1] + rb[3 * xa + 1] + rb[3 * xb + 1];
-                b = (double)ra[3 * xa + 2] + ra[3 * xb + 2] + rb[3 * xa + 2] + rb[3 * xb + 2];
-                r /= n, g /= n, b /= n;
-            }
-            r *= s, g *= s, b *= s;
-            double yy = KR * r + KG * g + KB * b;
-            size_t at = (size_t)cy * j->cw + cx;
-            j->cb[at] = quantise(128.0 + 112.0 * (b - yy) / (1.0 - KB), j->dither, j->frame, 1, cx, cy);
-            j->cr[at] = quantise(128.0 + 112.0 * (r - yy) / (1.0 - KR), j->dither, j->frame, 2, cx, cy);
+}
+
+/* One chroma row from rows a and b (b == a for 4:2:2/4:4:4 or the last odd row), sx 1 or 2. */
+static inline __attribute__((always_inline)) void
+chroma_row(const uint8_t *a, const uint8_t *b, int rows, uint8_t *cb, uint8_t *cr, uint32_t w,
+           int sx, int C, int D, const struct coeffs *k, int dither, uint32_t sb, uint32_t sr) {
+    uint32_t cw = sx == 2 ? w / 2 : w;
+    for (uint32_t x = 0; x < cw; x++) {
+        uint32_t xa = x * (uint32_t)sx, xb = xa + (uint32_t)(sx - 1);
+        uint32_t r = SAMPLE(a, xa, C, D, 0) + (sx == 2 ? SAMPLE(a, xb, C, D, 0) : 0);
+        uint32_t g = SAMPLE(a, xa, C, D, 1) + (sx == 2 ? SAMPLE(a, xb, C, D, 1) : 0);
+        uint32_t bl = SAMPLE(a, xa, C, D, 2) + (sx == 2 ? SAMPLE(a, xb, C, D, 2) : 0);
+        if (rows == 2) {
+            r += SAMPLE(b, xa, C, D, 0) + (sx == 2 ? SAMPLE(b, xb, C, D, 0) : 0);
+            g += SAMPLE(b, xa, C, D, 1) + (sx == 2 ? SAMPLE(b, xb, C, D, 1) : 0);
+            bl += SAMPLE(b, xa, C, D, 2) + (sx == 2 ? SAMPLE(b, xb, C, D, 2) : 0);
         }
+        float fr = (float)r, fg = (float)g, fb = (float)bl;
+        float u = 128.0f + k->br * fr + k->bg * fg + k->bb * fb;
+        float v = 128.0f + k->rr * fr + k->rg * fg + k->rb * fb;
+        if (dither) {
+            u += tpdf(sb, x);
+            v += tpdf(sr, x);
+        }
+        cb[x] = clamp8(u);
+        cr[x] = clamp8(v);
+    }
+    if (sx == 2 && (w & 1)) { /* last column: replicate it */
+        uint32_t xa = w - 1, x = cw;
+        uint32_t r = 2 * SAMPLE(a, xa, C, D, 0), g = 2 * SAMPLE(a, xa, C, D, 1),
+                 bl = 2 * SAMPLE(a, xa, C, D, 2);
+        if (rows == 2) {
+            r += 2 * SAMPLE(b, xa, C, D, 0);
+            g += 2 * SAMPLE(b, xa, C, D, 1);
+            bl += 2 * SAMPLE(b, xa, C, D, 2);
+        }
+        float fr = (float)r, fg = (float)g, fb = (float)bl;
+        float u = 128.0f + k->br * fr + k->bg * fg + k->bb * fb;
+        float v = 128.0f + k->rr * fr + k->rg * fg + k->rb * fb;
+        if (dither) {
+            u += tpdf(sb, x);
+            v += tpdf(sr, x);
+        }
+        cb[x] = clamp8(u);
+        cr[x] = clamp8(v);
+    }
+}
+
+struct work {
+    struct frame *img;
+    uint8_t *y, *cb, *cr;
+    uint32_t cw, ch, frame;
+    int sx, sy, dither;
+    struct coeffs k;
+    atomic_uint next; /* next chunk of chroma rows to convert */
+};
+
+#define CHUNK 8 /* chroma rows per work item */
+
+#define CONVERT_CHUNK(C, D)                                                                     \
+    for (uint32_t cy = c0; cy < c1; cy++) {                                                     \
+        uint32_t ya = cy * (uint32_t)wk->sy, yb = ya + (uint32_t)wk->sy - 1;                    \
+        if (yb >= h) yb = h - 1;                                                                \
+        const uint8_t *ra = img->data + img->stride * ya, *rb = img->data + img->stride * yb;   \
+        for (uint32_t y = ya; y < ya + (uint32_t)wk->sy && y < h; y++)                          \
+            luma_row(img->data + img->stride * y, wk->y + (size_t)w * y, w, C, D, &wk->k,       \
+                     wk->dither, row_seed(wk->frame, 0, y));                                    \
+        uint8_t *ob = wk->cb + (size_t)wk->cw * cy, *orr = wk->cr + (size_t)wk->cw * cy;        \
+        uint32_t sb = row_seed(wk->frame, 1, cy), sr = row_seed(wk->frame, 2, cy);              \
+        if (wk->sy == 2) {                                                                      \
+            chroma_row(ra, rb, 2, ob, orr, w, 2, C, D, &wk->k, wk->dither, sb, sr);             \
+        } else if (wk->sx == 2) {                                                               \
+            chroma_row(ra, ra, 1, ob, orr, w, 2, C, D, &wk->k, wk->dither, sb, sr);             \
+        } else {                                                                                \
+            chroma_row(ra, ra, 1, ob, orr, w, 1, C, D, &wk->k, wk->dither, sb, sr);             \
+        }                                                                                       \
+    }
+
+#define CASE(C, D)                                                                              \
+    case (C) * 100 + (D):                                                                       \
+        CONVERT_CHUNK(C, D) break;
+
+__attribute__((target_clones("avx2", "default"))) static void
+convert_chunk(struct work *wk, uint32_t c0, uint32_t c1) {
+    struct frame *img = wk->img;
+    uint32_t w = img->width, h = img->height;
+    switch (img->channels * 100 + img->depth) {
+        CASE(1, 8)
+        CASE(2, 8)
+        CASE(3, 8)
+        CASE(4, 8)
+        CASE(1, 16)
+        CASE(2, 16)
+        CASE(3, 16)
+        CASE(4, 16)
+    default:
+        break;
+    }
+}
+
+static void *worker(void *arg) {
+    struct work *wk = arg;
+    for (;;) {
+        uint32_t c0 = atomic_fetch_add(&wk->next, CHUNK);
+        if (c0 >= wk->ch) break;
+        uint32_t c1 = c0 + CHUNK < wk->ch ? c0 + CHUNK : wk->ch;
+        uint32_t last = c1 * (uint32_t)wk->sy;
+        need_rows(wk->img, last < wk->img->height ? last : wk->img->height);
+        convert_chunk(wk, c0, c1);
     }
     return NULL;
 }
 
-/* Convert `img` into planes stored consecutively in `buf`. */
-static void convert(const struct image *img, const struct options *o, uint32_t frame,
-                    uint8_t *buf) {
+/* Convert `img` into the three planes stored consecutively in `buf`. */
+static void convert(struct frame *img, const struct options *o, uint32_t frame, uint8_t *buf) {
+    static struct work wk;
     int sx = o->chroma == C444 ? 1 : 2, sy = o->chroma == C420 ? 2 : 1;
-    uint32_t cw = (img->width + sx - 1) / sx, ch = (img->height + sy - 1) / sy;
-    size_t luma = (size_t)img->width * img->height, chroma = (size_t)cw * ch;
-    int n = o->threads < 1 ? 1 : o->threads;
-    if ((uint32_t)n > ch) n = (int)ch;
-    if (n < 1) n = 1;
-    struct job jobs[64];
-    pthread_t tids[64];
+    wk.img = img;
+    wk.sx = sx;
+    wk.sy = sy;
+    wk.cw = (img->width + sx - 1) / sx;
+    wk.ch = (img->height + sy - 1) / sy;
+    wk.y = buf;
+    wk.cb = buf + (size_t)img->width * img->height;
+    wk.cr = wk.cb + (size_t)wk.cw * wk.ch;
+    wk.frame = frame;
+    wk.dither = o->dither;
+    wk.k = make_coeffs(sx * sy);
+    atomic_store(&wk.next, 0);
+    pthread_mutex_init(&img->lock, NULL);
+    int n = o->threads;
+    uint32_t chunks = (wk.ch + CHUNK - 1) / CHUNK;
+    if ((uint32_t)n > chunks) n = (int)chunks;
     if (n > 64) n = 64;
-    for (int i = 0; i < n; i++) {
-        struct job *j = &jobs[i];
-        j->img = img;
-        j->y = buf;
-        j->cb = buf + luma;
-        j->cr = buf + luma + chroma;
-        j->cw = cw;
-        j->sx = sx;
-        j->sy = sy;
-        j->dither = o->dither;
-        j->frame = frame;
-        j->crow0 = (uint32_t)((uint64_t)ch * i / n);
-        j->crow1 = (uint32_t)((uint64_t)ch * (i + 1) / n);
-        j->row0 = j->crow0 * sy;
-        j->row1 = i == n - 1 ? img->height : j->crow1 * sy;
-        if (j->row1 > img->height) j->row1 = img->height;
-    }
+    pthread_t tids[64];
+    int started = 0;
     for (int i = 1; i < n; i++)
-        if (pthread_create(&tids[i], NULL, convert_rows, &jobs[i])) {
-            convert_rows(&jobs[i]); /* no thread: do it here */
-            tids[i] = 0;
-        }
-    convert_rows(&jobs[0]);
-    for (int i = 1; i < n; i++)
-        if (tids[i]) pthread_join(tids[i], NULL);
+        if (!pthread_create(&tids[started], NULL, worker, &wk)) started++;
+    worker(&wk);
+    for (int i = 0; i < started; i++) pthread_join(tids[i], NULL);
+    pthread_mutex_destroy(&img->lock);
 }
 
 /* ------------------------------------------------------------------ input frames */
@@ -440,7 +741,7 @@ int main(int argc, char **argv) {
             if (n > first) break;
             snprintf(path, sizeof path, "%s", input);
         }
-        struct image img;
+        struct frame img;
         if (decode_png(path, &img, why, sizeof why)) fail(path, "%s", why);
         if (frames == 0) {
             fd = open(o.output, O_RDWR | O_CREAT | (o.incremental ? 0 : O_TRUNC), 0644);
@@ -475,7 +776,6 @@ int main(int argc, char **argv) {
         memcpy(buf, header, (size_t)hl);
         memcpy(buf + hl, "FRAME\n", 6);
         convert(&img, &o, (uint32_t)n, buf + hl + 6);
-        free(img.rgb);
         off_t at = lseek(fd, 0, SEEK_END);
         size_t done = 0;
         while (done < total) {
