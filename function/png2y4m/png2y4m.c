@@ -102,7 +102,11 @@ static int reserve(struct buffer *b, size_t n) {
     return b->p ? 0 : -1;
 }
 
-static struct buffer file_buf, pixel_buf;
+/* What one decoding thread owns. */
+struct ctx {
+    struct buffer file, pixels;
+    struct libdeflate_decompressor *inflater;
+};
 
 /* ------------------------------------------------------------------ libpng path */
 
@@ -122,7 +126,7 @@ static void on_png_warning(png_structp png, png_const_charp msg) {
 }
 
 /* Decode `path` with libpng into 16-bit big-endian RGB. Returns -1 with *why set. */
-static int decode_libpng(const char *path, struct frame *img, char *why, size_t why_len) {
+static int decode_libpng(struct ctx *cx, const char *path, struct frame *img, char *why, size_t why_len) {
     FILE *volatile f = fopen(path, "rb");
     png_structp png = NULL;
     png_infop info = NULL;
@@ -173,10 +177,10 @@ static int decode_libpng(const char *path, struct frame *img, char *why, size_t 
         png_error(png, "unsupported pixel layout");
 
     size_t stride = (size_t)w * 6;
-    if (reserve(&pixel_buf, stride * h)) png_error(png, "out of memory");
+    if (reserve(&cx->pixels, stride * h)) png_error(png, "out of memory");
     rows = malloc(h * sizeof(png_bytep));
     if (!rows) png_error(png, "out of memory");
-    for (png_uint_32 y = 0; y < h; y++) rows[y] = pixel_buf.p + stride * y;
+    for (png_uint_32 y = 0; y < h; y++) rows[y] = cx->pixels.p + stride * y;
     png_read_image(png, rows);
     png_read_end(png, NULL);
     png_destroy_read_struct(&png, &info, NULL);
@@ -187,7 +191,7 @@ static int decode_libpng(const char *path, struct frame *img, char *why, size_t 
     img->channels = 3;
     img->depth = 16;
     img->stride = stride;
-    img->data = pixel_buf.p;
+    img->data = cx->pixels.p;
     img->filtered = 0;
     atomic_store(&img->ready, h);
     return 0;
@@ -199,10 +203,8 @@ static inline uint32_t be32(const uint8_t *p) {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-static struct libdeflate_decompressor *inflater;
-
-/* Read the whole file into file_buf. Returns its length, or -1 with *why set. */
-static long read_file(const char *path, char *why, size_t why_len) {
+/* Read the whole file into cx->file. Returns its length, or -1 with *why set. */
+static long read_file(struct ctx *cx, const char *path, char *why, size_t why_len) {
     int fd = open(path, O_RDONLY);
     struct stat st;
     if (fd < 0 || fstat(fd, &st)) {
@@ -215,12 +217,12 @@ static long read_file(const char *path, char *why, size_t why_len) {
         return -2; /* let libpng deal with it */
     }
     size_t len = (size_t)st.st_size, done = 0;
-    if (reserve(&file_buf, len + 1)) {
+    if (reserve(&cx->file, len + 1)) {
         close(fd);
         return -2;
     }
     while (done < len) {
-        ssize_t k = read(fd, file_buf.p + done, len - done);
+        ssize_t k = read(fd, cx->file.p + done, len - done);
         if (k < 0 && errno == EINTR) continue;
         if (k <= 0) break;
         done += (size_t)k;
@@ -231,13 +233,13 @@ static long read_file(const char *path, char *why, size_t why_len) {
 
 /* Decode `path` without libpng. Returns 0 on success, 1 when libpng must take the file
  * (unsupported or damaged: libpng then reports the error), -1 with *why set. */
-static int decode_fast(const char *path, struct frame *img, char *why, size_t why_len) {
+static int decode_fast(struct ctx *cx, const char *path, struct frame *img, char *why, size_t why_len) {
     static const uint8_t signature[8] = {137, 'P', 'N', 'G', '\r', '\n', 26, '\n'};
-    long got = read_file(path, why, why_len);
+    long got = read_file(cx, path, why, why_len);
     if (got == -1) return -1;
     if (got < 0) return 1;
     size_t len = (size_t)got;
-    uint8_t *b = file_buf.p;
+    uint8_t *b = cx->file.p;
     if (len < 8 || memcmp(b, signature, 8)) {
         snprintf(why, why_len, "not a PNG file");
         return -1;
@@ -277,27 +279,28 @@ static int decode_fast(const char *path, struct frame *img, char *why, size_t wh
     if (!state) return 1;
 
     size_t row = (size_t)w * channels * (depth / 8), stride = row + 1;
-    if (reserve(&pixel_buf, stride * h)) return 1;
-    if (!inflater && !(inflater = libdeflate_alloc_decompressor())) return 1;
-    if (libdeflate_zlib_decompress(inflater, b, idat, pixel_buf.p, stride * h, NULL) !=
+    if (reserve(&cx->pixels, stride * h)) return 1;
+    if (!cx->inflater && !(cx->inflater = libdeflate_alloc_decompressor())) return 1;
+    if (libdeflate_zlib_decompress(cx->inflater, b, idat, cx->pixels.p, stride * h, NULL) !=
         LIBDEFLATE_SUCCESS)
         return 1;
     for (uint32_t y = 0; y < h; y++)
-        if (pixel_buf.p[stride * y] > 4) return 1;
+        if (cx->pixels.p[stride * y] > 4) return 1;
     img->width = w;
     img->height = h;
     img->channels = channels;
     img->depth = depth;
     img->stride = stride;
-    img->data = pixel_buf.p + 1;
+    img->data = cx->pixels.p + 1;
     img->filtered = 1;
     atomic_store(&img->ready, 0);
     return 0;
 }
 
-static int decode_png(const char *path, struct frame *img, char *why, size_t why_len) {
-    int r = decode_fast(path, img, why, why_len);
-    return r == 1 ? decode_libpng(path, img, why, why_len) : r;
+static int decode_png(struct ctx *cx, const char *path, struct frame *img, char *why,
+                      size_t why_len) {
+    int r = decode_fast(cx, path, img, why, why_len);
+    return r == 1 ? decode_libpng(cx, path, img, why, why_len) : r;
 }
 
 /* ------------------------------------------------------------------ unfiltering */
@@ -417,16 +420,17 @@ static struct coeffs make_coeffs(int box) {
 static inline __attribute__((always_inline)) void
 luma_row(const uint8_t *p, uint8_t *out, uint32_t w, int C, int D, const struct coeffs *k,
          int dither, uint32_t seed) {
+    const float yr = k->yr, yg = k->yg, yb = k->yb;
     if (dither) {
         for (uint32_t x = 0; x < w; x++) {
-            float v = 16.0f + k->yr * (float)SAMPLE(p, x, C, D, 0) +
-                      k->yg * (float)SAMPLE(p, x, C, D, 1) + k->yb * (float)SAMPLE(p, x, C, D, 2);
+            float v = 16.0f + yr * (float)SAMPLE(p, x, C, D, 0) +
+                      yg * (float)SAMPLE(p, x, C, D, 1) + yb * (float)SAMPLE(p, x, C, D, 2);
             out[x] = clamp8(v + tpdf(seed, x));
         }
     } else {
         for (uint32_t x = 0; x < w; x++) {
-            float v = 16.0f + k->yr * (float)SAMPLE(p, x, C, D, 0) +
-                      k->yg * (float)SAMPLE(p, x, C, D, 1) + k->yb * (float)SAMPLE(p, x, C, D, 2);
+            float v = 16.0f + yr * (float)SAMPLE(p, x, C, D, 0) +
+                      yg * (float)SAMPLE(p, x, C, D, 1) + yb * (float)SAMPLE(p, x, C, D, 2);
             out[x] = clamp8(v);
         }
     }
@@ -437,6 +441,8 @@ static inline __attribute__((always_inline)) void
 chroma_row(const uint8_t *a, const uint8_t *b, int rows, uint8_t *cb, uint8_t *cr, uint32_t w,
            int sx, int C, int D, const struct coeffs *k, int dither, uint32_t sb, uint32_t sr) {
     uint32_t cw = sx == 2 ? w / 2 : w;
+    const struct coeffs kk = *k;
+    k = &kk;
     for (uint32_t x = 0; x < cw; x++) {
         uint32_t xa = x * (uint32_t)sx, xb = xa + (uint32_t)(sx - 1);
         uint32_t r = SAMPLE(a, xa, C, D, 0) + (sx == 2 ? SAMPLE(a, xb, C, D, 0) : 0);
@@ -544,8 +550,9 @@ static void *worker(void *arg) {
 }
 
 /* Convert `img` into the three planes stored consecutively in `buf`. */
-static void convert(struct frame *img, const struct options *o, uint32_t frame, uint8_t *buf) {
-    static struct work wk;
+static void convert(struct frame *img, const struct options *o, int threads, uint32_t frame,
+                    uint8_t *buf) {
+    struct work wk;
     int sx = o->chroma == C444 ? 1 : 2, sy = o->chroma == C420 ? 2 : 1;
     wk.img = img;
     wk.sx = sx;
@@ -560,7 +567,7 @@ static void convert(struct frame *img, const struct options *o, uint32_t frame, 
     wk.k = make_coeffs(sx * sy);
     atomic_store(&wk.next, 0);
     pthread_mutex_init(&img->lock, NULL);
-    int n = o->threads;
+    int n = threads;
     uint32_t chunks = (wk.ch + CHUNK - 1) / CHUNK;
     if ((uint32_t)n > chunks) n = (int)chunks;
     if (n > 64) n = 64;
@@ -661,6 +668,86 @@ static int header_matches(FILE *f, uint32_t w, uint32_t h, enum chroma c, char *
     return 0;
 }
 
+/* ------------------------------------------------------------------ frame pipeline */
+
+#define PREFIX 256 /* room before the planes for the stream header and "FRAME\n" */
+
+enum { SLOT_FREE, SLOT_BUSY, SLOT_DONE, SLOT_ERROR, SLOT_END };
+
+struct slot {
+    long index; /* frame k of the run (number first + k) */
+    int state;
+    char path[PATH_MAX];
+    char why[300];
+    uint32_t width, height;
+    size_t planes;
+    struct buffer out;
+    struct ctx cx;
+};
+
+struct pipeline {
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    const struct options *o;
+    const char *input;
+    int pattern, decoders, row_threads, ring, stop;
+    long first, claimed, written;
+    struct slot *slots;
+};
+
+static void *decoder(void *arg) {
+    struct pipeline *pl = arg;
+    for (;;) {
+        pthread_mutex_lock(&pl->lock);
+        long k = pl->claimed++;
+        while (!pl->stop && k - pl->written >= pl->ring) pthread_cond_wait(&pl->changed, &pl->lock);
+        int stop = pl->stop;
+        struct slot *sl = &pl->slots[k % pl->ring];
+        if (!stop) {
+            sl->index = k;
+            sl->state = SLOT_BUSY;
+        }
+        pthread_mutex_unlock(&pl->lock);
+        if (stop) return NULL;
+
+        int state = SLOT_DONE;
+        long n = pl->first + k;
+        if (!pl->pattern) {
+            if (k > 0) state = SLOT_END;
+            else snprintf(sl->path, sizeof sl->path, "%s", pl->input);
+        } else if (format_frame(sl->path, sizeof sl->path, pl->input, n)) {
+            snprintf(sl->path, sizeof sl->path, "%s", pl->input);
+            snprintf(sl->why, sizeof sl->why, "frame path too long");
+            state = SLOT_ERROR;
+        } else if (k > 0 && access(sl->path, F_OK)) {
+            state = SLOT_END;
+        }
+        struct frame img;
+        if (state == SLOT_DONE && decode_png(&sl->cx, sl->path, &img, sl->why, sizeof sl->why))
+            state = SLOT_ERROR;
+        if (state == SLOT_DONE) {
+            const struct options *o = pl->o;
+            int sx = o->chroma == C444 ? 1 : 2, sy = o->chroma == C420 ? 2 : 1;
+            size_t cw = (img.width + sx - 1) / sx, ch = (img.height + sy - 1) / sy;
+            sl->width = img.width;
+            sl->height = img.height;
+            sl->planes = (size_t)img.width * img.height + 2 * cw * ch;
+            if (reserve(&sl->out, PREFIX + sl->planes)) {
+                snprintf(sl->why, sizeof sl->why, "out of memory");
+                state = SLOT_ERROR;
+            } else {
+                memcpy(sl->out.p + PREFIX - 6, "FRAME\n", 6);
+                convert(&img, o, pl->row_threads, (uint32_t)n, sl->out.p + PREFIX);
+            }
+        }
+        pthread_mutex_lock(&pl->lock);
+        sl->state = state;
+        if (state == SLOT_END || state == SLOT_ERROR) pl->stop = 1;
+        pthread_cond_broadcast(&pl->changed);
+        pthread_mutex_unlock(&pl->lock);
+    }
+}
+
 static void usage(FILE *to) {
     fputs("usage: png2y4m [options] INPUT\n"
           "  INPUT is a PNG file or a printf pattern (dir/%08d.png) matching a run of\n"
@@ -725,31 +812,44 @@ int main(int argc, char **argv) {
         if (first < 0) fail(input, "no input frame matches this pattern");
     }
 
-    /* The output is opened once the first frame has decoded, so a bad input leaves it as
-     * it was. */
+    /* Frames are decoded and converted by `decoders` threads, each frame by one of them
+     * (with --threads N and a pattern) or one decoder converting with N row threads (a
+     * single file), and written here strictly in order. The output is opened once the first
+     * frame has decoded, so a bad input leaves it as it was. */
+    struct pipeline pl = {0};
+    pthread_mutex_init(&pl.lock, NULL);
+    pthread_cond_init(&pl.changed, NULL);
+    pl.o = &o;
+    pl.input = input;
+    pl.pattern = pattern;
+    pl.first = first;
+    pl.decoders = pattern && o.threads > 1 ? (o.threads > 16 ? 16 : o.threads) : 1;
+    pl.row_threads = pl.decoders > 1 ? 1 : o.threads;
+    pl.ring = 2 * pl.decoders;
+    pl.slots = calloc((size_t)pl.ring, sizeof *pl.slots);
+    pthread_t tids[16];
+    if (!pl.slots) fail(input, "out of memory");
+    for (int i = 0; i < pl.decoders; i++)
+        if (pthread_create(&tids[i], NULL, decoder, &pl)) fail(input, "cannot start a thread");
+
     int fd = -1;
     off_t size = 0;
-    char path[PATH_MAX], why[300];
+    char why[300];
     uint32_t w0 = 0, h0 = 0;
-    uint8_t *buf = NULL;
-    size_t frames = 0;
-    for (long n = first;; n++) {
-        if (pattern) {
-            if (format_frame(path, sizeof path, input, n)) fail(input, "frame path too long");
-            if (n > first && access(path, F_OK)) break;
-        } else {
-            if (n > first) break;
-            snprintf(path, sizeof path, "%s", input);
-        }
-        struct frame img;
-        if (decode_png(path, &img, why, sizeof why)) fail(path, "%s", why);
-        if (frames == 0) {
+    for (long k = 0;; k++) {
+        struct slot *sl = &pl.slots[k % pl.ring];
+        pthread_mutex_lock(&pl.lock);
+        while (sl->index != k || sl->state < SLOT_DONE) pthread_cond_wait(&pl.changed, &pl.lock);
+        pthread_mutex_unlock(&pl.lock);
+        if (sl->state == SLOT_END) break;
+        if (sl->state == SLOT_ERROR) fail(sl->path, "%s", sl->why);
+        if (k == 0) {
             fd = open(o.output, O_RDWR | O_CREAT | (o.incremental ? 0 : O_TRUNC), 0644);
             if (fd < 0) fail(o.output, "cannot open for writing: %s", strerror(errno));
             size = lseek(fd, 0, SEEK_END);
             if (size < 0) fail(o.output, "cannot seek: %s", strerror(errno));
-            w0 = img.width;
-            h0 = img.height;
+            w0 = sl->width;
+            h0 = sl->height;
             if (size > 0) {
                 FILE *f = fdopen(dup(fd), "r");
                 if (!f) fail(o.output, "cannot read: %s", strerror(errno));
@@ -758,45 +858,57 @@ int main(int argc, char **argv) {
                 fclose(f);
                 if (bad) fail(o.output, "%s", why);
             }
-        } else if (img.width != w0 || img.height != h0) {
-            fail(path, "frame size %ux%u differs from the first frame's %ux%u", img.width,
-                 img.height, w0, h0);
+        } else if (sl->width != w0 || sl->height != h0) {
+            fail(sl->path, "frame size %ux%u differs from the first frame's %ux%u", sl->width,
+                 sl->height, w0, h0);
         }
-        int sx = o.chroma == C444 ? 1 : 2, sy = o.chroma == C420 ? 2 : 1;
-        size_t cw = (w0 + sx - 1) / sx, ch = (h0 + sy - 1) / sy;
-        size_t planes = (size_t)w0 * h0 + 2 * cw * ch;
-        char header[160] = "";
-        int hl = 0;
-        if (size == 0 && frames == 0)
-            hl = snprintf(header, sizeof header, "YUV4MPEG2 W%u H%u F%d:%d Ip A%d:%d %s\n", w0, h0,
-                          o.fps_n, o.fps_d, o.aspect_n, o.aspect_d, chroma_tag(o.chroma));
-        size_t total = (size_t)hl + 6 + planes;
-        if (!buf) buf = malloc(total);
-        if (!buf) fail(path, "out of memory");
-        memcpy(buf, header, (size_t)hl);
-        memcpy(buf + hl, "FRAME\n", 6);
-        convert(&img, &o, (uint32_t)n, buf + hl + 6);
+        /* The slot holds "FRAME\n" + planes at PREFIX; the header goes right before. */
+        uint8_t *start = sl->out.p + PREFIX - 6;
+        size_t total = 6 + sl->planes;
+        if (size == 0 && k == 0) {
+            char header[160];
+            int hl = snprintf(header, sizeof header, "YUV4MPEG2 W%u H%u F%d:%d Ip A%d:%d %s\n",
+                              w0, h0, o.fps_n, o.fps_d, o.aspect_n, o.aspect_d,
+                              chroma_tag(o.chroma));
+            start -= hl;
+            total += (size_t)hl;
+            memcpy(start, header, (size_t)hl);
+        }
         off_t at = lseek(fd, 0, SEEK_END);
         size_t done = 0;
         while (done < total) {
-            ssize_t k = write(fd, buf + done, total - done);
-            if (k < 0 && errno == EINTR) continue;
-            if (k <= 0) {
+            ssize_t n = write(fd, start + done, total - done);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) {
                 int e = errno;
                 if (ftruncate(fd, at)) { /* nothing more can be done */ }
-                fail(o.output, "write failed: %s", strerror(k < 0 ? e : ENOSPC));
+                fail(o.output, "write failed: %s", strerror(n < 0 ? e : ENOSPC));
             }
-            done += (size_t)k;
+            done += (size_t)n;
         }
         if (o.delete_input) {
             if (fdatasync(fd) && errno != EINVAL) fail(o.output, "sync failed: %s", strerror(errno));
-            if (unlink(path)) fail(path, "cannot delete: %s", strerror(errno));
+            if (unlink(sl->path)) fail(sl->path, "cannot delete: %s", strerror(errno));
         }
-        frames++;
-        /* After the first frame the header exists, and `buf` is large enough again. */
-        size = 1;
+        pthread_mutex_lock(&pl.lock);
+        sl->state = SLOT_FREE;
+        pl.written = k + 1;
+        pthread_cond_broadcast(&pl.changed);
+        pthread_mutex_unlock(&pl.lock);
     }
-    free(buf);
+    pthread_mutex_lock(&pl.lock);
+    pl.stop = 1;
+    pthread_cond_broadcast(&pl.changed);
+    pthread_mutex_unlock(&pl.lock);
+    for (int i = 0; i < pl.decoders; i++) pthread_join(tids[i], NULL);
+    for (int i = 0; i < pl.ring; i++) {
+        free(pl.slots[i].out.p);
+        free(pl.slots[i].cx.file.p);
+        free(pl.slots[i].cx.pixels.p);
+        if (pl.slots[i].cx.inflater) libdeflate_free_decompressor(pl.slots[i].cx.inflater);
+    }
+    free(pl.slots);
+    if (fd < 0) fail(input, "no frame converted");
     if (close(fd)) fail(o.output, "close failed: %s", strerror(errno));
     return 0;
 }
