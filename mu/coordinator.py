@@ -221,8 +221,10 @@ class Coordinator:
         self.token = secrets.token_urlsafe(24)
         self._ctx: SSL.Context | None = server_context(keys) if keys and run_config.tls else None
         self._listener: socket.socket | None = None
+        self._bound: tuple[str, int] | None = None
         self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
         self._queue: deque[int] = deque(run_config.actor_numbers())
         self._pending = set(self._queue)  # actors not yet ended
         self._running: dict[int, _Conn] = {}  # actor number -> its connection
@@ -248,11 +250,10 @@ class Coordinator:
     @property
     def address(self) -> tuple[str, int]:
         """The bound (host, port); binds first if needed."""
-        if self._listener is None:
+        if self._bound is None:
             self.bind()
-        assert self._listener is not None
-        host, port = self._listener.getsockname()[:2]
-        return host, port
+        assert self._bound is not None
+        return self._bound
 
     def bind(self) -> tuple[str, int]:
         """Listen on ``run_config.host:port`` (port 0: a free one).
@@ -260,8 +261,8 @@ class Coordinator:
         Raises:
             TransportError: the address cannot be bound.
         """
-        if self._listener is not None:
-            return self.address
+        if self._bound is not None:
+            return self._bound
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -274,6 +275,9 @@ class Coordinator:
         sock.listen(_backlog(self.config.workers_to_launch))
         sock.setblocking(False)
         self._listener = sock
+        host, port = sock.getsockname()[:2]
+        self._bound = (str(host), int(port))
+        self._wake_r, self._wake_w = socket.socketpair()
         self._sel.register(sock, selectors.EVENT_READ, None)
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         return self.address
@@ -364,8 +368,9 @@ class Coordinator:
 
     def _wake(self) -> None:
         # If the loop is gone or the pipe is full, it wakes anyway.
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"!")
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"!")
 
     def _launch_workers(self, spec: LaunchSpec) -> None:
         assert self.launcher is not None
@@ -407,6 +412,7 @@ class Coordinator:
             self.status(self.statistics())
 
     def _drain_wake(self) -> None:
+        assert self._wake_r is not None
         with contextlib.suppress(BlockingIOError):
             self._wake_r.recv(4096)
 
@@ -649,15 +655,19 @@ class Coordinator:
         self._stop = True
 
     def _shutdown(self) -> None:
+        self.close()
+        if self._launch_thread is not None:
+            self._launch_thread.join(timeout=30)
+
+    def close(self) -> None:
+        """Close every connection and the listening socket (``run()`` does this itself)."""
         for conn in list(self._conns.values()):
             self._close(conn)
         self._sel.close()
-        if self._listener is not None:
-            self._listener.close()
-        self._wake_r.close()
-        self._wake_w.close()
-        if self._launch_thread is not None:
-            self._launch_thread.join(timeout=30)
+        for sock in (self._listener, self._wake_r, self._wake_w):
+            if sock is not None:
+                sock.close()
+        self._listener = self._wake_r = self._wake_w = None
 
 
 def _failed_in(state: MachineState | None) -> str:

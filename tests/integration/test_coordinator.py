@@ -1,0 +1,493 @@
+"""The coordinator over real sockets and mutual TLS on 127.0.0.1, with simulated workers.
+
+Simulated workers are threads with stdlib-ssl clients that answer like the real worker. Each
+bad-input test runs bad peers next to good workers and checks that only the bad connection
+ended (counted as rejected or as that actor's failure) while every good actor finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mu.apps.png2y4m import ConfigState, Png2Y4MConfig
+from mu.config import RunConfig
+from mu.coordinator import Coordinator, RunResult
+from mu.errors import ConfigError
+from mu.launch import FunctionSpec, Invocation, LaunchReport, LaunchSpec
+from mu.protocol import CLOSED, NEED_DATA, FrameDecoder, encode_text
+from mu.states import CommandListState, TerminalState
+from mu.tls import KeySet, generate_keys
+
+JOB = Png2Y4MConfig(frames=2)
+
+
+class Done(TerminalState):
+    pass
+
+
+class Small(CommandListState):
+    commandlist = ["set:a:1", "run:true", ("OK:RETVAL(0)", "quit:")]
+    nextState = Done
+
+
+def answer(command: str) -> str | None:
+    name, _, args = command.partition(":")
+    key = args.partition(":")[0]
+    return {
+        "set": f"OK:SET({key})", "seti": f"OK:SETI({key})", "echo": f"OK:ECHO({args})",
+        "retrieve": "OK:RETRIEVE(b/k)", "upload": "OK:UPLOAD(b/k)",
+        "run": "OK:RETVAL(0):OUTPUT():COMMAND(x)",
+    }.get(name)
+
+
+def client_context(keys: KeySet, version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    with tempfile.TemporaryDirectory() as tmp:
+        keys.write(tmp)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(os.path.join(tmp, "ca_cert.pem"))
+        ctx.load_cert_chain(os.path.join(tmp, "worker_cert.pem"), os.path.join(tmp, "worker_key.pem"))
+    if version is not None:
+        ctx.minimum_version = ctx.maximum_version = version
+    return ctx
+
+
+def good_worker(addr: tuple[str, int], token: str, ctx: ssl.SSLContext | None) -> list[str]:
+    """Say hello, answer every command, return the commands seen."""
+    raw = socket.create_connection(addr, timeout=30)
+    sock: socket.socket = ctx.wrap_socket(raw) if ctx else raw
+    seen: list[str] = []
+    with sock:
+        sock.sendall(encode_text(f"OK:HELLO:{token}"))
+        decoder = FrameDecoder()
+        while True:
+            data = sock.recv(65536)
+            decoder.receive_data(data)
+            while (frame := decoder.next_frame()) is not NEED_DATA:
+                if frame is CLOSED:
+                    return seen
+                assert isinstance(frame, bytes)
+                command = frame.decode()
+                seen.append(command)
+                if command == "quit:":
+                    return seen
+                reply = answer(command)
+                if reply is not None:
+                    sock.sendall(encode_text(reply))
+            if not data:
+                return seen
+
+
+@contextmanager
+def running(coord: Coordinator) -> Iterator[dict[str, Any]]:
+    """Run the coordinator in a thread; the dict gets the result when it ends."""
+    out: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: out.setdefault("result", coord.run()))
+    coord.bind()
+    thread.start()
+    try:
+        yield out
+    finally:
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the coordinator did not finish"
+
+
+def workers(n: int, target: Callable[[], Any]) -> list[threading.Thread]:
+    threads = [threading.Thread(target=target) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def finish(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        t.join(timeout=60)
+        assert not t.is_alive()
+
+
+def coordinator(keys: KeySet | None, n: int, **config: Any) -> Coordinator:
+    job = config.pop("job", Small)
+    tls = config.pop("tls", True)
+    return Coordinator(job, JOB, RunConfig(num_actors=n, port=0, tls=tls, **config), keys)
+
+
+def assert_all_done(result: RunResult, n: int) -> None:
+    assert sorted(a.actor for a in result.actors) == list(range(n))
+    assert all(a.ok for a in result.actors), [a for a in result.actors if not a.ok]
+    assert result.exit_status == 0
+
+
+# ------------------------------------------------------------------------ good paths
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_png2y4m_conversation_over_tls(keys: KeySet, version: ssl.TLSVersion) -> None:
+    coord = coordinator(keys, 3, job=ConfigState)
+    ctx = client_context(keys, version)
+    with running(coord) as out:
+        seen: list[list[str]] = []
+        threads = workers(3, lambda: seen.append(good_worker(coord.address, coord.token, ctx)))
+        finish(threads)
+    assert_all_done(out["result"], 3)
+    assert all(s[0] == "seti:nonblock:0" and s[-1] == "quit:" for s in seen)
+    assert all(sum(c == "retrieve:" for c in s) == 2 for s in seen)
+
+
+def test_two_hundred_workers_and_the_run_record(keys: KeySet, tmp_path: Path) -> None:
+    n = 200
+    coord = coordinator(keys, n, job=ConfigState)
+    ctx = client_context(keys)
+    with running(coord) as out:
+        finish(workers(n, lambda: good_worker(coord.address, coord.token, ctx)))
+    result: RunResult = out["result"]
+    assert_all_done(result, n)
+    record = tmp_path / "run.jsonl"
+    result.write_record(record)
+    rows = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [r["actor"] for r in rows] == list(range(n))
+    for row in rows:
+        assert row["ok"] is True and row["state"] == "FinalState" and row["error"] is None
+        times = [t for t, _ in row["timestamps"]]
+        assert times == sorted(times) and times[0] >= 0
+        assert row["timestamps"][0][1] == "ConfigState"
+    assert result.messages_in > n * 10 and result.messages_out > n * 10
+
+
+def test_surplus_workers_get_no_work(keys: KeySet) -> None:
+    coord = coordinator(keys, 2)
+    ctx = client_context(keys)
+    seen: list[list[str]] = []
+
+    def worker() -> None:
+        try:
+            seen.append(good_worker(coord.address, coord.token, ctx))
+        except OSError:
+            seen.append([])  # arrived after the run had ended: refused, also fine
+
+    with running(coord) as out:
+        finish(workers(4, worker))
+    assert_all_done(out["result"], 2)
+    full = [s for s in seen if len(s) > 1]
+    assert len(full) == 2 and all(s[-1] == "quit:" for s in full)
+    # The others were told to quit (or found the run over); none got an actor's work.
+    assert sorted(tuple(s) for s in seen if len(s) <= 1) in ([(), ()], [(), ("quit:",)],
+                                                             [("quit:",), ("quit:",)])
+
+
+def test_plain_tcp_when_tls_is_off() -> None:
+    coord = coordinator(None, 2, tls=False)
+    with running(coord) as out:
+        finish(workers(2, lambda: good_worker(coord.address, coord.token, None)))
+    assert_all_done(out["result"], 2)
+    assert coord.payload().cacert == ""
+
+
+def test_payload_carries_no_coordinator_private_key(keys: KeySet) -> None:
+    coord = coordinator(keys, 1)
+    payload = json.loads(coord.payload_json())
+    text = json.dumps(payload)
+    assert keys.server_key.strip() not in text
+    assert keys.ca_key.strip() not in text
+    assert payload["wrkkey"] == keys.worker_key and payload["cacert"] == keys.ca_cert
+    assert payload["token"] == coord.token and payload["port"] == coord.address[1]
+    # A payload that would carry it is refused.
+    leaky = Coordinator(Small, JOB, RunConfig(port=0), KeySet(
+        keys.ca_cert, keys.server_cert, keys.server_key, keys.server_cert, keys.server_key))
+    with pytest.raises(ConfigError, match="private key"):
+        leaky.payload_json()
+    coord.close()
+    leaky.close()
+
+
+# ------------------------------------------------------------------------ bad input
+
+
+def bad_peer_test(keys: KeySet, bad: Callable[[tuple[str, int], str], None], n_bad: int = 1,
+                  **config: Any) -> RunResult:
+    """Run 3 good workers beside ``n_bad`` bad peers; return the result."""
+    coord = coordinator(keys, 3, **config)
+    ctx = client_context(keys)
+    with running(coord) as out:
+        bad_threads = workers(n_bad, lambda: bad(coord.address, coord.token))
+        finish(bad_threads)
+        finish(workers(3, lambda: good_worker(coord.address, coord.token, ctx)))
+    result: RunResult = out["result"]
+    assert_all_done(result, 3)
+    return result
+
+
+def tls_peer(keys: KeySet, send: bytes, hello: bool = True, close: bool = True) -> Callable[..., None]:
+    def run(addr: tuple[str, int], token: str) -> None:
+        ctx = client_context(keys)
+        with ctx.wrap_socket(socket.create_connection(addr, timeout=30)) as sock:
+            if hello:
+                sock.sendall(encode_text(f"OK:HELLO:{token}"))
+            sock.sendall(send)
+            if close:
+                sock.shutdown(socket.SHUT_WR)
+            try:
+                while sock.recv(65536):
+                    pass
+            except (ssl.SSLError, OSError):
+                pass
+    return run
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "hello"),
+    [
+        ("random bytes", b"\x8f\x00\xffgarbage\x13" * 50, False),
+        ("non-digit header", b"00000000000x OK", False),
+        ("oversized header", b"%012d " % (10**10), False),
+        ("frame cut off by EOF", b"000000000100 OK:SET", False),
+        ("wrong token", encode_text("OK:HELLO:not-the-token"), False),
+        ("no token", encode_text("OK:HELLO"), False),
+    ],
+)
+def test_bad_peers_before_hello_are_rejected(
+    keys: KeySet, name: str, payload: bytes, hello: bool
+) -> None:
+    result = bad_peer_test(keys, tls_peer(keys, payload, hello))
+    assert result.rejected == 1, result.rejections
+
+
+@pytest.mark.parametrize(
+    ("name", "payload"),
+    [
+        ("random bytes after hello", b"\xffjunk" * 20),
+        ("oversized frame after hello", b"%012d " % (10**10)),
+        ("cut-off frame after hello", b"000000000050 OK:SE"),
+    ],
+)
+def test_bad_peers_after_hello_fail_only_their_actor(
+    keys: KeySet, name: str, payload: bytes
+) -> None:
+    # Four actors: three good workers plus the bad one, which took an actor and failed it.
+    coord = coordinator(keys, 4)
+    ctx = client_context(keys)
+    with running(coord) as out:
+        finish(workers(1, lambda: tls_peer(keys, payload)(coord.address, coord.token)))
+        finish(workers(3, lambda: good_worker(coord.address, coord.token, ctx)))
+    result: RunResult = out["result"]
+    failed = result.failed
+    assert len(failed) == 1 and result.done == 3
+    assert failed[0].error
+
+
+def test_plain_tcp_to_the_tls_port(keys: KeySet) -> None:
+    def plain(addr: tuple[str, int], token: str) -> None:
+        with socket.create_connection(addr, timeout=30) as sock:
+            sock.sendall(encode_text(f"OK:HELLO:{token}"))
+            sock.shutdown(socket.SHUT_WR)
+            try:
+                while sock.recv(4096):
+                    pass
+            except ConnectionResetError:
+                pass  # the coordinator drops us without reading: expected
+
+    result = bad_peer_test(keys, plain)
+    assert result.rejected == 1 and "TLS" in result.rejections[0]
+
+
+@pytest.mark.parametrize("which", ["other CA", "no certificate"])
+def test_clients_without_a_valid_certificate_are_refused(keys: KeySet, which: str) -> None:
+    other = generate_keys(days=1)
+
+    def bad(addr: tuple[str, int], token: str) -> None:
+        if which == "other CA":
+            ctx = client_context(other)
+            ctx.verify_mode = ssl.CERT_NONE
+        else:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        try:
+            with ctx.wrap_socket(socket.create_connection(addr, timeout=30)) as sock:
+                sock.sendall(encode_text(f"OK:HELLO:{token}"))
+                while sock.recv(4096):
+                    pass
+        except (ssl.SSLError, OSError):
+            pass  # the server ends the handshake: expected
+
+    result = bad_peer_test(keys, bad)
+    assert result.rejected == 1
+
+
+def test_hello_that_never_comes(keys: KeySet) -> None:
+    release = threading.Event()
+
+    def silent(addr: tuple[str, int], token: str) -> None:
+        ctx = client_context(keys)
+        with ctx.wrap_socket(socket.create_connection(addr, timeout=30)) as sock:
+            sock.settimeout(30)
+            try:
+                assert sock.recv(4096) == b""  # the coordinator closes on us
+            except (ssl.SSLError, OSError):
+                pass
+            release.set()
+
+    result = bad_peer_test(keys, silent, hello_timeout=0.3)
+    assert release.is_set()
+    assert result.rejected == 1 and "no hello within 0.3 s" in result.rejections[0]
+
+
+def test_peer_that_stops_reading_is_dropped(keys: KeySet) -> None:
+    # Far more than loopback's socket buffers can absorb, so most of it stays queued.
+    class Big(CommandListState):
+        commandlist = [("OK:HELLO", "echo:" + "x" * 40_000_000), ("OK:ECHO", "quit:")]
+        nextState = Done
+
+    coord = coordinator(keys, 1, job=Big, max_send_buffer=1_000_000)
+    ctx = client_context(keys)
+    stop = threading.Event()
+
+    def stubborn() -> None:
+        with ctx.wrap_socket(socket.create_connection(coord.address, timeout=30)) as sock:
+            sock.sendall(encode_text(f"OK:HELLO:{coord.token}"))
+            stop.wait(30)  # never reads
+
+    thread = threading.Thread(target=stubborn)
+    with running(coord) as out:
+        thread.start()
+    # The run ended (the coordinator thread was joined) while the peer still holds on.
+    stop.set()
+    thread.join()
+    result: RunResult = out["result"]
+    (failed,) = result.failed
+    assert "stopped reading" in (failed.error or "")
+
+
+def test_a_thousand_bad_connections_beside_good_workers(keys: KeySet) -> None:
+    def junk(addr: tuple[str, int], token: str) -> None:
+        for i in range(250):
+            with socket.create_connection(addr, timeout=30) as sock:
+                sock.sendall(b"\x16\x03\x01 not a hello %d" % i)
+
+    result = bad_peer_test(keys, junk, n_bad=4)
+    assert result.rejected == 1000
+
+
+def test_worker_deadline_terminates_the_actor(keys: KeySet) -> None:
+    hold = threading.Event()
+
+    def slow(addr: tuple[str, int], token: str) -> None:
+        ctx = client_context(keys)
+        with ctx.wrap_socket(socket.create_connection(addr, timeout=30)) as sock:
+            sock.sendall(encode_text(f"OK:HELLO:{token}"))
+            try:
+                while sock.recv(4096):
+                    pass  # never answers
+            except (ssl.SSLError, OSError):
+                pass
+            hold.set()
+
+    coord = coordinator(keys, 1, worker_deadline=0.3)
+    with running(coord) as out:
+        finish(workers(1, lambda: slow(coord.address, coord.token)))
+    (failed,) = out["result"].failed
+    assert failed.state == "TerminatedState"
+    assert "deadline of 0.3 s passed" in (failed.error or "")
+
+
+# ------------------------------------------------------------------------ launcher
+
+
+class ThreadLauncher:
+    """A fake backend: each accepted invocation starts a simulated worker thread."""
+
+    name = "threads"
+
+    def __init__(self, accept: int | None, keys: KeySet) -> None:
+        self.accept = accept
+        self.ctx = client_context(keys)
+        self.threads: list[threading.Thread] = []
+        self.specs: list[LaunchSpec] = []
+
+    def create_function(self, spec: FunctionSpec, region: str) -> dict[str, Any]:
+        return {}
+
+    def function_exists(self, name: str, region: str) -> bool:
+        return True
+
+    def delete_function(self, name: str, region: str) -> None:
+        return None
+
+    def launch(self, spec: LaunchSpec) -> LaunchReport:
+        self.specs.append(spec)
+        payload = json.loads(spec.payload)
+        count = spec.count if self.accept is None else min(self.accept, spec.count)
+        for _ in range(count):
+            t = threading.Thread(target=good_worker, args=(
+                (payload["addr"], payload["port"]), payload["token"], self.ctx))
+            t.start()
+            self.threads.append(t)
+        invs = tuple(Invocation(i, "us-east-1", i < count) for i in range(spec.count))
+        return LaunchReport(invs)
+
+    def close(self) -> None:
+        finish(self.threads)
+
+
+def test_launcher_starts_every_worker(keys: KeySet) -> None:
+    launcher = ThreadLauncher(None, keys)
+    coord = Coordinator(Small, JOB, RunConfig(num_actors=5, extra_workers=2, port=0), keys,
+                        launcher=launcher, function_name="fn", payload_fields={"bucket": "b"})
+    result = coord.run()
+    launcher.close()
+    assert_all_done(result, 5)
+    (spec,) = launcher.specs
+    assert spec.count == 7 and spec.function_name == "fn"
+    assert json.loads(spec.payload)["bucket"] == "b"
+    assert result.launch is not None and result.launch.accepted == 7
+
+
+def test_actors_no_worker_can_reach_fail_with_the_reason(keys: KeySet) -> None:
+    launcher = ThreadLauncher(2, keys)
+    coord = Coordinator(Small, JOB, RunConfig(num_actors=4, port=0), keys, launcher=launcher)
+    result = coord.run()
+    launcher.close()
+    assert result.done == 2 and result.errors == 2
+    for failed in result.failed:
+        assert failed.state == "NotStarted"
+        assert "no worker came for it" in (failed.error or "")
+    assert result.exit_status == 1
+
+
+# ------------------------------------------------------------------------ keys
+
+
+def test_genkeys_files_modes_and_openssl(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "mu.cli", "genkeys", "--out", str(tmp_path), "--days", "30"],
+        capture_output=True, text=True, check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["ca_cert.pem", "ca_key.pem", "server_cert.pem", "server_key.pem",
+                     "worker_cert.pem", "worker_key.pem"]
+    for key in ("ca_key.pem", "server_key.pem", "worker_key.pem"):
+        assert (tmp_path / key).stat().st_mode & 0o777 == 0o600
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(tmp_path / "ca_cert.pem"),
+         str(tmp_path / "server_cert.pem"), str(tmp_path / "worker_cert.pem")],
+        capture_output=True, text=True, check=False,
+    )
+    assert verify.returncode == 0 and verify.stdout.count(": OK") == 2
+    again = subprocess.run(
+        [sys.executable, "-m", "mu.cli", "genkeys", "--out", str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )
+    assert again.returncode == 2 and "refusing to overwrite" in again.stderr
