@@ -38,6 +38,7 @@
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <emmintrin.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -279,7 +280,7 @@ static int decode_fast(struct ctx *cx, const char *path, struct frame *img, char
     if (!state) return 1;
 
     size_t row = (size_t)w * channels * (depth / 8), stride = row + 1;
-    if (reserve(&cx->pixels, stride * h)) return 1;
+    if (reserve(&cx->pixels, stride * h + 16)) return 1; /* slack for 8-byte loads */
     if (!cx->inflater && !(cx->inflater = libdeflate_alloc_decompressor())) return 1;
     if (libdeflate_zlib_decompress(cx->inflater, b, idat, cx->pixels.p, stride * h, NULL) !=
         LIBDEFLATE_SUCCESS)
@@ -343,6 +344,58 @@ static void unfilter_row(uint8_t *cur, const uint8_t *prev, size_t n, size_t bpp
     }
 }
 
+/* Sub, Average and Paeth one pixel at a time in 16-bit SSE2 lanes (bpp <= 8 bytes). The
+ * loads may read up to 7 bytes past a row (the pixel buffer has slack); only bpp bytes are
+ * stored. Same results as unfilter_row. */
+static inline __attribute__((always_inline)) void
+unfilter_sse2(uint8_t *cur, const uint8_t *prev, size_t n, size_t bpp, int type) {
+    const __m128i zero = _mm_setzero_si128();
+    __m128i a = zero, c = zero;
+    for (size_t i = 0; i + bpp <= n; i += bpp) {
+        uint64_t xw, bw = 0, ow;
+        memcpy(&xw, cur + i, 8);
+        if (prev) memcpy(&bw, prev + i, 8);
+        __m128i x = _mm_cvtsi64_si128((long long)xw);
+        __m128i b = _mm_unpacklo_epi8(_mm_cvtsi64_si128((long long)bw), zero);
+        __m128i pred;
+        if (type == 1) {
+            pred = a;
+        } else if (type == 3) {
+            pred = _mm_srli_epi16(_mm_add_epi16(a, b), 1);
+        } else {
+            __m128i bc = _mm_sub_epi16(b, c), ac = _mm_sub_epi16(a, c), s = _mm_add_epi16(bc, ac);
+            __m128i pa = _mm_max_epi16(bc, _mm_sub_epi16(zero, bc));
+            __m128i pb = _mm_max_epi16(ac, _mm_sub_epi16(zero, ac));
+            __m128i pc = _mm_max_epi16(s, _mm_sub_epi16(zero, s));
+            __m128i low = _mm_min_epi16(_mm_min_epi16(pa, pb), pc);
+            __m128i use_a = _mm_cmpeq_epi16(pa, low);
+            __m128i use_b = _mm_andnot_si128(use_a, _mm_cmpeq_epi16(pb, low));
+            __m128i use_c = _mm_andnot_si128(_mm_or_si128(use_a, use_b), _mm_set1_epi16(-1));
+            pred = _mm_or_si128(_mm_or_si128(_mm_and_si128(use_a, a), _mm_and_si128(use_b, b)),
+                                _mm_and_si128(use_c, c));
+        }
+        __m128i out = _mm_add_epi8(x, _mm_packus_epi16(pred, zero));
+        ow = (uint64_t)_mm_cvtsi128_si64(out);
+        memcpy(cur + i, &ow, bpp);
+        a = _mm_unpacklo_epi8(out, zero);
+        c = b;
+    }
+}
+
+static void unfilter(uint8_t *cur, const uint8_t *prev, size_t n, size_t bpp, int type) {
+    if (type == 0 || type == 2 || (type == 4 && !prev) || bpp > 8) {
+        unfilter_row(cur, prev, n, bpp, type == 4 && !prev ? 1 : type);
+        return;
+    }
+    switch (bpp) {
+    case 3: unfilter_sse2(cur, prev, n, 3, type); break;
+    case 4: unfilter_sse2(cur, prev, n, 4, type); break;
+    case 6: unfilter_sse2(cur, prev, n, 6, type); break;
+    case 8: unfilter_sse2(cur, prev, n, 8, type); break;
+    default: unfilter_row(cur, prev, n, bpp, type); break;
+    }
+}
+
 /* Make rows [0, upto) of `img` plain. */
 static void need_rows(struct frame *img, uint32_t upto) {
     if (!img->filtered || atomic_load_explicit(&img->ready, memory_order_acquire) >= upto) return;
@@ -351,7 +404,7 @@ static void need_rows(struct frame *img, uint32_t upto) {
     size_t n = img->stride - 1, bpp = (size_t)img->channels * (img->depth / 8);
     for (; y < upto; y++) {
         uint8_t *cur = img->data + img->stride * y;
-        unfilter_row(cur, y ? cur - img->stride : NULL, n, bpp, cur[-1]);
+        unfilter(cur, y ? cur - img->stride : NULL, n, bpp, cur[-1]);
         atomic_store_explicit(&img->ready, y + 1, memory_order_release);
     }
     pthread_mutex_unlock(&img->lock);
