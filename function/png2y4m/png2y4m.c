@@ -435,11 +435,12 @@ static inline float tpdf(uint32_t seed, uint32_t x) {
     return (float)((int32_t)((h & 0xFFFF) + (h >> 16)) - 65535) * (1.0f / 65536.0f);
 }
 
+/* Round to nearest and clamp to 0..255, branch-free so that loops vectorise. */
 static inline uint8_t clamp8(float v) {
-    v += 0.5f;
-    v = v < 0.0f ? 0.0f : v;
-    v = v > 255.0f ? 255.0f : v;
-    return (uint8_t)(int32_t)v;
+    int32_t i = (int32_t)(v + 0.5f); /* truncation is floor here: anything below 0 clamps */
+    i = i < 0 ? 0 : i;
+    i = i > 255 ? 255 : i;
+    return (uint8_t)i;
 }
 
 struct coeffs {
@@ -469,72 +470,71 @@ static struct coeffs make_coeffs(int box) {
                             (p)[2 * ((x) * (C) + ((C) >= 3 ? (c) : 0)) + 1])                    \
                : (uint32_t)(p)[(x) * (C) + ((C) >= 3 ? (c) : 0)] * 257u)
 
-/* The row converters, specialised by channels C and depth D (constants after inlining). */
+/* Per-thread rows of float samples: R, G, B of one image row, and the sums over the rows
+ * of a chroma row (one extra column for the replicated last column of odd widths). */
+struct scratch {
+    float *r, *g, *b, *sr, *sg, *sb;
+};
+
+/* One image row as float R, G, B; specialised by channels C and depth D when inlined. */
 static inline __attribute__((always_inline)) void
-luma_row(const uint8_t *p, uint8_t *out, uint32_t w, int C, int D, const struct coeffs *k,
-         int dither, uint32_t seed) {
-    const float yr = k->yr, yg = k->yg, yb = k->yb;
-    if (dither) {
-        for (uint32_t x = 0; x < w; x++) {
-            float v = 16.0f + yr * (float)SAMPLE(p, x, C, D, 0) +
-                      yg * (float)SAMPLE(p, x, C, D, 1) + yb * (float)SAMPLE(p, x, C, D, 2);
-            out[x] = clamp8(v + tpdf(seed, x));
-        }
-    } else {
-        for (uint32_t x = 0; x < w; x++) {
-            float v = 16.0f + yr * (float)SAMPLE(p, x, C, D, 0) +
-                      yg * (float)SAMPLE(p, x, C, D, 1) + yb * (float)SAMPLE(p, x, C, D, 2);
-            out[x] = clamp8(v);
-        }
+load_row(const uint8_t *p, uint32_t w, int C, int D, float *restrict r, float *restrict g,
+         float *restrict b) {
+    for (uint32_t x = 0; x < w; x++) {
+        r[x] = (float)SAMPLE(p, x, C, D, 0);
+        g[x] = (float)SAMPLE(p, x, C, D, 1);
+        b[x] = (float)SAMPLE(p, x, C, D, 2);
     }
 }
 
-/* One chroma row from rows a and b (b == a for 4:2:2/4:4:4 or the last odd row), sx 1 or 2. */
 static inline __attribute__((always_inline)) void
-chroma_row(const uint8_t *a, const uint8_t *b, int rows, uint8_t *cb, uint8_t *cr, uint32_t w,
-           int sx, int C, int D, const struct coeffs *k, int dither, uint32_t sb, uint32_t sr) {
-    uint32_t cw = sx == 2 ? w / 2 : w;
-    const struct coeffs kk = *k;
-    k = &kk;
-    for (uint32_t x = 0; x < cw; x++) {
-        uint32_t xa = x * (uint32_t)sx, xb = xa + (uint32_t)(sx - 1);
-        uint32_t r = SAMPLE(a, xa, C, D, 0) + (sx == 2 ? SAMPLE(a, xb, C, D, 0) : 0);
-        uint32_t g = SAMPLE(a, xa, C, D, 1) + (sx == 2 ? SAMPLE(a, xb, C, D, 1) : 0);
-        uint32_t bl = SAMPLE(a, xa, C, D, 2) + (sx == 2 ? SAMPLE(a, xb, C, D, 2) : 0);
-        if (rows == 2) {
-            r += SAMPLE(b, xa, C, D, 0) + (sx == 2 ? SAMPLE(b, xb, C, D, 0) : 0);
-            g += SAMPLE(b, xa, C, D, 1) + (sx == 2 ? SAMPLE(b, xb, C, D, 1) : 0);
-            bl += SAMPLE(b, xa, C, D, 2) + (sx == 2 ? SAMPLE(b, xb, C, D, 2) : 0);
-        }
-        float fr = (float)r, fg = (float)g, fb = (float)bl;
-        float u = 128.0f + k->br * fr + k->bg * fg + k->bb * fb;
-        float v = 128.0f + k->rr * fr + k->rg * fg + k->rb * fb;
-        if (dither) {
-            u += tpdf(sb, x);
-            v += tpdf(sr, x);
-        }
-        cb[x] = clamp8(u);
-        cr[x] = clamp8(v);
+luma_row(const float *restrict r, const float *restrict g, const float *restrict b,
+         uint8_t *restrict out, uint32_t w, const struct coeffs *k, int dither, uint32_t seed) {
+    const float yr = k->yr, yg = k->yg, yb = k->yb;
+    if (dither) {
+        for (uint32_t x = 0; x < w; x++)
+            out[x] = clamp8(16.0f + yr * r[x] + yg * g[x] + yb * b[x] + tpdf(seed, x));
+    } else {
+        for (uint32_t x = 0; x < w; x++) out[x] = clamp8(16.0f + yr * r[x] + yg * g[x] + yb * b[x]);
     }
-    if (sx == 2 && (w & 1)) { /* last column: replicate it */
-        uint32_t xa = w - 1, x = cw;
-        uint32_t r = 2 * SAMPLE(a, xa, C, D, 0), g = 2 * SAMPLE(a, xa, C, D, 1),
-                 bl = 2 * SAMPLE(a, xa, C, D, 2);
-        if (rows == 2) {
-            r += 2 * SAMPLE(b, xa, C, D, 0);
-            g += 2 * SAMPLE(b, xa, C, D, 1);
-            bl += 2 * SAMPLE(b, xa, C, D, 2);
-        }
-        float fr = (float)r, fg = (float)g, fb = (float)bl;
-        float u = 128.0f + k->br * fr + k->bg * fg + k->bb * fb;
-        float v = 128.0f + k->rr * fr + k->rg * fg + k->rb * fb;
-        if (dither) {
-            u += tpdf(sb, x);
-            v += tpdf(sr, x);
-        }
-        cb[x] = clamp8(u);
-        cr[x] = clamp8(v);
+}
+
+/* One chroma row from the row sums, pairing columns when sx is 2. */
+#define CHROMA_LOOP(GET, DITHER)                                                                \
+    for (uint32_t x = 0; x < cw; x++) {                                                         \
+        float r = GET(sr, x), g = GET(sg, x), b = GET(sb, x);                                   \
+        float u = 128.0f + br * r + bg * g + bb * b;                                            \
+        float v = 128.0f + rr * r + rg * g + rb * b;                                            \
+        if (DITHER) {                                                                           \
+            u += tpdf(seed_b, x);                                                               \
+            v += tpdf(seed_r, x);                                                               \
+        }                                                                                       \
+        cb[x] = clamp8(u);                                                                      \
+        cr[x] = clamp8(v);                                                                      \
     }
+#define PAIR(a, x) ((a)[2 * (x)] + (a)[2 * (x) + 1])
+#define ONE(a, x) ((a)[x])
+
+static inline __attribute__((always_inline)) void
+chroma_row(const float *restrict sr, const float *restrict sg, const float *restrict sb,
+           uint8_t *restrict cb, uint8_t *restrict cr, uint32_t cw, int sx,
+           const struct coeffs *k, int dither, uint32_t seed_b, uint32_t seed_r) {
+    const float br = k->br, bg = k->bg, bb = k->bb, rr = k->rr, rg = k->rg, rb = k->rb;
+    if (sx == 2 && dither) {
+        CHROMA_LOOP(PAIR, 1)
+    } else if (sx == 2) {
+        CHROMA_LOOP(PAIR, 0)
+    } else if (dither) {
+        CHROMA_LOOP(ONE, 1)
+    } else {
+        CHROMA_LOOP(ONE, 0)
+    }
+}
+
+/* sum[x] += row[x] */
+static inline __attribute__((always_inline)) void add_row(float *restrict sum,
+                                                          const float *restrict row, uint32_t w) {
+    for (uint32_t x = 0; x < w; x++) sum[x] += row[x];
 }
 
 struct work {
@@ -548,23 +548,33 @@ struct work {
 
 #define CHUNK 8 /* chroma rows per work item */
 
+/* Chroma rows [c0, c1) and their luma rows. Row sums are exact in float (at most four
+ * 16-bit values); the last row of an odd height counts twice, like the last column. */
 #define CONVERT_CHUNK(C, D)                                                                     \
     for (uint32_t cy = c0; cy < c1; cy++) {                                                     \
-        uint32_t ya = cy * (uint32_t)wk->sy, yb = ya + (uint32_t)wk->sy - 1;                    \
-        if (yb >= h) yb = h - 1;                                                                \
-        const uint8_t *ra = img->data + img->stride * ya, *rb = img->data + img->stride * yb;   \
-        for (uint32_t y = ya; y < ya + (uint32_t)wk->sy && y < h; y++)                          \
-            luma_row(img->data + img->stride * y, wk->y + (size_t)w * y, w, C, D, &wk->k,       \
-                     wk->dither, row_seed(wk->frame, 0, y));                                    \
-        uint8_t *ob = wk->cb + (size_t)wk->cw * cy, *orr = wk->cr + (size_t)wk->cw * cy;        \
-        uint32_t sb = row_seed(wk->frame, 1, cy), sr = row_seed(wk->frame, 2, cy);              \
-        if (wk->sy == 2) {                                                                      \
-            chroma_row(ra, rb, 2, ob, orr, w, 2, C, D, &wk->k, wk->dither, sb, sr);             \
-        } else if (wk->sx == 2) {                                                               \
-            chroma_row(ra, ra, 1, ob, orr, w, 2, C, D, &wk->k, wk->dither, sb, sr);             \
-        } else {                                                                                \
-            chroma_row(ra, ra, 1, ob, orr, w, 1, C, D, &wk->k, wk->dither, sb, sr);             \
+        uint32_t ya = cy * (uint32_t)wk->sy;                                                    \
+        for (uint32_t i = 0; i < (uint32_t)wk->sy; i++) {                                       \
+            uint32_t y = ya + i < h ? ya + i : h - 1;                                            \
+            load_row(img->data + img->stride * y, w, C, D, t->r, t->g, t->b);                   \
+            if (ya + i < h)                                                                     \
+                luma_row(t->r, t->g, t->b, wk->y + (size_t)w * y, w, &wk->k, wk->dither,        \
+                         row_seed(wk->frame, 0, y));                                            \
+            if (i == 0) {                                                                       \
+                memcpy(t->sr, t->r, w * sizeof(float));                                         \
+                memcpy(t->sg, t->g, w * sizeof(float));                                         \
+                memcpy(t->sb, t->b, w * sizeof(float));                                         \
+            } else {                                                                            \
+                add_row(t->sr, t->r, w);                                                        \
+                add_row(t->sg, t->g, w);                                                        \
+                add_row(t->sb, t->b, w);                                                        \
+            }                                                                                   \
         }                                                                                       \
+        t->sr[w] = t->sr[w - 1];                                                                \
+        t->sg[w] = t->sg[w - 1];                                                                \
+        t->sb[w] = t->sb[w - 1];                                                                \
+        chroma_row(t->sr, t->sg, t->sb, wk->cb + (size_t)wk->cw * cy,                           \
+                   wk->cr + (size_t)wk->cw * cy, wk->cw, wk->sx, &wk->k, wk->dither,            \
+                   row_seed(wk->frame, 1, cy), row_seed(wk->frame, 2, cy));                     \
     }
 
 #define CASE(C, D)                                                                              \
@@ -572,7 +582,7 @@ struct work {
         CONVERT_CHUNK(C, D) break;
 
 __attribute__((target_clones("avx2", "default"))) static void
-convert_chunk(struct work *wk, uint32_t c0, uint32_t c1) {
+convert_chunk(struct work *wk, struct scratch *t, uint32_t c0, uint32_t c1) {
     struct frame *img = wk->img;
     uint32_t w = img->width, h = img->height;
     switch (img->channels * 100 + img->depth) {
@@ -591,20 +601,25 @@ convert_chunk(struct work *wk, uint32_t c0, uint32_t c1) {
 
 static void *worker(void *arg) {
     struct work *wk = arg;
+    size_t n = (size_t)wk->img->width + 2;
+    float *mem = malloc(6 * n * sizeof(float));
+    if (!mem) return arg; /* the caller converts what is left */
+    struct scratch t = {mem, mem + n, mem + 2 * n, mem + 3 * n, mem + 4 * n, mem + 5 * n};
     for (;;) {
         uint32_t c0 = atomic_fetch_add(&wk->next, CHUNK);
         if (c0 >= wk->ch) break;
         uint32_t c1 = c0 + CHUNK < wk->ch ? c0 + CHUNK : wk->ch;
         uint32_t last = c1 * (uint32_t)wk->sy;
         need_rows(wk->img, last < wk->img->height ? last : wk->img->height);
-        convert_chunk(wk, c0, c1);
+        convert_chunk(wk, &t, c0, c1);
     }
+    free(mem);
     return NULL;
 }
 
 /* Convert `img` into the three planes stored consecutively in `buf`. */
-static void convert(struct frame *img, const struct options *o, int threads, uint32_t frame,
-                    uint8_t *buf) {
+static int convert(struct frame *img, const struct options *o, int threads, uint32_t frame,
+                   uint8_t *buf) {
     struct work wk;
     int sx = o->chroma == C444 ? 1 : 2, sy = o->chroma == C420 ? 2 : 1;
     wk.img = img;
@@ -631,6 +646,7 @@ static void convert(struct frame *img, const struct options *o, int threads, uin
     worker(&wk);
     for (int i = 0; i < started; i++) pthread_join(tids[i], NULL);
     pthread_mutex_destroy(&img->lock);
+    return atomic_load(&wk.next) >= wk.ch ? 0 : -1; /* every chunk was taken */
 }
 
 /* ------------------------------------------------------------------ input frames */
@@ -790,7 +806,10 @@ static void *decoder(void *arg) {
                 state = SLOT_ERROR;
             } else {
                 memcpy(sl->out.p + PREFIX - 6, "FRAME\n", 6);
-                convert(&img, o, pl->row_threads, (uint32_t)n, sl->out.p + PREFIX);
+                if (convert(&img, o, pl->row_threads, (uint32_t)n, sl->out.p + PREFIX)) {
+                    snprintf(sl->why, sizeof sl->why, "out of memory");
+                    state = SLOT_ERROR;
+                }
             }
         }
         pthread_mutex_lock(&pl->lock);
