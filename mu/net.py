@@ -138,7 +138,9 @@ class Pipe:
                     break  # deliver what came first; EOF shows again on the next call
                 return b""
             chunks.append(data)
-            if self._conn is None and len(data) < _READ_SIZE:
+            # Stop when the layer holds nothing more: the selector (level-triggered) reports
+            # bytes still in the socket, and probing would cost a WantReadError per read.
+            if len(data) < _READ_SIZE if self._conn is None else not self._conn.pending():
                 break
         if not chunks:
             return None

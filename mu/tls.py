@@ -240,7 +240,13 @@ def server_context(keys: KeySet) -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_TICKET)
-    ctx.set_mode(_SSL_MODE_ENABLE_PARTIAL_WRITE | _SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
+    # Partial writes for non-blocking sends; idle connections give their buffers back,
+    # which is most of a connection's memory when thousands wait on slow workers.
+    ctx.set_mode(
+        _SSL_MODE_ENABLE_PARTIAL_WRITE
+        | _SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
+        | SSL.MODE_RELEASE_BUFFERS
+    )
     try:
         ctx.use_certificate(cert)
         ctx.use_privatekey(key)  # type: ignore[arg-type]

@@ -1,0 +1,393 @@
+"""The emulator through boto3 over HTTP: every API call and error, and invocation semantics.
+
+Real processes run every invocation; a real moto S3 server receives what handlers write.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from emulator.s3 import S3Server
+from emulator.server import ThreadedEmulatorServer
+
+ROLE = "arn:aws:iam::123456789012:role/test"
+CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing",
+         "region_name": "us-east-1"}
+
+HANDLER = b'''
+import json, os, time
+def handler(event, context):
+    action = event.get("action")
+    if action == "fail":
+        raise ValueError("boom " + str(event.get("n", "")))
+    if action == "sleep":
+        time.sleep(event["seconds"])
+    if action == "hog":
+        block = bytearray(event["mb"] * 1024 * 1024)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        time.sleep(5)
+    if action == "put":
+        import boto3
+        boto3.client("s3").put_object(Bucket=event["bucket"], Key=event["key"],
+                                      Body=json.dumps({"pid": os.getpid()}).encode())
+    if action == "fail-and-count":
+        import boto3
+        boto3.client("s3").put_object(Bucket=event["bucket"],
+                                      Key=event["key"] + "/" + str(time.time_ns()), Body=b"")
+        raise RuntimeError("counted failure")
+    print("hello from the handler")
+    return {"event": event, "name": context.function_name,
+            "memory": context.memory_limit_in_mb, "request": context.aws_request_id,
+            "arn": context.invoked_function_arn,
+            "remaining": context.get_remaining_time_in_millis(),
+            "env": {k: os.environ.get(k) for k in ("AWS_LAMBDA_FUNCTION_NAME",
+                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_REGION", "LAMBDA_TASK_ROOT",
+                    "AWS_ENDPOINT_URL_S3", "TMPDIR", "GREETING")},
+            "cwd": os.getcwd()}
+'''
+
+
+def bundle(source: bytes = HANDLER) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("handler.py", source)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[S3Server]:
+    server = S3Server()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["fork-server", "spawn"])
+def emulator(request: pytest.FixtureRequest, s3_server: S3Server,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedEmulatorServer]:
+    server = ThreadedEmulatorServer(
+        state_dir=tmp_path_factory.mktemp("state"), s3_endpoint_url=s3_server.url,
+        fork_server=request.param, concurrency_limit=50,
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def lam(emulator: ThreadedEmulatorServer) -> Any:
+    return boto3.client("lambda", endpoint_url=emulator.url,
+                        config=Config(retries={"max_attempts": 1}, read_timeout=120), **CREDS)
+
+
+@pytest.fixture(scope="module")
+def s3(s3_server: S3Server) -> Any:
+    client = boto3.client("s3", endpoint_url=s3_server.url, **CREDS)
+    client.create_bucket(Bucket="emu-bucket")
+    return client
+
+
+_names = iter(range(10_000))
+
+
+def make(lam: Any, **kw: Any) -> str:
+    name = kw.pop("FunctionName", f"fn{next(_names)}")
+    params = {"Runtime": "python3.12", "Role": ROLE, "Handler": "handler.handler"}
+    params.update(kw)
+    zip_bytes = params.pop("zip", bundle())
+    lam.create_function(FunctionName=name, Code={"ZipFile": zip_bytes}, **params)
+    return name
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60) -> bool:
+    """Bounded wait on an observable condition."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def invoke(lam: Any, name: str, event: dict[str, Any], **kw: Any) -> tuple[dict[str, Any], Any]:
+    resp = lam.invoke(FunctionName=name, Payload=json.dumps(event).encode(), **kw)
+    return resp, json.loads(resp["Payload"].read() or b"null")
+
+
+# ----------------------------------------------------------------------------- API
+
+
+def test_create_get_list_update_delete(lam: Any, emulator: ThreadedEmulatorServer) -> None:
+    zip1 = bundle()
+    conf = lam.create_function(
+        FunctionName="crud", Runtime="python3.12", Role=ROLE, Handler="handler.handler",
+        Code={"ZipFile": zip1}, MemorySize=256, Timeout=7, Architectures=["arm64"],
+        Environment={"Variables": {"GREETING": "hi"}}, Description="d", Publish=True,
+    )
+    import hashlib
+
+    assert conf["CodeSha256"] == base64.b64encode(hashlib.sha256(zip1).digest()).decode()
+    assert conf["CodeSize"] == len(zip1) and conf["Version"] == "1"
+    assert conf["MemorySize"] == 256 and conf["Timeout"] == 7
+    assert conf["Architectures"] == ["arm64"] and conf["State"] == "Active"
+    assert conf["FunctionArn"].endswith(":function:crud:1")
+    got = lam.get_function(FunctionName="crud")
+    assert got["Configuration"]["Environment"]["Variables"] == {"GREETING": "hi"}
+    by_arn = lam.get_function_configuration(
+        FunctionName="arn:aws:lambda:us-east-1:123456789012:function:crud")
+    assert by_arn["FunctionName"] == "crud"
+    assert "crud" in [f["FunctionName"] for f in lam.list_functions()["Functions"]]
+    zip2 = bundle(HANDLER + b"\n# v2\n")
+    updated = lam.update_function_code(FunctionName="crud", ZipFile=zip2)
+    assert updated["CodeSize"] == len(zip2)
+    _, out = invoke(lam, "crud", {"x": 1})
+    assert out["env"]["GREETING"] == "hi"
+    lam.delete_function(FunctionName="crud")
+    with pytest.raises(lam.exceptions.ResourceNotFoundException, match="Function not found"):
+        lam.get_function(FunctionName="crud")
+
+
+def test_event_invoke_config(lam: Any) -> None:
+    name = make(lam)
+    with pytest.raises(lam.exceptions.ResourceNotFoundException, match="EventInvokeConfig"):
+        lam.get_function_event_invoke_config(FunctionName=name)
+    lam.put_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=0)
+    got = lam.get_function_event_invoke_config(FunctionName=name)
+    assert got["MaximumRetryAttempts"] == 0
+    with pytest.raises(lam.exceptions.InvalidParameterValueException):
+        lam.put_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"Runtime": "nodejs20.x"}, "InvalidParameterValueException"),
+        ({"MemorySize": 10241}, "InvalidParameterValueException"),
+        ({"Timeout": 901}, "InvalidParameterValueException"),
+        ({"zip": b"not a zip"}, "InvalidParameterValueException"),
+    ],
+)
+def test_create_errors(lam: Any, kwargs: dict[str, Any], error: str) -> None:
+    with pytest.raises(lam.exceptions.ClientError) as info:
+        make(lam, **kwargs)
+    assert info.value.response["Error"]["Code"] == error
+
+
+def test_conflict_and_missing(lam: Any) -> None:
+    name = make(lam)
+    with pytest.raises(lam.exceptions.ResourceConflictException):
+        make(lam, FunctionName=name)
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.invoke(FunctionName="nothing-here", Payload=b"{}")
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.delete_function(FunctionName="nothing-here")
+
+
+def test_payload_limits(lam: Any) -> None:
+    name = make(lam)
+    big = json.dumps({"x": "a" * (6 * 1024 * 1024)}).encode()
+    with pytest.raises(lam.exceptions.RequestTooLargeException):
+        lam.invoke(FunctionName=name, Payload=big)
+    medium = json.dumps({"x": "a" * (1024 * 1024)}).encode()
+    with pytest.raises(lam.exceptions.RequestTooLargeException):
+        lam.invoke(FunctionName=name, Payload=medium, InvocationType="Event")
+
+
+# ----------------------------------------------------------------------------- invoke
+
+
+def test_request_response_runs_in_a_lambda_like_process(
+    lam: Any, emulator: ThreadedEmulatorServer
+) -> None:
+    name = make(lam, MemorySize=512, Timeout=30)
+    resp, out = invoke(lam, name, {"hello": "world"}, LogType="Tail")
+    assert resp["StatusCode"] == 200 and "FunctionError" not in resp
+    assert out["event"] == {"hello": "world"} and out["name"] == name
+    assert out["memory"] == 512 and 0 < out["remaining"] <= 30_000
+    assert out["arn"].endswith(f":function:{name}")
+    env = out["env"]
+    assert env["AWS_LAMBDA_FUNCTION_NAME"] == name and env["AWS_REGION"] == "us-east-1"
+    assert env["AWS_ENDPOINT_URL_S3"] == emulator.s3_endpoint_url
+    assert env["LAMBDA_TASK_ROOT"] == out["cwd"]
+    assert not Path(env["TMPDIR"]).exists()  # the private temp dir is gone
+    log = base64.b64decode(resp["LogResult"]).decode()
+    assert "hello from the handler" in log and "START RequestId" in log
+
+
+def test_handler_error_gives_function_error(lam: Any) -> None:
+    name = make(lam)
+    resp, out = invoke(lam, name, {"action": "fail", "n": 7})
+    assert resp["FunctionError"] == "Unhandled"
+    assert out["errorMessage"] == "boom 7" and out["errorType"] == "ValueError"
+    assert any("ValueError" in line for line in out["stackTrace"])
+
+
+def test_timeout_kills_the_invocation(lam: Any) -> None:
+    name = make(lam, Timeout=1)
+    resp, out = invoke(lam, name, {"action": "sleep", "seconds": 60})
+    assert resp["FunctionError"] == "Unhandled"
+    assert out["errorMessage"] == "Task timed out after 1.00 seconds"
+
+
+def test_memory_limit_kills_the_invocation(lam: Any) -> None:
+    name = make(lam, MemorySize=128, Timeout=20)
+    resp, out = invoke(lam, name, {"action": "hog", "mb": 300})
+    assert resp["FunctionError"] == "Unhandled"
+    assert out["errorType"] == "Runtime.OutOfMemory" and "128 MB" in out["errorMessage"]
+
+
+def test_dry_run(lam: Any) -> None:
+    name = make(lam)
+    resp = lam.invoke(FunctionName=name, InvocationType="DryRun")
+    assert resp["StatusCode"] == 204
+
+
+def test_event_returns_at_once_and_the_handler_writes_to_s3(lam: Any, s3: Any) -> None:
+    name = make(lam, Timeout=30)
+    resp = lam.invoke(FunctionName=name, InvocationType="Event", Payload=json.dumps(
+        {"action": "put", "bucket": "emu-bucket", "key": f"{name}/out"}).encode())
+    assert resp["StatusCode"] == 202
+    assert wait_for(lambda: "Contents" in s3.list_objects_v2(Bucket="emu-bucket",
+                                                            Prefix=f"{name}/out"))
+
+
+def test_event_accepted_before_the_function_runs(lam: Any, emulator: ThreadedEmulatorServer) -> None:
+    name = make(lam, Timeout=30)
+    resp = lam.invoke(FunctionName=name, InvocationType="Event",
+                      Payload=json.dumps({"action": "sleep", "seconds": 2}).encode())
+    assert resp["StatusCode"] == 202
+    # The 202 came back while the invocation is still running.
+    assert emulator.registry._active >= 1
+    assert emulator.registry.wait_idle(60)
+
+
+def test_async_retries_follow_the_invoke_config(lam: Any, s3: Any) -> None:
+    counts = {}
+    for retries in (0, 2):
+        name = make(lam)
+        lam.put_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=retries)
+        lam.invoke(FunctionName=name, InvocationType="Event", Payload=json.dumps(
+            {"action": "fail-and-count", "bucket": "emu-bucket", "key": name}).encode())
+        counts[retries] = name
+    for retries, name in counts.items():
+        assert wait_for(lambda name=name, retries=retries: len(
+            s3.list_objects_v2(Bucket="emu-bucket", Prefix=name + "/").get("Contents", []))
+            >= retries + 1)
+
+
+def test_hundred_concurrent_events_each_run_once(
+    lam: Any, s3: Any, emulator: ThreadedEmulatorServer
+) -> None:
+    name = make(lam, Timeout=60)
+    keys = [f"{name}/{i}" for i in range(100)]
+
+    def fire(key: str) -> None:
+        lam.invoke(FunctionName=name, InvocationType="Event", Payload=json.dumps(
+            {"action": "put", "bucket": "emu-bucket", "key": key}).encode())
+
+    threads = [threading.Thread(target=fire, args=(k,)) for k in keys]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert emulator.registry.wait_idle(120)
+    found = s3.list_objects_v2(Bucket="emu-bucket", Prefix=name + "/", MaxKeys=1000)
+    assert sorted(o["Key"] for o in found["Contents"]) == sorted(keys)
+    pids = {json.loads(s3.get_object(Bucket="emu-bucket", Key=k)["Body"].read())["pid"]
+            for k in keys}
+    assert len(pids) == 100  # a fresh process each time
+
+
+def test_concurrency_limit_refuses_sync_and_queues_events(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    server = ThreadedEmulatorServer(state_dir=tmp_path, s3_endpoint_url=s3_server.url,
+                                    concurrency_limit=1)
+    server.start()
+    try:
+        client = boto3.client("lambda", endpoint_url=server.url,
+                              config=Config(retries={"max_attempts": 1}), **CREDS)
+        name = make(client, Timeout=30)
+        client.invoke(FunctionName=name, InvocationType="Event",
+                      Payload=json.dumps({"action": "sleep", "seconds": 3}).encode())
+        assert server.registry._active == 1
+        with pytest.raises(client.exceptions.TooManyRequestsException) as info:
+            client.invoke(FunctionName=name, Payload=b"{}")
+        assert info.value.response["Reason"] == "ConcurrentInvocationLimitExceeded"
+        # An Event beyond the limit waits in the queue and runs afterwards.
+        client.invoke(FunctionName=name, InvocationType="Event", Payload=b"{}")
+        assert server.registry.wait_idle(60)
+    finally:
+        server.stop()
+
+
+def test_stopping_leaves_no_process_behind(s3_server: S3Server, tmp_path: Path) -> None:
+    server = ThreadedEmulatorServer(state_dir=tmp_path, s3_endpoint_url=s3_server.url)
+    server.start()
+    client = boto3.client("lambda", endpoint_url=server.url, **CREDS)
+    name = make(client, Timeout=60)
+    for _ in range(3):
+        client.invoke(FunctionName=name, InvocationType="Event",
+                      Payload=json.dumps({"action": "sleep", "seconds": 60}).encode())
+    assert wait_for(lambda: server.registry._active == 3)
+    assert wait_for(lambda: len(server.runner._running) == 3)
+    pids = list(server.runner._running.values())
+    forks = [s.proc.pid for s in server.runner._servers.values()]
+    server.stop()
+    for pid in pids + forks:
+        assert wait_for(lambda pid=pid: gone(pid), timeout=10), pid
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie awaiting its reaper counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_logs_command(lam: Any, emulator: ThreadedEmulatorServer) -> None:
+    name = make(lam)
+    _, out = invoke(lam, name, {})
+    request = out["request"]
+    done = subprocess.run(
+        [sys.executable, "-m", "emulator", "logs", name, request,
+         "--state-dir", str(emulator.state_dir)],
+        capture_output=True, text=True, check=False,
+    )
+    assert done.returncode == 0 and "hello from the handler" in done.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "emulator", "logs", "nobody", "--state-dir",
+         str(emulator.state_dir)], capture_output=True, text=True, check=False)
+    assert missing.returncode == 1 and "no logs" in missing.stderr
+
+
+def test_unknown_route_names_the_path(emulator: ThreadedEmulatorServer) -> None:
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(emulator.url + "/2015-03-31/layers", timeout=10)
+    body = info.value.read().decode()
+    info.value.close()
+    assert info.value.code == 404 and "/2015-03-31/layers" in body
