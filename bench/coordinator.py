@@ -28,7 +28,7 @@ MESSAGES_PER_WORKER = 66
 
 def serve(n: int, tls: bool, keydir: str) -> None:
     """Child process: run one coordinator; print its address, then its figures."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     from mu.apps.png2y4m import ConfigState, Png2Y4MConfig
     from mu.config import RunConfig
