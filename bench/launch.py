@@ -35,6 +35,7 @@ import boto3
 from botocore.config import Config
 
 from backends.aws_lambda import LambdaLauncher
+from mu.lambdaize import LOCAL_ROLE
 from mu.launch import FunctionSpec, Launcher, LaunchSpec
 
 PAYLOAD = json.dumps(
@@ -122,7 +123,9 @@ def emulator_rates(sizes: list[int], repeat: int) -> dict[str, Any]:
     except LaunchError as exc:
         return {"skipped": f"emulator not available: {exc}"}
     try:
-        launcher.create_function(FunctionSpec("bench", trivial_zip(), memory=128), "us-east-1")
+        launcher.create_function(
+            FunctionSpec("bench", trivial_zip(), memory=128, role=LOCAL_ROLE), "us-east-1"
+        )
         return {"results": [rate(launcher, "bench", n, repeat) for n in sizes]}
     finally:
         launcher.close()
