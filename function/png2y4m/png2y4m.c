@@ -759,8 +759,9 @@ struct pipeline {
     pthread_cond_t changed;
     const struct options *o;
     const char *input;
-    int pattern, decoders, row_threads, ring, stop;
+    int pattern, decoders, row_threads, ring;
     long first, claimed, written;
+    long end; /* the first frame k that is missing or failed: later ones are not needed */
     struct slot *slots;
 };
 
@@ -769,8 +770,8 @@ static void *decoder(void *arg) {
     for (;;) {
         pthread_mutex_lock(&pl->lock);
         long k = pl->claimed++;
-        while (!pl->stop && k - pl->written >= pl->ring) pthread_cond_wait(&pl->changed, &pl->lock);
-        int stop = pl->stop;
+        while (k < pl->end && k - pl->written >= pl->ring) pthread_cond_wait(&pl->changed, &pl->lock);
+        int stop = k >= pl->end; /* every frame before `end` is converted, whatever happens */
         struct slot *sl = &pl->slots[k % pl->ring];
         if (!stop) {
             sl->index = k;
@@ -814,7 +815,7 @@ static void *decoder(void *arg) {
         }
         pthread_mutex_lock(&pl->lock);
         sl->state = state;
-        if (state == SLOT_END || state == SLOT_ERROR) pl->stop = 1;
+        if ((state == SLOT_END || state == SLOT_ERROR) && k < pl->end) pl->end = k;
         pthread_cond_broadcast(&pl->changed);
         pthread_mutex_unlock(&pl->lock);
     }
@@ -895,6 +896,7 @@ int main(int argc, char **argv) {
     pl.input = input;
     pl.pattern = pattern;
     pl.first = first;
+    pl.end = LONG_MAX;
     pl.decoders = pattern && o.threads > 1 ? (o.threads > 16 ? 16 : o.threads) : 1;
     pl.row_threads = pl.decoders > 1 ? 1 : o.threads;
     pl.ring = 2 * pl.decoders;
@@ -969,7 +971,7 @@ int main(int argc, char **argv) {
         pthread_mutex_unlock(&pl.lock);
     }
     pthread_mutex_lock(&pl.lock);
-    pl.stop = 1;
+    pl.end = 0;
     pthread_cond_broadcast(&pl.changed);
     pthread_mutex_unlock(&pl.lock);
     for (int i = 0; i < pl.decoders; i++) pthread_join(tids[i], NULL);

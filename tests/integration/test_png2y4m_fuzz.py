@@ -194,3 +194,28 @@ def test_valgrind_clean(png2y4m_binary: Path, corpus: list[Path], tmp_path: Path
             timeout=120,
         )
         assert result.returncode in (0, 1), result.stderr
+
+
+def test_sanitized_threads_and_incremental(asan_binary: Path, tmp_path: Path) -> None:
+    """The frame pipeline and the row split under ASan/UBSan, valid and damaged frames."""
+    seeds = seed_pngs(tmp_path)
+    for i in range(6):
+        (tmp_path / f"{i + 1:08d}.png").write_bytes(seeds[0])
+    (tmp_path / "00000007.png").write_bytes(seeds[0][:-30])
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1", UBSAN_OPTIONS="halt_on_error=1")
+    runs = [
+        (["--threads", "3", "-o", str(tmp_path / "a.y4m"), str(tmp_path / "%08d.png")], 1),
+        (["--threads", "4", "-o", str(tmp_path / "b.y4m"), str(tmp_path / "00000001.png")], 0),
+        (
+            ["-i", "--threads", "2", "-o", str(tmp_path / "b.y4m"), str(tmp_path / "00000002.png")],
+            0,
+        ),
+    ]
+    for argv, code in runs:
+        result = subprocess.run(
+            [str(asan_binary), *argv], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert result.returncode == code, result.stderr
+        assert "Sanitizer" not in result.stderr and "runtime error" not in result.stderr
+    assert (tmp_path / "a.y4m").read_bytes().count(b"FRAME") == 6
+    assert (tmp_path / "b.y4m").read_bytes().count(b"FRAME") == 2
