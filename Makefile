@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 BINARY := function/png2y4m/png2y4m
 SYSPKGS := gcc make libc6-dev libpng-dev zlib1g-dev libdeflate-dev valgrind
 
-.PHONY: all test demo lint type pytest sysdeps venv binary tox clean
+.PHONY: all test demo lint type pytest sysdeps venv binary tox coverage clean
 
 all: test
 
@@ -61,6 +61,11 @@ demo: sysdeps $(STAMP) binary
 
 tox: $(STAMP)
 	$(VENV)/bin/tox -p
+
+# Line coverage of the pure core by its unit tests (the bar is 95 %).
+coverage: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit --cov=mu.protocol --cov=mu.states --cov=mu.actor \
+	    --cov-report=term-missing --cov-fail-under=95
 
 clean:
 	$(MAKE) -C function/png2y4m clean
