@@ -38,6 +38,8 @@ class RunConfig:
         max_send_buffer: bytes queued for one worker before it counts as not reading.
         max_connections: connections open at once; more are refused.
         tls: mutual TLS (False only for debugging).
+        retries: how many times an actor whose worker failed is given to a new worker
+            (launched for it) before the actor counts as failed (``--retries``).
     """
 
     num_actors: int = 1
@@ -54,6 +56,7 @@ class RunConfig:
     max_send_buffer: int = 16 * 1024 * 1024
     max_connections: int = 20_000
     tls: bool = True
+    retries: int = 2
 
     def __post_init__(self) -> None:
         def positive(name: str, minimum: float = 1) -> None:
@@ -64,6 +67,7 @@ class RunConfig:
         positive("num_actors")
         positive("offset", 0)
         positive("extra_workers", 0)
+        positive("retries", 0)
         positive("max_frame")
         positive("max_send_buffer")
         positive("max_connections")

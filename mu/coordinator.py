@@ -101,20 +101,34 @@ class RunResult:
     messages_out: int
 
     @property
+    def final(self) -> list[ActorResult]:
+        """The last attempt of every actor, by actor number."""
+        last: dict[int, ActorResult] = {}
+        for result in self.actors:
+            last[result.actor] = result
+        return [last[n] for n in sorted(last)]
+
+    @property
+    def retried(self) -> int:
+        """Attempts that failed and were given to a new worker."""
+        return len(self.actors) - len(self.final)
+
+    @property
     def done(self) -> int:
-        return sum(1 for a in self.actors if a.ok)
+        return sum(1 for a in self.final if a.ok)
 
     @property
     def errors(self) -> int:
-        return sum(1 for a in self.actors if not a.ok)
+        return sum(1 for a in self.final if not a.ok)
 
     @property
     def failed(self) -> list[ActorResult]:
-        return [a for a in self.actors if not a.ok]
+        """The actors whose last attempt failed."""
+        return [a for a in self.final if not a.ok]
 
     @property
     def exit_status(self) -> int:
-        """0 only if every actor ended in a non-error terminal state."""
+        """0 only if every actor's last attempt ended in a non-error terminal state."""
         return 0 if self.actors and not self.failed else 1
 
     def write_record(self, path: str | Path) -> None:
@@ -236,14 +250,19 @@ class Coordinator:
         self._rejected = 0
         self._rejections: deque[str] = deque(maxlen=100)
         self._arrived = 0
-        self._launch: LaunchReport | None = None
+        self._attempts: dict[int, int] = {}  # actor -> workers it was given so far
+        self._payload = b""
+        self._launch: LaunchReport | None = None  # the first (main) launch
         self._launch_error: str | None = None
-        self._launch_done = launcher is None
-        self._launch_thread: threading.Thread | None = None
+        self._accepted = 0  # invocations accepted by every launch so far
+        self._launches_running = 0
+        self._launch_lock = threading.Lock()
+        self._launch_threads: list[threading.Thread] = []
         self._t0 = clock()
         self._messages_in = 0
         self._messages_out = 0
         self._stop = False
+        self._deadline_passed = False
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -309,6 +328,7 @@ class Coordinator:
     def statistics(self) -> Statistics:
         """Counts for status displays; cheap enough to call a few times a second."""
         done = sum(1 for r in self._results if r.ok)
+        errors = sum(1 for r in self._results if not r.ok and r.actor not in self._pending)
         states = {
             n: (c.actor.state.name if c.actor.state else "?") for n, c in self._running.items()
         }
@@ -320,7 +340,7 @@ class Coordinator:
             waiting=len(self._queue),
             active=len(self._running),
             done=done,
-            errors=len(self._results) - done,
+            errors=errors,
             rejected=self._rejected,
             connections=len(self._conns),
             messages_in=self._messages_in,
@@ -335,15 +355,9 @@ class Coordinator:
         """Bind, launch, drive every worker until every actor has ended; return the result."""
         self.bind()
         self._t0 = self.clock()
-        payload = self.payload_json()
+        self._payload = self.payload_json()
         if self.launcher is not None:
-            spec = LaunchSpec(
-                self.function_name, payload, self.config.workers_to_launch, self.regions
-            )
-            self._launch_thread = threading.Thread(
-                target=self._launch_workers, args=(spec,), name="mu-launch", daemon=True
-            )
-            self._launch_thread.start()
+            self._start_launch(self.config.workers_to_launch)
         if self.config.run_deadline:
             self._at(self.config.run_deadline, -1, "run")
         try:
@@ -372,15 +386,34 @@ class Coordinator:
             with contextlib.suppress(OSError):
                 self._wake_w.send(b"!")
 
+    def _start_launch(self, count: int) -> None:
+        """Launch ``count`` workers from a helper thread (the loop keeps serving)."""
+        spec = LaunchSpec(self.function_name, self._payload, count, self.regions)
+        with self._launch_lock:
+            self._launches_running += 1
+        thread = threading.Thread(
+            target=self._launch_workers, args=(spec,), name="mu-launch", daemon=True
+        )
+        self._launch_threads.append(thread)
+        thread.start()
+
     def _launch_workers(self, spec: LaunchSpec) -> None:
         assert self.launcher is not None
+        report: LaunchReport | None = None
+        error: str | None = None
         try:
-            self._launch = self.launcher.launch(spec)
+            report = self.launcher.launch(spec)
         except LaunchError as exc:
-            self._launch_error = str(exc)
-            self._launch = getattr(exc, "report", None)
+            error = str(exc)
+            report = getattr(exc, "report", None)
         finally:
-            self._launch_done = True
+            with self._launch_lock:
+                if self._launch is None:
+                    self._launch = report
+                if error:
+                    self._launch_error = error
+                self._accepted += report.accepted if report else 0
+                self._launches_running -= 1
             self._wake()
 
     def _loop(self) -> None:
@@ -405,7 +438,7 @@ class Coordinator:
             if self.status and now >= next_status:
                 next_status = now + _STATUS_EVERY
                 self.status(self.statistics())
-        reason = "the run was stopped" if self._stop else "the run deadline passed"
+        reason = "the run deadline passed" if self._deadline_passed else "the run was stopped"
         for number in list(self._pending):
             self._end_unstarted(number, reason)
         if self.status:
@@ -418,9 +451,12 @@ class Coordinator:
 
     def _check_starved(self) -> None:
         """Fail actors no worker can come for any more (the launch is over, none is left)."""
-        if not self._launch_done or not self._queue or self.launcher is None:
+        if self.launcher is None or not self._queue:
             return
-        accepted = self._launch.accepted if self._launch else 0
+        with self._launch_lock:
+            if self._launches_running:
+                return
+            accepted = self._accepted
         if self._arrived < accepted or self._conns:
             return
         why = self._launch_error or f"the launch started {accepted} worker(s)"
@@ -531,6 +567,7 @@ class Coordinator:
             conn.closing = True
             return
         number = self._queue.popleft()
+        self._attempts[number] = self._attempts.get(number, 0) + 1
         self._running[number] = conn
         conn.started_at = self.clock()
         if self.config.worker_deadline:
@@ -545,14 +582,25 @@ class Coordinator:
         number = actor.actorNum
         assert number is not None
         self._running.pop(number, None)
-        self._pending.discard(number)
         state = actor.state
         stamps = tuple((t - self._t0, name) for t, name in (state.timestamps if state else ()))
-        self._results.append(
-            ActorResult(number, ok, state.name if state else "?", error, stamps, peer=conn.peer)
-        )
-        if not ok:
-            log.warning("actor %d failed in %s: %s", number, _failed_in(state), error)
+        attempt = self._attempts.get(number, 1) - 1
+        self._results.append(ActorResult(
+            number, ok, state.name if state else "?", error, stamps, attempt, conn.peer
+        ))
+        if ok:
+            self._pending.discard(number)
+            return
+        log.warning("actor %d failed in %s: %s", number, _failed_in(state), error)
+        if self.launcher is not None and attempt < self.config.retries and not self._stop:
+            # Back to the front of the queue, with a new worker launched for it; a spare
+            # worker already on its way may take it first.
+            log.warning("retrying actor %d (attempt %d of %d)", number, attempt + 2,
+                        self.config.retries + 1)
+            self._queue.appendleft(number)
+            self._start_launch(1)
+        else:
+            self._pending.discard(number)
 
     def _end_unstarted(self, number: int, reason: str) -> None:
         conn = self._running.get(number)
@@ -648,6 +696,8 @@ class Coordinator:
                 self._close(conn)
 
     def _stop_for_deadline(self) -> None:
+        self._stop = True  # nothing is retried past the run deadline
+        self._deadline_passed = True
         for conn in list(self._running.values()):
             conn.actor.terminate(f"run deadline of {self.config.run_deadline:g} s passed")
             self._events(conn)
@@ -656,8 +706,8 @@ class Coordinator:
 
     def _shutdown(self) -> None:
         self.close()
-        if self._launch_thread is not None:
-            self._launch_thread.join(timeout=30)
+        for thread in self._launch_threads:
+            thread.join(timeout=30)
 
     def close(self) -> None:
         """Close every connection and the listening socket (``run()`` does this itself)."""

@@ -75,9 +75,15 @@ def final_report(result: RunResult, stream: TextIO) -> None:
         print(f"mu: actor {failed.actor} failed in {where}: {failed.error}", file=stream)
     if result.launch_error:
         print(f"mu: launch: {result.launch_error}", file=stream)
+    final = {id(a) for a in result.final}
+    for attempt in result.actors:
+        if not attempt.ok and id(attempt) not in final:
+            print(f"mu: actor {attempt.actor} attempt {attempt.attempt + 1} failed in "
+                  f"{attempt.state}: {attempt.error} (retried)", file=stream)
     launched = f", launched {result.launch.accepted}" if result.launch else ""
+    retried = f", {result.retried} retried" if result.retried else ""
     print(
         f"mu: {result.done} done, {result.errors} error, {result.rejected} rejected"
-        f"{launched}; {result.wall:.2f} s",
+        f"{retried}{launched}; {result.wall:.2f} s",
         file=stream,
     )

@@ -69,6 +69,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "-X", "--extra", type=int, default=0, metavar="N", help="launch N spare workers (0)"
     )
     g.add_argument(
+        "--retries", type=int, default=2, metavar="K",
+        help="give an actor whose worker failed to a new worker, up to K times (2)",
+    )
+    g.add_argument(
         "-N", "--actors", type=parse_actors, metavar="A,B,C", help="run exactly these actor numbers"
     )
     g.add_argument(
@@ -133,6 +137,7 @@ def run_config_from_args(args: argparse.Namespace, num_actors: int, offset: int)
         worker_deadline=args.deadline,
         run_deadline=args.run_deadline,
         tls=not args.no_tls,
+        retries=args.retries,
     )
 
 

@@ -490,3 +490,69 @@ def test_genkeys_files_modes_and_openssl(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False,
     )
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr
+
+
+# ------------------------------------------------------------------------ retries
+
+
+def flaky_worker(addr: tuple[str, int], token: str, ctx: ssl.SSLContext) -> None:
+    """Says hello, then fails the first command it gets."""
+    with ctx.wrap_socket(socket.create_connection(addr, timeout=30)) as sock:
+        sock.sendall(encode_text(f"OK:HELLO:{token}"))
+        decoder = FrameDecoder()
+        while (data := sock.recv(65536)):
+            decoder.receive_data(data)
+            if isinstance(decoder.next_frame(), bytes):
+                sock.sendall(encode_text("FAIL(disk full)"))
+                break
+        with contextlib.suppress(OSError):
+            while sock.recv(65536):
+                pass
+
+
+class ScriptedLauncher(ThreadLauncher):
+    """Each invocation starts the next worker kind of ``script`` ("good" or "flaky")."""
+
+    def __init__(self, script: list[str], keys: KeySet) -> None:
+        super().__init__(None, keys)
+        self.script = list(script)
+
+    def launch(self, spec: LaunchSpec) -> LaunchReport:
+        self.specs.append(spec)
+        payload = json.loads(spec.payload)
+        addr = (payload["addr"], payload["port"])
+        for _ in range(spec.count):
+            kind = self.script.pop(0) if self.script else "good"
+            target = flaky_worker if kind == "flaky" else good_worker
+            t = threading.Thread(target=target, args=(addr, payload["token"], self.ctx))
+            t.start()
+            self.threads.append(t)
+        return LaunchReport(tuple(Invocation(i, "us-east-1", True) for i in range(spec.count)))
+
+
+def test_a_failed_actor_is_given_to_a_new_worker(keys: KeySet) -> None:
+    launcher = ScriptedLauncher(["flaky", "good"], keys)
+    coord = Coordinator(Small, JOB, RunConfig(num_actors=2, port=0, retries=2), keys,
+                        launcher=launcher)
+    result = coord.run()
+    launcher.close()
+    assert result.exit_status == 0 and result.done == 2 and result.retried == 1
+    assert [s.count for s in launcher.specs] == [2, 1]  # one replacement was launched
+    failed = [a for a in result.actors if not a.ok]
+    (first,) = failed
+    assert "disk full" in (first.error or "") and first.attempt == 0
+    again = [a for a in result.actors if a.actor == first.actor and a.ok]
+    assert [a.attempt for a in again] == [1]
+
+
+def test_retries_are_bounded(keys: KeySet) -> None:
+    launcher = ScriptedLauncher(["flaky"] * 5, keys)
+    coord = Coordinator(Small, JOB, RunConfig(num_actors=1, port=0, retries=1), keys,
+                        launcher=launcher)
+    result = coord.run()
+    launcher.close()
+    assert [a.attempt for a in result.actors] == [0, 1]
+    assert result.exit_status == 1 and result.retried == 1
+    (final,) = result.failed
+    assert final.attempt == 1 and "disk full" in (final.error or "")
+    assert len(launcher.specs) == 2
