@@ -26,6 +26,9 @@
  * Quantisation rounds to nearest with --no-dither. By default triangular (TPDF) noise of
  * +-1 LSB is added first; the noise of a sample is a hash of (frame, plane, x, y), so the
  * output depends only on the input, never on --threads or on which CPU features are used.
+ * The frame index is the frame's position in the output stream (with -i, counting the
+ * frames already there), so a chunk built one frame per process is dithered exactly like
+ * the same chunk built by one process.
  *
  * Threads share one frame: the chroma rows are cut into chunks taken in order; a thread
  * that needs rows not yet unfiltered unfilters them under a lock (filters are sequential),
@@ -711,6 +714,31 @@ static const char *chroma_tag(enum chroma c) {
 }
 
 /* Check an existing Y4M header; returns 0 if it matches. */
+/* How many frames an existing Y4M holds (0 if none or unreadable): only seeds the dither,
+ * so that frames appended one process at a time (-i) do not all get the same noise. */
+static long frames_in(const char *path, enum chroma c) {
+    FILE *f = fopen(path, "rb");
+    char line[512];
+    long count = 0;
+    if (!f) return 0;
+    struct stat st;
+    if (!fstat(fileno(f), &st) && fgets(line, sizeof line, f) && !strncmp(line, "YUV4MPEG2 ", 10)) {
+        size_t header = strlen(line);
+        unsigned long w = 0, h = 0;
+        for (char *tok = strtok(line + 10, " \n"); tok; tok = strtok(NULL, " \n")) {
+            if (tok[0] == 'W') w = strtoul(tok + 1, NULL, 10);
+            else if (tok[0] == 'H') h = strtoul(tok + 1, NULL, 10);
+        }
+        int sx = c == C444 ? 1 : 2, sy = c == C420 ? 2 : 1;
+        unsigned long long frame = 6 + (unsigned long long)w * h +
+                                   2ull * ((w + sx - 1) / sx) * ((h + sy - 1) / sy);
+        if (w && h && w <= MAX_SIDE && h <= MAX_SIDE && (unsigned long long)st.st_size > header)
+            count = (long)(((unsigned long long)st.st_size - header) / frame);
+    }
+    fclose(f);
+    return count;
+}
+
 static int header_matches(FILE *f, uint32_t w, uint32_t h, enum chroma c, char *why, size_t n) {
     char line[512];
     if (!fgets(line, sizeof line, f) || strncmp(line, "YUV4MPEG2 ", 10)) {
@@ -761,6 +789,7 @@ struct pipeline {
     const char *input;
     int pattern, decoders, row_threads, ring;
     long first, claimed, written;
+    long base; /* frames already in the output (-i): the dither's frame index starts there */
     long end; /* the first frame k that is missing or failed: later ones are not needed */
     struct slot *slots;
 };
@@ -807,7 +836,8 @@ static void *decoder(void *arg) {
                 state = SLOT_ERROR;
             } else {
                 memcpy(sl->out.p + PREFIX - 6, "FRAME\n", 6);
-                if (convert(&img, o, pl->row_threads, (uint32_t)n, sl->out.p + PREFIX)) {
+                uint32_t index = (uint32_t)(pl->base + k);
+                if (convert(&img, o, pl->row_threads, index, sl->out.p + PREFIX)) {
                     snprintf(sl->why, sizeof sl->why, "out of memory");
                     state = SLOT_ERROR;
                 }
@@ -896,6 +926,7 @@ int main(int argc, char **argv) {
     pl.input = input;
     pl.pattern = pattern;
     pl.first = first;
+    pl.base = o.incremental ? frames_in(o.output, o.chroma) : 0;
     pl.end = LONG_MAX;
     pl.decoders = pattern && o.threads > 1 ? (o.threads > 16 ? 16 : o.threads) : 1;
     pl.row_threads = pl.decoders > 1 ? 1 : o.threads;

@@ -561,3 +561,22 @@ def test_threads_stop_cleanly_at_a_bad_frame(
         )
         assert_one_error_line(result, str(tmp_path / "00000007.png"))
         assert out.read_bytes() == good.read_bytes()
+
+
+@pytest.mark.parametrize("chroma", ["420", "422", "444"])
+def test_one_process_per_frame_equals_one_run(
+    png2y4m_binary: Path, tmp_path: Path, chroma: str
+) -> None:
+    """How a worker builds a chunk (-i, one PNG at a time) gives the bytes of a single run:
+    the dither's frame index is the frame's position in the output."""
+    frames_of(tmp_path, 1, 13, 9)
+    for i in range(2, 5):  # the same picture four times
+        (tmp_path / f"{i:08d}.png").write_bytes((tmp_path / "00000001.png").read_bytes())
+    whole = tmp_path / "whole.y4m"
+    run(png2y4m_binary, *CHROMA_FLAG[chroma], "-o", whole, tmp_path / "%08d.png")
+    pieces = tmp_path / "pieces.y4m"
+    for i in range(1, 5):
+        run(png2y4m_binary, "-i", *CHROMA_FLAG[chroma], "-o", pieces, tmp_path / f"{i:08d}.png")
+    assert pieces.read_bytes() == whole.read_bytes()
+    video = read_y4m(whole)
+    assert not np.array_equal(video.frames[0][0], video.frames[1][0])  # noise moves
