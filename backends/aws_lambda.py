@@ -62,7 +62,7 @@ from botocore.config import Config
 from botocore.credentials import ReadOnlyCredentials
 from botocore.httpsession import get_cert_path
 
-from mu.errors import ConfigError, LaunchError
+from mu.errors import ConfigError, LaunchError, map_exceptions
 from mu.launch import FunctionSpec, Invocation, LaunchReport, LaunchSpec
 
 __all__ = [
@@ -103,33 +103,6 @@ class LaunchAborted(LaunchError):
     def __init__(self, message: str, report: LaunchReport) -> None:
         super().__init__(message)
         self.report = report
-
-
-@contextlib.contextmanager
-def map_exceptions(mapping: Mapping[type[BaseException], type[Exception]]) -> Iterator[None]:
-    """Re-raise foreign exceptions as ours, once, keeping the cause.
-
-    The most specific matching entry wins (``mapping`` order breaks ties).
-
-    Args:
-        mapping: foreign exception class -> our exception class.
-
-    Raises:
-        the mapped exception, ``from`` the original.
-    """
-    try:
-        yield
-    except Exception as exc:
-        best: type[Exception] | None = None
-        best_depth = -1
-        for source, target in mapping.items():
-            if isinstance(exc, source):
-                depth = type(exc).__mro__.index(source)
-                if best is None or depth < best_depth:
-                    best, best_depth = target, depth
-        if best is None:
-            raise
-        raise best(str(exc)) from exc
 
 
 @contextlib.contextmanager

@@ -20,6 +20,9 @@ the offending value and, where there is one, the limit it broke.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
+
 __all__ = [
     "ConfigError",
     "FrameTooLarge",
@@ -31,6 +34,7 @@ __all__ = [
     "RemoteProtocolError",
     "TransportError",
     "WorkerFailed",
+    "map_exceptions",
 ]
 
 
@@ -103,3 +107,34 @@ class WorkerFailed(MuError):
         self.actor = actor
         self.state = state
         self.reason = reason
+
+
+@contextlib.contextmanager
+def map_exceptions(
+    mapping: Mapping[type[BaseException], type[Exception]], where: str = ""
+) -> Iterator[None]:
+    """Re-raise foreign exceptions as ours, once, at the boundary, keeping the cause.
+
+    The most specific matching entry wins (``mapping`` order breaks ties); anything not in
+    ``mapping`` passes through unchanged.
+
+    Args:
+        mapping: foreign exception class -> our exception class.
+        where: a prefix naming the operation and the peer ("TLS handshake with 1.2.3.4:5").
+
+    Raises:
+        the mapped exception, ``from`` the original.
+    """
+    try:
+        yield
+    except Exception as exc:
+        best: type[Exception] | None = None
+        best_depth = -1
+        for foreign, ours in mapping.items():
+            if isinstance(exc, foreign):
+                depth = type(exc).__mro__.index(foreign)
+                if best is None or depth < best_depth:
+                    best, best_depth = ours, depth
+        if best is None:
+            raise
+        raise best(f"{where}: {exc}" if where else str(exc)) from exc

@@ -27,36 +27,15 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 from OpenSSL import SSL
 
-from mu.errors import TransportError
+from mu.errors import TransportError, map_exceptions
 
-__all__ = ["Pipe", "map_exceptions"]
+__all__ = ["Pipe"]
 
 _READ_SIZE = 65536
-
-
-@contextlib.contextmanager
-def map_exceptions(
-    mapping: Mapping[type[BaseException], type[Exception]], where: str = ""
-) -> Iterator[None]:
-    """Re-raise foreign exceptions as ours, once, keeping the cause (most specific wins)."""
-    try:
-        yield
-    except Exception as exc:
-        best: type[Exception] | None = None
-        best_depth = -1
-        for foreign, ours in mapping.items():
-            if isinstance(exc, foreign):
-                depth = type(exc).__mro__.index(foreign)
-                if best is None or depth < best_depth:
-                    best, best_depth = ours, depth
-        if best is None:
-            raise
-        prefix = f"{where}: " if where else ""
-        raise best(f"{prefix}{exc}") from exc
 
 
 _ERRORS: Mapping[type[BaseException], type[Exception]] = {
