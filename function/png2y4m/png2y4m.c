@@ -713,7 +713,6 @@ static const char *chroma_tag(enum chroma c) {
     return c == C420 ? "C420jpeg" : c == C422 ? "C422jpeg" : "C444";
 }
 
-/* Check an existing Y4M header; returns 0 if it matches. */
 /* How many frames an existing Y4M holds (0 if none or unreadable): only seeds the dither,
  * so that frames appended one process at a time (-i) do not all get the same noise. */
 static long frames_in(const char *path, enum chroma c) {
@@ -725,7 +724,8 @@ static long frames_in(const char *path, enum chroma c) {
     if (!fstat(fileno(f), &st) && fgets(line, sizeof line, f) && !strncmp(line, "YUV4MPEG2 ", 10)) {
         size_t header = strlen(line);
         unsigned long w = 0, h = 0;
-        for (char *tok = strtok(line + 10, " \n"); tok; tok = strtok(NULL, " \n")) {
+        char *save = NULL;
+        for (char *tok = strtok_r(line + 10, " \n", &save); tok; tok = strtok_r(NULL, " \n", &save)) {
             if (tok[0] == 'W') w = strtoul(tok + 1, NULL, 10);
             else if (tok[0] == 'H') h = strtoul(tok + 1, NULL, 10);
         }
@@ -739,6 +739,7 @@ static long frames_in(const char *path, enum chroma c) {
     return count;
 }
 
+/* Check an existing Y4M header; returns 0 if it matches. */
 static int header_matches(FILE *f, uint32_t w, uint32_t h, enum chroma c, char *why, size_t n) {
     char line[512];
     if (!fgets(line, sizeof line, f) || strncmp(line, "YUV4MPEG2 ", 10)) {
@@ -748,7 +749,8 @@ static int header_matches(FILE *f, uint32_t w, uint32_t h, enum chroma c, char *
     unsigned long fw = 0, fh = 0;
     const char *tag = "C420jpeg";
     char found[64] = "";
-    for (char *tok = strtok(line + 10, " \n"); tok; tok = strtok(NULL, " \n")) {
+    char *save = NULL;
+    for (char *tok = strtok_r(line + 10, " \n", &save); tok; tok = strtok_r(NULL, " \n", &save)) {
         if (tok[0] == 'W') fw = strtoul(tok + 1, NULL, 10);
         else if (tok[0] == 'H') fh = strtoul(tok + 1, NULL, 10);
         else if (tok[0] == 'C') snprintf(found, sizeof found, "%s", tok);
