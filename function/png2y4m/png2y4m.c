@@ -156,7 +156,10 @@ static int decode_libpng(struct ctx *cx, const char *path, struct frame *img, ch
         return -1;
     }
     if (setjmp(png_jmpbuf(png))) {
-        snprintf(why, why_len, "corrupt PNG: %s", err.message[0] ? err.message : "error");
+        if (!strcmp(err.message, "Read Error")) /* libpng's word for a short read */
+            snprintf(why, why_len, "truncated PNG (the file ends early)");
+        else
+            snprintf(why, why_len, "corrupt PNG: %s", err.message[0] ? err.message : "error");
         png_destroy_read_struct(&png, &info, NULL);
         free(rows);
         fclose(f);

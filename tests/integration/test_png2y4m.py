@@ -478,8 +478,17 @@ def test_corrupt_png(png2y4m_binary: Path, tmp_path: Path, damage: str) -> None:
     bad = tmp_path / "bad.png"
     bad.write_bytes(data)
     out = tmp_path / "o.y4m"
-    assert_one_error_line(run(png2y4m_binary, "-o", out, bad, check=False), str(bad))
-    assert not out.exists() or out.read_bytes() == b""
+    result = run(png2y4m_binary, "-o", out, bad, check=False)
+    assert_one_error_line(result, str(bad))
+    expected = {
+        "truncated": "truncated PNG",
+        "crc": "CRC error",
+        "zlib": "corrupt PNG: IDAT",
+        "no-idat": "corrupt PNG",
+        "empty": "not a PNG",
+    }[damage]
+    assert expected in result.stderr
+    assert not out.exists()
 
 
 def test_size_differs_from_first_frame(png2y4m_binary: Path, tmp_path: Path) -> None:
