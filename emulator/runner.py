@@ -230,6 +230,22 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid``, whichever of its threads started them."""
+    kids: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue  # the thread or process ended meanwhile
+    return kids
+
+
 def _tree_rss(pid: int) -> int:
     """Resident bytes of ``pid`` and its descendants."""
     total, todo, page = 0, [pid], os.sysconf("SC_PAGE_SIZE")
@@ -238,10 +254,9 @@ def _tree_rss(pid: int) -> int:
         try:
             with open(f"/proc/{p}/statm") as f:
                 total += int(f.read().split()[1]) * page
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                todo.extend(int(c) for c in f.read().split())
         except (OSError, ValueError):
             continue
+        todo.extend(_children(p))
     return total
 
 

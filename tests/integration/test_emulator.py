@@ -21,6 +21,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from emulator.runner import _children
 from emulator.s3 import S3Server
 from emulator.server import ThreadedEmulatorServer
 
@@ -391,3 +392,49 @@ def test_unknown_route_names_the_path(emulator: ThreadedEmulatorServer) -> None:
     body = info.value.read().decode()
     info.value.close()
     assert info.value.code == 404 and "/2015-03-31/layers" in body
+
+
+def test_mu_emulator_serves_in_the_foreground_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mu.cli", "emulator", "--state-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(2)]  # readiness: both endpoints
+        assert lines[0].startswith("Lambda API: http://127.0.0.1:")
+        assert lines[1].startswith("S3:         http://127.0.0.1:")
+        url = lines[0].split()[-1]
+        client = boto3.client("lambda", endpoint_url=url, **CREDS)
+        name = make(client, Timeout=60)
+        client.invoke(FunctionName=name, InvocationType="Event",
+                      Payload=json.dumps({"action": "sleep", "seconds": 60}).encode())
+        exports = "".join(proc.stdout.readline() for _ in range(6))
+        assert f"export AWS_ENDPOINT_URL_LAMBDA={url}" in exports
+        # The fork server and the invocation it forked are both running.
+        assert wait_for(lambda: len(descendants(proc.pid)) >= 2)
+        kids = descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        for pid in kids:
+            assert wait_for(lambda pid=pid: gone(pid), timeout=10), pid
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children are listed per thread that started them)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = _children(todo.pop())
+        found.extend(kids)
+        todo.extend(kids)
+    return found
