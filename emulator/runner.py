@@ -118,6 +118,11 @@ def serve(sock_fd, code_dir, handler_name):
                 return
 
     signal.signal(signal.SIGCHLD, reap)
+    # Move everything imported so far out of the collector's reach: a child's collections
+    # then never walk (and copy-on-write fault in) the pages of boto3's objects.
+    import gc
+    gc.collect()
+    gc.freeze()
     buf = b""
     while True:
         while b"\n" not in buf:
