@@ -39,6 +39,7 @@ from typing import Any
 __all__ = ["BOOTSTRAP", "Code", "Result", "Runner"]
 
 _POLL = 0.05  # seconds between watchdog checks (memory, deadline)
+_FORK_ANSWER = 60.0  # seconds to wait for a fork server's answer (it may be importing)
 _BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "SSL_CERT_FILE", "SSL_CERT_DIR")
 
 # The bootstrap runs inside the invocation's process, with nothing of ours importable.
@@ -141,7 +142,7 @@ def serve(sock_fd, code_dir, handler_name):
                 child(spec, handler)
             finally:
                 os._exit(0)
-        sock.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        sock.sendall(json.dumps({"id": spec["request_id"], "pid": pid}).encode() + b"\n")
 
 if __name__ == "__main__":
     if sys.argv[1] == "spawn":
@@ -188,13 +189,22 @@ class Result:
 
 
 class _ForkServer:
-    """One helper process for one function version; forks a child per invocation."""
+    """One helper process for one function version; forks a child per invocation.
+
+    Requests are pipelined: any number of invocation threads write their spec (one JSON line)
+    under a short send lock, and the helper forks for each line as soon as it reads it,
+    without waiting for anyone. Its answers (``{"id": REQUEST_ID, "pid": PID}``) are read by
+    one reader thread, which hands each pid to the thread waiting for that request id. So a
+    burst of invocations costs one fork each in the helper, not one round trip each.
+    """
 
     def __init__(self, code: Code, env: dict[str, str]) -> None:
         parent, child = socket.socketpair()
         self.sock = parent
-        self.lock = threading.Lock()
-        self.buf = b""
+        self._send_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._waiting: dict[str, list[Any]] = {}  # request id -> [Event, pid or None]
+        self._eof = False
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-c", BOOTSTRAP, "serve", str(child.fileno()),
              code.code_dir, code.handler],
@@ -207,23 +217,64 @@ class _ForkServer:
             start_new_session=True,
         )
         child.close()
+        self._reader = threading.Thread(target=self._read, name="mu-fork-server-reader",
+                                        daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        buf = b""
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    answer = json.loads(line)
+                    with self._lock:
+                        slot = self._waiting.pop(answer["id"], None)
+                    if slot is not None:
+                        slot[1] = int(answer["pid"])
+                        slot[0].set()
+        except (OSError, ValueError):
+            return
+        finally:
+            with self._lock:
+                self._eof = True
+                slots = list(self._waiting.values())
+                self._waiting.clear()
+            for slot in slots:
+                slot[0].set()  # pid stays None: the helper is gone
 
     def start(self, spec: dict[str, Any]) -> int:
-        with self.lock:
-            self.sock.sendall(json.dumps(spec).encode() + b"\n")
-            while b"\n" not in self.buf:
-                data = self.sock.recv(4096)
-                if not data:
-                    raise OSError("fork server exited")
-                self.buf += data
-            line, _, self.buf = self.buf.partition(b"\n")
-        return int(json.loads(line)["pid"])
+        """Have the helper fork a child for ``spec``; the child's pid.
+
+        Raises:
+            OSError: the helper is gone or did not answer within ``_FORK_ANSWER`` seconds.
+        """
+        slot: list[Any] = [threading.Event(), None]
+        with self._lock:
+            if self._eof:
+                raise OSError("fork server exited")
+            self._waiting[spec["request_id"]] = slot
+        line = json.dumps(spec).encode() + b"\n"
+        with self._send_lock:
+            self.sock.sendall(line)
+        if not slot[0].wait(_FORK_ANSWER) or slot[1] is None:
+            with self._lock:
+                self._waiting.pop(spec["request_id"], None)
+            raise OSError("fork server exited or did not answer")
+        return int(slot[1])
 
     def close(self) -> None:
-        self.sock.close()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
         self.proc.wait()
+        self._reader.join()
+        self.sock.close()
 
 
 def _alive(pid: int) -> bool:

@@ -14,6 +14,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,7 @@ def make(lam: Any, **kw: Any) -> str:
     params.update(kw)
     zip_bytes = params.pop("zip", bundle())
     lam.create_function(FunctionName=name, Code={"ZipFile": zip_bytes}, **params)
-    return name
+    return str(name)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 60) -> bool:
@@ -281,18 +282,26 @@ def test_event_accepted_before_the_function_runs(lam: Any, emulator: ThreadedEmu
     assert emulator.registry.wait_idle(60)
 
 
-def test_async_retries_follow_the_invoke_config(lam: Any, s3: Any) -> None:
-    counts = {}
+def test_async_retries_follow_the_invoke_config(
+    lam: Any, s3: Any, emulator: ThreadedEmulatorServer
+) -> None:
+    counts: dict[int, str] = {}
     for retries in (0, 2):
         name = make(lam)
         lam.put_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=retries)
         lam.invoke(FunctionName=name, InvocationType="Event", Payload=json.dumps(
             {"action": "fail-and-count", "bucket": "emu-bucket", "key": name}).encode())
         counts[retries] = name
+
+    def attempts(name: str) -> int:
+        found = s3.list_objects_v2(Bucket="emu-bucket", Prefix=name + "/")
+        return len(found.get("Contents", []))
+
     for retries, name in counts.items():
-        assert wait_for(lambda name=name, retries=retries: len(
-            s3.list_objects_v2(Bucket="emu-bucket", Prefix=name + "/").get("Contents", []))
-            >= retries + 1)
+        assert wait_for(partial(lambda n, r: attempts(n) >= r + 1, name, retries))
+    assert emulator.registry.wait_idle(120)
+    # Exactly one first attempt plus MaximumRetryAttempts retries, never more.
+    assert {r: attempts(n) for r, n in counts.items()} == {0: 1, 2: 3}
 
 
 def test_hundred_concurrent_events_each_run_once(
@@ -355,7 +364,7 @@ def test_stopping_leaves_no_process_behind(s3_server: S3Server, tmp_path: Path) 
     forks = [s.proc.pid for s in server.runner._servers.values()]
     server.stop()
     for pid in pids + forks:
-        assert wait_for(lambda pid=pid: gone(pid), timeout=10), pid
+        assert wait_for(partial(gone, pid), timeout=10), pid
 
 
 def gone(pid: int) -> bool:
@@ -419,7 +428,7 @@ def test_mu_emulator_serves_in_the_foreground_and_stops_on_sigterm(tmp_path: Pat
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         for pid in kids:
-            assert wait_for(lambda pid=pid: gone(pid), timeout=10), pid
+            assert wait_for(partial(gone, pid), timeout=10), pid
     finally:
         if proc.poll() is None:
             proc.kill()
