@@ -60,10 +60,19 @@ def handle(registry: FunctionRegistry, req: Request) -> Response:
         response: Response = _HANDLERS[name](registry, req, **args)
         return response
     except EmulatorError as err:
-        body: dict[str, Any] = {"Type": "User", "Message": err.message, "message": err.message}
-        if err.reason:
-            body["Reason"] = err.reason
-        return _json(err.status, body, {"x-amzn-ErrorType": err.aws_type})
+        return _error(err.status, err.aws_type, err.message, err.reason)
+    except Exception as exc:  # a bug of ours: answer as AWS does, rather than hang up
+        return _error(500, "ServiceException", f"emulator error: {exc!r}", None, "Service")
+
+
+def _error(
+    status: int, aws_type: str, message: str, reason: str | None, kind: str = "User"
+) -> Response:
+    """An AWS JSON error: ``x-amzn-ErrorType`` names the exception boto3 raises."""
+    body: dict[str, Any] = {"Type": kind, "Message": message, "message": message}
+    if reason:
+        body["Reason"] = reason
+    return _json(status, body, {"x-amzn-ErrorType": aws_type})
 
 
 def create_function(reg: FunctionRegistry, req: Request) -> Response:

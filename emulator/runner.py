@@ -341,6 +341,7 @@ class Runner:
         self._lock = threading.Lock()
         self._running: dict[str, int] = {}  # request id -> pid (process group leader)
         self._closed = False
+        self._folders: set[Path] = set()  # folders known to exist
 
     def environment(self, code: Code, tmpdir: str) -> dict[str, str]:
         """The environment an invocation sees."""
@@ -369,13 +370,14 @@ class Runner:
         """Run one invocation to its end (or its timeout) and return the outcome."""
         if self._closed:
             return Result(False, error=_error("the emulator is stopping", "Runtime.Stopped"))
-        work = self.state_dir / "invocations" / request_id
-        work.mkdir(parents=True, exist_ok=True)
-        logs = self.state_dir / "logs" / code.name
-        logs.mkdir(parents=True, exist_ok=True)
-        log_path = logs / f"{request_id}.log"
+        work = self._folder(self.state_dir / "invocations")
+        log_path = self._folder(self.state_dir / "logs" / code.name) / f"{request_id}.log"
         tmpdir = tempfile.mkdtemp(prefix=f"mu-lambda-{request_id[:8]}-")
-        event_path, result_path = work / "event.json", work / "result.json"
+        # A retried event reuses its request id: each attempt rewrites these two files.
+        event_path = work / f"{request_id}.event.json"
+        result_path = work / f"{request_id}.result.json"
+        with contextlib.suppress(FileNotFoundError):
+            result_path.unlink()
         event_path.write_bytes(payload)
         started = time.time()
         env = self.environment(code, tmpdir)
@@ -425,7 +427,16 @@ class Runner:
             if proc is not None:
                 proc.wait()
             shutil.rmtree(tmpdir, ignore_errors=True)
-            shutil.rmtree(work, ignore_errors=True)
+            for path in (event_path, result_path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    def _folder(self, path: Path) -> Path:
+        """``path``, created the first time it is asked for."""
+        if path not in self._folders:
+            path.mkdir(parents=True, exist_ok=True)
+            self._folders.add(path)
+        return path
 
     def _watch(
         self, pid: int, proc: subprocess.Popen[bytes] | None, code: Code, started: float

@@ -447,3 +447,15 @@ def descendants(pid: int) -> list[int]:
         found.extend(kids)
         todo.extend(kids)
     return found
+
+
+def test_an_emulator_bug_is_a_500_service_exception_not_a_hang_up() -> None:
+    from emulator.responses import Request, handle
+
+    class Broken:
+        def invoke(self, *args: Any) -> Any:
+            raise RuntimeError("oops")
+
+    resp = handle(Broken(), Request("POST", "/2015-03-31/functions/f/invocations", {}, b"{}"))  # type: ignore[arg-type]
+    assert resp.status == 500 and resp.headers["x-amzn-ErrorType"] == "ServiceException"
+    assert "oops" in json.loads(resp.body)["Message"]
