@@ -10,7 +10,12 @@ to start that process, with identical results:
 
 * **fork server** (default): one single-threaded helper process per function has already
   imported the Python runtime, boto3 and the handler's module; it forks a child per
-  invocation, so a start costs milliseconds instead of re-importing boto3 (~0.3-0.5 s);
+  invocation, so a start costs milliseconds instead of re-importing boto3 (~0.3-0.5 s).
+  While it has nothing to do it also forks up to ``SPARES`` idle children, each in its own
+  session, blocked reading a pipe; an invocation is handed to the oldest spare (one pipe
+  write), and only when none is left does the helper fork on demand. A spare serves one
+  invocation and exits, so every invocation still runs in a process nobody used before;
+  spares whose helper dies read end-of-file and exit unused;
 * **plain spawn**: ``python -I -c BOOTSTRAP`` per invocation.
 
 A watcher (the calling thread) waits for the process, and enforces the function's
@@ -39,6 +44,7 @@ from typing import Any
 __all__ = ["BOOTSTRAP", "Code", "Result", "Runner"]
 
 _POLL = 0.05  # seconds between watchdog checks (memory, deadline)
+SPARES = 32  # idle pre-forked children per fork server (each costs ~1 MB, copy-on-write)
 _FORK_ANSWER = 60.0  # seconds to wait for a fork server's answer (it may be importing)
 _BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "SSL_CERT_FILE", "SSL_CERT_DIR")
 
@@ -97,8 +103,8 @@ def child(spec, handler=None):
     tempfile.tempdir = None
     invoke(spec, handler)
 
-def serve(sock_fd, code_dir, handler_name):
-    import signal, socket
+def serve(sock_fd, code_dir, handler_name, pool_size):
+    import select, signal, socket
     sock = socket.socket(fileno=sock_fd)
     sys.path.insert(0, code_dir)
     try:
@@ -124,31 +130,81 @@ def serve(sock_fd, code_dir, handler_name):
     import gc
     gc.collect()
     gc.freeze()
+    idle = []  # spare children, oldest first: (pid, write end of the pipe they wait on)
+
+    def become_invocation(spec_or_pipe):
+        # In a new child: leave the server's signal handling and descriptors, start a session.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        sock.close()
+        for _, fd in idle:
+            os.close(fd)
+        os.setsid()
+        if isinstance(spec_or_pipe, dict):
+            child(spec_or_pipe, handler)
+            return
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = os.read(spec_or_pipe, 65536)
+            if not chunk:
+                return  # the server is gone before handing us an invocation: exit unused
+            data += chunk
+        os.close(spec_or_pipe)
+        child(json.loads(data), handler)
+
+    def spare():
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(w)
+                become_invocation(r)
+            finally:
+                os._exit(0)
+        os.close(r)
+        idle.append((pid, w))
+
+    def hand_over(line):
+        while idle:
+            pid, w = idle.pop(0)
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(w, view):]
+                return pid
+            except OSError:
+                continue  # that spare died: try the next one
+            finally:
+                os.close(w)
+        return None
+
     buf = b""
     while True:
         while b"\n" not in buf:
+            # Idle time refills the spares, one fork at a time, requests first.
+            if len(idle) < pool_size and not select.select([sock], [], [], 0)[0]:
+                spare()
+                continue
             data = sock.recv(65536)
             if not data:
                 return
             buf += data
         line, _, buf = buf.partition(b"\n")
         spec = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                sock.close()
-                os.setsid()
-                child(spec, handler)
-            finally:
-                os._exit(0)
+        pid = hand_over(line + b"\n")
+        if pid is None:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    become_invocation(spec)
+                finally:
+                    os._exit(0)
         sock.sendall(json.dumps({"id": spec["request_id"], "pid": pid}).encode() + b"\n")
 
 if __name__ == "__main__":
     if sys.argv[1] == "spawn":
         child(json.loads(sys.argv[2]))
     else:
-        serve(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+        serve(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]))
 '''
 
 
@@ -198,7 +254,7 @@ class _ForkServer:
     burst of invocations costs one fork each in the helper, not one round trip each.
     """
 
-    def __init__(self, code: Code, env: dict[str, str]) -> None:
+    def __init__(self, code: Code, env: dict[str, str], spares: int = 0) -> None:
         parent, child = socket.socketpair()
         self.sock = parent
         self._send_lock = threading.Lock()
@@ -207,7 +263,7 @@ class _ForkServer:
         self._eof = False
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-c", BOOTSTRAP, "serve", str(child.fileno()),
-             code.code_dir, code.handler],
+             code.code_dir, code.handler, str(spares)],
             pass_fds=(child.fileno(),),
             cwd=code.code_dir,
             env=env,
@@ -324,6 +380,7 @@ class Runner:
         s3_endpoint_url: what invocations get as ``AWS_ENDPOINT_URL_S3``.
         region: ``AWS_REGION`` of invocations.
         fork_server: start invocations through per-function fork servers.
+        spares: idle children each fork server keeps forked ahead of demand.
     """
 
     def __init__(
@@ -332,8 +389,10 @@ class Runner:
         s3_endpoint_url: str | None = None,
         region: str = "us-east-1",
         fork_server: bool = True,
+        spares: int = SPARES,
     ) -> None:
         self.state_dir = state_dir
+        self.spares = spares
         self.s3_endpoint_url = s3_endpoint_url
         self.region = region
         self.fork_server = fork_server
@@ -505,7 +564,9 @@ class Runner:
             if server is None or server.proc.poll() is not None:
                 if server is not None:
                     server.close()
-                server = _ForkServer(code, {k: v for k, v in env.items() if k != "TMPDIR"})
+                server = _ForkServer(
+                    code, {k: v for k, v in env.items() if k != "TMPDIR"}, self.spares
+                )
                 self._servers[key] = server
             return server
 
