@@ -1,48 +1,103 @@
-"""moto's S3 server, pinned to 127.0.0.1 on a free port (moto's default is 0.0.0.0:5000)."""
+"""moto's S3 server, pinned to 127.0.0.1 on a free port (moto's default is 0.0.0.0:5000).
+
+Theory of operation
+-------------------
+This serves the same WSGI application as moto's ``ThreadedMotoServer`` (moto's domain
+dispatcher and request handler), but binds in the caller's thread: a port already taken
+raises ``OSError`` from :meth:`S3Server.start` at once, where moto's own ``start()`` would
+wait forever for a server thread that died. The serving thread sets a ready event as it
+enters its loop and ``start()`` waits for it for a bounded time (the socket already listens,
+so clients that connect earlier are queued, not refused). :meth:`S3Server.stop` shuts the
+loop down, closes the socket and joins the thread.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 from types import TracebackType
 
-from moto.server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import BaseWSGIServer, make_server
 
 __all__ = ["S3Server"]
 
+_READY_TIMEOUT = 10.0
+
 
 class S3Server:
-    """A moto server for S3 on loopback. ``start()`` returns once it listens."""
+    """A moto server for S3 on loopback. ``start()`` returns once it serves.
+
+    Args:
+        host: a loopback address (anything else is refused).
+        port: 0 picks a free port.
+
+    Raises:
+        ValueError: ``host`` is not a loopback address.
+    """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"the embedded S3 listens on loopback only, not {host!r}")
-        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
-        self._started = False
+        self._host, self._port = host, port
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
 
     def start(self) -> None:
+        """Bind and serve; return once serving.
+
+        Raises:
+            OSError: the address cannot be bound.
+            RuntimeError: the serving thread did not start within a bounded time.
+        """
         # moto's server logs every request through werkzeug; a run is not a web log.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self._server.start()
-        self._started = True
+        app = DomainDispatcherApplication(create_backend_app)
+        try:
+            self._server = make_server(self._host, self._port, app, threaded=True,
+                                       request_handler=MotoRequestHandler)
+        except SystemExit:  # werkzeug reports a failed bind on stderr and exits
+            raise OSError(f"the S3 server cannot bind {self._host}:{self._port}") from None
+        self._thread = threading.Thread(target=self._serve, name="mu-emulator-s3", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(_READY_TIMEOUT):
+            self.stop()
+            raise RuntimeError("the S3 server did not start serving")
+
+    def _serve(self) -> None:
+        assert self._server is not None
+        self._ready.set()
+        self._server.serve_forever(poll_interval=0.2)
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._server.get_host_and_port()
-        return host, port
+        """``(host, port)`` actually bound."""
+        assert self._server is not None, "start() first"
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
 
     @property
     def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
         host, port = self.address
         return f"http://{host}:{port}"
 
     def stop(self) -> None:
-        if not self._started:
+        """Stop serving, close the socket and join the thread (idempotent)."""
+        server, self._server = self._server, None
+        if server is None:
             return
-        self._started = False
-        self._server.stop()
-        inner = getattr(self._server, "_server", None)
-        if inner is not None:
-            inner.server_close()
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._ready.clear()
 
     def __enter__(self) -> S3Server:
         self.start()

@@ -462,3 +462,12 @@ def test_an_emulator_bug_is_a_500_service_exception_not_a_hang_up() -> None:
     resp = handle(Broken(), Request("POST", "/2015-03-31/functions/f/invocations", {}, b"{}"))  # type: ignore[arg-type]
     assert resp.status == 500 and resp.headers["x-amzn-ErrorType"] == "ServiceException"
     assert "oops" in json.loads(resp.body)["Message"]
+
+
+def test_s3_server_on_a_taken_port_raises_at_once(s3_server: S3Server) -> None:
+    taken = S3Server(port=s3_server.address[1])
+    with pytest.raises(OSError):
+        taken.start()
+    taken.stop()  # nothing started: a no-op
+    with S3Server() as other:
+        assert other.address[0] == "127.0.0.1" and other.address[1] != s3_server.address[1]
