@@ -11,10 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from mu.tls import KeySet, generate_keys
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Hypothesis' per-example deadline is a timing assertion: on a loaded machine (tox -p on two
+# cores, CI) it fails correct code. Tests here never assert timings.
+settings.register_profile("mu", deadline=None)
+settings.load_profile("mu")
 
 
 @pytest.fixture(scope="session")

@@ -96,14 +96,17 @@ def good_worker(addr: tuple[str, int], token: str, ctx: ssl.SSLContext | None) -
 def running(coord: Coordinator) -> Iterator[dict[str, Any]]:
     """Run the coordinator in a thread; the dict gets the result when it ends."""
     out: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: out.setdefault("result", coord.run()))
+    thread = threading.Thread(target=lambda: out.setdefault("result", coord.run()), daemon=True)
     coord.bind()
     thread.start()
     try:
         yield out
     finally:
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "the coordinator did not finish"
+        thread.join(timeout=120)
+        if thread.is_alive():  # report it, and never leave the loop running behind us
+            coord.stop()
+            thread.join(timeout=30)
+            pytest.fail(f"the coordinator did not finish: {coord.statistics()}")
 
 
 def workers(n: int, target: Callable[[], Any]) -> list[threading.Thread]:
@@ -122,6 +125,10 @@ def finish(threads: list[threading.Thread]) -> None:
 def coordinator(keys: KeySet | None, n: int, **config: Any) -> Coordinator:
     job = config.pop("job", Small)
     tls = config.pop("tls", True)
+    # Generous limits unless a test is about them: a loaded machine (tox -p, CI) can take
+    # seconds per handshake, and a peer dropped for that would leave its actor unserved.
+    config.setdefault("handshake_timeout", 120.0)
+    config.setdefault("hello_timeout", 120.0)
     return Coordinator(job, JOB, RunConfig(num_actors=n, port=0, tls=tls, **config), keys)
 
 
@@ -404,6 +411,10 @@ def test_worker_deadline_terminates_the_actor(keys: KeySet) -> None:
 # ------------------------------------------------------------------------ launcher
 
 
+# Runs in the test's own thread: a deadline makes a broken run fail instead of hanging.
+SAFE: dict[str, Any] = {"handshake_timeout": 120.0, "hello_timeout": 120.0, "run_deadline": 180.0}
+
+
 class ThreadLauncher:
     """A fake backend: each accepted invocation starts a simulated worker thread."""
 
@@ -442,7 +453,7 @@ class ThreadLauncher:
 
 def test_launcher_starts_every_worker(keys: KeySet) -> None:
     launcher = ThreadLauncher(None, keys)
-    coord = Coordinator(Small, JOB, RunConfig(num_actors=5, extra_workers=2, port=0), keys,
+    coord = Coordinator(Small, JOB, RunConfig(num_actors=5, extra_workers=2, port=0, **SAFE), keys,
                         launcher=launcher, function_name="fn", payload_fields={"bucket": "b"})
     result = coord.run()
     launcher.close()
@@ -455,7 +466,7 @@ def test_launcher_starts_every_worker(keys: KeySet) -> None:
 
 def test_actors_no_worker_can_reach_fail_with_the_reason(keys: KeySet) -> None:
     launcher = ThreadLauncher(2, keys)
-    coord = Coordinator(Small, JOB, RunConfig(num_actors=4, port=0), keys, launcher=launcher)
+    coord = Coordinator(Small, JOB, RunConfig(num_actors=4, port=0, **SAFE), keys, launcher=launcher)
     result = coord.run()
     launcher.close()
     assert result.done == 2 and result.errors == 2
@@ -532,7 +543,7 @@ class ScriptedLauncher(ThreadLauncher):
 
 def test_a_failed_actor_is_given_to_a_new_worker(keys: KeySet) -> None:
     launcher = ScriptedLauncher(["flaky", "good"], keys)
-    coord = Coordinator(Small, JOB, RunConfig(num_actors=2, port=0, retries=2), keys,
+    coord = Coordinator(Small, JOB, RunConfig(num_actors=2, port=0, retries=2, **SAFE), keys,
                         launcher=launcher)
     result = coord.run()
     launcher.close()
@@ -547,7 +558,7 @@ def test_a_failed_actor_is_given_to_a_new_worker(keys: KeySet) -> None:
 
 def test_retries_are_bounded(keys: KeySet) -> None:
     launcher = ScriptedLauncher(["flaky"] * 5, keys)
-    coord = Coordinator(Small, JOB, RunConfig(num_actors=1, port=0, retries=1), keys,
+    coord = Coordinator(Small, JOB, RunConfig(num_actors=1, port=0, retries=1, **SAFE), keys,
                         launcher=launcher)
     result = coord.run()
     launcher.close()
