@@ -73,8 +73,11 @@ def load(spec):
 
 def invoke(spec, handler=None):
     try:
-        with open(spec["event_path"], "rb") as f:
-            raw = f.read()
+        if "event" in spec:  # fork server: the event came inline
+            raw = spec["event"].encode("utf-8", "surrogateescape")
+        else:
+            with open(spec["event_path"], "rb") as f:
+                raw = f.read()
         event = json.loads(raw) if raw.strip() else {}
         handler = handler or load(spec)
         result = handler(event, Context(spec))
@@ -92,7 +95,12 @@ def child(spec, handler=None):
     os.chdir(spec["code_dir"])
     os.environ.clear()
     os.environ.update(spec["env"])
+    try:
+        os.mkdir(spec["env"]["TMPDIR"], 0o700)
+    except FileExistsError:
+        pass
     fd = os.open(spec["log_path"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(fd, spec["start_line"].encode())
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
@@ -401,6 +409,7 @@ class Runner:
         self._running: dict[str, int] = {}  # request id -> pid (process group leader)
         self._closed = False
         self._folders: set[Path] = set()  # folders known to exist
+        self._tmp: str | None = None
 
     def environment(self, code: Code, tmpdir: str) -> dict[str, str]:
         """The environment an invocation sees."""
@@ -431,13 +440,13 @@ class Runner:
             return Result(False, error=_error("the emulator is stopping", "Runtime.Stopped"))
         work = self._folder(self.state_dir / "invocations")
         log_path = self._folder(self.state_dir / "logs" / code.name) / f"{request_id}.log"
-        tmpdir = tempfile.mkdtemp(prefix=f"mu-lambda-{request_id[:8]}-")
+        # The invocation's process creates its TMPDIR (0700) inside this runner's private one.
+        tmpdir = os.path.join(self._tmp_root(), request_id)
         # A retried event reuses its request id: each attempt rewrites these two files.
         event_path = work / f"{request_id}.event.json"
         result_path = work / f"{request_id}.result.json"
         with contextlib.suppress(FileNotFoundError):
             result_path.unlink()
-        event_path.write_bytes(payload)
         started = time.time()
         env = self.environment(code, tmpdir)
         spec: dict[str, Any] = {
@@ -446,9 +455,13 @@ class Runner:
             "code_dir": code.code_dir, "handler": code.handler,
             "event_path": str(event_path), "result_path": str(result_path),
             "log_path": str(log_path), "env": env,
+            "start_line": f"START RequestId: {request_id} Version: {code.version}\n",
         }
-        with open(log_path, "ab") as log:
-            log.write(f"START RequestId: {request_id} Version: {code.version}\n".encode())
+        if self.fork_server:
+            # One message, no file: the helper's pipe carries the event to the child.
+            spec["event"] = payload.decode("utf-8", "surrogateescape")
+        else:
+            event_path.write_bytes(payload)  # a command line cannot carry 6 MB
         proc: subprocess.Popen[bytes] | None = None
         try:
             try:
@@ -489,6 +502,13 @@ class Runner:
             for path in (event_path, result_path):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+    def _tmp_root(self) -> str:
+        """This runner's private temporary folder (0700), made once, removed by close()."""
+        with self._lock:
+            if self._tmp is None:
+                self._tmp = tempfile.mkdtemp(prefix="mu-emulator-tmp-")
+            return self._tmp
 
     def _folder(self, path: Path) -> Path:
         """``path``, created the first time it is asked for."""
@@ -589,6 +609,10 @@ class Runner:
             _kill_group(pid)
         for server in servers:
             server.close()
+        with self._lock:
+            tmp, self._tmp = self._tmp, None
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _error(message: str, kind: str) -> dict[str, Any]:
