@@ -40,6 +40,8 @@ class RunConfig:
         tls: mutual TLS (False only for debugging).
         retries: how many times an actor whose worker failed is given to a new worker
             (launched for it) before the actor counts as failed (``--retries``).
+        arrival_timeout: seconds after a launch within which its workers must connect;
+            actors still waiting then fail instead of waiting forever.
     """
 
     num_actors: int = 1
@@ -57,6 +59,7 @@ class RunConfig:
     max_connections: int = 20_000
     tls: bool = True
     retries: int = 2
+    arrival_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         def positive(name: str, minimum: float = 1) -> None:
@@ -71,7 +74,8 @@ class RunConfig:
         positive("max_frame")
         positive("max_send_buffer")
         positive("max_connections")
-        for name in ("worker_deadline", "run_deadline", "handshake_timeout", "hello_timeout"):
+        for name in ("worker_deadline", "run_deadline", "handshake_timeout", "hello_timeout",
+                     "arrival_timeout"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value}")

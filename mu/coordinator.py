@@ -256,6 +256,7 @@ class Coordinator:
         self._launch_error: str | None = None
         self._accepted = 0  # invocations accepted by every launch so far
         self._launches_running = 0
+        self._last_launch_end = 0.0
         self._launch_lock = threading.Lock()
         self._launch_threads: list[threading.Thread] = []
         self._t0 = clock()
@@ -414,6 +415,7 @@ class Coordinator:
                     self._launch_error = error
                 self._accepted += report.accepted if report else 0
                 self._launches_running -= 1
+                self._last_launch_end = self.clock()
             self._wake()
 
     def _loop(self) -> None:
@@ -457,9 +459,14 @@ class Coordinator:
             if self._launches_running:
                 return
             accepted = self._accepted
-        if self._arrived < accepted or self._conns:
+            since = self.clock() - self._last_launch_end
+        limit = self.config.arrival_timeout
+        if self._arrived < accepted and since > limit:
+            why = f"{accepted - self._arrived} launched worker(s) never arrived within {limit:g} s"
+        elif self._arrived < accepted or self._conns:
             return
-        why = self._launch_error or f"the launch started {accepted} worker(s)"
+        else:
+            why = self._launch_error or f"the launch started {accepted} worker(s)"
         while self._queue:
             self._end_unstarted(self._queue.popleft(), f"no worker came for it ({why})")
 

@@ -73,6 +73,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="give an actor whose worker failed to a new worker, up to K times (2)",
     )
     g.add_argument(
+        "--arrival-timeout", type=float, default=300.0, metavar="SECONDS",
+        help="fail actors whose launched workers have not connected this long after the "
+        "launch (300)",
+    )
+    g.add_argument(
         "-N", "--actors", type=parse_actors, metavar="A,B,C", help="run exactly these actor numbers"
     )
     g.add_argument(
@@ -138,6 +143,7 @@ def run_config_from_args(args: argparse.Namespace, num_actors: int, offset: int)
         run_deadline=args.run_deadline,
         tls=not args.no_tls,
         retries=args.retries,
+        arrival_timeout=args.arrival_timeout,
     )
 
 

@@ -567,3 +567,21 @@ def test_retries_are_bounded(keys: KeySet) -> None:
     (final,) = result.failed
     assert final.attempt == 1 and "disk full" in (final.error or "")
     assert len(launcher.specs) == 2
+
+
+def test_workers_that_never_arrive_do_not_hang_the_run(keys: KeySet) -> None:
+    class Ghosts(ThreadLauncher):
+        """Accepts every invocation and starts nothing: workers that died at start-up."""
+
+        def launch(self, spec: LaunchSpec) -> LaunchReport:
+            self.specs.append(spec)
+            return LaunchReport(tuple(Invocation(i, "us-east-1", True) for i in range(spec.count)))
+
+    launcher = Ghosts(None, keys)
+    coord = Coordinator(Small, JOB, RunConfig(num_actors=2, port=0, arrival_timeout=0.5, **SAFE),
+                        keys, launcher=launcher)
+    result = coord.run()
+    assert result.errors == 2 and result.exit_status == 1
+    for failed in result.failed:
+        assert failed.state == "NotStarted"
+        assert "2 launched worker(s) never arrived within 0.5 s" in (failed.error or "")
