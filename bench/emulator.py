@@ -51,13 +51,14 @@ CONNECTIONS = 16
 CREDS = ReadOnlyCredentials("testing", "testing", None)
 
 HANDLER = b'''
-import time
+import os, time
 import boto3  # what a mu worker imports; the fork server has it loaded already
 
 def handler(event, context):
     started = time.time()
-    with open(event["path"], "w") as f:
+    with open(event["path"] + ".part", "w") as f:
         f.write(repr(started))
+    os.replace(event["path"] + ".part", event["path"])  # the reader never sees it half-written
     return {}
 '''
 
@@ -136,6 +137,11 @@ class Emulator:
             self.proc.stdout.close()
 
 
+def done(out: Path) -> list[Path]:
+    """The start files written so far (complete ones only)."""
+    return [p for p in out.iterdir() if not p.name.endswith(".part")]
+
+
 def measure(n: int, fork: bool, tmp: Path) -> dict[str, Any]:
     tag = f"{n}-{'fork' if fork else 'spawn'}"
     emulator = Emulator(tmp / f"state-{tag}", fork)
@@ -184,10 +190,9 @@ def measure(n: int, fork: bool, tmp: Path) -> dict[str, Any]:
             s.close()
         first = min(sent)
         deadline = time.monotonic() + 600
-        while len(os.listdir(out)) < n + 1 and time.monotonic() < deadline:
+        while len(done(out)) < n + 1 and time.monotonic() < deadline:
             time.sleep(0.05)  # the handlers are separate processes: watch their files
-        starts = {int(p.name): float(p.read_text() or "nan") for p in out.iterdir()
-                  if p.name != "warm"}
+        starts = {int(p.name): float(p.read_text()) for p in done(out) if p.name != "warm"}
         latencies = [starts[i] - sent[i] for i in starts]
         return {
             "mode": "fork-server" if fork else "spawn", "concurrent": n,
@@ -195,6 +200,7 @@ def measure(n: int, fork: bool, tmp: Path) -> dict[str, Any]:
             "p50_ms": round(statistics.median(latencies) * 1000, 1),
             "p99_ms": round(percentile(latencies, 99) * 1000, 1),
             "all_started_s": round(max(starts.values()) - first, 2),
+            "load_average_1min": round(os.getloadavg()[0], 1),
         }
     finally:
         emulator.stop()
@@ -219,7 +225,7 @@ def main() -> int:
                 print(json.dumps(row), flush=True)
     print("emulator: " + "; ".join(
         f"{r['mode']} x{r['concurrent']}: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-        f"all started in {r['all_started_s']} s" for r in rows))
+        f"all started in {r['all_started_s']} s (load {r['load_average_1min']})" for r in rows))
     return 0 if all(r["started"] == r["concurrent"] == r["accepted"] for r in rows) else 1
 
 
