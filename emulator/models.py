@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import hashlib
 import io
 import json
@@ -27,6 +28,7 @@ import threading
 import uuid
 import zipfile
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ from emulator.errors import (
     ResourceNotFound,
     TooManyRequests,
 )
-from emulator.runner import Code, Result, Runner
+from emulator.runner import Code, Launched, Result, Runner
 
 __all__ = ["ACCOUNT", "Function", "FunctionRegistry", "InvokeResult"]
 
@@ -113,6 +115,9 @@ class InvokeResult:
     function_error: str | None = None
     log_tail: bytes | None = None
     request_id: str = ""
+    start: Callable[[], None] | None = None
+    """For an accepted Event that holds a concurrency slot: starts it. The caller must call
+    it exactly once, after the 202 is on its way (the slot stays taken until the end)."""
 
 
 class FunctionRegistry:
@@ -352,9 +357,13 @@ class FunctionRegistry:
             with self._lock:
                 if self._closed:
                     raise EmulatorError(503, "ServiceException", "the emulator is stopping")
-                self._queue.append((fn.FunctionName, payload, request_id, 0))
-                self._dispatch()
-            return InvokeResult(202, request_id=request_id)
+                if self._queue or self._active >= self.concurrency_limit:
+                    self._queue.append((fn.FunctionName, payload, request_id, 0))
+                    self._dispatch()
+                    return InvokeResult(202, request_id=request_id)
+                self._active += 1  # a slot, held for the start below
+            return InvokeResult(202, request_id=request_id, start=functools.partial(
+                self._start_async, fn.FunctionName, payload, request_id))
         if kind != "RequestResponse":
             raise InvalidParameterValue(f"InvocationType {kind!r} is not one of "
                                         "RequestResponse, Event, DryRun")
@@ -399,15 +408,44 @@ class FunctionRegistry:
             self._threads.add(thread)
             thread.start()
 
-    def _run_async(self, name: str, payload: bytes, request_id: str, attempt: int) -> None:
+    def _start_async(self, name: str, payload: bytes, request_id: str) -> None:
+        """Start a first attempt in the calling thread, and wait for it in a new one.
+
+        The HTTP layer calls this right after sending the 202 (see ``InvokeResult.start``):
+        with a fork server a start is one short message, so the invocation starts without
+        waiting for a new thread to be scheduled. The slot was taken by :meth:`invoke`.
+        """
+        launched: Launched | None = None
+        try:
+            fn = self.get(name)
+            self.attempts[request_id] = 1
+            launched = self.runner.launch(fn.code(self.region), payload, request_id)
+        except EmulatorError:
+            pass  # deleted meanwhile: _run_async drops the event
+        finally:
+            thread = threading.Thread(target=self._run_async,
+                                      args=(name, payload, request_id, 0, launched),
+                                      daemon=True)
+            with self._lock:
+                self._threads.add(thread)
+            thread.start()
+
+    def _run_async(
+        self, name: str, payload: bytes, request_id: str, attempt: int,
+        launched: Launched | None = None,
+    ) -> None:
         retry = False
         try:
             try:
                 fn = self.get(name)
             except EmulatorError:
+                if launched is not None:
+                    self.runner.finish(launched)
                 return  # deleted meanwhile: the event is dropped, as on AWS
-            self.attempts[request_id] = attempt + 1
-            result = self.runner.run(fn.code(self.region), payload, request_id)
+            if launched is None:
+                self.attempts[request_id] = attempt + 1
+                launched = self.runner.launch(fn.code(self.region), payload, request_id)
+            result = self.runner.finish(launched)
             allowed = 2 if fn.MaximumRetryAttempts is None else fn.MaximumRetryAttempts
             retry = not result.ok and attempt < allowed
         finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -28,6 +28,8 @@ class Response:
     status: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    after: Callable[[], None] | None = None
+    """Work the server must do once the response is sent (starting an accepted Event)."""
 
 
 def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> Response:
@@ -135,7 +137,7 @@ def invoke(reg: FunctionRegistry, req: Request, name: str) -> Response:
     if result.log_tail is not None:
         out["X-Amz-Log-Result"] = result.log_tail.decode()
     if result.status != 200:
-        return Response(result.status, b"", out)
+        return Response(result.status, b"", out, after=result.start)
     out["Content-Type"] = "application/json"
     return Response(200, result.payload, out)
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BOOTSTRAP", "Code", "Result", "Runner"]
+__all__ = ["BOOTSTRAP", "Code", "Launched", "Result", "Runner"]
 
 _POLL = 0.05  # seconds between watchdog checks (memory, deadline)
 SPARES = 32  # idle pre-forked children per fork server (each costs ~1 MB, copy-on-write)
@@ -252,6 +252,22 @@ class Result:
             return b""
 
 
+@dataclass
+class Launched:
+    """An invocation started by :meth:`Runner.launch`, to be passed to :meth:`Runner.finish`."""
+
+    code: Code
+    request_id: str
+    started: float
+    log_path: Path
+    tmpdir: str
+    event_path: Path
+    result_path: Path
+    pid: int = 0  # 0: it did not start (see ``error``)
+    proc: subprocess.Popen[bytes] | None = None  # plain spawn only
+    error: dict[str, Any] | None = None
+
+
 class _ForkServer:
     """One helper process for one function version; forks a child per invocation.
 
@@ -436,55 +452,72 @@ class Runner:
 
     def run(self, code: Code, payload: bytes, request_id: str) -> Result:
         """Run one invocation to its end (or its timeout) and return the outcome."""
-        if self._closed:
-            return Result(False, error=_error("the emulator is stopping", "Runtime.Stopped"))
+        return self.finish(self.launch(code, payload, request_id))
+
+    def launch(self, code: Code, payload: bytes, request_id: str) -> Launched:
+        """Start one invocation and return at once; :meth:`finish` must follow, always.
+
+        Starting is cheap with a fork server (a message to it), so a caller may start an
+        invocation in a thread that has other work, and wait for it in another.
+        """
         work = self._folder(self.state_dir / "invocations")
         log_path = self._folder(self.state_dir / "logs" / code.name) / f"{request_id}.log"
         # The invocation's process creates its TMPDIR (0700) inside this runner's private one.
         tmpdir = os.path.join(self._tmp_root(), request_id)
         # A retried event reuses its request id: each attempt rewrites these two files.
-        event_path = work / f"{request_id}.event.json"
-        result_path = work / f"{request_id}.result.json"
+        launched = Launched(
+            code=code, request_id=request_id, started=time.time(), log_path=log_path,
+            tmpdir=tmpdir, event_path=work / f"{request_id}.event.json",
+            result_path=work / f"{request_id}.result.json",
+        )
+        if self._closed:
+            launched.error = _error("the emulator is stopping", "Runtime.Stopped")
+            return launched
         with contextlib.suppress(FileNotFoundError):
-            result_path.unlink()
-        started = time.time()
+            launched.result_path.unlink()
         env = self.environment(code, tmpdir)
         spec: dict[str, Any] = {
             "name": code.name, "version": code.version, "memory": code.memory,
-            "request_id": request_id, "arn": code.arn, "deadline": started + code.timeout,
+            "request_id": request_id, "arn": code.arn,
+            "deadline": launched.started + code.timeout,
             "code_dir": code.code_dir, "handler": code.handler,
-            "event_path": str(event_path), "result_path": str(result_path),
+            "event_path": str(launched.event_path), "result_path": str(launched.result_path),
             "log_path": str(log_path), "env": env,
             "start_line": f"START RequestId: {request_id} Version: {code.version}\n",
         }
-        if self.fork_server:
-            # One message, no file: the helper's pipe carries the event to the child.
-            spec["event"] = payload.decode("utf-8", "surrogateescape")
-        else:
-            event_path.write_bytes(payload)  # a command line cannot carry 6 MB
-        proc: subprocess.Popen[bytes] | None = None
         try:
-            try:
-                if self.fork_server:
-                    pid = self._server_for(code, env).start(spec)
-                else:
-                    proc = subprocess.Popen(
-                        [sys.executable, "-I", "-c", BOOTSTRAP, "spawn", json.dumps(spec)],
-                        cwd=code.code_dir, env=env, stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                        start_new_session=True,
-                    )
-                    pid = proc.pid
-            except OSError as exc:
-                return Result(False, error=_error(f"cannot start: {exc}", "Runtime.StartError"),
-                              log_path=str(log_path))
-            with self._lock:
-                self._running[request_id] = pid
-            error = self._watch(pid, proc, code, started)
-            duration = time.time() - started
-            result = self._outcome(result_path, error, pid, proc)
-            result.log_path, result.duration, result.pid = str(log_path), duration, pid
-            with open(log_path, "ab") as log:
+            if self.fork_server:
+                # One message, no file: the helper's pipe carries the event to the child.
+                spec["event"] = payload.decode("utf-8", "surrogateescape")
+                launched.pid = self._server_for(code, env).start(spec)
+            else:
+                launched.event_path.write_bytes(payload)  # a command line cannot carry 6 MB
+                launched.proc = subprocess.Popen(
+                    [sys.executable, "-I", "-c", BOOTSTRAP, "spawn", json.dumps(spec)],
+                    cwd=code.code_dir, env=env, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+                launched.pid = launched.proc.pid
+        except OSError as exc:
+            launched.error = _error(f"cannot start: {exc}", "Runtime.StartError")
+            return launched
+        with self._lock:
+            self._running[request_id] = launched.pid
+        return launched
+
+    def finish(self, launched: Launched) -> Result:
+        """Wait for a launched invocation (enforcing its limits), clean up, and report."""
+        code, request_id, proc = launched.code, launched.request_id, launched.proc
+        try:
+            if launched.pid == 0:  # it never started
+                return Result(False, error=launched.error, log_path=str(launched.log_path))
+            error = self._watch(launched.pid, proc, code, launched.started)
+            duration = time.time() - launched.started
+            result = self._outcome(launched.result_path, error, launched.pid, proc)
+            result.log_path, result.duration = str(launched.log_path), duration
+            result.pid = launched.pid
+            with open(launched.log_path, "ab") as log:
                 log.write(
                     f"END RequestId: {request_id}\nREPORT RequestId: {request_id}\t"
                     f"Duration: {duration * 1000:.2f} ms\tMemory Size: {code.memory} MB\n"
@@ -498,8 +531,8 @@ class Runner:
                 _kill_group(pid_left)
             if proc is not None:
                 proc.wait()
-            shutil.rmtree(tmpdir, ignore_errors=True)
-            for path in (event_path, result_path):
+            shutil.rmtree(launched.tmpdir, ignore_errors=True)
+            for path in (launched.event_path, launched.result_path):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 

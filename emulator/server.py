@@ -36,13 +36,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length) if length else b""
         resp = handle(self.server.registry, Request(self.command, self.path, dict(self.headers), body))
-        self.send_response(resp.status)
-        for key, value in resp.headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(resp.body)))
-        self.end_headers()
-        if resp.body:
-            self.wfile.write(resp.body)
+        try:
+            self.send_response(resp.status)
+            for key, value in resp.headers.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(resp.body)))
+            self.end_headers()
+            if resp.body:
+                self.wfile.write(resp.body)
+        finally:
+            if resp.after is not None:
+                resp.after()  # e.g. start the Event just accepted, now that the 202 is out
 
     do_GET = do_POST = do_PUT = do_DELETE = _serve
 
