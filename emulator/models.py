@@ -8,9 +8,11 @@ A registry opened on an existing state directory finds the functions created bef
 
 Invocations go through :meth:`FunctionRegistry.invoke`. Synchronous ones run in the calling
 (request) thread; beyond the concurrency limit they are refused with 429, as on AWS.
-Asynchronous (Event) ones are accepted at once and queued; a dispatcher starts each when a
-concurrency slot is free, and retries a failed one up to the function's
-``MaximumRetryAttempts`` (default 2, as on AWS). The execution engine
+Asynchronous (Event) ones are accepted at once (202). One that finds a free concurrency slot
+takes it, and the request's thread starts it right after sending the 202
+(:attr:`InvokeResult.start`); the others wait in a FIFO queue, and a dispatcher starts each
+when a slot frees. A thread per running invocation waits for it, and a failed one is queued
+again up to the function's ``MaximumRetryAttempts`` (default 2, as on AWS). The execution engine
 (:class:`~emulator.runner.Runner`) sits behind the model and can be swapped.
 """
 
