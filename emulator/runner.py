@@ -27,6 +27,7 @@ outlives an invocation.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -37,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,6 +267,7 @@ class Launched:
     result_path: Path
     pid: int = 0  # 0: it did not start (see ``error``)
     proc: subprocess.Popen[bytes] | None = None  # plain spawn only
+    pending: Callable[[], int] | None = None  # fork server: waits for the child's pid
     error: dict[str, Any] | None = None
 
 
@@ -333,6 +336,14 @@ class _ForkServer:
         Raises:
             OSError: the helper is gone or did not answer within ``_FORK_ANSWER`` seconds.
         """
+        return self.wait(self.submit(spec), spec["request_id"])
+
+    def submit(self, spec: dict[str, Any]) -> list[Any]:
+        """Send ``spec`` to the helper without waiting for its answer; a slot for :meth:`wait`.
+
+        Raises:
+            OSError: the helper is gone.
+        """
         slot: list[Any] = [threading.Event(), None]
         with self._lock:
             if self._eof:
@@ -341,9 +352,17 @@ class _ForkServer:
         line = json.dumps(spec).encode() + b"\n"
         with self._send_lock:
             self.sock.sendall(line)
+        return slot
+
+    def wait(self, slot: list[Any], request_id: str) -> int:
+        """The pid the helper answered for a submitted spec.
+
+        Raises:
+            OSError: the helper is gone or did not answer within ``_FORK_ANSWER`` seconds.
+        """
         if not slot[0].wait(_FORK_ANSWER) or slot[1] is None:
             with self._lock:
-                self._waiting.pop(spec["request_id"], None)
+                self._waiting.pop(request_id, None)
             raise OSError("fork server exited or did not answer")
         return int(slot[1])
 
@@ -489,7 +508,10 @@ class Runner:
             if self.fork_server:
                 # One message, no file: the helper's pipe carries the event to the child.
                 spec["event"] = payload.decode("utf-8", "surrogateescape")
-                launched.pid = self._server_for(code, env).start(spec)
+                # Only send here; finish() waits for the pid, so a caller that launches
+                # several invocations in a row never waits on the helper in between.
+                server = self._server_for(code, env)
+                launched.pending = functools.partial(server.wait, server.submit(spec), request_id)
             else:
                 launched.event_path.write_bytes(payload)  # a command line cannot carry 6 MB
                 launched.proc = subprocess.Popen(
@@ -502,14 +524,29 @@ class Runner:
         except OSError as exc:
             launched.error = _error(f"cannot start: {exc}", "Runtime.StartError")
             return launched
-        with self._lock:
-            self._running[request_id] = launched.pid
+        if launched.proc is not None:
+            self._started(launched)
         return launched
+
+    def _started(self, launched: Launched) -> None:
+        """Record a running invocation, so that close() can kill it."""
+        with self._lock:
+            self._running[launched.request_id] = launched.pid
+            closing = self._closed
+        if closing:
+            _kill_group(launched.pid)
 
     def finish(self, launched: Launched) -> Result:
         """Wait for a launched invocation (enforcing its limits), clean up, and report."""
         code, request_id, proc = launched.code, launched.request_id, launched.proc
         try:
+            if launched.pending is not None:
+                try:
+                    launched.pid = launched.pending()
+                except OSError as exc:
+                    launched.error = _error(f"cannot start: {exc}", "Runtime.StartError")
+                else:
+                    self._started(launched)
             if launched.pid == 0:  # it never started
                 return Result(False, error=launched.error, log_path=str(launched.log_path))
             error = self._watch(launched.pid, proc, code, launched.started)
