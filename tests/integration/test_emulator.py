@@ -474,3 +474,25 @@ def test_s3_server_on_a_taken_port_raises_at_once(s3_server: S3Server) -> None:
     taken.stop()  # nothing started: a no-op
     with S3Server() as other:
         assert other.address[0] == "127.0.0.1" and other.address[1] != s3_server.address[1]
+
+
+def test_pipelined_requests_on_one_keep_alive_connection(
+    lam: Any, emulator: ThreadedEmulatorServer
+) -> None:
+    import socket
+
+    name = make(lam)
+    host, port = emulator.address
+    body = b"{}"
+    request = (
+        f"POST /2015-03-31/functions/{name}/invocations HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"X-Amz-Invocation-Type: Event\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with socket.create_connection((host, port), timeout=60) as sock:
+        sock.sendall(request * 5)  # all five before reading any answer
+        data = b""
+        while data.count(b"HTTP/1.1 202") < 5:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    assert emulator.registry.wait_idle(60)
