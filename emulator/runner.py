@@ -366,9 +366,22 @@ class _ForkServer:
             raise OSError("fork server exited or did not answer")
         return int(slot[1])
 
-    def close(self) -> None:
+    def close(self, kill_children: bool = False) -> None:
+        """Stop the helper; with ``kill_children``, also every process it forked.
+
+        Its children are not in its process group (each starts a session), and once it is
+        dead they belong to init and cannot be found; so it is frozen first (no more forks),
+        its children's groups are killed, and only then the helper itself. Without
+        ``kill_children`` (code updated or deleted) running invocations finish under their
+        watchers; idle spares exit on their own.
+        """
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader
+        if kill_children:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGSTOP)
+                for pid in _children(self.proc.pid):
+                    _kill_group(pid)
         with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
         self.proc.wait()
@@ -678,7 +691,7 @@ class Runner:
         for pid in pids:
             _kill_group(pid)
         for server in servers:
-            server.close()
+            server.close(kill_children=True)
         with self._lock:
             tmp, self._tmp = self._tmp, None
         if tmp is not None:
