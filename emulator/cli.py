@@ -1,4 +1,17 @@
-"""``mu emulator``: run the emulator and its S3 in the foreground, or show invocation logs."""
+"""``mu emulator``: run the emulator and its S3 in the foreground, or show invocation logs.
+
+Theory of operation
+-------------------
+``serve`` (the default action) starts the embedded S3 first and the Lambda API second, both
+on 127.0.0.1, then prints the two endpoints on the first two lines of standard output (a
+script can read them as a readiness signal), followed by ``export`` lines for a shell. The
+main thread then waits on an event that SIGTERM sets (Ctrl-C arrives as KeyboardInterrupt);
+either way both servers are stopped in reverse order, which kills and reaps every invocation
+and fork server, before ``run`` returns 0.
+
+``logs FUNCTION [REQUEST_ID]`` prints the log files the runner wrote under
+``STATE_DIR/logs/FUNCTION/``: one invocation's, or all of them, oldest first.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +28,7 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the emulator's actions and options to ``parser`` (``mu emulator`` uses this too)."""
     parser.add_argument("action", nargs="?", choices=("serve", "logs"), default="serve",
                         help="serve (default) or logs FUNCTION [REQUEST_ID]")
     parser.add_argument("function", nargs="?", help="logs: the function")
@@ -30,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or Ctrl-C, or print logs; the exit status."""
     if args.action == "logs":
         return _logs(Path(args.state_dir), args.function, args.request_id)
     from emulator.s3 import S3Server
