@@ -18,10 +18,15 @@ to start that process, with identical results:
   spares whose helper dies read end-of-file and exit unused;
 * **plain spawn**: ``python -I -c BOOTSTRAP`` per invocation.
 
-A watcher (the calling thread) waits for the process, and enforces the function's
-``Timeout`` and ``MemorySize`` by killing the whole process group, with Lambda's messages.
-When the invocation ends, whatever it left running in its group is killed too, so nothing
-outlives an invocation.
+Starting and waiting are separate (:meth:`Runner.launch`, then :meth:`Runner.finish`;
+:meth:`Runner.run` does both). Launching through a fork server only sends one JSON line to
+it; a reader thread per helper collects the pids it answers, so any number of launches can
+be in flight without a round trip each. The watcher (the thread in ``finish``) waits for the
+pid, then for the process (a pidfd, or ``Popen.wait`` for a spawn), and enforces the
+function's ``Timeout`` and ``MemorySize`` (the resident size of the process tree, read from
+``/proc``) by killing the whole process group, with Lambda's messages. When the invocation
+ends, whatever it left running in its group is killed too, so nothing outlives an
+invocation; :meth:`Runner.close` kills every invocation, spare and helper.
 """
 
 from __future__ import annotations
