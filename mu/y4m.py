@@ -12,8 +12,9 @@ Conversion: samples of ``bitdepth`` bits are scaled to 0..1 by ``v / (2**bitdept
 ``Cb = (B' - Y') / 1.8556`` and ``Cr = (R' - Y') / 1.5748``. Studio range maps ``Y'`` to
 16..235 and ``Cb``/``Cr`` to 16..240 around 128. Chroma is computed from the box average of
 R'G'B' over 2x2 (4:2:0) or 2x1 (4:2:2) pixels; odd sizes replicate the last column/row.
-All math is float64; :func:`convert_frame` rounds half up (``floor(v + 0.5)``) and clips to
-0..255, which is what ``png2y4m --no-dither`` does.
+:func:`rgb_to_ycbcr_float` takes R'G'B' already normalised to 0..1; :func:`convert_planes`
+takes integer samples and their bit depth. All math is float64; :func:`convert_frame` rounds
+half up (``floor(v + 0.5)``) and clips to 0..255, which is what ``png2y4m --no-dither`` does.
 
 Y4M layout: one header line ``YUV4MPEG2 W<w> H<h> F<n>:<d> Ip A<a>:<b> C<chroma>`` and per
 frame ``FRAME`` (optionally followed by parameters) and a newline, then the Y, Cb and Cr
@@ -40,6 +41,7 @@ __all__ = [
     "convert_planes",
     "psnr",
     "read_y4m",
+    "rgb_to_ycbcr_float",
     "write_y4m",
 ]
 
@@ -75,11 +77,15 @@ class Video:
     frames: list[Planes] = field(default_factory=list)
 
 
-def chroma_size(width: int, height: int, chroma: str) -> tuple[int, int]:
-    """Width and height of a chroma plane: ``ceil(w/2)``, and ``ceil(h/2)`` for 4:2:0."""
+def _subsampling(chroma: str) -> tuple[int, int]:
     if chroma not in _SUBSAMPLING:
         raise Y4MError(f"chroma {chroma!r} is not one of 420, 422, 444")
-    sx, sy = _SUBSAMPLING[chroma]
+    return _SUBSAMPLING[chroma]
+
+
+def chroma_size(width: int, height: int, chroma: str) -> tuple[int, int]:
+    """Width and height of a chroma plane: ``ceil(w/2)``, and ``ceil(h/2)`` for 4:2:0."""
+    sx, sy = _subsampling(chroma)
     return -(-width // sx), -(-height // sy)
 
 
@@ -184,25 +190,29 @@ def _box(plane: F64, sx: int, sy: int) -> F64:
     return out
 
 
-def convert_planes(
-    rgb: npt.NDArray[np.generic],
-    bitdepth: int,
-    chroma: str = "420",
-) -> tuple[F64, F64, F64]:
-    """Unrounded Y, Cb, Cr (float64, in 8-bit code values) of an ``(h, w, 3)`` R'G'B' frame.
-
-    Raises:
-        Y4MError: bad shape, bit depth or chroma.
-    """
-    arr = np.asarray(rgb)
+def _check_rgb(arr: npt.NDArray[np.generic]) -> None:
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise Y4MError(f"expected an (h, w, 3) R'G'B' array, got shape {arr.shape}")
-    if not 1 <= bitdepth <= 16:
-        raise Y4MError(f"bit depth {bitdepth} is not 1..16")
-    sx, sy = _SUBSAMPLING.get(chroma, (0, 0))
-    if not sx:
-        raise Y4MError(f"chroma {chroma!r} is not one of 420, 422, 444")
-    f = arr.astype(np.float64) / float((1 << bitdepth) - 1)
+
+
+def rgb_to_ycbcr_float(rgb: npt.NDArray[np.floating], chroma: str = "420") -> tuple[F64, F64, F64]:
+    """Unrounded Y, Cb, Cr (float64, in 8-bit code values) of normalised R'G'B'.
+
+    Args:
+        rgb: an ``(h, w, 3)`` array of R'G'B' in 0..1 (full scale is 1.0).
+        chroma: ``"420"``, ``"422"`` or ``"444"``; the chroma planes are
+            :func:`chroma_size` of the frame.
+
+    Returns:
+        ``(Y, Cb, Cr)``: Y is ``(h, w)``, studio range 16..235 for 0..1 input; Cb and Cr are
+        16..240 around 128, computed from the box average of R'G'B'.
+
+    Raises:
+        Y4MError: bad shape or chroma.
+    """
+    f = np.asarray(rgb, np.float64)
+    _check_rgb(f)
+    sx, sy = _subsampling(chroma)
     r, g, b = f[..., 0], f[..., 1], f[..., 2]
     y = 16.0 + 219.0 * (KR * r + KG * g + KB * b)
     rs, gs, bs = _box(r, sx, sy), _box(g, sx, sy), _box(b, sx, sy)
@@ -210,6 +220,26 @@ def convert_planes(
     cb = 128.0 + 112.0 * (bs - ys) / (1.0 - KB)
     cr = 128.0 + 112.0 * (rs - ys) / (1.0 - KR)
     return y, cb, cr
+
+
+def convert_planes(
+    rgb: npt.NDArray[np.generic],
+    bitdepth: int,
+    chroma: str = "420",
+) -> tuple[F64, F64, F64]:
+    """Unrounded Y, Cb, Cr (float64, in 8-bit code values) of an ``(h, w, 3)`` R'G'B' frame
+    of integer samples of ``bitdepth`` bits: :func:`rgb_to_ycbcr_float` of ``v / (2**bitdepth
+    - 1)``.
+
+    Raises:
+        Y4MError: bad shape, bit depth or chroma.
+    """
+    arr = np.asarray(rgb)
+    _check_rgb(arr)
+    if not 1 <= bitdepth <= 16:
+        raise Y4MError(f"bit depth {bitdepth} is not 1..16")
+    _subsampling(chroma)
+    return rgb_to_ycbcr_float(arr.astype(np.float64) / float((1 << bitdepth) - 1), chroma)
 
 
 def _quantise(plane: F64) -> U8:

@@ -18,6 +18,7 @@ from mu.y4m import (
     convert_planes,
     psnr,
     read_y4m,
+    rgb_to_ycbcr_float,
     write_y4m,
 )
 
@@ -55,6 +56,44 @@ def test_eight_bit_matches_sixteen_bit_scaled_by_257() -> None:
             convert_planes(rgb8, 8, chroma), convert_planes(rgb8 * 257, 16, chroma), strict=True
         ):
             np.testing.assert_allclose(p8, p16, atol=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    w=st.integers(1, 9),
+    h=st.integers(1, 9),
+    depth=st.sampled_from([1, 2, 4, 8, 10, 12, 16]),
+    chroma=st.sampled_from(["420", "422", "444"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_integer_samples_are_normalised_then_converted(
+    w: int, h: int, depth: int, chroma: str, seed: int
+) -> None:
+    top = (1 << depth) - 1
+    rgb = np.random.default_rng(seed).integers(0, top + 1, (h, w, 3)).astype(np.uint16)
+    for got, want in zip(
+        convert_planes(rgb, depth, chroma),
+        rgb_to_ycbcr_float(rgb / float(top), chroma),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+
+
+def test_float_conversion_of_grey_and_mid_values() -> None:
+    grey = np.full((2, 3, 3), 0.5)
+    y, cb, cr = rgb_to_ycbcr_float(grey, "444")
+    np.testing.assert_allclose(y, 16 + 219 * 0.5)
+    np.testing.assert_allclose(cb, 128.0)
+    np.testing.assert_allclose(cr, 128.0)
+    # 4:2:0 chroma averages R'G'B' before converting: a black/white checkerboard is grey.
+    board = np.indices((2, 2)).sum(axis=0) % 2
+    rgb = np.repeat(board[..., None].astype(np.float64), 3, axis=2)
+    y, cb, cr = rgb_to_ycbcr_float(rgb, "420")
+    assert y.shape == (2, 2) and cb.shape == cr.shape == (1, 1)
+    assert sorted(y.ravel().tolist()) == pytest.approx([16, 16, 235, 235])
+    assert cb[0, 0] == pytest.approx(128.0) and cr[0, 0] == pytest.approx(128.0)
+    with pytest.raises(Y4MError):
+        rgb_to_ycbcr_float(np.zeros((2, 2, 4)))
 
 
 @pytest.mark.parametrize(
