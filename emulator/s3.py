@@ -17,12 +17,9 @@ import logging
 import threading
 from types import TracebackType
 
-from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication,
-    MotoRequestHandler,
-    create_backend_app,
-)
-from werkzeug.serving import BaseWSGIServer, make_server
+from moto.moto_server import werkzeug_app
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 __all__ = ["S3Server"]
 
@@ -58,9 +55,13 @@ class S3Server:
         # moto's server logs every request through werkzeug; a run is not a web log.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         app = DomainDispatcherApplication(create_backend_app)
+        # Newer moto ships a request handler that keeps S3 metadata headers spelt with
+        # underscores; older releases have none, and werkzeug's default serves them.
+        handler: type[WSGIRequestHandler] | None = getattr(
+            werkzeug_app, "MotoRequestHandler", None)
         try:
             self._server = make_server(self._host, self._port, app, threaded=True,
-                                       request_handler=MotoRequestHandler)
+                                       request_handler=handler)
         except SystemExit:  # werkzeug reports a failed bind on stderr and exits
             raise OSError(f"the S3 server cannot bind {self._host}:{self._port}") from None
         self._thread = threading.Thread(target=self._serve, name="mu-emulator-s3", daemon=True)
