@@ -114,6 +114,15 @@ struct ctx {
 
 /* ------------------------------------------------------------------ libpng path */
 
+/* Deflate expands at most 1032:1 (258 bytes from a 1-bit length and a 1-bit distance code),
+ * so a file of `file_len` bytes cannot hold more pixel data than this bound. A header that
+ * claims more is refused before any pixel buffer is allocated: a 100-byte file must not make
+ * us ask for gigabytes. */
+static int too_big_for_file(uint32_t w, uint32_t h, int channels, int depth, uint64_t file_len) {
+    uint64_t pixel_bytes = (uint64_t)w * h * (uint64_t)channels * (uint64_t)depth / 8;
+    return pixel_bytes / 1032 > file_len;
+}
+
 struct png_err {
     char message[256];
 };
@@ -172,6 +181,10 @@ static int decode_libpng(struct ctx *cx, const char *path, struct frame *img, ch
 
     png_uint_32 w = png_get_image_width(png, info), h = png_get_image_height(png, info);
     int type = png_get_color_type(png, info), depth = png_get_bit_depth(png, info);
+    struct stat st;
+    if (!fstat(fileno(f), &st) && S_ISREG(st.st_mode) &&
+        too_big_for_file(w, h, png_get_channels(png, info), depth, (uint64_t)st.st_size))
+        png_error(png, "the file is too short for the image size in its header");
     if (type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
     if (type == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
     if (png_get_valid(png, info, PNG_INFO_tRNS)) png_set_tRNS_to_alpha(png);
@@ -260,6 +273,7 @@ static int decode_fast(struct ctx *cx, const char *path, struct frame *img, char
         (type != 0 && type != 2 && type != 4 && type != 6) || b[26] || b[27] || b[28])
         return 1;
     int channels = type == 0 ? 1 : type == 4 ? 2 : type == 2 ? 3 : 4;
+    if (too_big_for_file(w, h, channels, depth, len)) return 1; /* libpng says why */
 
     /* Walk the chunks; move the IDAT payloads together at the start of the buffer. */
     size_t pos = 33, idat = 0;

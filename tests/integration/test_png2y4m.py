@@ -491,6 +491,40 @@ def test_corrupt_png(png2y4m_binary: Path, tmp_path: Path, damage: str) -> None:
     assert not out.exists()
 
 
+def raw_png(w: int, h: int, depth: int, colour: int, pixels: bytes) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, colour, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(("depth", "colour"), [(16, 2), (16, 6), (1, 0), (8, 3)])
+def test_header_claiming_more_pixels_than_the_file_can_hold(
+    png2y4m_binary: Path, tmp_path: Path, depth: int, colour: int
+) -> None:
+    """A tiny file whose header says 65536x65536 is refused before any allocation."""
+    data = raw_png(65536, 65536, depth, colour, zlib.compress(bytes(1000)))
+    if colour == 3:
+        data = data[:33] + chunk(b"PLTE", bytes(6)) + data[33:]
+    bad = tmp_path / "big.png"
+    bad.write_bytes(data)
+    result = run(png2y4m_binary, "-o", tmp_path / "o.y4m", bad, check=False)
+    assert_one_error_line(result, str(bad))
+    assert "too short for the image size" in result.stderr
+
+
+def test_maximally_compressed_frame_converts(png2y4m_binary: Path, tmp_path: Path) -> None:
+    """The size bound leaves room for deflate's best ratio (flat black, zlib level 9)."""
+    w, h = 1500, 1000
+    data = raw_png(w, h, 16, 2, zlib.compress((b"\x00" + bytes(6 * w)) * h, 9))
+    assert w * h * 6 / len(data) > 1000
+    (tmp_path / "black.png").write_bytes(data)
+    run(png2y4m_binary, "-o", tmp_path / "o.y4m", tmp_path / "black.png")
+    for plane, level in zip(read_y4m(tmp_path / "o.y4m").frames[0], (16, 128, 128), strict=True):
+        assert np.abs(plane.astype(int) - level).max() <= 1
+        assert abs(float(plane.mean()) - level) < 0.01
+
+
 def test_size_differs_from_first_frame(png2y4m_binary: Path, tmp_path: Path) -> None:
     frames_of(tmp_path, 2, 6, 4)
     write_image(tmp_path / "00000003.png", "rgb", 16, 7, 4, 1, False)

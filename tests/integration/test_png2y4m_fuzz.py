@@ -196,6 +196,26 @@ def test_valgrind_clean(png2y4m_binary: Path, corpus: list[Path], tmp_path: Path
         assert result.returncode in (0, 1), result.stderr
 
 
+def test_sanitized_huge_header_claims(asan_binary: Path, tmp_path: Path) -> None:
+    """Headers claiming 65536x65536 pixels in a few bytes: an error line, no allocation (the
+    ASan allocator would report a gigantic request)."""
+    paths = []
+    for depth, colour, interlace in ((16, 2, 0), (8, 6, 1), (1, 0, 0)):
+        ihdr = b"IHDR" + struct.pack(">IIBBBBB", 65536, 65536, depth, colour, 0, 0, interlace)
+        idat = b"IDAT" + zlib.compress(bytes(500))
+        data = b"\x89PNG\r\n\x1a\n" + b"".join(
+            struct.pack(">I", len(c) - 4) + c + struct.pack(">I", zlib.crc32(c))
+            for c in (ihdr, idat, b"IEND")
+        )
+        path = tmp_path / f"huge{depth}_{colour}.png"
+        path.write_bytes(data)
+        paths.append(path)
+    for path in paths:
+        _, result = convert(asan_binary, path)
+        assert result.returncode == 1, result.stderr[-2000:]
+        assert "too short for the image size" in result.stderr
+
+
 def test_sanitized_threads_and_incremental(asan_binary: Path, tmp_path: Path) -> None:
     """The frame pipeline and the row split under ASan/UBSan, valid and damaged frames."""
     seeds = seed_pngs(tmp_path)
