@@ -6,6 +6,17 @@ calls and is the only place errors become HTTP; :mod:`emulator.urls` is the rout
 :mod:`emulator.runner` runs each invocation in a fresh process (through a fork server or a
 plain spawn). :mod:`emulator.server` and :mod:`emulator.s3` are the two servers, both on
 127.0.0.1. This package imports nothing from mu.
+
+Start both servers together for one run (``s3.S3Server`` is imported when needed, so
+importing this package does not load moto)::
+
+    with LocalCloud(state_dir=path) as cloud:
+        cloud.lambda_endpoint_url, cloud.s3_endpoint_url
 """
 
 from __future__ import annotations
+
+from emulator.errors import EmulatorError
+from emulator.server import LocalCloud, ThreadedEmulatorServer
+
+__all__ = ["EmulatorError", "LocalCloud", "ThreadedEmulatorServer"]

@@ -27,40 +27,61 @@ from emulator.server import DEFAULT_STATE_DIR, ThreadedEmulatorServer
 __all__ = ["add_arguments", "run"]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the emulator's actions and options to ``parser`` (``mu emulator`` uses this too)."""
-    parser.add_argument("action", nargs="?", choices=("serve", "logs"), default="serve",
-                        help="serve (default) or logs FUNCTION [REQUEST_ID]")
-    parser.add_argument("function", nargs="?", help="logs: the function")
-    parser.add_argument("request_id", nargs="?", help="logs: one invocation (default: all)")
-    parser.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
+def _serve_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """The serve options; ``defaults=False`` leaves unset ones to the top-level parser."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--state-dir", default=default(str(DEFAULT_STATE_DIR)),
                         help=f"functions and logs (default {DEFAULT_STATE_DIR})")
-    parser.add_argument("--port", type=int, default=0, help="Lambda API port (default: free)")
-    parser.add_argument("--s3-port", type=int, default=0, help="S3 port (default: free)")
-    parser.add_argument("--concurrency", type=int, default=1000,
-                        help="concurrent invocations (default 1000)")
-    parser.add_argument("--no-fork-server", action="store_true",
+    parser.add_argument("--port", type=int, default=default(0),
+                        help="Lambda API port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--s3-port", type=int, default=default(0),
+                        help="S3 port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--concurrency", type=int, default=default(1000),
+                        help="invocations running at once (default 1000)")
+    parser.add_argument("--no-fork-server", action="store_true", default=default(False),
                         help="start each invocation with a plain spawn")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the emulator's command line to ``parser``.
+
+    ``PROG [options]`` and ``PROG serve [options]`` serve in the foreground;
+    ``PROG logs FUNCTION [REQUEST_ID] [--state-dir DIR]`` prints invocation logs.
+    """
+    _serve_options(parser, defaults=True)
+    parser.set_defaults(action="serve", function=None, request_id=None)
+    sub = parser.add_subparsers(dest="action", metavar="{serve,logs}")
+    serve = sub.add_parser("serve", help="serve the Lambda API and S3 until interrupted "
+                           "(the default)")
+    _serve_options(serve, defaults=False)
+    logs = sub.add_parser("logs", help="print the logs of a function's invocations")
+    logs.add_argument("function", help="the function")
+    logs.add_argument("request_id", nargs="?", help="one invocation (default: all, oldest first)")
+    logs.add_argument("--state-dir", default=argparse.SUPPRESS,
+                      help=f"functions and logs (default {DEFAULT_STATE_DIR})")
 
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or Ctrl-C, or print logs; the exit status."""
-    if args.action == "logs":
+    if getattr(args, "action", None) == "logs":
         return _logs(Path(args.state_dir), args.function, args.request_id)
     from emulator.s3 import S3Server
 
     s3 = S3Server(port=args.s3_port)
     s3.start()
     server = ThreadedEmulatorServer(
-        state_dir=args.state_dir, s3_endpoint_url=s3.url, concurrency_limit=args.concurrency,
+        state_dir=args.state_dir, s3_endpoint_url=s3.endpoint_url, concurrency_limit=args.concurrency,
         fork_server=not args.no_fork_server, port=args.port,
     )
     try:
         server.start()
-        print(f"Lambda API: {server.url}\nS3:         {s3.url}\n")
+        print(f"Lambda API: {server.endpoint_url}\nS3:         {s3.endpoint_url}\n")
         print("# paste into a shell to use the aws CLI or boto3 against it:")
-        print(f"export AWS_ENDPOINT_URL_LAMBDA={server.url}")
-        print(f"export AWS_ENDPOINT_URL_S3={s3.url}")
+        print(f"export AWS_ENDPOINT_URL_LAMBDA={server.endpoint_url}")
+        print(f"export AWS_ENDPOINT_URL_S3={s3.endpoint_url}")
         print("export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing")
         print("export AWS_DEFAULT_REGION=us-east-1", flush=True)
         stop = threading.Event()

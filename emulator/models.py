@@ -12,13 +12,16 @@ Asynchronous (Event) ones are accepted at once (202). One that finds a free conc
 takes it, and the request's thread starts it right after sending the 202
 (:attr:`InvokeResult.start`); the others wait in a FIFO queue, and a dispatcher starts each
 when a slot frees. A thread per running invocation waits for it, and a failed one is queued
-again up to the function's ``MaximumRetryAttempts`` (default 2, as on AWS). The execution engine
+again up to the function's ``MaximumRetryAttempts`` (default 2, as on AWS). Every invocation
+has an :class:`Invocation` record (status, attempts, error, log file), kept for the last
+``KEEP_INVOCATIONS`` and read with :meth:`FunctionRegistry.invocation`. The execution engine
 (:class:`~emulator.runner.Runner`) sits behind the model and can be swapped.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -29,7 +32,7 @@ import shutil
 import threading
 import uuid
 import zipfile
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,13 +48,14 @@ from emulator.errors import (
 )
 from emulator.runner import Code, Launched, Result, Runner
 
-__all__ = ["ACCOUNT", "Function", "FunctionRegistry", "InvokeResult"]
+__all__ = ["ACCOUNT", "Function", "FunctionRegistry", "Invocation", "InvokeResult"]
 
 ACCOUNT = "123456789012"
 SYNC_LIMIT = 6 * 1024 * 1024
 ASYNC_LIMIT = 1024 * 1024
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ARN = re.compile(r"^arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:([A-Za-z0-9_-]{1,64})(:.+)?$")
+KEEP_INVOCATIONS = 10_000  # invocation records kept (oldest forgotten first)
 RUNTIMES = {"python3.9", "python3.10", "python3.11", "python3.12", "python3.13"}
 
 
@@ -109,6 +113,23 @@ class Function:
 
 
 @dataclass
+class Invocation:
+    """One invocation as the registry saw it (all attempts of an Event share one record).
+
+    ``status`` goes ``queued`` (Events only) -> ``running`` -> ``succeeded`` or ``failed``;
+    an Event whose function is deleted before it runs ends ``dropped``.
+    """
+
+    request_id: str
+    function: str
+    kind: str
+    status: str = "queued"
+    attempts: int = 0
+    error: dict[str, Any] | None = None
+    log_path: str = ""
+
+
+@dataclass
 class InvokeResult:
     """What Invoke answers: status, payload bytes and headers."""
 
@@ -148,7 +169,7 @@ class FunctionRegistry:
         self._queue: deque[tuple[str, bytes, str, int]] = deque()
         self._threads: set[threading.Thread] = set()
         self._closed = False
-        self.attempts: dict[str, int] = {}  # request id -> attempts made (async)
+        self._invocations: OrderedDict[str, Invocation] = OrderedDict()
         (state_dir / "functions").mkdir(parents=True, exist_ok=True)
         for conf in sorted((state_dir / "functions").glob("*/config.json")):
             try:
@@ -359,6 +380,7 @@ class FunctionRegistry:
             with self._lock:
                 if self._closed:
                     raise EmulatorError(503, "ServiceException", "the emulator is stopping")
+                self._record(Invocation(request_id, fn.FunctionName, kind))
                 if self._queue or self._active >= self.concurrency_limit:
                     self._queue.append((fn.FunctionName, payload, request_id, 0))
                     self._dispatch()
@@ -376,13 +398,55 @@ class FunctionRegistry:
             if self._active >= self.concurrency_limit:
                 raise TooManyRequests("Rate Exceeded.", "ConcurrentInvocationLimitExceeded")
             self._active += 1
+            record = self._record(Invocation(request_id, fn.FunctionName, kind, "running", 1))
+        result: Result | None = None
         try:
             result = self.runner.run(fn.code(self.region), payload, request_id)
         finally:
             with self._lock:
                 self._active -= 1
+                self._ended(record, result)
                 self._dispatch()
         return self._answer(result, tail, request_id)
+
+    def _record(self, invocation: Invocation) -> Invocation:
+        """Keep ``invocation`` (lock held), forgetting the oldest beyond the limit."""
+        self._invocations[invocation.request_id] = invocation
+        while len(self._invocations) > KEEP_INVOCATIONS:
+            self._invocations.popitem(last=False)
+        return invocation
+
+    @staticmethod
+    def _ended(record: Invocation | None, result: Result | None) -> None:
+        if record is None:
+            return
+        if result is None:
+            record.status = "failed"
+            return
+        record.status = "succeeded" if result.ok else "failed"
+        record.error = result.error
+        record.log_path = result.log_path
+
+    def _attempt(self, request_id: str) -> Invocation | None:
+        """Count a new attempt of a (possibly forgotten) invocation."""
+        with self._lock:
+            record = self._invocations.get(request_id)
+            if record is not None:
+                record.attempts += 1
+                record.status = "running"
+            return record
+
+    def invocation(self, request_id: str) -> Invocation:
+        """The record of a recent invocation (a copy).
+
+        Raises:
+            ResourceNotFound: no such invocation, or forgotten (see ``KEEP_INVOCATIONS``).
+        """
+        with self._lock:
+            record = self._invocations.get(request_id)
+            if record is None:
+                raise ResourceNotFound(f"no record of invocation {request_id}")
+            return dataclasses.replace(record)
 
     @staticmethod
     def _check_json(payload: bytes) -> None:
@@ -420,7 +484,7 @@ class FunctionRegistry:
         launched: Launched | None = None
         try:
             fn = self.get(name)
-            self.attempts[request_id] = 1
+            self._attempt(request_id)
             launched = self.runner.launch(fn.code(self.region), payload, request_id)
         except EmulatorError:
             pass  # deleted meanwhile: _run_async drops the event
@@ -436,16 +500,18 @@ class FunctionRegistry:
         self, name: str, payload: bytes, request_id: str, attempt: int,
         launched: Launched | None = None,
     ) -> None:
-        retry = False
+        retry = dropped = False
+        result: Result | None = None
         try:
             try:
                 fn = self.get(name)
             except EmulatorError:
+                dropped = True
                 if launched is not None:
                     self.runner.finish(launched)
                 return  # deleted meanwhile: the event is dropped, as on AWS
             if launched is None:
-                self.attempts[request_id] = attempt + 1
+                self._attempt(request_id)
                 launched = self.runner.launch(fn.code(self.region), payload, request_id)
             result = self.runner.finish(launched)
             allowed = 2 if fn.MaximumRetryAttempts is None else fn.MaximumRetryAttempts
@@ -453,7 +519,14 @@ class FunctionRegistry:
         finally:
             with self._lock:
                 self._active -= 1
+                record = self._invocations.get(request_id)
+                if dropped and record is not None:
+                    record.status = "dropped"
+                else:
+                    self._ended(record, result)
                 if retry and not self._closed:
+                    if record is not None:
+                        record.status = "queued"
                     self._queue.append((name, payload, request_id, attempt + 1))
                 self._threads.discard(threading.current_thread())
                 self._dispatch()

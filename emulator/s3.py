@@ -83,10 +83,12 @@ class S3Server:
         return str(host), int(port)
 
     @property
-    def url(self) -> str:
+    def endpoint_url(self) -> str:
         """``http://127.0.0.1:PORT``."""
         host, port = self.address
         return f"http://{host}:{port}"
+
+    url = endpoint_url
 
     def stop(self) -> None:
         """Stop serving, close the socket and join the thread (idempotent)."""

@@ -121,9 +121,12 @@ class ThreadedEmulatorServer:
         return str(host), int(port)
 
     @property
-    def url(self) -> str:
+    def endpoint_url(self) -> str:
+        """``http://127.0.0.1:PORT``: what boto3's ``endpoint_url`` takes."""
         host, port = self.address
         return f"http://{host}:{port}"
+
+    url = endpoint_url
 
     def stop(self) -> None:
         """Stop serving, kill invocations and fork servers, join."""
@@ -147,7 +150,18 @@ class ThreadedEmulatorServer:
 
 
 class LocalCloud:
-    """S3 and the emulator pointed at it, started and stopped together."""
+    """S3 and the emulator pointed at it, started and stopped together.
+
+    Args:
+        **emulator_options: passed to :class:`ThreadedEmulatorServer` (``state_dir``,
+            ``concurrency_limit``, ``fork_server``, ``region``, ``port``).
+
+    Example::
+
+        with LocalCloud(state_dir=tmp) as cloud:
+            lam = boto3.client("lambda", endpoint_url=cloud.lambda_endpoint_url, ...)
+            s3 = boto3.client("s3", endpoint_url=cloud.s3_endpoint_url, ...)
+    """
 
     def __init__(self, **emulator_options: Any) -> None:
         from emulator.s3 import S3Server
@@ -157,6 +171,7 @@ class LocalCloud:
         self.emulator: ThreadedEmulatorServer | None = None
 
     def start(self) -> None:
+        """Start S3, then the emulator pointed at it; each returns once it serves."""
         self.s3.start()
         try:
             self.emulator = ThreadedEmulatorServer(s3_endpoint_url=self.s3.url, **self._options)
@@ -165,7 +180,17 @@ class LocalCloud:
             self.s3.stop()
             raise
 
+    @property
+    def lambda_endpoint_url(self) -> str:
+        assert self.emulator is not None, "start() first"
+        return self.emulator.endpoint_url
+
+    @property
+    def s3_endpoint_url(self) -> str:
+        return self.s3.endpoint_url
+
     def stop(self) -> None:
+        """Stop the emulator (killing its invocations), then S3; both joined."""
         if self.emulator is not None:
             self.emulator.stop()
         self.s3.stop()

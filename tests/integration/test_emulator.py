@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -38,6 +40,10 @@ def handler(event, context):
         raise ValueError("boom " + str(event.get("n", "")))
     if action == "sleep":
         time.sleep(event["seconds"])
+    if action == "wait":  # until the test opens the gate (bounded)
+        deadline = time.time() + 60
+        while not os.path.exists(event["gate"]) and time.time() < deadline:
+            time.sleep(0.02)
     if action == "hog":
         block = bytearray(event["mb"] * 1024 * 1024)
         for i in range(0, len(block), 4096):
@@ -275,26 +281,37 @@ def test_event_returns_at_once_and_the_handler_writes_to_s3(lam: Any, s3: Any) -
                                                             Prefix=f"{name}/out"))
 
 
-def test_event_accepted_before_the_function_runs(lam: Any, emulator: ThreadedEmulatorServer) -> None:
-    name = make(lam, Timeout=30)
+def test_event_accepted_before_the_function_runs(
+    lam: Any, emulator: ThreadedEmulatorServer, tmp_path: Path
+) -> None:
+    name = make(lam, Timeout=90)
+    gate = tmp_path / "gate"
     resp = lam.invoke(FunctionName=name, InvocationType="Event",
-                      Payload=json.dumps({"action": "sleep", "seconds": 2}).encode())
+                      Payload=json.dumps({"action": "wait", "gate": str(gate)}).encode())
     assert resp["StatusCode"] == 202
-    # The 202 came back while the invocation is still running.
+    request_id = resp["ResponseMetadata"]["RequestId"]
+    # The 202 came back while the invocation cannot have finished: its gate is still shut.
     assert emulator.registry._active >= 1
+    assert emulator.registry.invocation(request_id).status in ("queued", "running")
+    gate.touch()
     assert emulator.registry.wait_idle(60)
+    record = emulator.registry.invocation(request_id)
+    assert (record.status, record.attempts, record.kind) == ("succeeded", 1, "Event")
+    assert "hello from the handler" in Path(record.log_path).read_text()
 
 
 def test_async_retries_follow_the_invoke_config(
     lam: Any, s3: Any, emulator: ThreadedEmulatorServer
 ) -> None:
     counts: dict[int, str] = {}
+    requests: dict[int, str] = {}
     for retries in (0, 2):
         name = make(lam)
         lam.put_function_event_invoke_config(FunctionName=name, MaximumRetryAttempts=retries)
-        lam.invoke(FunctionName=name, InvocationType="Event", Payload=json.dumps(
+        resp = lam.invoke(FunctionName=name, InvocationType="Event", Payload=json.dumps(
             {"action": "fail-and-count", "bucket": "emu-bucket", "key": name}).encode())
         counts[retries] = name
+        requests[retries] = resp["ResponseMetadata"]["RequestId"]
 
     def attempts(name: str) -> int:
         found = s3.list_objects_v2(Bucket="emu-bucket", Prefix=name + "/")
@@ -305,6 +322,10 @@ def test_async_retries_follow_the_invoke_config(
     assert emulator.registry.wait_idle(120)
     # Exactly one first attempt plus MaximumRetryAttempts retries, never more.
     assert {r: attempts(n) for r, n in counts.items()} == {0: 1, 2: 3}
+    for retries, request_id in requests.items():
+        record = emulator.registry.invocation(request_id)
+        assert (record.status, record.attempts) == ("failed", retries + 1)
+        assert record.error is not None and record.error["errorMessage"] == "counted failure"
 
 
 def test_hundred_concurrent_events_each_run_once(
@@ -339,38 +360,55 @@ def test_concurrency_limit_refuses_sync_and_queues_events(
     try:
         client = boto3.client("lambda", endpoint_url=server.url,
                               config=Config(retries={"max_attempts": 1}), **CREDS)
-        name = make(client, Timeout=30)
+        name = make(client, Timeout=90)
+        gate = tmp_path / "gate"
         client.invoke(FunctionName=name, InvocationType="Event",
-                      Payload=json.dumps({"action": "sleep", "seconds": 3}).encode())
-        assert server.registry._active == 1
+                      Payload=json.dumps({"action": "wait", "gate": str(gate)}).encode())
+        assert server.registry._active == 1  # held until the gate opens
         with pytest.raises(client.exceptions.TooManyRequestsException) as info:
             client.invoke(FunctionName=name, Payload=b"{}")
         assert info.value.response["Reason"] == "ConcurrentInvocationLimitExceeded"
-        # An Event beyond the limit waits in the queue and runs afterwards.
-        client.invoke(FunctionName=name, InvocationType="Event", Payload=b"{}")
+        # Events beyond the limit wait in the queue, and run (once each) when the slot frees.
+        queued = [client.invoke(FunctionName=name, InvocationType="Event", Payload=b"{}")
+                  ["ResponseMetadata"]["RequestId"] for _ in range(3)]
+        assert [server.registry.invocation(r).status for r in queued] == ["queued"] * 3
+        gate.touch()
         assert server.registry.wait_idle(60)
+        assert [(server.registry.invocation(r).status, server.registry.invocation(r).attempts)
+                for r in queued] == [("succeeded", 1)] * 3
     finally:
         server.stop()
 
 
-def test_stopping_leaves_no_process_behind(s3_server: S3Server, tmp_path: Path) -> None:
-    server = ThreadedEmulatorServer(state_dir=tmp_path, s3_endpoint_url=s3_server.url)
+@pytest.mark.parametrize("fork_server", [True, False], ids=["fork-server", "spawn"])
+def test_stopping_leaves_no_process_behind(
+    s3_server: S3Server, tmp_path: Path, fork_server: bool
+) -> None:
+    before = set(descendants(os.getpid()))  # e.g. other emulators' fork servers
+    server = ThreadedEmulatorServer(state_dir=tmp_path, s3_endpoint_url=s3_server.endpoint_url,
+                                    fork_server=fork_server)
     server.start()
-    client = boto3.client("lambda", endpoint_url=server.url, **CREDS)
-    name = make(client, Timeout=60)
-    for _ in range(3):
-        client.invoke(FunctionName=name, InvocationType="Event",
-                      Payload=json.dumps({"action": "sleep", "seconds": 60}).encode())
-    assert wait_for(lambda: server.registry._active == 3)
-    assert wait_for(lambda: len(server.runner._running) == 3)
-    pids = list(server.runner._running.values())
-    forks = [s.proc.pid for s in server.runner._servers.values()]
-    # Beside the three running invocations, the fork server has forked idle spares.
-    assert wait_for(lambda: len(descendants(forks[0])) > 3)
-    spares = [p for fork in forks for p in descendants(fork) if p not in pids]
-    server.stop()
+    try:
+        client = boto3.client("lambda", endpoint_url=server.endpoint_url, **CREDS)
+        name = make(client, Timeout=60)
+        for _ in range(3):
+            client.invoke(FunctionName=name, InvocationType="Event",
+                          Payload=json.dumps({"action": "sleep", "seconds": 60}).encode())
+        assert wait_for(lambda: server.registry._active == 3)
+        assert wait_for(lambda: len(server.runner._running) == 3)
+        pids = list(server.runner._running.values())
+        forks = [s.proc.pid for s in server.runner._servers.values()]
+        assert len(forks) == (1 if fork_server else 0)
+        if fork_server:
+            # Beside the three running invocations, the fork server has forked idle spares.
+            assert wait_for(lambda: len(descendants(forks[0])) > 3)
+        spares = [p for fork in forks for p in descendants(fork) if p not in pids]
+    finally:
+        server.stop()
     for pid in pids + forks + spares:
         assert wait_for(partial(gone, pid), timeout=10), pid
+    # Nothing of this emulator's is left under us (processes of other fixtures may be).
+    assert wait_for(lambda: set(descendants(os.getpid())) <= before, timeout=10)
 
 
 def gone(pid: int) -> bool:
@@ -496,3 +534,93 @@ def test_pipelined_requests_on_one_keep_alive_connection(
             assert chunk, data
             data += chunk
     assert emulator.registry.wait_idle(60)
+
+
+def test_aws_cli_lists_functions(lam: Any, emulator: ThreadedEmulatorServer) -> None:
+    aws = shutil.which("aws")
+    if aws is None:
+        pytest.skip("the aws CLI is not installed")
+    name = make(lam)
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_DEFAULT_REGION="us-east-1", AWS_PAGER="")
+    done = subprocess.run(
+        [aws, "lambda", "list-functions", "--endpoint-url", emulator.endpoint_url,
+         "--output", "json"], capture_output=True, text=True, env=env, timeout=120,
+        check=False)
+    assert done.returncode == 0, done.stderr
+    assert name in [f["FunctionName"] for f in json.loads(done.stdout)["Functions"]]
+    missing = subprocess.run(
+        [aws, "lambda", "get-function", "--function-name", "nothing-here",
+         "--endpoint-url", emulator.endpoint_url], capture_output=True, text=True, env=env,
+        timeout=120, check=False)
+    assert missing.returncode != 0 and "ResourceNotFoundException" in missing.stderr
+
+
+PROBE = b'''
+import os, stat, sys, tempfile
+def handler(event, context):
+    if event.get("fail"):
+        raise KeyError("missing")
+    tmp = os.environ["TMPDIR"]
+    with tempfile.NamedTemporaryFile(dir=None) as f:
+        in_tmp = os.path.dirname(f.name) == tmp
+    print("probe", event)
+    return {
+        "event": event, "name": context.function_name, "version": context.function_version,
+        "memory": context.memory_limit_in_mb, "arn": context.invoked_function_arn,
+        "log_group": context.log_group_name, "cwd_is_root": os.getcwd() == os.environ["LAMBDA_TASK_ROOT"],
+        "path0_is_root": sys.path[0] == os.environ["LAMBDA_TASK_ROOT"],
+        "own_group": os.getpgid(0) == os.getpid(), "tmp_private": stat.S_IMODE(os.stat(tmp).st_mode) == 0o700,
+        "tempfile_in_tmpdir": in_tmp, "stdin_empty": sys.stdin.read() == "",
+        "env": {k: v for k, v in os.environ.items() if k != "TMPDIR"},
+    }
+'''
+
+
+def test_fork_server_and_plain_spawn_give_identical_results(tmp_path: Path) -> None:
+    from emulator.runner import Code, Runner
+
+    code_dir = tmp_path / "code"
+    code_dir.mkdir()
+    (code_dir / "probe.py").write_bytes(PROBE)
+    code = Code(name="probe", version="$LATEST",
+                arn="arn:aws:lambda:us-east-1:123456789012:function:probe",
+                code_dir=str(code_dir), handler="probe.handler", memory=512, timeout=30.0,
+                environment={"GREETING": "hi"}, sha="x")
+    outcomes = {}
+    for fork in (True, False):
+        runner = Runner(tmp_path / f"state-{fork}", "http://127.0.0.1:9", fork_server=fork,
+                        spares=1)
+        try:
+            ok = runner.run(code, b'{"n": 1}', f"req-ok-{fork}")
+            bad = runner.run(code, b'{"fail": true}', f"req-bad-{fork}")
+        finally:
+            runner.close()
+        assert ok.ok, ok.error
+        assert "probe {'n': 1}" in Path(ok.log_path).read_text()
+        assert bad.error is not None
+        outcomes[fork] = (ok.payload, bad.ok, bad.error["errorType"], bad.error["errorMessage"])
+    assert outcomes[True] == outcomes[False]
+    payload = outcomes[True][0]
+    assert all(payload[k] for k in ("cwd_is_root", "path0_is_root", "own_group",
+                                    "tmp_private", "tempfile_in_tmpdir", "stdin_empty"))
+    assert payload["env"]["GREETING"] == "hi"
+    assert payload["env"]["AWS_ENDPOINT_URL_S3"] == "http://127.0.0.1:9"
+    assert payload["env"]["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == "512"
+    assert outcomes[True][1:] == (False, "KeyError", "'missing'")
+
+
+def test_command_line_forms() -> None:
+    import argparse
+
+    from emulator.cli import add_arguments
+
+    parser = argparse.ArgumentParser(prog="mu emulator")
+    add_arguments(parser)
+    serve = parser.parse_args(["--port", "0", "--no-fork-server"])
+    assert serve.action in (None, "serve") and serve.no_fork_server
+    explicit = parser.parse_args(["--state-dir", "/s", "serve", "--concurrency", "5"])
+    assert (explicit.action, explicit.state_dir, explicit.concurrency) == ("serve", "/s", 5)
+    logs = parser.parse_args(["logs", "f", "r", "--state-dir", "/s"])
+    assert (logs.action, logs.function, logs.request_id, logs.state_dir) == ("logs", "f", "r", "/s")
+    assert parser.parse_args(["logs", "f"]).request_id is None
