@@ -297,14 +297,13 @@ def test_bad_peers_after_hello_fail_only_their_actor(
 
 def test_plain_tcp_to_the_tls_port(keys: KeySet) -> None:
     def plain(addr: tuple[str, int], token: str) -> None:
-        with socket.create_connection(addr, timeout=30) as sock:
+        # The coordinator may drop us at any point of this (the TLS handshake failed): a
+        # reset or "not connected" here is the expected outcome, not a test error.
+        with socket.create_connection(addr, timeout=30) as sock, contextlib.suppress(OSError):
             sock.sendall(encode_text(f"OK:HELLO:{token}"))
             sock.shutdown(socket.SHUT_WR)
-            try:
-                while sock.recv(4096):
-                    pass
-            except ConnectionResetError:
-                pass  # the coordinator drops us without reading: expected
+            while sock.recv(4096):
+                pass
 
     result = bad_peer_test(keys, plain)
     assert result.rejected == 1 and "TLS" in result.rejections[0]
