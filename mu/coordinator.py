@@ -58,6 +58,11 @@ __all__ = ["ActorResult", "Coordinator", "RunResult", "Statistics"]
 log = logging.getLogger(__name__)
 
 _STATUS_EVERY = 0.25  # seconds between status callbacks
+# TLS handshakes in progress at once. A handshake holds full-size record buffers until it
+# ends, so thousands at once cost tens of MiB; the rest wait, unaccepted, in the kernel's
+# listen backlog, which costs us nothing. The handshakes are CPU-bound on our side, so a
+# few dozen in flight keep the loop busy.
+_MAX_HANDSHAKES = 32
 
 
 @dataclass(frozen=True)
@@ -235,6 +240,8 @@ class Coordinator:
         self.token = secrets.token_urlsafe(24)
         self._ctx: SSL.Context | None = server_context(keys) if keys and run_config.tls else None
         self._listener: socket.socket | None = None
+        self._handshaking = 0  # TLS connections whose handshake has not ended
+        self._accept_paused = False  # the listener is out of the selector (see _MAX_HANDSHAKES)
         self._bound: tuple[str, int] | None = None
         self._sel = selectors.DefaultSelector()
         self._wake_r: socket.socket | None = None
@@ -475,6 +482,10 @@ class Coordinator:
     def _accept(self) -> None:
         assert self._listener is not None
         while True:
+            if self._handshaking >= _MAX_HANDSHAKES:
+                self._sel.unregister(self._listener)
+                self._accept_paused = True
+                return
             try:
                 sock, addr = self._listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -498,8 +509,16 @@ class Coordinator:
             if conn.tls_done:
                 self._at(self.config.hello_timeout, cid, "hello")
             else:
+                self._handshaking += 1
                 self._at(self.config.handshake_timeout, cid, "handshake")
                 self._handshake(conn)
+
+    def _handshake_ended(self) -> None:
+        self._handshaking -= 1
+        if self._accept_paused and self._handshaking < _MAX_HANDSHAKES:
+            assert self._listener is not None
+            self._sel.register(self._listener, selectors.EVENT_READ, None)
+            self._accept_paused = False
 
     def _handshake(self, conn: _Conn) -> None:
         try:
@@ -513,6 +532,7 @@ class Coordinator:
             self._sel.modify(conn.pipe.sock, selectors.EVENT_READ, conn)
         if done:
             conn.tls_done = True
+            self._handshake_ended()
             self._at(self.config.hello_timeout, conn.id, "hello")
             self._read(conn)  # the hello may have come with the last handshake flight
 
@@ -659,6 +679,8 @@ class Coordinator:
             return
         if rejected is not None:
             self._reject_count(f"{conn.peer}: {rejected}")
+        if not conn.tls_done:
+            self._handshake_ended()
         number = conn.actor.actorNum
         if number is not None and self._running.get(number) is conn:
             # Ended without an event (should not happen): record it rather than lose it.

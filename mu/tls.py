@@ -240,6 +240,7 @@ def server_context(keys: KeySet) -> SSL.Context:
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_TICKET)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     # Partial writes for non-blocking sends; idle connections give their buffers back,
     # which is most of a connection's memory when thousands wait on slow workers.
     ctx.set_mode(
