@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mu.errors import ConfigError
+from mu.faults import FaultSpec
 from mu.protocol import DEFAULT_MAX_FRAME
 
 __all__ = ["DEFAULT_PORT", "RunConfig"]
@@ -42,6 +43,7 @@ class RunConfig:
             (launched for it) before the actor counts as failed (``--retries``).
         arrival_timeout: seconds after a launch within which its workers must connect;
             actors still waiting then fail instead of waiting forever.
+        faults: rehearsal faults to inject (``--faults``), or None for none.
     """
 
     num_actors: int = 1
@@ -60,6 +62,7 @@ class RunConfig:
     tls: bool = True
     retries: int = 2
     arrival_timeout: float = 300.0
+    faults: FaultSpec | None = None
 
     def __post_init__(self) -> None:
         def positive(name: str, minimum: float = 1) -> None:

@@ -49,7 +49,7 @@ from mu.config import RunConfig
 from mu.errors import LaunchError, TransportError
 from mu.launch import Launcher, LaunchReport, LaunchSpec, WorkerPayload
 from mu.net import Pipe
-from mu.protocol import NEED_DATA
+from mu.protocol import NEED_DATA, encode_text
 from mu.states import MachineState
 from mu.tls import KeySet, server_context
 
@@ -79,10 +79,11 @@ class ActorResult:
     timestamps: tuple[tuple[float, str], ...]
     attempt: int = 0
     peer: str = ""
+    fault: str | None = None  # the rehearsal fault planned for this attempt
 
     def to_record(self) -> dict[str, Any]:
         """The run-record line (``-O``) for this attempt."""
-        return {
+        record = {
             "actor": self.actor,
             "attempt": self.attempt,
             "state": self.state,
@@ -90,6 +91,9 @@ class ActorResult:
             "error": self.error,
             "timestamps": [[round(t, 6), name] for t, name in self.timestamps],
         }
+        if self.fault:
+            record["fault"] = self.fault
+        return record
 
 
 @dataclass
@@ -170,6 +174,7 @@ class _Conn:
         "actor",
         "closing",
         "counted_out",
+        "fault",
         "id",
         "out",
         "peer",
@@ -188,6 +193,7 @@ class _Conn:
         self.closing = False
         self.started_at = 0.0
         self.counted_out = 0
+        self.fault: str | None = None
 
 
 class Coordinator:
@@ -314,6 +320,8 @@ class Coordinator:
         host, port = self.address
         keys = self.keys if self.config.tls else None
         fields = dict(self.payload_fields)
+        if self.config.faults is not None and self.config.faults.for_workers:
+            fields["faults"] = 1  # lets the workers accept the fault: command
         known = {k: fields.pop(k) for k in list(fields) if k in WorkerPayload.__dataclass_fields__}
         return WorkerPayload(
             addr=self.host_addr or host,
@@ -594,11 +602,18 @@ class Coordinator:
             conn.closing = True
             return
         number = self._queue.popleft()
-        self._attempts[number] = self._attempts.get(number, 0) + 1
+        attempt = self._attempts.get(number, 0)
+        self._attempts[number] = attempt + 1
         self._running[number] = conn
         conn.started_at = self.clock()
         if self.config.worker_deadline:
             self._at(self.config.worker_deadline, conn.id, "worker")
+        faults = self.config.faults
+        if faults is not None and faults.for_workers:
+            fault = faults.plan(number, attempt)
+            conn.out += encode_text(fault.command())  # before the job's first command
+            if fault.kind or fault.s3_error:
+                conn.fault = str(fault)
         before = actor.messages_in
         actor.start(number, self.first_state, self.job_config)
         self._messages_in += actor.messages_in - before
@@ -613,7 +628,8 @@ class Coordinator:
         stamps = tuple((t - self._t0, name) for t, name in (state.timestamps if state else ()))
         attempt = self._attempts.get(number, 1) - 1
         self._results.append(ActorResult(
-            number, ok, state.name if state else "?", error, stamps, attempt, conn.peer
+            number, ok, state.name if state else "?", error, stamps, attempt, conn.peer,
+            conn.fault,
         ))
         if ok:
             self._pending.discard(number)

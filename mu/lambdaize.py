@@ -89,7 +89,9 @@ LOCAL_ROLE = "arn:aws:iam::000000000000:role/mu-local"
 """Role given to functions on a local endpoint when none is set (the emulator ignores it)."""
 
 # The pure core that the worker runtime imports (STYLE §1, L0), shipped with mu/worker/.
-CORE_MODULES = ("errors", "protocol", "launch", "states", "actor", "config")
+CORE_MODULES = (
+    "errors", "protocol", "launch", "states", "actor", "config", "faults", "integrity",
+)
 
 # ELF e_machine -> Lambda architecture.
 MACHINES = {"EM_X86_64": "x86_64", "EM_AARCH64": "arm64"}

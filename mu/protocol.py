@@ -281,6 +281,7 @@ EXPECT: Final[dict[str, str | None]] = {
     "connect": "OK:CONNECT",
     "close_connect": "OK:CLOSE_CONNECT",
     "quit": None,
+    "fault": None,
 }
 """Command name -> prefix of the response that completes it (``None``: no response).
 

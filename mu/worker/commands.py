@@ -19,6 +19,8 @@ the worker's ``send`` function. The table and its exact responses::
     connect:h:p:first    OK:CONNECT(h:p)
     close_connect:       OK:CLOSE_CONNECT
     quit:                (no response; the session closes)
+    fault:plan           (no response) arms a rehearsal fault, only in a run with faults
+                         (payload ``faults``: 1); see :mod:`mu.faults`
     anything else        FAIL(no such command 'name')
 
 While a peer link is open, frames from the peer arrive as ``INFO:peer:<text>`` and its end
@@ -58,6 +60,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from mu.faults import Fault
 from mu.worker.jobs import JobSet
 from mu.worker.s3 import S3, TransferError
 
@@ -132,6 +135,16 @@ class Worker:
     run_blocking: Callable[[str, Callable[[], str]], None] | None = None
     peer: Any = None
     commands_served: int = 0
+    faults_allowed: bool = False
+    fault: Fault | None = None
+    fault_due: int = 0  # the value of commands_served at which fault.kind fires
+
+    def fault_fires(self) -> str:
+        """The armed fault (``crash``/``hang``/``drop``) if the next command is its moment."""
+        fault = self.fault
+        if fault is None or not fault.kind or self.commands_served + 1 < self.fault_due:
+            return ""
+        return fault.kind
 
     def flag(self, name: str) -> bool:
         """Whether value ``name`` is a non-zero integer (``"1"`` counts as 1)."""
@@ -380,6 +393,19 @@ def _quit(worker: Worker, args: str) -> Reply:
     return Reply(quit=True)
 
 
+def _fault(worker: Worker, args: str) -> Reply:
+    if not worker.faults_allowed:
+        raise CommandError("no such command 'fault' (this run injects no faults)")
+    try:
+        fault = Fault.from_args(args)
+    except ValueError as exc:
+        raise CommandError(f"fault: {exc}") from None
+    worker.fault = fault
+    worker.fault_due = worker.commands_served + fault.after
+    worker.s3.inject_errors(fault.s3_error, fault.seed)
+    return Reply()
+
+
 Handler = Callable[[Worker, str], Reply]
 
 COMMANDS: Final[dict[str, Handler]] = {
@@ -395,6 +421,7 @@ COMMANDS: Final[dict[str, Handler]] = {
     "connect": _connect,
     "close_connect": _close_connect,
     "quit": _quit,
+    "fault": _fault,
 }
 """Command name -> handler. A name not here answers ``FAIL(no such command 'name')``."""
 

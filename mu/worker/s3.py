@@ -9,7 +9,17 @@ moto server through that environment; nothing here knows about it.
 
 Downloads stream ``get_object`` into the file and uploads use ``put_object`` with the open
 file, so a missing key or bucket fails with S3's own error code (``NoSuchKey``,
-``NoSuchBucket``) rather than a bare HTTP status. Every failure becomes
+``NoSuchBucket``) rather than a bare HTTP status.
+
+Integrity (:mod:`mu.integrity`): an upload sends a SHA-256 that S3 verifies on receipt and
+records the worker's own digest and size of the file in the object's metadata; the digest S3
+reports back must equal the worker's. A download asks for the stored checksum, which botocore
+checks against the streamed body, and checks the file written against the recorded digest
+when there is one. A mismatch fails the transfer, naming the object.
+
+Rehearsal faults (:meth:`S3.inject_errors`): each S3 call may be answered, before it leaves,
+by a made-up 503 ``SlowDown``, which the client's own retries then handle as they would a real
+one. Every failure becomes
 :class:`TransferError`, whose text names the operation, ``s3://bucket/key``, the S3 error code
 and its message; the command layer turns it into ``FAIL(...)`` and keeps serving.
 """
@@ -17,10 +27,13 @@ and its message; the command layer turns it into ``FAIL(...)`` and keeps serving
 from __future__ import annotations
 
 import os
+import random
 import threading
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+
+from mu.integrity import SHA256_KEY, file_digest, metadata
 
 __all__ = ["S3", "TransferError"]
 
@@ -42,6 +55,27 @@ class S3:
         self.region = region
         self._client: Any = None
         self._lock = threading.Lock()
+        self._error_rate = 0.0
+        self._rng = random.Random(0)
+        self.injected = 0  # rehearsal S3 errors injected so far
+
+    def inject_errors(self, rate: float, seed: int) -> None:
+        """Answer each later S3 call with 503 SlowDown with probability ``rate`` (rehearsals)."""
+        with self._lock:
+            self._error_rate = rate
+            self._rng = random.Random(seed)
+
+    def _maybe_fail(self, request: Any = None, **_: Any) -> Any:
+        """botocore ``before-send`` hook: a made-up SlowDown instead of sending, sometimes."""
+        with self._lock:
+            if not self._error_rate or self._rng.random() >= self._error_rate:
+                return None
+            self.injected += 1
+        from botocore.awsrequest import AWSResponse
+
+        body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
+                b"<Message>Please reduce your request rate (injected fault).</Message></Error>")
+        return AWSResponse(request.url if request else "", 503, {}, _Body(body))
 
     def client(self) -> Any:
         """The boto3 S3 client (made on the first call; safe from several threads).
@@ -55,6 +89,7 @@ class S3:
                     import boto3
 
                     self._client = boto3.client("s3", region_name=self.region or None)
+                    self._client.meta.events.register("before-send.s3", self._maybe_fail)
                 except Exception as exc:  # boto3 raises several unrelated types here
                     raise TransferError(
                         f"cannot make an S3 client for region {self.region!r}: "
@@ -71,7 +106,7 @@ class S3:
         where = f"retrieve s3://{bucket}/{key}"
         client = self.client()
         try:
-            response = client.get_object(Bucket=bucket, Key=key)
+            response = client.get_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         except (ClientError, BotoCoreError) as exc:
             raise TransferError(f"{where}: {_describe(exc)}") from exc
         body = response["Body"]
@@ -81,10 +116,21 @@ class S3:
                     out.write(chunk)
         except OSError as exc:
             raise TransferError(f"{where}: cannot write {path}: {exc.strerror or exc}") from exc
-        except BotoCoreError as exc:
+        except BotoCoreError as exc:  # FlexibleChecksumError: the body is not what S3 holds
             raise TransferError(f"{where}: {_describe(exc)}") from exc
         finally:
             body.close()
+        recorded = (response.get("Metadata") or {}).get(SHA256_KEY)
+        if recorded:
+            try:
+                digest, _size = file_digest(path)
+            except OSError as exc:
+                raise TransferError(f"{where}: cannot read back {path}: {exc}") from exc
+            if digest != recorded:
+                raise TransferError(
+                    f"{where}: checksum mismatch: the object's recorded SHA-256 is {recorded}, "
+                    f"the bytes received hash to {digest}"
+                )
 
     def upload(self, path: str, bucket: str, key: str) -> None:
         """Store the file ``path`` as ``s3://bucket/key``.
@@ -98,14 +144,39 @@ class S3:
         except OSError as exc:
             raise TransferError(f"{where}: cannot read {path}: {exc.strerror or exc}") from exc
         try:
-            size = os.fstat(handle.fileno()).st_size
-            self.client().put_object(Bucket=bucket, Key=key, Body=handle, ContentLength=size)
+            digest, size = file_digest(path)
+            if os.fstat(handle.fileno()).st_size != size:
+                raise TransferError(f"{where}: {path} changed while it was being read")
+            response = self.client().put_object(
+                Bucket=bucket, Key=key, Body=handle, ContentLength=size,
+                ChecksumAlgorithm="SHA256", Metadata=metadata(digest, size),
+            )
         except (ClientError, BotoCoreError) as exc:
             raise TransferError(f"{where}: {_describe(exc)}") from exc
         except OSError as exc:
             raise TransferError(f"{where}: cannot read {path}: {exc.strerror or exc}") from exc
         finally:
             handle.close()
+        stored = response.get("ChecksumSHA256")
+        if stored and stored != digest:
+            raise TransferError(
+                f"{where}: checksum mismatch: S3 stored SHA-256 {stored}, the file hashes to "
+                f"{digest}"
+            )
+
+
+class _Body:
+    """The raw body of a made-up response (what botocore reads from urllib3)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def stream(self, *_: Any, **__: Any) -> Any:
+        yield self._data
+
+    def read(self, *_: Any, **__: Any) -> bytes:
+        data, self._data = self._data, b""
+        return data
 
 
 def _describe(exc: Exception) -> str:

@@ -36,8 +36,10 @@ process groups and joins the threads), the peer link and socket are closed, and 
 directory is removed. The return value is a JSON-able summary dict:
 
 ``mode``, ``exit`` (``quit``, ``disconnected``, ``idle_timeout``, ``lambda_deadline``,
-``protocol_error``, ``tls_error``, ``connect_error``, ``bad_event``, ``internal_error`` (a
-bug, logged with its traceback) or, in mode 0, ``done``),
+``protocol_error``, ``tls_error``, ``connect_error``, ``bad_event``, ``fault`` (a rehearsal
+``hang`` or ``drop`` was injected, see :mod:`mu.faults`; an injected ``crash`` ends the
+process instead), ``internal_error`` (a bug, logged with its traceback) or, in mode 0,
+``done``),
 ``reason`` (human text), ``commands`` (commands served), ``errors`` (FAIL responses sent),
 ``last_error``, ``jobs`` (transfers and commands run off the session thread, blocking or
 not), ``tmpdir`` (the removed directory);
@@ -255,6 +257,7 @@ class Session:
             s3=S3(str(event.get("region") or "")),
             connect_peer=self._connect_peer,
             run_blocking=self._run_blocking,
+            faults_allowed=bool(_int(event, "faults", 0)),
         )
         self._busy = threading.Event()
 
@@ -371,6 +374,9 @@ class Session:
             if frame is CLOSED:
                 return "disconnected", "the coordinator closed the connection"
             if isinstance(frame, bytes):
+                fault = self.worker.fault_fires()
+                if fault:
+                    return self._inject(fault, sock)
                 if dispatch(self.worker, decode_text(frame)):
                     try:
                         self._flush(sock)
@@ -404,6 +410,30 @@ class Session:
             except OSError as exc:
                 return "disconnected", f"coordinator connection lost: {exc}"
             decoder.receive_data(data)
+
+    def _inject(self, fault: str, sock: socket.socket) -> tuple[str, str]:
+        """Carry out an armed rehearsal fault instead of the next command."""
+        log.warning("injecting fault %r after %d commands", fault, self.worker.commands_served)
+        if fault == "crash":
+            logging.shutdown()
+            os._exit(70)  # as a runtime crash would: no cleanup, no summary
+        if fault == "drop":
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            return "fault", "injected fault: dropped the connection"
+        # hang: answer nothing more, but notice the coordinator giving up (or the deadline).
+        while (wait := self.hard_deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([sock], [], [], None if wait == float("inf") else wait)
+            if not readable:
+                continue
+            try:
+                if not sock.recv(65536):
+                    break
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                continue
+            except OSError:
+                break
+        return "fault", "injected fault: hung until the coordinator gave up"
 
     def _eof_while_busy(self, decoder: FrameDecoder) -> tuple[str, str]:
         """The coordinator closed while a blocking job ran; nothing more can be answered.

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from mu.lambdaize import CORE_MODULES
 from mu.protocol import encode_text
 from mu.tls import KeySet, generate_keys
 from mu.worker import session
@@ -473,10 +474,8 @@ def test_isolated_import_stdlib_boto3_and_core_only(tmp_path: Path) -> None:
     """The handler imports with only the shipped files and boto3 on sys.path."""
     shutil.copy(ROOT / "function" / "lambda_function.py", tmp_path / "lambda_function.py")
     (tmp_path / "mu" / "worker").mkdir(parents=True)
-    for name in ("__init__", "errors", "protocol", "states", "actor", "launch", "config"):
-        source = ROOT / "mu" / f"{name}.py"
-        if source.exists():
-            shutil.copy(source, tmp_path / "mu" / f"{name}.py")
+    for name in ("__init__", *CORE_MODULES):  # what the bundle carries
+        shutil.copy(ROOT / "mu" / f"{name}.py", tmp_path / "mu" / f"{name}.py")
     for source in (ROOT / "mu" / "worker").glob("*.py"):
         shutil.copy(source, tmp_path / "mu" / "worker" / source.name)
     (tmp_path / "mu_command.json").write_text(json.dumps({"command": "echo isolated"}))

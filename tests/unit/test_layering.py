@@ -28,7 +28,9 @@ L0 = {
     "mu.states": {"mu.errors", "mu.protocol"},
     "mu.actor": {"mu.errors", "mu.protocol", "mu.states"},
     "mu.launch": {"mu.errors", "mu.protocol"},
-    "mu.config": {"mu.errors", "mu.protocol", "mu.launch"},
+    "mu.config": {"mu.errors", "mu.protocol", "mu.launch", "mu.faults"},
+    "mu.faults": {"mu.errors"},
+    "mu.integrity": set(),
 }
 PURE_NUMERIC = {"mu.y4m"}  # reference implementation: stdlib + numpy, nothing of ours
 
