@@ -49,6 +49,9 @@ class LocalLauncher:
         region: default region of the boto3 session.
         connections: keep-alive connections for launches (see ``LambdaLauncher``).
         pipeline: requests in flight per connection.
+        duplicate_rate: rehearsals: the probability that the started emulator delivers an
+            Event invocation twice (``--faults duplicate=``).
+        duplicate_seed: seeds those draws.
 
     Attributes:
         endpoint_url: the emulator's Lambda API, ``http://127.0.0.1:PORT``.
@@ -71,7 +74,10 @@ class LocalLauncher:
         region: str = "us-east-1",
         connections: int = 16,
         pipeline: int = 1,
+        duplicate_rate: float = 0.0,
+        duplicate_seed: int = 0,
     ) -> None:
+        self._duplicate = (duplicate_rate, duplicate_seed)
         self._started: list[Any] = []  # servers we own, in start order
         self._state_dir: str | None = None
         self.s3_endpoint_url = s3_endpoint_url
@@ -107,7 +113,8 @@ class LocalLauncher:
             # removed on close (``mu emulator`` is the one with a lasting state dir).
             self._state_dir = tempfile.mkdtemp(prefix="mu-emulator-")
             server = ThreadedEmulatorServer(
-                state_dir=self._state_dir, s3_endpoint_url=self.s3_endpoint_url
+                state_dir=self._state_dir, s3_endpoint_url=self.s3_endpoint_url,
+                duplicate_rate=self._duplicate[0], duplicate_seed=self._duplicate[1],
             )
             server.start()
             self._started.append(server)
@@ -144,6 +151,11 @@ class LocalLauncher:
     def launch(self, spec: LaunchSpec) -> LaunchReport:
         """Invoke through the emulator with the AWS launch path (``LambdaLauncher.launch``)."""
         return self._lambda.launch(spec)
+
+    @property
+    def duplicated(self) -> int:
+        """Event invocations the emulator started here delivered twice (rehearsal faults)."""
+        return sum(getattr(getattr(s, "registry", None), "duplicated", 0) for s in self._started)
 
     @property
     def last_stats(self) -> dict[str, int]:

@@ -27,6 +27,7 @@ import functools
 import hashlib
 import io
 import json
+import random
 import re
 import shutil
 import threading
@@ -151,14 +152,22 @@ class FunctionRegistry:
         runner: the execution engine.
         region: the region in ARNs and the invocation environment.
         concurrency_limit: invocations running at once.
+        duplicate_rate: rehearsals only: the probability that an accepted Event is delivered
+            twice, as AWS may do; 0 never.
+        duplicate_seed: seeds those draws, so the same invocations are duplicated each run.
     """
 
     def __init__(
         self, state_dir: Path, runner: Runner, region: str = "us-east-1",
-        concurrency_limit: int = 1000,
+        concurrency_limit: int = 1000, duplicate_rate: float = 0.0, duplicate_seed: int = 0,
     ) -> None:
         if concurrency_limit < 1:
             raise ValueError(f"concurrency limit must be >= 1, got {concurrency_limit}")
+        if not 0.0 <= duplicate_rate <= 1.0:
+            raise ValueError(f"duplicate rate must be in [0, 1], got {duplicate_rate}")
+        self.duplicate_rate = duplicate_rate
+        self._duplicate_rng = random.Random(duplicate_seed)
+        self.duplicated = 0  # Event invocations delivered twice so far
         self.state_dir = state_dir
         self.runner = runner
         self.region = region
@@ -381,6 +390,15 @@ class FunctionRegistry:
                 if self._closed:
                     raise EmulatorError(503, "ServiceException", "the emulator is stopping")
                 self._record(Invocation(request_id, fn.FunctionName, kind))
+                if self.duplicate_rate and self._duplicate_rng.random() < self.duplicate_rate:
+                    # A second delivery, queued. AWS would repeat the request id; here the
+                    # two run at once and a run's files are named by it, so the copy gets
+                    # its own.
+                    self.duplicated += 1
+                    copy_id = str(uuid.uuid4())
+                    self._record(Invocation(copy_id, fn.FunctionName, kind))
+                    self._queue.append((fn.FunctionName, payload, copy_id, 0))
+                    self._dispatch()
                 if self._queue or self._active >= self.concurrency_limit:
                     self._queue.append((fn.FunctionName, payload, request_id, 0))
                     self._dispatch()

@@ -81,6 +81,8 @@ class ThreadedEmulatorServer:
         fork_server: start invocations through fork servers (False: plain spawn).
         region: the region in ARNs and in the invocation environment.
         port: 0 picks a free port.
+        duplicate_rate: rehearsals: the probability that an Event is delivered twice.
+        duplicate_seed: seeds those draws.
     """
 
     def __init__(
@@ -91,11 +93,15 @@ class ThreadedEmulatorServer:
         fork_server: bool = True,
         region: str = "us-east-1",
         port: int = 0,
+        duplicate_rate: float = 0.0,
+        duplicate_seed: int = 0,
     ) -> None:
         self.state_dir = Path(state_dir) if state_dir else DEFAULT_STATE_DIR
         self.s3_endpoint_url = s3_endpoint_url
         self.runner = Runner(self.state_dir, s3_endpoint_url, region, fork_server)
-        self.registry = FunctionRegistry(self.state_dir, self.runner, region, concurrency_limit)
+        self.registry = FunctionRegistry(
+            self.state_dir, self.runner, region, concurrency_limit, duplicate_rate, duplicate_seed
+        )
         self._port = port
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None

@@ -276,11 +276,14 @@ def _backend_for_run(args: argparse.Namespace) -> tuple[Any, Any, str, Callable[
         return boto3.session.Session().get_credentials() is not None
 
     if args.backend == "local":
+        faults = args.faults
         launcher = get_backend(
             "local",
             endpoint_url=args.endpoint_url,
             s3_endpoint_url=args.s3_endpoint_url,
             region=region,
+            duplicate_rate=faults.duplicate if faults else 0.0,
+            duplicate_seed=faults.seed if faults else 0,
         )
         s3 = boto3.client(
             "s3",

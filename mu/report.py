@@ -69,7 +69,8 @@ class LiveStatus:
 
 
 def final_report(result: RunResult, stream: TextIO) -> None:
-    """Print every failed actor (number, state, reason) and the counts."""
+    """Print every failed actor (number, state, reason), every failed attempt that was
+    retried, every rehearsal fault injected and what it led to, and the counts."""
     for failed in sorted(result.failed, key=lambda a: a.actor):
         where = failed.state
         print(f"mu: actor {failed.actor} failed in {where}: {failed.error}", file=stream)
@@ -80,6 +81,11 @@ def final_report(result: RunResult, stream: TextIO) -> None:
         if not attempt.ok and id(attempt) not in final:
             print(f"mu: actor {attempt.actor} attempt {attempt.attempt + 1} failed in "
                   f"{attempt.state}: {attempt.error} (retried)", file=stream)
+    for attempt in result.actors:
+        if attempt.fault:
+            outcome = "finished" if attempt.ok else f"failed in {attempt.state}: {attempt.error}"
+            print(f"mu: fault: actor {attempt.actor} attempt {attempt.attempt + 1} got "
+                  f"[{attempt.fault}] and {outcome}", file=stream)
     launched = f", launched {result.launch.accepted}" if result.launch else ""
     retried = f", {result.retried} retried" if result.retried else ""
     print(

@@ -18,6 +18,8 @@ from typing import TextIO
 from mu.config import DEFAULT_PORT, RunConfig
 from mu.coordinator import Coordinator, RunResult
 from mu.errors import ConfigError
+from mu.faults import FaultSpec
+from mu.faults import parse as parse_faults
 from mu.tls import KeySet
 
 __all__ = ["add_run_arguments", "execute", "keys_from_args", "parse_actors", "run_config_from_args"]
@@ -35,6 +37,13 @@ def parse_actors(text: str) -> list[int]:
             raise argparse.ArgumentTypeError(f"{part!r} is not an actor number or range a-b")
         actors.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
     return actors
+
+
+def _faults(text: str) -> FaultSpec:
+    try:
+        return parse_faults(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +85,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--arrival-timeout", type=float, default=300.0, metavar="SECONDS",
         help="fail actors whose launched workers have not connected this long after the "
         "launch (300)",
+    )
+    g.add_argument(
+        "--resume", action="store_true",
+        help="skip actors whose output already exists complete (size and SHA-256 as "
+        "recorded at upload); run only the rest",
+    )
+    g.add_argument(
+        "--faults", type=_faults, metavar="SPEC",
+        help="rehearsals: inject faults, e.g. crash=0.1,hang=0.02,drop=0.05,s3-error=0.02,"
+        "duplicate=0.05,seed=7 (a hang needs -m to end it; duplicate: local backend only)",
     )
     g.add_argument(
         "-N", "--actors", type=parse_actors, metavar="A,B,C", help="run exactly these actor numbers"
@@ -144,6 +163,7 @@ def run_config_from_args(args: argparse.Namespace, num_actors: int, offset: int)
         tls=not args.no_tls,
         retries=args.retries,
         arrival_timeout=args.arrival_timeout,
+        faults=getattr(args, "faults", None),
     )
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mu.errors import ConfigError
+from mu.integrity import complete, file_digest, metadata
 from mu.states import CommandListState, ForLoopState, MachineState, TerminalState
 
 __all__ = [
@@ -174,8 +175,37 @@ def upload_inputs(s3: Any, cfg: Png2Y4MConfig, directory: str, create_bucket: bo
             raise ConfigError(f"bucket {cfg.bucket!r} does not exist")
         s3.create_bucket(Bucket=cfg.bucket)
     for number, path in enumerate(pngs, 1):
-        s3.upload_file(str(path), cfg.bucket, cfg.input_key(number))
+        # A SHA-256 that S3 verifies, and the digest the workers check after downloading.
+        extra = {"ChecksumAlgorithm": "SHA256", "Metadata": metadata(*file_digest(str(path)))}
+        s3.upload_file(str(path), cfg.bucket, cfg.input_key(number), ExtraArgs=extra)
     return len(pngs)
+
+
+def finished_chunks(s3: Any, cfg: Png2Y4MConfig, chunks: list[int]) -> list[int]:
+    """The chunks whose output object exists and is complete (:func:`mu.integrity.complete`).
+
+    One listing finds the outputs that exist; only those are looked at more closely.
+    """
+    from botocore.exceptions import ClientError
+
+    if not bucket_exists(s3, cfg.bucket):
+        return []
+    present: set[str] = set()
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=cfg.bucket, Prefix=cfg.output_prefix):
+        present.update(obj["Key"] for obj in page.get("Contents", []))
+    finished = []
+    for chunk in chunks:
+        key = cfg.output_key(chunk)
+        if key not in present:
+            continue
+        try:
+            head = s3.head_object(Bucket=cfg.bucket, Key=key, ChecksumMode="ENABLED")
+        except ClientError:
+            continue  # gone since the listing
+        if complete(head):
+            finished.append(chunk)
+    return finished
 
 
 def bucket_exists(s3: Any, bucket: str) -> bool:

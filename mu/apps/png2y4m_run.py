@@ -10,18 +10,21 @@ same for every backend:
    register it with the emulator (unchanged bundles are recognised by their CodeSha256),
    and create the bucket if it is missing.
 2. **Inputs**: ``--input-dir`` uploads local PNGs as frames 1, 2, ... of the input prefix.
-3. **Preflight**: every problem that can be seen before launching is collected and reported
+3. **Resume** (``--resume``): chunks whose output already exists complete (size and SHA-256
+   as recorded at upload, :mod:`mu.integrity`) are left alone; only the rest run.
+4. **Preflight**: every problem that can be seen before launching is collected and reported
    at once (keys unreadable, bucket or frames missing, function not deployed, no AWS
    credentials); any problem means exit status 2 and nothing launched.
-4. **Run**: the coordinator launches the workers and drives each through the job's states,
+5. **Run**: the coordinator launches the workers and drives each through the job's states,
    writing the run record (``-O``) and showing live progress.
-5. **Outputs**: ``--output-dir`` downloads every chunk that was produced. Finished outputs
+6. **Outputs**: ``--output-dir`` downloads every chunk that was produced. Finished outputs
    stay in S3 whatever happened to the other chunks.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -35,6 +38,7 @@ from mu.apps.png2y4m import (
     Png2Y4MConfig,
     bucket_exists,
     download_outputs,
+    finished_chunks,
     preflight_inputs,
     upload_inputs,
 )
@@ -223,7 +227,17 @@ def run(
     if args.input_dir:
         count = upload_inputs(s3, cfg, args.input_dir, create_bucket=args.backend == "local")
         print(f"uploaded {count} frames to s3://{cfg.bucket}/{cfg.input_prefix}", file=out)
-    problems, keys = preflight(args, launcher, s3, cfg, chunks, credentials_ok)
+    todo = chunks
+    if args.resume:
+        finished = set(finished_chunks(s3, cfg, chunks))
+        todo = [c for c in chunks if c not in finished]
+        print(f"--resume: {len(finished)} of {len(chunks)} chunks are already complete; "
+              f"{len(todo)} to run", file=out)
+        if not todo:
+            done = download_outputs(s3, cfg, chunks, args.output_dir) if args.output_dir else []
+            return Outcome(0, outputs=done)
+        run_config = dataclasses.replace(run_config, actors=todo)
+    problems, keys = preflight(args, launcher, s3, cfg, todo, credentials_ok)
     if problems:
         print("mu: preflight found problems; nothing was launched:", file=out)
         for problem in problems:
@@ -242,6 +256,9 @@ def run(
         host_addr=host_addr,
     )
     result = execute(coordinator, args, out)
+    duplicated = getattr(launcher, "duplicated", 0)
+    if duplicated:
+        print(f"mu: fault: {duplicated} Event invocation(s) were delivered twice", file=out)
     outputs: list[str] = []
     if args.output_dir:
         outputs = download_outputs(s3, cfg, chunks, args.output_dir)
