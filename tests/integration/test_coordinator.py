@@ -27,6 +27,7 @@ from mu.apps.png2y4m import ConfigState, Png2Y4MConfig
 from mu.config import RunConfig
 from mu.coordinator import Coordinator, RunResult
 from mu.errors import ConfigError
+from mu.faults import FaultSpec
 from mu.launch import FunctionSpec, Invocation, LaunchReport, LaunchSpec
 from mu.protocol import CLOSED, NEED_DATA, FrameDecoder, encode_text
 from mu.states import CommandListState, TerminalState
@@ -584,3 +585,64 @@ def test_workers_that_never_arrive_do_not_hang_the_run(keys: KeySet) -> None:
     for failed in result.failed:
         assert failed.state == "NotStarted"
         assert "2 launched worker(s) never arrived within 0.5 s" in (failed.error or "")
+
+
+# ------------------------------------------------------------------------ rehearsal faults
+
+
+def test_fault_plans_go_first_and_into_the_record(keys: KeySet) -> None:
+    spec = FaultSpec(drop=0.5, s3_error=0.1, seed=3)
+    coord = coordinator(keys, 6, faults=spec)
+    ctx = client_context(keys)
+    seen: list[list[str]] = []
+    with running(coord) as out:
+        finish(workers(6, lambda: seen.append(good_worker(coord.address, coord.token, ctx))))
+    result = out["result"]
+    assert_all_done(result, 6)  # these workers ignore the plans
+    assert json.loads(coord.payload_json())["faults"] == 1
+    assert sorted(s[0] for s in seen) == sorted(spec.plan(a, 0).command() for a in range(6))
+    assert all(s[1] == "set:a:1" for s in seen)  # the job's own commands follow
+    for attempt in result.actors:
+        assert attempt.fault == str(spec.plan(attempt.actor, 0))
+        assert attempt.to_record()["fault"] == attempt.fault
+
+
+def test_no_faults_no_fault_command(keys: KeySet) -> None:
+    coord = coordinator(keys, 2)
+    ctx = client_context(keys)
+    seen: list[list[str]] = []
+    with running(coord) as out:
+        finish(workers(2, lambda: seen.append(good_worker(coord.address, coord.token, ctx))))
+    assert_all_done(out["result"], 2)
+    assert "faults" not in json.loads(coord.payload_json())
+    assert all(not c.startswith("fault:") for s in seen for c in s)
+    assert all("fault" not in a.to_record() for a in out["result"].actors)
+
+
+def _next_command(sock: socket.socket, decoder: FrameDecoder) -> str | None:
+    while (frame := decoder.next_frame()) is NEED_DATA:
+        decoder.receive_data(sock.recv(65536))
+    return None if frame is CLOSED else bytes(frame).decode()  # type: ignore[arg-type]
+
+
+def test_a_second_worker_with_the_token_is_never_given_a_taken_actor(keys: KeySet) -> None:
+    """A replayed or duplicated worker (same token) arriving while the only actor is in
+    another worker's hands is told to quit, and the actor finishes once."""
+    coord = coordinator(keys, 1)
+    ctx = client_context(keys)
+    with running(coord) as out, ctx.wrap_socket(
+        socket.create_connection(coord.address, timeout=30)
+    ) as first:
+        first.sendall(encode_text(f"OK:HELLO:{coord.token}"))
+        decoder = FrameDecoder()
+        command = _next_command(first, decoder)
+        assert command == "set:a:1"
+        assert good_worker(coord.address, coord.token, ctx) == ["quit:"]
+        while command is not None and command != "quit:":
+            reply = answer(command)
+            if reply is not None:
+                first.sendall(encode_text(reply))
+            command = _next_command(first, decoder)
+    result = out["result"]
+    assert_all_done(result, 1)
+    assert len(result.actors) == 1

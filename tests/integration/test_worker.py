@@ -538,3 +538,106 @@ def test_hello_is_the_first_frame(keys: KeySet) -> None:
         conn.send("quit:")
         conn.recv_eof()
         assert worker.join()["exit"] == "quit"
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def test_upload_carries_a_verified_sha256_and_its_metadata(keys: KeySet, s3: Any) -> None:
+    import base64
+    import hashlib
+
+    with connected_worker(keys, bucket=BUCKET) as (conn, worker):
+        assert conn.ask("run:printf chunk-bytes > ##TMPDIR##/c").startswith("OK:RETVAL(0)")
+        assert conn.ask("upload:out/c\0c") == f"OK:UPLOAD({BUCKET}/out/c)"
+        quit_and_join(conn, worker)
+    head = s3.head_object(Bucket=BUCKET, Key="out/c", ChecksumMode="ENABLED")
+    digest = base64.b64encode(hashlib.sha256(b"chunk-bytes").digest()).decode()
+    assert head["ChecksumSHA256"] == digest
+    assert head["Metadata"] == {"mu-sha256": digest, "mu-size": "11"}
+
+
+def test_download_with_a_wrong_recorded_digest_fails_naming_the_object(
+    keys: KeySet, s3: Any
+) -> None:
+    s3.put_object(Bucket=BUCKET, Key="in/bad", Body=b"bytes", Metadata={"mu-sha256": "AAAA"})
+    s3.put_object(Bucket=BUCKET, Key="in/plain", Body=b"bytes")  # no digest: nothing to check
+    with connected_worker(keys, bucket=BUCKET) as (conn, worker):
+        answer = conn.ask("retrieve:in/bad\0f")
+        assert answer.startswith(f"FAIL(retrieve s3://{BUCKET}/in/bad: checksum mismatch: ")
+        assert "recorded SHA-256 is AAAA" in answer
+        assert conn.ask("retrieve:in/plain\0f") == f"OK:RETRIEVE({BUCKET}/in/plain)"
+        quit_and_join(conn, worker)
+
+
+# --------------------------------------------------------------------------- rehearsal faults
+
+
+def test_fault_command_is_refused_outside_a_fault_run(keys: KeySet) -> None:
+    with connected_worker(keys) as (conn, worker):
+        answer = conn.ask("fault:drop:1:0.0:1")
+        assert answer.startswith("FAIL(no such command 'fault'"), answer
+        assert conn.ask("echo:still here") == "OK:ECHO(still here)"
+        quit_and_join(conn, worker)
+
+
+def test_bad_fault_plan_fails_and_the_worker_keeps_serving(keys: KeySet) -> None:
+    with connected_worker(keys, faults=1) as (conn, worker):
+        assert conn.ask("fault:melt:1:0.0:1").startswith("FAIL(fault: unknown fault 'melt'")
+        assert conn.ask("echo:ok") == "OK:ECHO(ok)"
+        quit_and_join(conn, worker)
+
+
+def test_drop_fault_closes_the_connection_at_its_command(keys: KeySet) -> None:
+    with connected_worker(keys, faults=1) as (conn, worker):
+        conn.send("fault:drop:2:0.0:1")  # no response; fires at the second command after it
+        assert conn.ask("echo:one") == "OK:ECHO(one)"
+        conn.send("echo:two")
+        conn.recv_eof()
+        summary = worker.join()
+    assert summary["exit"] == "fault"
+    assert "dropped" in summary["reason"]
+
+
+def test_hang_fault_answers_nothing_until_the_coordinator_gives_up(keys: KeySet) -> None:
+    with connected_worker(keys, faults=1) as (conn, worker):
+        conn.send("fault:hang:1:0.0:1")
+        conn.send("echo:never answered")
+        conn.close()  # the coordinator gives up on it
+        summary = worker.join()
+    assert summary["exit"] == "fault"
+    assert "hung" in summary["reason"]
+    assert summary["errors"] == 0 and summary["commands"] == 1  # only the fault: command
+
+
+def test_s3_error_fault_fails_a_transfer_with_slowdown(keys: KeySet, s3: Any) -> None:
+    s3.put_object(Bucket=BUCKET, Key="in/x", Body=b"x")
+    with connected_worker(keys, bucket=BUCKET, faults=1) as (conn, worker):
+        conn.send("fault::0:1.0:3")  # every S3 call fails, even the client's own retries
+        answer = conn.ask("retrieve:in/x\0f")
+        assert answer.startswith(f"FAIL(retrieve s3://{BUCKET}/in/x: SlowDown: "), answer
+        assert "injected fault" in answer
+        quit_and_join(conn, worker)
+
+
+def test_crash_fault_ends_the_worker_process(keys: KeySet, tmp_path: Path) -> None:
+    with ScriptedCoordinator(server_context(keys)) as coord:
+        event = event_for(keys, coord.port, faults=1)
+        (tmp_path / "event.json").write_text(json.dumps(event))
+        code = (
+            "import json, sys\n"
+            "from mu.worker import session\n"
+            f"session.run(json.load(open({str(tmp_path / 'event.json')!r})))\n"
+            "sys.exit(0)\n"
+        )
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+        try:
+            conn = coord.accept()
+            assert conn.recv() == f"OK:HELLO:{event['token']}"
+            conn.send("fault:crash:1:0.0:1")
+            conn.send("echo:boom")
+            conn.recv_eof()
+            assert proc.wait(WAIT) == 70
+        finally:
+            proc.kill()
+            proc.wait()
