@@ -44,6 +44,10 @@ class RunConfig:
         arrival_timeout: seconds after a launch within which its workers must connect;
             actors still waiting then fail instead of waiting forever.
         faults: rehearsal faults to inject (``--faults``), or None for none.
+        speculate: launch a backup worker for an actor whose current state has lasted this
+            many times the median of that state among finished attempts (``--speculate``);
+            None: never. The first attempt to finish wins; the other is told to quit.
+        speculate_after: ... and at least this many seconds.
     """
 
     num_actors: int = 1
@@ -63,6 +67,8 @@ class RunConfig:
     retries: int = 2
     arrival_timeout: float = 300.0
     faults: FaultSpec | None = None
+    speculate: float | None = None
+    speculate_after: float = 1.0
 
     def __post_init__(self) -> None:
         def positive(name: str, minimum: float = 1) -> None:
@@ -77,8 +83,10 @@ class RunConfig:
         positive("max_frame")
         positive("max_send_buffer")
         positive("max_connections")
+        if self.speculate is not None and self.speculate <= 1:
+            raise ConfigError(f"speculate must be a factor above 1, got {self.speculate}")
         for name in ("worker_deadline", "run_deadline", "handshake_timeout", "hello_timeout",
-                     "arrival_timeout"):
+                     "arrival_timeout", "speculate_after"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value}")

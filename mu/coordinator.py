@@ -27,6 +27,7 @@ A peer's misbehaviour ends that peer's connection only.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import heapq
 import itertools
@@ -63,6 +64,8 @@ _STATUS_EVERY = 0.25  # seconds between status callbacks
 # listen backlog, which costs us nothing. The handshakes are CPU-bound on our side, so a
 # few dozen in flight keep the loop busy.
 _MAX_HANDSHAKES = 32
+_STRAGGLER_EVERY = 1.0  # seconds between straggler checks (--speculate)
+_MIN_SAMPLES = 3  # finished visits of a state before its median judges stragglers
 
 
 @dataclass(frozen=True)
@@ -111,10 +114,11 @@ class RunResult:
 
     @property
     def final(self) -> list[ActorResult]:
-        """The last attempt of every actor, by actor number."""
+        """Each actor's outcome, by actor number: the attempt that finished, else the last."""
         last: dict[int, ActorResult] = {}
         for result in self.actors:
-            last[result.actor] = result
+            if not (result.actor in last and last[result.actor].ok):
+                last[result.actor] = result
         return [last[n] for n in sorted(last)]
 
     @property
@@ -254,7 +258,10 @@ class Coordinator:
         self._wake_w: socket.socket | None = None
         self._queue: deque[int] = deque(run_config.actor_numbers())
         self._pending = set(self._queue)  # actors not yet ended
-        self._running: dict[int, _Conn] = {}  # actor number -> its connection
+        self._running: dict[int, list[_Conn]] = {}  # actor -> its live attempts (2: speculating)
+        self._speculated: set[int] = set()  # actors given a backup worker
+        self._durations: dict[str, list[float]] = {}  # state -> sorted finished durations
+        self._next_straggler_check = 0.0
         self._conns: dict[int, _Conn] = {}
         self._heap: list[tuple[float, int, int, str]] = []
         self._ids = itertools.count()
@@ -346,7 +353,8 @@ class Coordinator:
         done = sum(1 for r in self._results if r.ok)
         errors = sum(1 for r in self._results if not r.ok and r.actor not in self._pending)
         states = {
-            n: (c.actor.state.name if c.actor.state else "?") for n, c in self._running.items()
+            n: (c[0].actor.state.name if c[0].actor.state else "?")
+            for n, c in self._running.items()
         }
         for r in self._results:
             states[r.actor] = r.state
@@ -452,6 +460,9 @@ class Coordinator:
             now = self.clock()
             self._expire(now)
             self._check_starved()
+            if self.config.speculate and now >= self._next_straggler_check:
+                self._next_straggler_check = now + _STRAGGLER_EVERY
+                self._check_stragglers(now)
             if self.status and now >= next_status:
                 next_status = now + _STATUS_EVERY
                 self.status(self.statistics())
@@ -591,12 +602,14 @@ class Coordinator:
                 reason = event.reason
                 if override and "connection closed" in reason:
                     reason = override
-                if actor.actorNum is not None and actor.actorNum in self._running:
+                if conn in self._running.get(actor.actorNum, ()):  # type: ignore[arg-type]
                     self._record(conn, False, reason)
                 conn.closing = True
 
     def _assign(self, conn: _Conn) -> None:
         actor = conn.actor
+        while self._queue and self._queue[0] not in self._pending:
+            self._queue.popleft()  # finished meanwhile (a speculative backup came too late)
         if not self._queue:
             actor.dismiss()
             conn.closing = True
@@ -604,7 +617,7 @@ class Coordinator:
         number = self._queue.popleft()
         attempt = self._attempts.get(number, 0)
         self._attempts[number] = attempt + 1
-        self._running[number] = conn
+        self._running.setdefault(number, []).append(conn)
         conn.started_at = self.clock()
         if self.config.worker_deadline:
             self._at(self.config.worker_deadline, conn.id, "worker")
@@ -623,7 +636,11 @@ class Coordinator:
         actor = conn.actor
         number = actor.actorNum
         assert number is not None
-        self._running.pop(number, None)
+        live = self._running.get(number, [])
+        if conn in live:
+            live.remove(conn)
+        if not live:
+            self._running.pop(number, None)
         state = actor.state
         stamps = tuple((t - self._t0, name) for t, name in (state.timestamps if state else ()))
         attempt = self._attempts.get(number, 1) - 1
@@ -633,7 +650,15 @@ class Coordinator:
         ))
         if ok:
             self._pending.discard(number)
+            self._learn(stamps)
+            for other in list(live):  # a speculative twin: the first to finish wins
+                other.actor.send_command("quit:")
+                other.actor.terminate(f"superseded: attempt {attempt + 1} finished first")
+                self._events(other)
+                self._flush(other)  # sends the quit:, then closes
             return
+        if number not in self._pending or live:
+            return  # superseded, or its twin still runs: nothing to retry
         log.warning("actor %d failed in %s: %s", number, _failed_in(state), error)
         if self.launcher is not None and attempt < self.config.retries and not self._stop:
             # Back to the front of the queue, with a new worker launched for it; a spare
@@ -645,12 +670,45 @@ class Coordinator:
         else:
             self._pending.discard(number)
 
+    # -- stragglers (--speculate) --------------------------------------------------------
+
+    def _learn(self, stamps: tuple[tuple[float, str], ...]) -> None:
+        """Add a finished attempt's state durations to the samples stragglers are judged by."""
+        for (start, name), (end, _next) in itertools.pairwise(stamps):
+            bisect.insort(self._durations.setdefault(name, []), end - start)
+
+    def _check_stragglers(self, now: float) -> None:
+        """Give a backup worker to each actor whose current state has lasted much longer
+        than that state's median among finished attempts (a pass once a second)."""
+        factor = self.config.speculate
+        assert factor is not None
+        for number, live in list(self._running.items()):
+            if number in self._speculated or len(live) != 1:
+                continue
+            state = live[0].actor.state
+            if state is None or not state.timestamps:
+                continue
+            entered, name = state.timestamps[-1]
+            samples = self._durations.get(name)
+            if not samples or len(samples) < _MIN_SAMPLES:
+                continue
+            median = samples[len(samples) // 2]
+            lasted = now - entered
+            if lasted > max(factor * median, self.config.speculate_after):
+                self._speculated.add(number)
+                log.warning("actor %d has been in %s for %.1f s (median %.2f s): launching a "
+                            "backup worker", number, name, lasted, median)
+                self._queue.appendleft(number)
+                if self.launcher is not None:
+                    self._start_launch(1)
+
     def _end_unstarted(self, number: int, reason: str) -> None:
-        conn = self._running.get(number)
-        if conn is not None:
-            conn.actor.terminate(reason)
-            self._events(conn)
-            self._close(conn)
+        live = self._running.get(number)
+        if live:
+            for conn in list(live):
+                conn.actor.terminate(reason)
+                self._events(conn)
+                self._close(conn)
             return
         self._pending.discard(number)
         self._results.append(ActorResult(number, False, "NotStarted", reason, ()))
@@ -670,7 +728,7 @@ class Coordinator:
                     break
                 del out[:sent]
         except TransportError as exc:
-            if conn.actor.actorNum in self._running:
+            if conn in self._running.get(conn.actor.actorNum, ()):  # type: ignore[arg-type]
                 conn.actor.terminate(str(exc))
                 self._events(conn)
             self._close(conn)
@@ -698,7 +756,7 @@ class Coordinator:
         if not conn.tls_done:
             self._handshake_ended()
         number = conn.actor.actorNum
-        if number is not None and self._running.get(number) is conn:
+        if number is not None and conn in self._running.get(number, ()):
             # Ended without an event (should not happen): record it rather than lose it.
             self._record(conn, False, "connection closed")
         with contextlib.suppress(KeyError, ValueError):
@@ -743,7 +801,7 @@ class Coordinator:
     def _stop_for_deadline(self) -> None:
         self._stop = True  # nothing is retried past the run deadline
         self._deadline_passed = True
-        for conn in list(self._running.values()):
+        for conn in [c for live in self._running.values() for c in live]:
             conn.actor.terminate(f"run deadline of {self.config.run_deadline:g} s passed")
             self._events(conn)
             self._close(conn)

@@ -87,6 +87,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "launch (300)",
     )
     g.add_argument(
+        "--speculate", type=float, nargs="?", const=3.0, default=None, metavar="FACTOR",
+        help="launch a backup worker for an actor whose current state has lasted FACTOR "
+        "times (3) that state's median among finished workers; the first to finish wins",
+    )
+    g.add_argument(
         "--resume", action="store_true",
         help="skip actors whose output already exists complete (size and SHA-256 as "
         "recorded at upload); run only the rest",
@@ -164,6 +169,7 @@ def run_config_from_args(args: argparse.Namespace, num_actors: int, offset: int)
         retries=args.retries,
         arrival_timeout=args.arrival_timeout,
         faults=getattr(args, "faults", None),
+        speculate=getattr(args, "speculate", None),
     )
 
 

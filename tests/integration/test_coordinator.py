@@ -646,3 +646,60 @@ def test_a_second_worker_with_the_token_is_never_given_a_taken_actor(keys: KeySe
     result = out["result"]
     assert_all_done(result, 1)
     assert len(result.actors) == 1
+
+
+# ------------------------------------------------------------------------ stragglers
+
+
+def stalled_worker(addr: tuple[str, int], token: str, ctx: ssl.SSLContext,
+                   seen: list[str]) -> None:
+    """Says hello, then answers nothing; notes every command until the connection ends."""
+    with ctx.wrap_socket(socket.create_connection(addr, timeout=60)) as sock:
+        sock.sendall(encode_text(f"OK:HELLO:{token}"))
+        decoder = FrameDecoder()
+        with contextlib.suppress(OSError):
+            while data := sock.recv(65536):
+                decoder.receive_data(data)
+                while isinstance(frame := decoder.next_frame(), bytes):
+                    seen.append(frame.decode())
+
+
+def test_a_straggler_gets_a_backup_and_the_first_to_finish_wins(keys: KeySet) -> None:
+    stalled_seen: list[str] = []
+
+    class Launcher(ScriptedLauncher):
+        def launch(self, spec: LaunchSpec) -> LaunchReport:
+            if not self.specs:  # the first worker of the run stalls
+                payload = json.loads(spec.payload)
+                t = threading.Thread(target=stalled_worker, args=(
+                    (payload["addr"], payload["port"]), payload["token"], self.ctx,
+                    stalled_seen))
+                t.start()
+                self.threads.append(t)
+                self.specs.append(spec)
+                rest = LaunchSpec(spec.function_name, spec.payload, spec.count - 1, spec.regions)
+                super().launch(rest)
+                self.specs.pop()
+                return LaunchReport(tuple(Invocation(i, "us-east-1", True)
+                                          for i in range(spec.count)))
+            return super().launch(spec)
+
+    launcher = Launcher([], keys)
+    config = RunConfig(num_actors=4, port=0, speculate=2.0, speculate_after=0.1, retries=0,
+                       **SAFE)
+    coord = Coordinator(Small, JOB, config, keys, launcher=launcher)
+    result = coord.run()
+    launcher.close()
+    assert result.exit_status == 0 and result.done == 4
+    assert [s.count for s in launcher.specs] == [4, 1]  # one backup
+    (loser,) = [a for a in result.actors if not a.ok]
+    assert "superseded: attempt 2 finished first" in (loser.error or "")
+    assert [a.ok for a in result.actors if a.actor == loser.actor] == [True, False]
+    assert stalled_seen[0] == "set:a:1" and stalled_seen[-1] == "quit:"
+    assert [a.actor for a in result.final] == [0, 1, 2, 3]
+    assert all(a.ok for a in result.final)
+
+
+def test_speculate_must_be_a_factor_above_one() -> None:
+    with pytest.raises(ConfigError, match="speculate must be a factor above 1"):
+        RunConfig(speculate=1.0)
