@@ -245,7 +245,7 @@ class Actor:
             self._reject(f"expected hello, got {text[:80]!r}")
         elif not sep or not token:
             self._reject("hello carries no run token")
-        elif not hmac.compare_digest(token.encode(), self._token):
+        elif not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), self._token):
             self._reject("hello carries a wrong run token")
         else:
             self._hello = text

@@ -62,8 +62,11 @@ _STATUS_EVERY = 0.25  # seconds between status callbacks
 # TLS handshakes in progress at once. A handshake holds full-size record buffers until it
 # ends, so thousands at once cost tens of MiB; the rest wait, unaccepted, in the kernel's
 # listen backlog, which costs us nothing. The handshakes are CPU-bound on our side, so a
-# few dozen in flight keep the loop busy.
-_MAX_HANDSHAKES = 32
+# dozen or so in flight keep the loop busy. Fewer in flight also leaves more of the CPU to
+# the workers already connected, which then end sooner: each holds its TLS state (about
+# 31 KiB with OpenSSL 4.0, see docs/benchmarks.md) until it ends. The price is admission
+# over a slow network: at most 16 per round trip (200 a second at 80 ms).
+_MAX_HANDSHAKES = 16
 _STRAGGLER_EVERY = 1.0  # seconds between straggler checks (--speculate)
 _MIN_SAMPLES = 3  # finished visits of a state before its median judges stragglers
 
@@ -269,7 +272,7 @@ class Coordinator:
         self._results: list[ActorResult] = []
         self._rejected = 0
         self._rejections: deque[str] = deque(maxlen=100)
-        self._arrived = 0
+        self._owed = 0  # launched workers not yet arrived (extra arrivals never go below 0)
         self._attempts: dict[int, int] = {}  # actor -> workers it was given so far
         self._payload = b""
         self._launch: LaunchReport | None = None  # the first (main) launch
@@ -437,6 +440,7 @@ class Coordinator:
                 if error:
                     self._launch_error = error
                 self._accepted += report.accepted if report else 0
+                self._owed += report.accepted if report else 0
                 self._launches_running -= 1
                 self._last_launch_end = self.clock()
             self._wake()
@@ -485,11 +489,14 @@ class Coordinator:
             if self._launches_running:
                 return
             accepted = self._accepted
+            owed = self._owed
             since = self.clock() - self._last_launch_end
         limit = self.config.arrival_timeout
-        if self._arrived < accepted and since > limit:
-            why = f"{accepted - self._arrived} launched worker(s) never arrived within {limit:g} s"
-        elif self._arrived < accepted or self._conns:
+        # Owed, not "arrivals < launches": a duplicated or re-sent invocation is an arrival
+        # beyond its launch, and must not stand in for a retry's worker still on its way.
+        if owed and since > limit:
+            why = f"{owed} launched worker(s) never arrived within {limit:g} s"
+        elif owed or self._conns:
             return
         else:
             why = self._launch_error or f"the launch started {accepted} worker(s)"
@@ -590,7 +597,8 @@ class Coordinator:
         actor = conn.actor
         while (event := actor.next_event()) is not NEED_DATA:
             if isinstance(event, HelloReceived):
-                self._arrived += 1
+                with self._launch_lock:
+                    self._owed = max(0, self._owed - 1)
                 self._assign(conn)
             elif isinstance(event, Rejected):
                 self._close(conn, rejected=override or event.reason)

@@ -10,8 +10,8 @@ worker's own reading of the file: :data:`SHA256_KEY` (base64, as S3 spells check
 not exist or is exactly what one attempt produced.
 
 The coordinator never trusts existence alone: :func:`complete` accepts an object only if its
-metadata is there, its length equals the recorded size, and the checksum S3 holds (when it
-reports one) equals the recorded digest. ``--resume`` skips exactly those outputs.
+metadata is there, its length equals the recorded size, and the whole-object SHA-256 that S3
+holds equals the recorded digest. ``--resume`` skips exactly those outputs.
 
 Downloads ask S3 for the stored checksum (botocore then checks the body it streams) and, when
 the object carries :data:`SHA256_KEY`, the worker checks its own digest of the written file
@@ -72,8 +72,12 @@ def mismatch(head: Mapping[str, Any]) -> str | None:
     if not str(size).isdigit() or int(size) != int(head.get("ContentLength", -1)):
         return f"size {head.get('ContentLength')} differs from the recorded {size}"
     stored = head.get("ChecksumSHA256")
-    # A multipart object's checksum is a checksum of part checksums ("...-N"): not comparable.
-    if stored and "-" not in stored and stored != recorded:
+    # Workers upload in one PUT with a SHA-256 that S3 keeps. Without it (written some other
+    # way, or in parts, whose checksum is one of part checksums, "...-N") the recorded
+    # digest cannot be checked against the bytes, so the object is not trusted.
+    if not stored or "-" in stored:
+        return "S3 holds no whole-object SHA-256 to check the recorded one against"
+    if stored != recorded:
         return f"S3's SHA-256 {stored} differs from the recorded {recorded}"
     return None
 

@@ -260,3 +260,10 @@ def test_large_frame_limit_is_configurable() -> None:
     actor.receive_data(encode_frame(b"OK:HELLO:" + b"x" * 100))
     (ev,) = events(actor)
     assert isinstance(ev, Rejected) and "exceeds maximum 16" in ev.reason
+
+
+def test_a_hello_whose_token_is_not_utf8_is_rejected_not_raised() -> None:
+    actor = Actor("t0k3n")
+    actor.receive_data(encode_frame(b"OK:HELLO:\xff"))
+    event = actor.next_event()
+    assert isinstance(event, Rejected) and "wrong run token" in event.reason
