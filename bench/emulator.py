@@ -13,7 +13,11 @@ handler's start time minus that send time. For 1, 100 and 500 concurrent Event i
 with the fork server and with plain spawn, it prints one JSON line per run (p50, p99, and
 the time from the first send until every handler had started), then a one-line summary.
 
+After the warm-up invocation it waits (up to 30 s) until the fork server has forked its
+spares, so that every run starts from the same state.
+
 Usage: python bench/emulator.py [--n 1,100,500] [--modes fork,spawn] [--spawn-max N]
+                                [--spares N]
 Plain spawn pays a full boto3 import per invocation (~0.4 s of CPU), so it is measured up to
 100 concurrent by default; pass --spawn-max to go further.
 """
@@ -45,6 +49,8 @@ from botocore.auth import SigV4Auth  # noqa: E402
 from botocore.awsrequest import AWSRequest  # noqa: E402
 from botocore.config import Config  # noqa: E402
 from botocore.credentials import ReadOnlyCredentials  # noqa: E402
+
+from emulator.runner import SPARES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = 16
@@ -118,10 +124,12 @@ def read_responses(sock: socket.socket, count: int) -> list[int]:
 class Emulator:
     """``python -m emulator`` in a child process; ``url`` once it serves."""
 
-    def __init__(self, state_dir: Path, fork: bool) -> None:
+    def __init__(self, state_dir: Path, fork: bool, spares: int | None = None) -> None:
         cmd = [sys.executable, "-m", "emulator", "--state-dir", str(state_dir)]
         if not fork:
             cmd.append("--no-fork-server")
+        if spares is not None:
+            cmd += ["--spares", str(spares)]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline()  # "Lambda API: http://127.0.0.1:PORT"
@@ -130,6 +138,18 @@ class Emulator:
             raise RuntimeError(f"the emulator did not start: {first!r}")
         self.url = first.split()[-1]
 
+    def wait_spares(self, count: int, timeout: float = 30.0) -> int:
+        """Wait until the fork server has ``count`` idle children (or ``timeout``); how many."""
+        deadline, found = time.monotonic() + timeout, 0
+        while time.monotonic() < deadline:
+            helpers = [p for p in children(self.proc.pid) if b"serve" in cmdline(p)]
+            found = sum(len(children(p)) for p in helpers)
+            if found >= count:
+                break
+            time.sleep(0.05)
+        time.sleep(0.2)  # the last spares finish their idle-time preparation
+        return found
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=60)
@@ -137,14 +157,33 @@ class Emulator:
             self.proc.stdout.close()
 
 
+def children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                kids += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return kids
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def done(out: Path) -> list[Path]:
     """The start files written so far (complete ones only)."""
     return [p for p in out.iterdir() if not p.name.endswith(".part")]
 
 
-def measure(n: int, fork: bool, tmp: Path) -> dict[str, Any]:
+def measure(n: int, fork: bool, tmp: Path, spares: int | None = None) -> dict[str, Any]:
     tag = f"{n}-{'fork' if fork else 'spawn'}"
-    emulator = Emulator(tmp / f"state-{tag}", fork)
+    emulator = Emulator(tmp / f"state-{tag}", fork, spares)
     try:
         client = boto3.client(
             "lambda", endpoint_url=emulator.url, region_name="us-east-1",
@@ -160,6 +199,7 @@ def measure(n: int, fork: bool, tmp: Path) -> dict[str, Any]:
         # Warm up: the first invocation starts the fork server (a one-time cost per function).
         client.invoke(FunctionName="bench", Payload=json.dumps({"path": str(out / "warm")}))
         client.close()
+        ready = emulator.wait_spares(SPARES if spares is None else spares) if fork else 0
         requests = [signed_event(emulator.url, "bench",
                                  json.dumps({"path": str(out / str(i))}).encode())
                     for i in range(n)]
@@ -199,7 +239,7 @@ def measure(n: int, fork: bool, tmp: Path) -> dict[str, Any]:
             "accepted": statuses.count(202), "started": len(starts),
             "p50_ms": round(statistics.median(latencies) * 1000, 1),
             "p99_ms": round(percentile(latencies, 99) * 1000, 1),
-            "all_started_s": round(max(starts.values()) - first, 2),
+            "all_started_s": round(max(starts.values()) - first, 2), "spares": ready,
             "load_average_1min": round(os.getloadavg()[0], 1),
         }
     finally:
@@ -212,6 +252,8 @@ def main() -> int:
     parser.add_argument("--modes", default="fork,spawn", help="fork and/or spawn")
     parser.add_argument("--spawn-max", type=int, default=100,
                         help="largest run measured with plain spawn")
+    parser.add_argument("--spares", type=int, default=None,
+                        help=f"the emulator's --spares (default: its own, {SPARES})")
     args = parser.parse_args()
     sizes = [int(x) for x in args.n.split(",")]
     rows = []
@@ -220,7 +262,7 @@ def main() -> int:
             for n in sizes:
                 if mode == "spawn" and n > args.spawn_max:
                     continue
-                row = measure(n, mode == "fork", Path(tmp))
+                row = measure(n, mode == "fork", Path(tmp), args.spares)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print("emulator: " + "; ".join(

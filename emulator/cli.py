@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from emulator.runner import SPARES
 from emulator.server import DEFAULT_STATE_DIR, ThreadedEmulatorServer
 
 __all__ = ["add_arguments", "run"]
@@ -43,6 +44,9 @@ def _serve_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
                         help="invocations running at once (default 1000)")
     parser.add_argument("--no-fork-server", action="store_true", default=default(False),
                         help="start each invocation with a plain spawn")
+    parser.add_argument("--spares", type=int, default=default(SPARES),
+                        help="idle pre-forked children per function, about 2 MiB each: "
+                        f"a burst of that many starts without forking (default {SPARES})")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     s3.start()
     server = ThreadedEmulatorServer(
         state_dir=args.state_dir, s3_endpoint_url=s3.endpoint_url, concurrency_limit=args.concurrency,
-        fork_server=not args.no_fork_server, port=args.port,
+        fork_server=not args.no_fork_server, port=args.port, spares=args.spares,
     )
     try:
         server.start()

@@ -11,16 +11,27 @@ to start that process, with identical results:
 * **fork server** (default): one single-threaded helper process per function has already
   imported the Python runtime, boto3 and the handler's module; it forks a child per
   invocation, so a start costs milliseconds instead of re-importing boto3 (~0.3-0.5 s).
-  While it has nothing to do it also forks up to ``SPARES`` idle children, each in its own
-  session, blocked reading a pipe; an invocation is handed to the oldest spare (one pipe
-  write), and only when none is left does the helper fork on demand. A spare serves one
-  invocation and exits, so every invocation still runs in a process nobody used before;
-  spares whose helper dies read end-of-file and exit unused;
+  While it has nothing to do it also forks up to ``spares`` idle children (``SPARES`` by
+  default), each in its own session, blocked reading a pipe whose write end the helper
+  passes to the emulator (``SCM_RIGHTS``) and closes. An invocation is handed by the
+  emulator itself to the oldest spare (one pipe write, the pid already known), so a burst
+  makes no round trip through the helper; only when no spare is left does the helper fork
+  on demand. In idle time a spare also makes its ``TMPDIR`` and log file under placeholder
+  names (renamed when its invocation comes: cheaper than creating them during a burst) and
+  runs the invocation path's Python once on a dummy spec, so the pages it writes are
+  copied before the burst. The helper refills only after requests have paused for 0.1 s
+  (or when a quarter of the spares is left). A spare serves one invocation and exits, so
+  every invocation still runs in a process nobody used before; spares whose emulator or
+  helper goes away read end-of-file and exit unused. Once the handler has returned, the
+  process drops to ``SCHED_IDLE`` to write its result and exit, so its teardown never
+  competes with starts; a result complete by the deadline counts even if the exit was
+  slow;
 * **plain spawn**: ``python -I -c BOOTSTRAP`` per invocation.
 
 Starting and waiting are separate (:meth:`Runner.launch`, then :meth:`Runner.finish`;
-:meth:`Runner.run` does both). Launching through a fork server only sends one JSON line to
-it; a reader thread per helper collects the pids it answers, so any number of launches can
+:meth:`Runner.run` does both). Launching through a fork server only writes one JSON line, to
+a spare or (none left) to the helper; a reader thread per helper collects the spares it
+announces and the pids it answers, so any number of launches can
 be in flight without a round trip each. The watcher (the thread in ``finish``) waits for the
 pid, then for the process (a pidfd, or ``Popen.wait`` for a spawn), and enforces the
 function's ``Timeout`` and ``MemorySize`` (the resident size of the process tree, read from
@@ -43,6 +54,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +63,10 @@ from typing import Any
 __all__ = ["BOOTSTRAP", "Code", "Launched", "Result", "Runner"]
 
 _POLL = 0.05  # seconds between watchdog checks (memory, deadline)
-SPARES = 32  # idle pre-forked children per fork server (each costs ~1 MB, copy-on-write)
+SPARES = 128  # idle pre-forked children per fork server (each costs about 2 MiB: page
+# tables and the pages it has written; the rest is shared with the helper, copy-on-write)
 _FORK_ANSWER = 60.0  # seconds to wait for a fork server's answer (it may be importing)
+_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 _BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "SSL_CERT_FILE", "SSL_CERT_DIR")
 
 # The bootstrap runs inside the invocation's process, with nothing of ours importable.
@@ -95,18 +109,44 @@ def invoke(spec, handler=None):
                "stackTrace": traceback.format_exc().splitlines()}
     sys.stdout.flush()
     sys.stderr.flush()
+    idle()  # the handler is done: writing its result and exiting can wait for idle CPU
     with open(spec["result_path"], "w") as f:
         json.dump(out, f, default=str)
 
-def child(spec, handler=None):
+def idle():
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        try:
+            os.nice(19)
+        except OSError:
+            pass
+
+def child(spec, handler=None, ready=None):
+    # ready: (TMPDIR, log fd, log path) a spare made in idle time; renaming them costs
+    # far less than creating a file and a folder while a burst of invocations starts.
     os.chdir(spec["code_dir"])
     os.environ.clear()
     os.environ.update(spec["env"])
+    tmp, fd, log = ready or (None, -1, None)
     try:
-        os.mkdir(spec["env"]["TMPDIR"], 0o700)
-    except FileExistsError:
-        pass
-    fd = os.open(spec["log_path"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.rename(tmp, spec["env"]["TMPDIR"])
+    except (OSError, TypeError):
+        if tmp:
+            os.rmdir(tmp)
+        try:
+            os.mkdir(spec["env"]["TMPDIR"], 0o700)
+        except FileExistsError:
+            pass
+    try:
+        if os.path.exists(spec["log_path"]):
+            raise FileExistsError  # an earlier attempt's log: append to it
+        os.rename(log, spec["log_path"])
+    except (OSError, TypeError):
+        if fd >= 0:
+            os.close(fd)
+            os.unlink(log)
+        fd = os.open(spec["log_path"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     os.write(fd, spec["start_line"].encode())
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -118,8 +158,22 @@ def child(spec, handler=None):
     tempfile.tempdir = None
     invoke(spec, handler)
 
-def serve(sock_fd, code_dir, handler_name, pool_size):
-    import select, signal, socket
+def rehearse():
+    # Run the invocation path's Python once on a dummy spec, in a spare, in idle time: the
+    # pages it writes (reference counts, specialised bytecode) are copied now, not when a
+    # burst starts.
+    import io
+    spec = {"name": "x", "version": "1", "memory": 128, "request_id": "x", "arn": "x",
+            "deadline": time.time(), "code_dir": ".", "handler": "a.b", "event": "{}",
+            "env": dict(os.environ), "log_path": "x", "result_path": "x", "start_line": "x"}
+    spec = json.loads(json.dumps(spec))
+    json.loads(spec["event"].encode("utf-8", "surrogateescape"))
+    Context(spec).get_remaining_time_in_millis()
+    os.path.exists(spec["log_path"])
+    json.dump({"ok": True, "result": {}}, io.StringIO(), default=str)
+
+def serve(sock_fd, code_dir, handler_name, pool_size, tmp_root, work_dir):
+    import array, select, signal, socket
     sock = socket.socket(fileno=sock_fd)
     sys.path.insert(0, code_dir)
     try:
@@ -145,28 +199,34 @@ def serve(sock_fd, code_dir, handler_name, pool_size):
     import gc
     gc.collect()
     gc.freeze()
-    idle = []  # spare children, oldest first: (pid, write end of the pipe they wait on)
 
     def become_invocation(spec_or_pipe):
         # In a new child: leave the server's signal handling and descriptors, start a session.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         sock.close()
-        for _, fd in idle:
-            os.close(fd)
         os.setsid()
         if isinstance(spec_or_pipe, dict):
             child(spec_or_pipe, handler)
             return
+        own = ".spare-%d" % os.getpid()
+        tmp, log = os.path.join(tmp_root, own), os.path.join(work_dir, own + ".log")
+        os.mkdir(tmp, 0o700)
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        rehearse()
         data = b""
         while not data.endswith(b"\n"):
             chunk = os.read(spec_or_pipe, 65536)
-            if not chunk:
-                return  # the server is gone before handing us an invocation: exit unused
+            if not chunk:  # the emulator is gone before handing us an invocation: exit unused
+                os.rmdir(tmp)
+                os.unlink(log)
+                return
             data += chunk
         os.close(spec_or_pipe)
-        child(json.loads(data), handler)
+        child(json.loads(data), handler, (tmp, fd, log))
 
     def spare():
+        # The write end of the spare's pipe goes to the emulator, which hands the spare its
+        # invocation itself: no round trip through this process while a burst starts.
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -176,50 +236,50 @@ def serve(sock_fd, code_dir, handler_name, pool_size):
             finally:
                 os._exit(0)
         os.close(r)
-        idle.append((pid, w))
+        line = json.dumps({"spare": pid}).encode() + b"\n"
+        sock.sendmsg([line], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [w]))])
+        os.close(w)
 
-    def hand_over(line):
-        while idle:
-            pid, w = idle.pop(0)
-            try:
-                view = memoryview(line)
-                while view:
-                    view = view[os.write(w, view):]
-                return pid
-            except OSError:
-                continue  # that spare died: try the next one
-            finally:
-                os.close(w)
-        return None
-
+    spares = 0  # announced to the emulator and not yet reported taken
+    quiet = 0.0  # no refill before this time, unless few spares are left
+    poller = select.poll()  # not select(): the socket's descriptor may be above 1024
+    poller.register(sock, select.POLLIN)
     buf = b""
     while True:
         while b"\n" not in buf:
-            # Idle time refills the spares, one fork at a time, requests first.
-            if len(idle) < pool_size and not select.select([sock], [], [], 0)[0]:
-                spare()
-                continue
+            # Refill the spares one fork at a time, once requests have paused for a moment
+            # (or when few are left), so that refilling does not compete with a burst.
+            if spares < pool_size:
+                wait = 0.0 if spares < pool_size // 4 else max(0.0, quiet - time.monotonic())
+                if not poller.poll(wait * 1000):
+                    if wait == 0.0 or time.monotonic() >= quiet:
+                        spare()
+                        spares += 1
+                    continue
             data = sock.recv(65536)
             if not data:
                 return
             buf += data
         line, _, buf = buf.partition(b"\n")
+        quiet = time.monotonic() + 0.1
         spec = json.loads(line)
-        pid = hand_over(line + b"\n")
-        if pid is None:
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    become_invocation(spec)
-                finally:
-                    os._exit(0)
+        if "taken" in spec:  # the emulator used (or found dead) spares of ours
+            spares -= spec["taken"]
+            continue
+        pid = os.fork()  # no spare was left: fork on demand
+        if pid == 0:
+            try:
+                become_invocation(spec)
+            finally:
+                os._exit(0)
         sock.sendall(json.dumps({"id": spec["request_id"], "pid": pid}).encode() + b"\n")
 
 if __name__ == "__main__":
     if sys.argv[1] == "spawn":
         child(json.loads(sys.argv[2]))
     else:
-        serve(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]))
+        serve(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6],
+              sys.argv[7])
 '''
 
 
@@ -286,16 +346,19 @@ class _ForkServer:
     burst of invocations costs one fork each in the helper, not one round trip each.
     """
 
-    def __init__(self, code: Code, env: dict[str, str], spares: int = 0) -> None:
+    def __init__(
+        self, code: Code, env: dict[str, str], spares: int, tmp_root: str, work_dir: Path
+    ) -> None:
         parent, child = socket.socketpair()
         self.sock = parent
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
         self._waiting: dict[str, list[Any]] = {}  # request id -> [Event, pid or None]
+        self._idle: deque[tuple[int, int]] = deque()  # spares: (pid, write end of its pipe)
         self._eof = False
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-c", BOOTSTRAP, "serve", str(child.fileno()),
-             code.code_dir, code.handler, str(spares)],
+             code.code_dir, code.handler, str(spares), tmp_root, str(work_dir)],
             pass_fds=(child.fileno(),),
             cwd=code.code_dir,
             env=env,
@@ -311,15 +374,24 @@ class _ForkServer:
 
     def _read(self) -> None:
         buf = b""
+        fds: deque[int] = deque()  # spares' pipes, in the order their lines come
         try:
             while True:
-                data = self.sock.recv(65536)
+                data, got, _, _ = socket.recv_fds(self.sock, 65536, 64, _CLOEXEC)
+                fds.extend(got)
                 if not data:
                     return
                 buf += data
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
                     answer = json.loads(line)
+                    if "spare" in answer:
+                        if not fds:  # its pipe did not arrive (out of descriptors)
+                            self._taken(1)  # the spare reads end-of-file and exits
+                            continue
+                        with self._lock:
+                            self._idle.append((int(answer["spare"]), fds.popleft()))
+                        continue
                     with self._lock:
                         slot = self._waiting.pop(answer["id"], None)
                     if slot is not None:
@@ -334,6 +406,8 @@ class _ForkServer:
                 self._waiting.clear()
             for slot in slots:
                 slot[0].set()  # pid stays None: the helper is gone
+            for fd in fds:
+                os.close(fd)
 
     def start(self, spec: dict[str, Any]) -> int:
         """Have the helper fork a child for ``spec``; the child's pid.
@@ -350,14 +424,45 @@ class _ForkServer:
             OSError: the helper is gone.
         """
         slot: list[Any] = [threading.Event(), None]
+        line = json.dumps(spec).encode() + b"\n"
+        pid = self._hand_over(line)
+        if pid:
+            slot[0].set()
+            slot[1] = pid
+            return slot
         with self._lock:
             if self._eof:
                 raise OSError("fork server exited")
             self._waiting[spec["request_id"]] = slot
-        line = json.dumps(spec).encode() + b"\n"
         with self._send_lock:
             self.sock.sendall(line)
         return slot
+
+    def _hand_over(self, line: bytes) -> int:
+        """Give ``line`` to the oldest idle spare; its pid, or 0 if none was left."""
+        taken = pid = 0
+        while not pid:
+            with self._lock:
+                if not self._idle:
+                    break
+                pid, fd = self._idle.popleft()
+            taken += 1
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError:
+                pid = 0  # that spare died: try the next one
+            finally:
+                os.close(fd)
+        if taken:
+            self._taken(taken)
+        return pid
+
+    def _taken(self, count: int) -> None:
+        """Tell the helper ``count`` of its spares are gone, so that it forks new ones."""
+        with contextlib.suppress(OSError), self._send_lock:
+            self.sock.sendall(b'{"taken": %d}\n' % count)
 
     def wait(self, slot: list[Any], request_id: str) -> int:
         """The pid the helper answered for a submitted spec.
@@ -392,6 +497,10 @@ class _ForkServer:
         self.proc.wait()
         self._reader.join()
         self.sock.close()
+        with self._lock:
+            idle, self._idle = list(self._idle), deque()
+        for _, fd in idle:
+            os.close(fd)  # an idle spare still alive reads end-of-file and exits unused
 
 
 def _alive(pid: int) -> bool:
@@ -463,6 +572,8 @@ class Runner:
         self._closed = False
         self._folders: set[Path] = set()  # folders known to exist
         self._tmp: str | None = None
+        if fork_server and spares:
+            _more_descriptors()  # this process holds a pipe per spare
 
     def environment(self, code: Code, tmpdir: str) -> dict[str, str]:
         """The environment an invocation sees."""
@@ -567,7 +678,7 @@ class Runner:
                     self._started(launched)
             if launched.pid == 0:  # it never started
                 return Result(False, error=launched.error, log_path=str(launched.log_path))
-            error = self._watch(launched.pid, proc, code, launched.started)
+            error = self._watch(launched.pid, proc, code, launched.started, launched.result_path)
             duration = time.time() - launched.started
             result = self._outcome(launched.result_path, error, launched.pid, proc)
             result.log_path, result.duration = str(launched.log_path), duration
@@ -606,7 +717,8 @@ class Runner:
         return path
 
     def _watch(
-        self, pid: int, proc: subprocess.Popen[bytes] | None, code: Code, started: float
+        self, pid: int, proc: subprocess.Popen[bytes] | None, code: Code, started: float,
+        result_path: Path,
     ) -> dict[str, Any] | None:
         limit = code.memory * 1024 * 1024
         deadline = started + code.timeout
@@ -624,6 +736,8 @@ class Runner:
             now = time.time()
             if now >= deadline:
                 _kill_group(pid)
+                if _complete(result_path):
+                    return None  # the handler returned in time; its exit was slow (idle CPU)
                 return _error(f"Task timed out after {code.timeout:.2f} seconds", "Sandbox.Timedout")
             if _tree_rss(pid) > limit:
                 _kill_group(pid)
@@ -643,7 +757,9 @@ class Runner:
         try:
             import select
 
-            select.select([fd], [], [], _POLL)
+            poller = select.poll()  # not select(): descriptors may well be above 1024
+            poller.register(fd, select.POLLIN)
+            poller.poll(_POLL * 1000)
         finally:
             os.close(fd)
 
@@ -667,13 +783,15 @@ class Runner:
 
     def _server_for(self, code: Code, env: dict[str, str]) -> _ForkServer:
         key = (code.name, code.sha)
+        tmp_root = self._tmp_root()
         with self._lock:
             server = self._servers.get(key)
             if server is None or server.proc.poll() is not None:
                 if server is not None:
                     server.close()
                 server = _ForkServer(
-                    code, {k: v for k, v in env.items() if k != "TMPDIR"}, self.spares
+                    code, {k: v for k, v in env.items() if k != "TMPDIR"}, self.spares,
+                    tmp_root, self.state_dir / "invocations",
                 )
                 self._servers[key] = server
             return server
@@ -701,6 +819,30 @@ class Runner:
             tmp, self._tmp = self._tmp, None
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        for path in (self.state_dir / "invocations").glob(".spare-*"):
+            with contextlib.suppress(OSError):
+                path.unlink()  # left by spares killed before they were used
+
+
+def _more_descriptors() -> None:
+    """Raise this process's soft limit on open files to its hard limit, where allowed."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, OSError, ValueError):
+        pass
+
+
+def _complete(result_path: Path) -> bool:
+    """Whether the invocation wrote its whole result (it ran at idle priority meanwhile)."""
+    try:
+        json.loads(result_path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _error(message: str, kind: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from emulator.models import FunctionRegistry
 from emulator.responses import Request, handle
-from emulator.runner import Runner
+from emulator.runner import SPARES, Runner
 
 __all__ = ["DEFAULT_STATE_DIR", "LocalCloud", "ThreadedEmulatorServer"]
 
@@ -79,6 +79,8 @@ class ThreadedEmulatorServer:
         s3_endpoint_url: the S3 endpoint invocations are pointed at.
         concurrency_limit: invocations running at once (default 1000, as on AWS).
         fork_server: start invocations through fork servers (False: plain spawn).
+        spares: idle children each fork server keeps forked ahead of demand; a burst of up
+            to this many Event invocations starts without a fork (each costs about 2 MiB).
         region: the region in ARNs and in the invocation environment.
         port: 0 picks a free port.
         duplicate_rate: rehearsals: the probability that an Event is delivered twice.
@@ -95,10 +97,11 @@ class ThreadedEmulatorServer:
         port: int = 0,
         duplicate_rate: float = 0.0,
         duplicate_seed: int = 0,
+        spares: int = SPARES,
     ) -> None:
         self.state_dir = Path(state_dir) if state_dir else DEFAULT_STATE_DIR
         self.s3_endpoint_url = s3_endpoint_url
-        self.runner = Runner(self.state_dir, s3_endpoint_url, region, fork_server)
+        self.runner = Runner(self.state_dir, s3_endpoint_url, region, fork_server, spares)
         self.registry = FunctionRegistry(
             self.state_dir, self.runner, region, concurrency_limit, duplicate_rate, duplicate_seed
         )
@@ -160,7 +163,7 @@ class LocalCloud:
 
     Args:
         **emulator_options: passed to :class:`ThreadedEmulatorServer` (``state_dir``,
-            ``concurrency_limit``, ``fork_server``, ``region``, ``port``).
+            ``concurrency_limit``, ``fork_server``, ``region``, ``port``, ``spares``).
 
     Example::
 
