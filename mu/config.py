@@ -38,6 +38,13 @@ class RunConfig:
         max_frame: the largest frame accepted from a worker.
         max_send_buffer: bytes queued for one worker before it counts as not reading.
         max_connections: connections open at once; more are refused.
+        max_handshakes: TLS handshakes in progress at once; later arrivals wait, unaccepted,
+            in the kernel's listen backlog. A handshake holds full-size record buffers and
+            CPU-bound work on our side, so a few dozen keep the loop busy over loopback or
+            within a region (16 by default, the fewest the local benchmark showed at full
+            speed). Over a long round trip each handshake waits a round trip for the
+            worker, so admission is at most max_handshakes per round trip: the CLI uses
+            128 for workers on AWS (1,600 a second at 80 ms).
         tls: mutual TLS (False only for debugging).
         retries: how many times an actor whose worker failed is given to a new worker
             (launched for it) before the actor counts as failed (``--retries``).
@@ -63,6 +70,7 @@ class RunConfig:
     max_frame: int = DEFAULT_MAX_FRAME
     max_send_buffer: int = 16 * 1024 * 1024
     max_connections: int = 20_000
+    max_handshakes: int = 16
     tls: bool = True
     retries: int = 2
     arrival_timeout: float = 300.0
@@ -83,6 +91,7 @@ class RunConfig:
         positive("max_frame")
         positive("max_send_buffer")
         positive("max_connections")
+        positive("max_handshakes")
         if self.speculate is not None and self.speculate <= 1:
             raise ConfigError(f"speculate must be a factor above 1, got {self.speculate}")
         for name in ("worker_deadline", "run_deadline", "handshake_timeout", "hello_timeout",

@@ -59,14 +59,6 @@ __all__ = ["ActorResult", "Coordinator", "RunResult", "Statistics"]
 log = logging.getLogger(__name__)
 
 _STATUS_EVERY = 0.25  # seconds between status callbacks
-# TLS handshakes in progress at once. A handshake holds full-size record buffers until it
-# ends, so thousands at once cost tens of MiB; the rest wait, unaccepted, in the kernel's
-# listen backlog, which costs us nothing. The handshakes are CPU-bound on our side, so a
-# dozen or so in flight keep the loop busy. Fewer in flight also leaves more of the CPU to
-# the workers already connected, which then end sooner: each holds its TLS state (about
-# 31 KiB with OpenSSL 4.0, see docs/benchmarks.md) until it ends. The price is admission
-# over a slow network: at most 16 per round trip (200 a second at 80 ms).
-_MAX_HANDSHAKES = 16
 _STRAGGLER_EVERY = 1.0  # seconds between straggler checks (--speculate)
 _MIN_SAMPLES = 3  # finished visits of a state before its median judges stragglers
 
@@ -254,7 +246,7 @@ class Coordinator:
         self._ctx: SSL.Context | None = server_context(keys) if keys and run_config.tls else None
         self._listener: socket.socket | None = None
         self._handshaking = 0  # TLS connections whose handshake has not ended
-        self._accept_paused = False  # the listener is out of the selector (see _MAX_HANDSHAKES)
+        self._accept_paused = False  # listener out of the selector: max_handshakes reached
         self._bound: tuple[str, int] | None = None
         self._sel = selectors.DefaultSelector()
         self._wake_r: socket.socket | None = None
@@ -508,7 +500,7 @@ class Coordinator:
     def _accept(self) -> None:
         assert self._listener is not None
         while True:
-            if self._handshaking >= _MAX_HANDSHAKES:
+            if self._handshaking >= self.config.max_handshakes:
                 self._sel.unregister(self._listener)
                 self._accept_paused = True
                 return
@@ -541,7 +533,7 @@ class Coordinator:
 
     def _handshake_ended(self) -> None:
         self._handshaking -= 1
-        if self._accept_paused and self._handshaking < _MAX_HANDSHAKES:
+        if self._accept_paused and self._handshaking < self.config.max_handshakes:
             assert self._listener is not None
             self._sel.register(self._listener, selectors.EVENT_READ, None)
             self._accept_paused = False

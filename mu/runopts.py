@@ -92,6 +92,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "times (3) that state's median among finished workers; the first to finish wins",
     )
     g.add_argument(
+        "--max-handshakes", type=int, default=None, metavar="N",
+        help="TLS handshakes in progress at once (16; 128 with --backend lambda, where each "
+        "waits a round trip for its worker)",
+    )
+    g.add_argument(
         "--resume", action="store_true",
         help="skip actors whose output already exists complete (size and SHA-256 as "
         "recorded at upload); run only the rest",
@@ -153,9 +158,9 @@ def keys_from_args(
 
 def run_config_from_args(args: argparse.Namespace, num_actors: int, offset: int) -> RunConfig:
     """The RunConfig the flags describe."""
-    host = args.host or (
-        "0.0.0.0" if getattr(args, "backend", "local") == "lambda" else "127.0.0.1"
-    )
+    remote = getattr(args, "backend", "local") == "lambda"
+    host = args.host or ("0.0.0.0" if remote else "127.0.0.1")
+    handshakes = getattr(args, "max_handshakes", None) or (128 if remote else 16)
     return RunConfig(
         num_actors=num_actors,
         offset=offset,
@@ -170,6 +175,7 @@ def run_config_from_args(args: argparse.Namespace, num_actors: int, offset: int)
         arrival_timeout=args.arrival_timeout,
         faults=getattr(args, "faults", None),
         speculate=getattr(args, "speculate", None),
+        max_handshakes=handshakes,
     )
 
 

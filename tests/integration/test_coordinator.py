@@ -703,3 +703,28 @@ def test_a_straggler_gets_a_backup_and_the_first_to_finish_wins(keys: KeySet) ->
 def test_speculate_must_be_a_factor_above_one() -> None:
     with pytest.raises(ConfigError, match="speculate must be a factor above 1"):
         RunConfig(speculate=1.0)
+
+
+def test_a_handshake_bound_of_one_still_admits_everyone(keys: KeySet) -> None:
+    """With one TLS handshake at a time the listener leaves the selector while it runs and
+    comes back after; arrivals wait in the backlog and all of them get work."""
+    n = 40
+    coord = coordinator(keys, n, max_handshakes=1)
+    ctx = client_context(keys)
+    with running(coord) as out:
+        finish(workers(n, lambda: good_worker(coord.address, coord.token, ctx)))
+    assert_all_done(out["result"], n)
+    assert out["result"].rejected == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [([], 16), (["--backend", "lambda"], 128), (["--max-handshakes", "5"], 5),
+     (["--backend", "lambda", "--max-handshakes", "7"], 7)],
+)
+def test_handshake_bound_from_the_flags(argv: list[str], expected: int) -> None:
+    from mu.apps.png2y4m_run import parse
+    from mu.runopts import run_config_from_args
+
+    config = run_config_from_args(parse(argv), num_actors=1, offset=0)
+    assert config.max_handshakes == expected
