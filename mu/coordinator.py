@@ -257,6 +257,8 @@ class Coordinator:
         self._speculated: set[int] = set()  # actors given a backup worker
         self._durations: dict[str, list[float]] = {}  # state -> sorted finished durations
         self._next_straggler_check = 0.0
+        faults = run_config.faults
+        self._faults = faults if faults is not None and faults.for_workers else None
         self._conns: dict[int, _Conn] = {}
         self._heap: list[tuple[float, int, int, str]] = []
         self._ids = itertools.count()
@@ -322,7 +324,7 @@ class Coordinator:
         host, port = self.address
         keys = self.keys if self.config.tls else None
         fields = dict(self.payload_fields)
-        if self.config.faults is not None and self.config.faults.for_workers:
+        if self._faults is not None:
             fields["faults"] = 1  # lets the workers accept the fault: command
         known = {k: fields.pop(k) for k in list(fields) if k in WorkerPayload.__dataclass_fields__}
         return WorkerPayload(
@@ -602,9 +604,14 @@ class Coordinator:
                 reason = event.reason
                 if override and "connection closed" in reason:
                     reason = override
-                if conn in self._running.get(actor.actorNum, ()):  # type: ignore[arg-type]
+                if self._live(conn):
                     self._record(conn, False, reason)
                 conn.closing = True
+
+    def _live(self, conn: _Conn) -> bool:
+        """Whether ``conn`` carries a running attempt of its actor."""
+        number = conn.actor.actorNum
+        return number is not None and conn in self._running.get(number, ())
 
     def _assign(self, conn: _Conn) -> None:
         actor = conn.actor
@@ -621,9 +628,8 @@ class Coordinator:
         conn.started_at = self.clock()
         if self.config.worker_deadline:
             self._at(self.config.worker_deadline, conn.id, "worker")
-        faults = self.config.faults
-        if faults is not None and faults.for_workers:
-            fault = faults.plan(number, attempt)
+        if self._faults is not None:
+            fault = self._faults.plan(number, attempt)
             conn.out += encode_text(fault.command())  # before the job's first command
             if fault.kind or fault.s3_error:
                 conn.fault = str(fault)
@@ -728,7 +734,7 @@ class Coordinator:
                     break
                 del out[:sent]
         except TransportError as exc:
-            if conn in self._running.get(conn.actor.actorNum, ()):  # type: ignore[arg-type]
+            if self._live(conn):
                 conn.actor.terminate(str(exc))
                 self._events(conn)
             self._close(conn)
@@ -755,8 +761,7 @@ class Coordinator:
             self._reject_count(f"{conn.peer}: {rejected}")
         if not conn.tls_done:
             self._handshake_ended()
-        number = conn.actor.actorNum
-        if number is not None and conn in self._running.get(number, ()):
+        if self._live(conn):
             # Ended without an event (should not happen): record it rather than lose it.
             self._record(conn, False, "connection closed")
         with contextlib.suppress(KeyError, ValueError):
