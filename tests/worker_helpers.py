@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from mu.launch import FunctionSpec, Invocation, LaunchReport
 from mu.protocol import CLOSED, NEED_DATA, FrameDecoder, decode_text, encode_text
 from mu.tls import KeySet
 from mu.worker import session
@@ -295,3 +296,41 @@ def connected_worker(
         finally:
             coord.close()
             worker.join()
+
+
+class FakeBackend:
+    """The function-management part of a launcher, for fake backends that only start
+    workers: every function exists, creating and deleting do nothing. Subclasses define
+    ``launch``."""
+
+    name = "fake"
+
+    def create_function(self, spec: FunctionSpec, region: str) -> dict[str, Any]:
+        return {}
+
+    def function_exists(self, name: str, region: str) -> bool:
+        return True
+
+    def delete_function(self, name: str, region: str) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def accepted(count: int, started: int | None = None) -> LaunchReport:
+    """A launch report for ``count`` invocations, the first ``started`` of them (all by
+    default) accepted."""
+    started = count if started is None else started
+    return LaunchReport(tuple(Invocation(i, "us-east-1", i < started) for i in range(count)))
+
+
+def read_command(sock: socket.socket, decoder: FrameDecoder) -> str | None:
+    """A simulated worker's next command from the coordinator, or None once it has closed."""
+    while True:
+        frame = decoder.next_frame()
+        if frame is CLOSED:
+            return None
+        if isinstance(frame, bytes):
+            return decode_text(frame)
+        decoder.receive_data(sock.recv(65536))

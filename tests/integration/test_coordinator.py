@@ -28,10 +28,11 @@ from mu.config import RunConfig
 from mu.coordinator import Coordinator, RunResult
 from mu.errors import ConfigError
 from mu.faults import FaultSpec
-from mu.launch import FunctionSpec, Invocation, LaunchReport, LaunchSpec
-from mu.protocol import CLOSED, NEED_DATA, FrameDecoder, encode_text
+from mu.launch import LaunchReport, LaunchSpec
+from mu.protocol import FrameDecoder, encode_text
 from mu.states import CommandListState, TerminalState
 from mu.tls import KeySet, generate_keys
+from tests.worker_helpers import FakeBackend, accepted, read_command
 
 JOB = Png2Y4MConfig(frames=2)
 
@@ -75,22 +76,14 @@ def good_worker(addr: tuple[str, int], token: str, ctx: ssl.SSLContext | None) -
     with sock:
         sock.sendall(encode_text(f"OK:HELLO:{token}"))
         decoder = FrameDecoder()
-        while True:
-            data = sock.recv(65536)
-            decoder.receive_data(data)
-            while (frame := decoder.next_frame()) is not NEED_DATA:
-                if frame is CLOSED:
-                    return seen
-                assert isinstance(frame, bytes)
-                command = frame.decode()
-                seen.append(command)
-                if command == "quit:":
-                    return seen
-                reply = answer(command)
-                if reply is not None:
-                    sock.sendall(encode_text(reply))
-            if not data:
-                return seen
+        while (command := read_command(sock, decoder)) is not None:
+            seen.append(command)
+            if command == "quit:":
+                break
+            reply = answer(command)
+            if reply is not None:
+                sock.sendall(encode_text(reply))
+    return seen
 
 
 @contextmanager
@@ -415,7 +408,7 @@ def test_worker_deadline_terminates_the_actor(keys: KeySet) -> None:
 SAFE: dict[str, Any] = {"handshake_timeout": 120.0, "hello_timeout": 120.0, "run_deadline": 180.0}
 
 
-class ThreadLauncher:
+class ThreadLauncher(FakeBackend):
     """A fake backend: each accepted invocation starts a simulated worker thread."""
 
     name = "threads"
@@ -426,15 +419,6 @@ class ThreadLauncher:
         self.threads: list[threading.Thread] = []
         self.specs: list[LaunchSpec] = []
 
-    def create_function(self, spec: FunctionSpec, region: str) -> dict[str, Any]:
-        return {}
-
-    def function_exists(self, name: str, region: str) -> bool:
-        return True
-
-    def delete_function(self, name: str, region: str) -> None:
-        return None
-
     def launch(self, spec: LaunchSpec) -> LaunchReport:
         self.specs.append(spec)
         payload = json.loads(spec.payload)
@@ -444,8 +428,7 @@ class ThreadLauncher:
                 (payload["addr"], payload["port"]), payload["token"], self.ctx))
             t.start()
             self.threads.append(t)
-        invs = tuple(Invocation(i, "us-east-1", i < count) for i in range(spec.count))
-        return LaunchReport(invs)
+        return accepted(spec.count, count)
 
     def close(self) -> None:
         finish(self.threads)
@@ -538,7 +521,7 @@ class ScriptedLauncher(ThreadLauncher):
             t = threading.Thread(target=target, args=(addr, payload["token"], self.ctx))
             t.start()
             self.threads.append(t)
-        return LaunchReport(tuple(Invocation(i, "us-east-1", True) for i in range(spec.count)))
+        return accepted(spec.count)
 
 
 def test_a_failed_actor_is_given_to_a_new_worker(keys: KeySet) -> None:
@@ -575,7 +558,7 @@ def test_workers_that_never_arrive_do_not_hang_the_run(keys: KeySet) -> None:
 
         def launch(self, spec: LaunchSpec) -> LaunchReport:
             self.specs.append(spec)
-            return LaunchReport(tuple(Invocation(i, "us-east-1", True) for i in range(spec.count)))
+            return accepted(spec.count)
 
     launcher = Ghosts(None, keys)
     coord = Coordinator(Small, JOB, RunConfig(num_actors=2, port=0, arrival_timeout=0.5, **SAFE),
@@ -619,12 +602,6 @@ def test_no_faults_no_fault_command(keys: KeySet) -> None:
     assert all("fault" not in a.to_record() for a in out["result"].actors)
 
 
-def _next_command(sock: socket.socket, decoder: FrameDecoder) -> str | None:
-    while (frame := decoder.next_frame()) is NEED_DATA:
-        decoder.receive_data(sock.recv(65536))
-    return None if frame is CLOSED else bytes(frame).decode()  # type: ignore[arg-type]
-
-
 def test_a_second_worker_with_the_token_is_never_given_a_taken_actor(keys: KeySet) -> None:
     """A replayed or duplicated worker (same token) arriving while the only actor is in
     another worker's hands is told to quit, and the actor finishes once."""
@@ -635,14 +612,14 @@ def test_a_second_worker_with_the_token_is_never_given_a_taken_actor(keys: KeySe
     ) as first:
         first.sendall(encode_text(f"OK:HELLO:{coord.token}"))
         decoder = FrameDecoder()
-        command = _next_command(first, decoder)
+        command = read_command(first, decoder)
         assert command == "set:a:1"
         assert good_worker(coord.address, coord.token, ctx) == ["quit:"]
         while command is not None and command != "quit:":
             reply = answer(command)
             if reply is not None:
                 first.sendall(encode_text(reply))
-            command = _next_command(first, decoder)
+            command = read_command(first, decoder)
     result = out["result"]
     assert_all_done(result, 1)
     assert len(result.actors) == 1
@@ -680,8 +657,7 @@ def test_a_straggler_gets_a_backup_and_the_first_to_finish_wins(keys: KeySet) ->
                 rest = LaunchSpec(spec.function_name, spec.payload, spec.count - 1, spec.regions)
                 super().launch(rest)
                 self.specs.pop()
-                return LaunchReport(tuple(Invocation(i, "us-east-1", True)
-                                          for i in range(spec.count)))
+                return accepted(spec.count)
             return super().launch(spec)
 
     launcher = Launcher([], keys)

@@ -45,19 +45,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mu.config import RunConfig
 from mu.coordinator import Coordinator, RunResult
-from mu.launch import FunctionSpec, Invocation, LaunchReport, LaunchSpec
-from mu.protocol import CLOSED, NEED_DATA, FrameDecoder, decode_text, encode_frame, encode_text
+from mu.launch import LaunchReport, LaunchSpec
+from mu.protocol import FrameDecoder, decode_text, encode_frame, encode_text
 from mu.states import CommandListState, TerminalState
 from mu.tls import KeySet
 from tests.strategies import chunked
-from tests.worker_helpers import WAIT
+from tests.worker_helpers import WAIT, FakeBackend, accepted, read_command
 
 MAX_FRAME = 4096
 """The coordinator's ``max_frame`` here: small, so lengths on both sides of it are cheap."""
@@ -139,61 +138,31 @@ def good_worker(
     with sock:
         sock.sendall(encode_text(f"OK:HELLO:{token}"))
         decoder = FrameDecoder()
-        while True:
-            data = sock.recv(65536)
-            decoder.receive_data(data)
-            while (frame := decoder.next_frame()) is not NEED_DATA:
-                if frame is CLOSED:
-                    return f"{host}:{port}", seen
-                assert isinstance(frame, bytes)
-                command = decode_text(frame)
-                seen.append(command)
-                if command == "quit:":
-                    return f"{host}:{port}", seen
-                if command == "run:true" and hold is not None:
-                    assert hold.wait(RUN_DEADLINE), "the fuzz never released the sentinel"
-                sock.sendall(encode_text(ANSWERS[command]))
-            if not data:
-                return f"{host}:{port}", seen
-
-
-def read_command(sock: socket.socket, decoder: FrameDecoder) -> str | None:
-    """The next command from the coordinator, or None once it has closed."""
-    while True:
-        frame = decoder.next_frame()
-        if frame is CLOSED:
-            return None
-        if isinstance(frame, bytes):
-            return decode_text(frame)
-        decoder.receive_data(sock.recv(65536))
+        while (command := read_command(sock, decoder)) is not None:
+            seen.append(command)
+            if command == "quit:":
+                break
+            if command == "run:true" and hold is not None:
+                assert hold.wait(RUN_DEADLINE), "the fuzz never released the sentinel"
+            sock.sendall(encode_text(ANSWERS[command]))
+    return f"{host}:{port}", seen
 
 
 # ------------------------------------------------------------------------ the live run
 
 
-class FuzzLauncher:
-    """A fake backend: every invocation it is asked for becomes a good worker for the feeder."""
+class FuzzLauncher(FakeBackend):
+    """A fake backend: every invocation it is asked for becomes a good worker for the feeder
+    (the run's good workers are joined by LiveRun)."""
 
     name = "fuzz"
 
     def __init__(self, add: Callable[[int], None]) -> None:
         self.add = add
 
-    def create_function(self, spec: FunctionSpec, region: str) -> dict[str, Any]:
-        return {}
-
-    def function_exists(self, name: str, region: str) -> bool:
-        return True
-
-    def delete_function(self, name: str, region: str) -> None:
-        return None
-
     def launch(self, spec: LaunchSpec) -> LaunchReport:
         self.add(spec.count)
-        return LaunchReport(tuple(Invocation(i, "us-east-1", True) for i in range(spec.count)))
-
-    def close(self) -> None:
-        return None  # the run's good workers are joined by LiveRun
+        return accepted(spec.count)
 
 
 class LiveRun:

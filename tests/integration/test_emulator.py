@@ -77,16 +77,6 @@ def bundle(source: bytes = HANDLER) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[S3Server]:
-    server = S3Server()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture(scope="module", params=[True, False], ids=["fork-server", "spawn"])
 def emulator(request: pytest.FixtureRequest, s3_server: S3Server,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedEmulatorServer]:

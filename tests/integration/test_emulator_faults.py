@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,6 @@ def handler(event, context):
     boto3.client("s3").put_object(Bucket=event["bucket"],
         Key="%s/%d-%d" % (event["key"], os.getpid(), time.time_ns()), Body=b"")
 '''
-
-
-@pytest.fixture
-def s3_server() -> Iterator[S3Server]:
-    server = S3Server()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 _calls = iter(range(1000))
