@@ -190,10 +190,7 @@ def finished_chunks(s3: Any, cfg: Png2Y4MConfig, chunks: list[int]) -> list[int]
 
     if not bucket_exists(s3, cfg.bucket):
         return []
-    present: set[str] = set()
-    paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=cfg.bucket, Prefix=cfg.output_prefix):
-        present.update(obj["Key"] for obj in page.get("Contents", []))
+    present = keys_under(s3, cfg.bucket, cfg.output_prefix)
     finished = []
     for chunk in chunks:
         key = cfg.output_key(chunk)
@@ -219,12 +216,17 @@ def bucket_exists(s3: Any, bucket: str) -> bool:
     return True
 
 
+def keys_under(s3: Any, bucket: str, prefix: str) -> set[str]:
+    """Every key in ``bucket`` that starts with ``prefix`` (one paginated listing)."""
+    present: set[str] = set()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        present.update(obj["Key"] for obj in page.get("Contents", []))
+    return present
+
+
 def missing_inputs(s3: Any, cfg: Png2Y4MConfig, chunks: list[int]) -> list[str]:
     """The input keys that ``chunks`` need and the bucket lacks (one listing per run)."""
-    present: set[str] = set()
-    paginator = s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=cfg.bucket, Prefix=cfg.input_prefix):
-        present.update(obj["Key"] for obj in page.get("Contents", []))
+    present = keys_under(s3, cfg.bucket, cfg.input_prefix)
     needed = [cfg.input_key(f) for c in chunks for f in cfg.frames_of(c)]
     return [key for key in needed if key not in present]
 
