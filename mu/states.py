@@ -325,34 +325,31 @@ class CommandListState(MachineState):
     def expecting(self) -> str | None:
         if self._pending:
             return self._pending[0]
-        if self.pos < len(self.steps):
-            return self.steps[self.pos].expect
+        steps = self.steps
+        if self.pos < len(steps):
+            return steps[self.pos].expect
         return None
 
     def post_transition(self, msg: str | None) -> Transition:
+        steps = self.steps
         commands: list[str] = []
         if self._pending:
             self._pending.popleft()
-        elif msg is not None:
-            # The current step's expectation was met: send its command.
-            cmd = self.steps[self.pos].command
+        elif msg is not None or (self.pipelined and self.pos < len(steps)):
+            # The current step's expectation was met (or, pipelined, there is none yet):
+            # send its command.
+            cmd = steps[self.pos].command
             if cmd is not None:
                 commands.append(cmd)
             self.pos += 1
             if self.pipelined:
                 self._send_rest(commands)
-        elif self.pipelined and self.pos < len(self.steps):
-            cmd = self.steps[self.pos].command
+        while not self._pending and self.pos < len(steps):
+            expect, cmd = steps[self.pos]
+            if expect is not None:
+                return self, commands
             if cmd is not None:
                 commands.append(cmd)
-            self.pos += 1
-            self._send_rest(commands)
-        while not self._pending and self.pos < len(self.steps):
-            step = self.steps[self.pos]
-            if step.expect is not None:
-                return self, commands
-            if step.command is not None:
-                commands.append(step.command)
             self.pos += 1
         if self._pending:
             return self, commands
