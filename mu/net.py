@@ -19,8 +19,7 @@ any other ``SSL.Error``                 :class:`~mu.errors.TransportError`
 =====================================  ==========================================
 
 A TLS pipe must first finish :meth:`Pipe.handshake` (which returns False while it needs
-more I/O). pyOpenSSL may hold decrypted bytes the socket no longer signals, so
-:meth:`Pipe.receive` reads until the layer says it would block.
+more I/O). :meth:`Pipe.receive` reads once per call (see there why nothing is left behind).
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from mu.errors import TransportError, map_exceptions
 
 __all__ = ["Pipe"]
 
-_READ_SIZE = 65536
+_READ_SIZE = 65536  # bytes per read; more than a TLS record's 16 KiB of plaintext
 
 
 _ERRORS: Mapping[type[BaseException], type[Exception]] = {
@@ -102,30 +101,17 @@ class Pipe:
         return True
 
     def receive(self) -> bytes | None:
-        """Everything readable now: bytes, ``b""`` at EOF, or None if nothing yet.
+        """What one read gives now: bytes, ``b""`` at EOF, or None if nothing yet.
+
+        One read is enough, because the selector is level-triggered: bytes still in the socket
+        make it report the connection again. Nothing stays behind inside pyOpenSSL either: a
+        TLS record carries at most 16 KiB of plaintext, one ``SSL_read`` of up to
+        :data:`_READ_SIZE` returns all of it, and OpenSSL (no read-ahead) takes from the
+        socket no more than the record it decrypts.
 
         Raises:
             TransportError: the connection broke (reset, TLS error).
         """
-        chunks: list[bytes] = []
-        while True:
-            data = self._recv_once()
-            if data is None:
-                break
-            if not data:
-                if chunks:
-                    break  # deliver what came first; EOF shows again on the next call
-                return b""
-            chunks.append(data)
-            # Stop when the layer holds nothing more: the selector (level-triggered) reports
-            # bytes still in the socket, and probing would cost a WantReadError per read.
-            if len(data) < _READ_SIZE if self._conn is None else not self._conn.pending():
-                break
-        if not chunks:
-            return None
-        return b"".join(chunks)
-
-    def _recv_once(self) -> bytes | None:
         if self._conn is None:
             try:
                 return self.sock.recv(_READ_SIZE)
