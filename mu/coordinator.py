@@ -173,6 +173,7 @@ class _Conn:
         "actor",
         "closing",
         "counted_out",
+        "events",
         "fault",
         "id",
         "out",
@@ -192,6 +193,7 @@ class _Conn:
         self.closing = False
         self.started_at = 0.0
         self.counted_out = 0
+        self.events = selectors.EVENT_READ  # what the selector watches for
         self.fault: str | None = None
 
 
@@ -547,9 +549,9 @@ class Coordinator:
             self._close(conn, rejected=str(exc))
             return
         if conn.pipe.wants_write:
-            self._sel.modify(conn.pipe.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+            self._watch(conn, selectors.EVENT_READ | selectors.EVENT_WRITE)
         elif done or not conn.out:
-            self._sel.modify(conn.pipe.sock, selectors.EVENT_READ, conn)
+            self._watch(conn, selectors.EVENT_READ)
         if done:
             conn.tls_done = True
             self._handshake_ended()
@@ -748,11 +750,17 @@ class Coordinator:
             self._close(conn)
             return
         if out or conn.pipe.wants_write:
-            self._sel.modify(conn.pipe.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+            self._watch(conn, selectors.EVENT_READ | selectors.EVENT_WRITE)
         elif conn.closing:
             self._close(conn)
         else:
-            self._sel.modify(conn.pipe.sock, selectors.EVENT_READ, conn)
+            self._watch(conn, selectors.EVENT_READ)
+
+    def _watch(self, conn: _Conn, events: int) -> None:
+        # Most flushes leave the events as they were: skip the selector call then.
+        if events != conn.events:
+            self._sel.modify(conn.pipe.sock, events, conn)
+            conn.events = events
 
     def _close(self, conn: _Conn, rejected: str | None = None) -> None:
         if self._conns.pop(conn.id, None) is None:
