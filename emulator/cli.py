@@ -16,13 +16,14 @@ and fork server, before ``run`` returns 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
 from pathlib import Path
 from types import FrameType
 
-from emulator.runner import SPARES
+from emulator.runner import SPARE_PREFIX, SPARES
 from emulator.server import DEFAULT_STATE_DIR, ThreadedEmulatorServer
 
 __all__ = ["add_arguments", "run"]
@@ -113,13 +114,34 @@ def _logs(state_dir: Path, function: str | None, request_id: str | None) -> int:
         print("mu emulator logs: name a FUNCTION", file=sys.stderr)
         return 2
     folder = state_dir / "logs" / function
-    files = [folder / f"{request_id}.log"] if request_id else sorted(
-        folder.glob("*.log"), key=lambda p: p.stat().st_mtime)
-    found = [p for p in files if p.is_file()]
-    if not found:
+    # A running invocation of a fork server writes a spare's log, named when it ends; its
+    # first line names the request.
+    found = []
+    for path in folder.glob("*.log"):
+        try:
+            info = path.stat()
+        except OSError:
+            continue  # renamed (a spare's log at its end) or removed meanwhile
+        if info.st_size:  # an idle spare's log is empty
+            found.append((info.st_mtime, path))
+    files = [path for _, path in sorted(found)]
+    if request_id:
+        start = f"START RequestId: {request_id} "
+        files = [p for p in files if p.name == f"{request_id}.log" or (
+            p.name.startswith(SPARE_PREFIX) and _first_line(p).startswith(start))]
+    if not files:
         what = f"invocation {request_id} of " if request_id else ""
         print(f"mu emulator logs: no logs for {what}{function} in {folder}", file=sys.stderr)
         return 1
-    for path in found:
-        sys.stdout.write(path.read_text(errors="replace"))
+    for path in files:
+        with contextlib.suppress(OSError):
+            sys.stdout.write(path.read_text(errors="replace"))
     return 0
+
+
+def _first_line(path: Path) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.readline()
+    except OSError:
+        return ""

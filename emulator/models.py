@@ -10,9 +10,9 @@ Invocations go through :meth:`FunctionRegistry.invoke`. Synchronous ones run in 
 (request) thread; beyond the concurrency limit they are refused with 429, as on AWS.
 Asynchronous (Event) ones are accepted at once (202). One that finds a free concurrency slot
 takes it, and the request's thread starts it right after sending the 202
-(:attr:`InvokeResult.start`); the others wait in a FIFO queue, and a dispatcher starts each
-when a slot frees. A thread per running invocation waits for it, and a failed one is queued
-again up to the function's ``MaximumRetryAttempts`` (default 2, as on AWS). Every invocation
+(:attr:`InvokeResult.start`); the others wait in a FIFO queue, started as slots free. The
+runner reports each end from its one watcher thread, and a failed Event is queued again up
+to the function's ``MaximumRetryAttempts`` (default 2, as on AWS). Every invocation
 has an :class:`Invocation` record (status, attempts, error, log file), kept for the last
 ``KEEP_INVOCATIONS`` and read with :meth:`FunctionRegistry.invocation`. The execution engine
 (:class:`~emulator.runner.Runner`) sits behind the model and can be swapped.
@@ -47,7 +47,7 @@ from emulator.errors import (
     ResourceNotFound,
     TooManyRequests,
 )
-from emulator.runner import Code, Launched, Result, Runner
+from emulator.runner import Code, Result, Runner
 
 __all__ = ["ACCOUNT", "Function", "FunctionRegistry", "Invocation", "InvokeResult"]
 
@@ -176,7 +176,6 @@ class FunctionRegistry:
         self._functions: dict[str, Function] = {}
         self._active = 0
         self._queue: deque[tuple[str, bytes, str, int]] = deque()
-        self._threads: set[threading.Thread] = set()
         self._closed = False
         self._invocations: OrderedDict[str, Invocation] = OrderedDict()
         (state_dir / "functions").mkdir(parents=True, exist_ok=True)
@@ -486,69 +485,45 @@ class FunctionRegistry:
     def _dispatch(self) -> None:
         """Start queued Event invocations while slots are free (lock held)."""
         while self._queue and self._active < self.concurrency_limit and not self._closed:
-            item = self._queue.popleft()
             self._active += 1
-            thread = threading.Thread(target=self._run_async, args=item, daemon=True)
-            self._threads.add(thread)
-            thread.start()
+            self._start_async(*self._queue.popleft())
 
-    def _start_async(self, name: str, payload: bytes, request_id: str) -> None:
-        """Start a first attempt in the calling thread, and wait for it in a new one.
-
-        The HTTP layer calls this right after sending the 202 (see ``InvokeResult.start``):
-        with a fork server a start is one short message, so the invocation starts without
-        waiting for a new thread to be scheduled. The slot was taken by :meth:`invoke`.
+    def _start_async(self, name: str, payload: bytes, request_id: str, attempt: int = 0) -> None:
+        """Start an attempt of an Event invocation whose slot is taken; the runner's watcher
+        calls :meth:`_async_done` when it ends. Starting through a fork server is one write,
+        so the HTTP layer calls this right after sending the 202 (see ``InvokeResult.start``).
         """
-        launched: Launched | None = None
         try:
             fn = self.get(name)
-            self._attempt(request_id)
-            launched = self.runner.launch(fn.code(self.region), payload, request_id)
-        except EmulatorError:
-            pass  # deleted meanwhile: _run_async drops the event
-        finally:
-            thread = threading.Thread(target=self._run_async,
-                                      args=(name, payload, request_id, 0, launched),
-                                      daemon=True)
-            with self._lock:
-                self._threads.add(thread)
-            thread.start()
-
-    def _run_async(
-        self, name: str, payload: bytes, request_id: str, attempt: int,
-        launched: Launched | None = None,
-    ) -> None:
-        retry = dropped = False
-        result: Result | None = None
-        try:
-            try:
-                fn = self.get(name)
-            except EmulatorError:
-                dropped = True
-                if launched is not None:
-                    self.runner.finish(launched)
-                return  # deleted meanwhile: the event is dropped, as on AWS
-            if launched is None:
-                self._attempt(request_id)
-                launched = self.runner.launch(fn.code(self.region), payload, request_id)
-            result = self.runner.finish(launched)
-            allowed = 2 if fn.MaximumRetryAttempts is None else fn.MaximumRetryAttempts
-            retry = not result.ok and attempt < allowed
-        finally:
+        except EmulatorError:  # deleted meanwhile: the event is dropped, as on AWS
             with self._lock:
                 self._active -= 1
                 record = self._invocations.get(request_id)
-                if dropped and record is not None:
+                if record is not None:
                     record.status = "dropped"
-                else:
-                    self._ended(record, result)
-                if retry and not self._closed:
-                    if record is not None:
-                        record.status = "queued"
-                    self._queue.append((name, payload, request_id, attempt + 1))
-                self._threads.discard(threading.current_thread())
                 self._dispatch()
                 self._lock.notify_all()
+            return
+        self._attempt(request_id)
+        allowed = 2 if fn.MaximumRetryAttempts is None else fn.MaximumRetryAttempts
+        self.runner.launch(fn.code(self.region), payload, request_id, functools.partial(
+            self._async_done, name, payload, request_id, attempt, allowed))
+
+    def _async_done(
+        self, name: str, payload: bytes, request_id: str, attempt: int, allowed: int,
+        result: Result,
+    ) -> None:
+        """An attempt ended: record it, queue a retry if it failed and one is left."""
+        with self._lock:
+            self._active -= 1
+            record = self._invocations.get(request_id)
+            self._ended(record, result)
+            if not result.ok and attempt < allowed and not self._closed:
+                if record is not None:
+                    record.status = "queued"
+                self._queue.append((name, payload, request_id, attempt + 1))
+            self._dispatch()
+            self._lock.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing runs or waits; True if that happened within ``timeout``."""
@@ -556,11 +531,8 @@ class FunctionRegistry:
             return self._lock.wait_for(lambda: not self._active and not self._queue, timeout)
 
     def close(self) -> None:
-        """Refuse new invocations, kill running ones and join their threads."""
+        """Refuse new invocations and kill running ones."""
         with self._lock:
             self._closed = True
             self._queue.clear()
-            threads = list(self._threads)
         self.runner.close()
-        for thread in threads:
-            thread.join(timeout=30)

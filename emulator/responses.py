@@ -20,6 +20,7 @@ class Request:
     method: str
     path: str
     headers: Mapping[str, str]
+    """Header names in lower case."""
     body: bytes
 
 
@@ -127,9 +128,8 @@ def get_invoke_config(reg: FunctionRegistry, req: Request, name: str) -> Respons
 
 
 def invoke(reg: FunctionRegistry, req: Request, name: str) -> Response:
-    headers = {k.lower(): v for k, v in req.headers.items()}
-    kind = headers.get("x-amz-invocation-type", "RequestResponse")
-    tail = headers.get("x-amz-log-type", "None") == "Tail"
+    kind = req.headers.get("x-amz-invocation-type", "RequestResponse")
+    tail = req.headers.get("x-amz-log-type", "None") == "Tail"
     result = reg.invoke(name, req.body, kind, tail)
     out = {"x-amzn-RequestId": result.request_id, "X-Amz-Executed-Version": "$LATEST"}
     if result.function_error:

@@ -5,47 +5,56 @@ Theory of operation
 Each invocation gets its own process, its own process group, a private temporary directory
 (``TMPDIR``, removed afterwards) and its own log file. The process runs a small bootstrap
 (:data:`BOOTSTRAP`) that puts the function's unpacked code first on ``sys.path``, builds a
-context object, calls the handler and writes the outcome as JSON to a result file. Two ways
-to start that process, with identical results:
+context object and calls the handler. The invocation and the process talk over one socket
+pair, its *channel*: the runner writes the invocation (one JSON line: the event, the
+environment, the context's fields) and the process writes its outcome back (one JSON line)
+just before it exits. So starting and ending an invocation touch no control file.
+
+Two ways to start that process, with identical results:
 
 * **fork server** (default): one single-threaded helper process per function has already
-  imported the Python runtime, boto3 and the handler's module; it forks a child per
-  invocation, so a start costs milliseconds instead of re-importing boto3 (~0.3-0.5 s).
-  While it has nothing to do it also forks up to ``spares`` idle children (``SPARES`` by
-  default), each in its own session, blocked reading a pipe whose write end the helper
-  passes to the emulator (``SCM_RIGHTS``) and closes. An invocation is handed by the
-  emulator itself to the oldest spare (one pipe write, the pid already known), so a burst
-  makes no round trip through the helper; only when no spare is left does the helper fork
-  on demand. In idle time a spare also makes its ``TMPDIR`` and log file under placeholder
-  names (renamed when its invocation comes: cheaper than creating them during a burst) and
-  runs the invocation path's Python once on a dummy spec, so the pages it writes are
-  copied before the burst. The helper refills only after requests have paused for 0.1 s
-  (or when a quarter of the spares is left). A spare serves one invocation and exits, so
-  every invocation still runs in a process nobody used before; spares whose emulator or
-  helper goes away read end-of-file and exit unused. Once the handler has returned, the
-  process drops to ``SCHED_IDLE`` to write its result and exit, so its teardown never
-  competes with starts; a result complete by the deadline counts even if the exit was
-  slow;
-* **plain spawn**: ``python -I -c BOOTSTRAP`` per invocation.
+  imported the Python runtime, boto3 and the handler's module, and forks *spares* ahead of
+  demand, up to ``spares`` (``SPARES`` by default). A spare is a child in its own session
+  that makes its ``TMPDIR`` and its log file under placeholder names in idle time, runs the
+  invocation path's Python once on a dummy invocation (so the pages it writes are copied
+  before a burst, not during one), and blocks reading its channel. The helper passes the
+  channel's other end to the runner (``SCM_RIGHTS``) with the spare's pid and placeholder
+  names, so an invocation is handed by the runner itself to the oldest spare: one write,
+  no round trip through the helper and no file created, renamed or opened while a burst
+  starts. When no spare is left the invocation waits for the next one announced, and the
+  helper forks at once (it is told how many wait); otherwise it refills only after
+  requests have paused for 0.1 s, or when a quarter of the spares is left, so that refills
+  do not compete with a burst. A spare serves one invocation and exits, so every
+  invocation still runs in a process nobody used before; spares whose runner or helper
+  goes away read end-of-file and exit unused;
+* **plain spawn**: ``python -I -c BOOTSTRAP spawn FD`` per invocation, which reads the
+  invocation from its channel and makes its ``TMPDIR`` and log itself.
 
-Starting and waiting are separate (:meth:`Runner.launch`, then :meth:`Runner.finish`;
-:meth:`Runner.run` does both). Launching through a fork server only writes one JSON line, to
-a spare or (none left) to the helper; a reader thread per helper collects the spares it
-announces and the pids it answers, so any number of launches can
-be in flight without a round trip each. The watcher (the thread in ``finish``) waits for the
-pid, then for the process (a pidfd, or ``Popen.wait`` for a spawn), and enforces the
-function's ``Timeout`` and ``MemorySize`` (the resident size of the process tree, read from
-``/proc``) by killing the whole process group, with Lambda's messages. When the invocation
-ends, whatever it left running in its group is killed too, so nothing outlives an
-invocation; :meth:`Runner.close` kills every invocation, spare and helper.
+Once the handler has returned, the process drops to ``SCHED_IDLE`` to write its outcome and
+exit, so its teardown never competes with starts.
+
+One watcher thread per runner waits for every invocation at once (each process's pidfd and
+channel in one ``selectors`` set, epoll on Linux), so no thread is started per invocation.
+It enforces the function's ``Timeout`` (a heap of deadlines) and ``MemorySize`` (the
+resident size of the process tree, read from ``/proc`` every ``_POLL`` seconds) by killing
+the whole process group, with Lambda's messages, and an outcome complete by the deadline
+counts even if the exit was slow. When an invocation ends, whatever it left running in its group is killed,
+its log gets its final name (``logs/FUNCTION/REQUEST_ID.log``, appended to if an earlier
+attempt wrote one) and Lambda's ``END``/``REPORT`` lines, its ``TMPDIR`` is removed, and the
+caller's ``on_done`` is called with the :class:`Result`, from the watcher thread. That
+clean-up waits while invocations are starting (until none has started for ``_SETTLE``, or
+for at most ``_SETTLE_MAX``), so that a burst's starts do not compete with its first ends.
+:meth:`Runner.close` kills every invocation, spare and helper.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
+import heapq
+import itertools
 import json
 import os
+import selectors
 import shutil
 import signal
 import socket
@@ -54,20 +63,23 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BOOTSTRAP", "Code", "Launched", "Result", "Runner"]
+__all__ = ["BOOTSTRAP", "SPARES", "Code", "Result", "Runner"]
 
-_POLL = 0.05  # seconds between watchdog checks (memory, deadline)
+_POLL = 0.05  # seconds between memory checks of a running invocation
+_SETTLE = 0.003  # ends are cleaned up once no invocation has started for this long,
+_SETTLE_MAX = 0.2  # or once they have waited this long
 SPARES = 128  # idle pre-forked children per fork server (each costs about 2 MiB: page
 # tables and the pages it has written; the rest is shared with the helper, copy-on-write)
-_FORK_ANSWER = 60.0  # seconds to wait for a fork server's answer (it may be importing)
 _CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 _BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "SSL_CERT_FILE", "SSL_CERT_DIR")
+SPARE_PREFIX = ".spare-"  # placeholder names of spares' logs and TMPDIRs
 
 # The bootstrap runs inside the invocation's process, with nothing of ours importable.
 BOOTSTRAP = r'''
@@ -92,13 +104,20 @@ def load(spec):
     module, _, name = spec["handler"].rpartition(".")
     return getattr(importlib.import_module(module), name)
 
-def invoke(spec, handler=None):
+def read_line(fd):
+    # One JSON line from the channel; None at end-of-file (the runner went away).
+    parts = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return None
+        parts.append(chunk)
+        if chunk.endswith(b"\n"):
+            return json.loads(b"".join(parts))
+
+def invoke(spec, chan, handler=None):
     try:
-        if "event" in spec:  # fork server: the event came inline
-            raw = spec["event"].encode("utf-8", "surrogateescape")
-        else:
-            with open(spec["event_path"], "rb") as f:
-                raw = f.read()
+        raw = spec["event"].encode("utf-8", "surrogateescape")
         event = json.loads(raw) if raw.strip() else {}
         handler = handler or load(spec)
         result = handler(event, Context(spec))
@@ -109,9 +128,10 @@ def invoke(spec, handler=None):
                "stackTrace": traceback.format_exc().splitlines()}
     sys.stdout.flush()
     sys.stderr.flush()
-    idle()  # the handler is done: writing its result and exiting can wait for idle CPU
-    with open(spec["result_path"], "w") as f:
-        json.dump(out, f, default=str)
+    idle()  # the handler is done: writing its outcome and exiting can wait for idle CPU
+    view = memoryview(json.dumps(out, default=str).encode() + b"\n")
+    while view:
+        view = view[os.write(chan, view):]
 
 def idle():
     try:
@@ -122,41 +142,28 @@ def idle():
         except OSError:
             pass
 
-def child(spec, handler=None, ready=None):
-    # ready: (TMPDIR, log fd, log path) a spare made in idle time; renaming them costs
-    # far less than creating a file and a folder while a burst of invocations starts.
+def child(spec, chan, handler=None, log_fd=-1):
+    # log_fd: the log a spare opened in idle time (its TMPDIR is made too); otherwise
+    # both are made here.
     os.chdir(spec["code_dir"])
     os.environ.clear()
     os.environ.update(spec["env"])
-    tmp, fd, log = ready or (None, -1, None)
-    try:
-        os.rename(tmp, spec["env"]["TMPDIR"])
-    except (OSError, TypeError):
-        if tmp:
-            os.rmdir(tmp)
+    if log_fd < 0:
         try:
             os.mkdir(spec["env"]["TMPDIR"], 0o700)
         except FileExistsError:
             pass
-    try:
-        if os.path.exists(spec["log_path"]):
-            raise FileExistsError  # an earlier attempt's log: append to it
-        os.rename(log, spec["log_path"])
-    except (OSError, TypeError):
-        if fd >= 0:
-            os.close(fd)
-            os.unlink(log)
-        fd = os.open(spec["log_path"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.write(fd, spec["start_line"].encode())
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
+        log_fd = os.open(spec["log_path"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.write(log_fd, spec["start_line"].encode())
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
     import tempfile
     tempfile.tempdir = None
-    invoke(spec, handler)
+    invoke(spec, chan, handler)
 
 def rehearse():
     # Run the invocation path's Python once on a dummy spec, in a spare, in idle time: the
@@ -165,14 +172,24 @@ def rehearse():
     import io
     spec = {"name": "x", "version": "1", "memory": 128, "request_id": "x", "arn": "x",
             "deadline": time.time(), "code_dir": ".", "handler": "a.b", "event": "{}",
-            "env": dict(os.environ), "log_path": "x", "result_path": "x", "start_line": "x"}
-    spec = json.loads(json.dumps(spec))
+            "env": dict(os.environ), "log_path": "x", "start_line": "x"}
+    spec = json.loads(json.dumps(spec).encode() + b"\n")
     json.loads(spec["event"].encode("utf-8", "surrogateescape"))
     Context(spec).get_remaining_time_in_millis()
-    os.path.exists(spec["log_path"])
-    json.dump({"ok": True, "result": {}}, io.StringIO(), default=str)
+    json.dumps({"ok": True, "result": {}}, default=str).encode()
 
-def serve(sock_fd, code_dir, handler_name, pool_size, tmp_root, work_dir):
+def spare(chan, tmp, log, handler):
+    os.mkdir(tmp, 0o700)
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    rehearse()
+    spec = read_line(chan)
+    if spec is None:  # the runner is gone before handing us an invocation: exit unused
+        os.rmdir(tmp)
+        os.unlink(log)
+        return
+    child(spec, chan, handler, fd)
+
+def serve(sock_fd, code_dir, handler_name, pool_size, tmp_root, log_dir):
     import array, select, signal, socket
     sock = socket.socket(fileno=sock_fd)
     sys.path.insert(0, code_dir)
@@ -199,88 +216,69 @@ def serve(sock_fd, code_dir, handler_name, pool_size, tmp_root, work_dir):
     import gc
     gc.collect()
     gc.freeze()
+    forked = 0
 
-    def become_invocation(spec_or_pipe):
-        # In a new child: leave the server's signal handling and descriptors, start a session.
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        sock.close()
-        os.setsid()
-        if isinstance(spec_or_pipe, dict):
-            child(spec_or_pipe, handler)
-            return
-        own = ".spare-%d" % os.getpid()
-        tmp, log = os.path.join(tmp_root, own), os.path.join(work_dir, own + ".log")
-        os.mkdir(tmp, 0o700)
-        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        rehearse()
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = os.read(spec_or_pipe, 65536)
-            if not chunk:  # the emulator is gone before handing us an invocation: exit unused
-                os.rmdir(tmp)
-                os.unlink(log)
-                return
-            data += chunk
-        os.close(spec_or_pipe)
-        child(json.loads(data), handler, (tmp, fd, log))
-
-    def spare():
-        # The write end of the spare's pipe goes to the emulator, which hands the spare its
-        # invocation itself: no round trip through this process while a burst starts.
-        r, w = os.pipe()
+    def fork_spare():
+        # The spare's placeholders are named by pid and count, never reused; the other end
+        # of its channel goes to the runner, which hands the spare its invocation itself.
+        nonlocal forked
+        forked += 1
+        ours, theirs = socket.socketpair()
         pid = os.fork()
         if pid == 0:
             try:
-                os.close(w)
-                become_invocation(r)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                sock.close()
+                theirs.close()
+                os.setsid()
+                name = "%s%d-%d" % (PREFIX, os.getpid(), forked)
+                spare(ours.detach(), os.path.join(tmp_root, name),
+                      os.path.join(log_dir, name + ".log"), handler)
             finally:
                 os._exit(0)
-        os.close(r)
-        line = json.dumps({"spare": pid}).encode() + b"\n"
-        sock.sendmsg([line], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [w]))])
-        os.close(w)
+        ours.close()
+        name = "%s%d-%d" % (PREFIX, pid, forked)
+        line = json.dumps({"spare": pid, "tmp": os.path.join(tmp_root, name),
+                           "log": os.path.join(log_dir, name + ".log")}).encode() + b"\n"
+        sock.sendmsg([line], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                               array.array("i", [theirs.fileno()]))])
+        theirs.close()
 
-    spares = 0  # announced to the emulator and not yet reported taken
-    quiet = 0.0  # no refill before this time, unless few spares are left
+    idle = 0  # spares announced to the runner and not yet reported taken
+    need = 0  # invocations the runner has waiting for a spare
+    quiet = 0.0  # no lazy refill before this time
     poller = select.poll()  # not select(): the socket's descriptor may be above 1024
     poller.register(sock, select.POLLIN)
     buf = b""
     while True:
         while b"\n" not in buf:
-            # Refill the spares one fork at a time, once requests have paused for a moment
-            # (or when few are left), so that refilling does not compete with a burst.
-            if spares < pool_size:
-                wait = 0.0 if spares < pool_size // 4 else max(0.0, quiet - time.monotonic())
+            free = idle - need  # spares no waiting invocation will take
+            if free < pool_size:
+                urgent = free < pool_size // 4 or free < 0
+                wait = 0.0 if urgent else max(0.0, quiet - time.monotonic())
                 if not poller.poll(wait * 1000):
-                    if wait == 0.0 or time.monotonic() >= quiet:
-                        spare()
-                        spares += 1
+                    if urgent or time.monotonic() >= quiet:
+                        fork_spare()
+                        idle += 1
                     continue
             data = sock.recv(65536)
             if not data:
                 return
             buf += data
         line, _, buf = buf.partition(b"\n")
+        news = json.loads(line)  # {"taken": SPARES_USED, "need": INVOCATIONS_WAITING}
+        idle -= news.get("taken", 0)
+        need = news.get("need", need)
         quiet = time.monotonic() + 0.1
-        spec = json.loads(line)
-        if "taken" in spec:  # the emulator used (or found dead) spares of ours
-            spares -= spec["taken"]
-            continue
-        pid = os.fork()  # no spare was left: fork on demand
-        if pid == 0:
-            try:
-                become_invocation(spec)
-            finally:
-                os._exit(0)
-        sock.sendall(json.dumps({"id": spec["request_id"], "pid": pid}).encode() + b"\n")
 
 if __name__ == "__main__":
     if sys.argv[1] == "spawn":
-        child(json.loads(sys.argv[2]))
+        chan = int(sys.argv[2])
+        child(read_line(chan), chan)
     else:
         serve(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6],
               sys.argv[7])
-'''
+'''.replace("PREFIX", repr(SPARE_PREFIX))
 
 
 @dataclass(frozen=True)
@@ -319,46 +317,58 @@ class Result:
             return b""
 
 
-@dataclass
-class Launched:
-    """An invocation started by :meth:`Runner.launch`, to be passed to :meth:`Runner.finish`."""
+@dataclass(eq=False)
+class _Invocation:
+    """One invocation between its launch and its end (owned by the watcher once started)."""
 
     code: Code
     request_id: str
     started: float
-    log_path: Path
-    tmpdir: str
-    event_path: Path
-    result_path: Path
-    pid: int = 0  # 0: it did not start (see ``error``)
+    spec: dict[str, Any]
+    log_path: Path  # its final name
+    on_done: Callable[[Result], None]
+    tmpdir: str = ""
+    log_temp: str = ""  # a spare's placeholder log, renamed at the end
+    pid: int = 0
+    chan: socket.socket | None = None
     proc: subprocess.Popen[bytes] | None = None  # plain spawn only
-    pending: Callable[[], int] | None = None  # fork server: waits for the child's pid
-    error: dict[str, Any] | None = None
+    pidfd: int = -1
+    out: list[bytes] = field(default_factory=list)  # what the channel brought
+    error: dict[str, Any] | None = None  # set: it ended (or never started) this way
+
+
+@dataclass
+class _Spare:
+    pid: int
+    chan: socket.socket
+    tmp: str
+    log: str
 
 
 class _ForkServer:
-    """One helper process for one function version; forks a child per invocation.
+    """One helper process for one function version, and the spares it forks.
 
-    Requests are pipelined: any number of invocation threads write their spec (one JSON line)
-    under a short send lock, and the helper forks for each line as soon as it reads it,
-    without waiting for anyone. Its answers (``{"id": REQUEST_ID, "pid": PID}``) are read by
-    one reader thread, which hands each pid to the thread waiting for that request id. So a
-    burst of invocations costs one fork each in the helper, not one round trip each.
+    The runner takes the oldest idle spare for each invocation (:meth:`start`) and writes
+    the invocation into its channel. With none idle, the invocation waits for the next spare
+    announced, which the reader thread hands it. Every change is reported to the helper as
+    ``{"taken": SPARES_USED, "need": INVOCATIONS_WAITING}``, which is what it forks by.
     """
 
     def __init__(
-        self, code: Code, env: dict[str, str], spares: int, tmp_root: str, work_dir: Path
+        self, code: Code, env: dict[str, str], spares: int, tmp_root: str, log_dir: Path,
+        started: Callable[[_Invocation], None],
     ) -> None:
         parent, child = socket.socketpair()
         self.sock = parent
+        self._started = started  # hands a started (or failed) invocation to the watcher
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._waiting: dict[str, list[Any]] = {}  # request id -> [Event, pid or None]
-        self._idle: deque[tuple[int, int]] = deque()  # spares: (pid, write end of its pipe)
+        self._idle: deque[_Spare] = deque()
+        self._waiting: deque[_Invocation] = deque()
         self._eof = False
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-c", BOOTSTRAP, "serve", str(child.fileno()),
-             code.code_dir, code.handler, str(spares), tmp_root, str(work_dir)],
+             code.code_dir, code.handler, str(spares), tmp_root, str(log_dir)],
             pass_fds=(child.fileno(),),
             cwd=code.code_dir,
             env=env,
@@ -372,9 +382,48 @@ class _ForkServer:
                                         daemon=True)
         self._reader.start()
 
+    def start(self, inv: _Invocation) -> None:
+        """Hand ``inv`` to an idle spare, or keep it until one is announced."""
+        taken = 0
+        while True:
+            with self._lock:
+                if self._eof:
+                    inv.error = _error("the fork server exited", "Runtime.StartError")
+                    break
+                if not self._idle:
+                    self._waiting.append(inv)
+                    need = len(self._waiting)
+                    break
+                spare = self._idle.popleft()
+            taken += 1
+            if self._hand_over(spare, inv):
+                with self._lock:
+                    need = len(self._waiting)
+                break
+        if inv.error is not None:
+            self._started(inv)
+        else:
+            self._tell(taken, need)
+
+    def _hand_over(self, spare: _Spare, inv: _Invocation) -> bool:
+        """Write ``inv`` into ``spare``'s channel; False if that spare has died."""
+        inv.spec["env"]["TMPDIR"] = spare.tmp
+        try:
+            spare.chan.sendall(json.dumps(inv.spec).encode() + b"\n")
+        except OSError:
+            spare.chan.close()
+            return False
+        inv.pid, inv.chan, inv.tmpdir, inv.log_temp = spare.pid, spare.chan, spare.tmp, spare.log
+        self._started(inv)
+        return True
+
+    def _tell(self, taken: int, need: int) -> None:
+        with contextlib.suppress(OSError), self._send_lock:
+            self.sock.sendall(b'{"taken": %d, "need": %d}\n' % (taken, need))
+
     def _read(self) -> None:
         buf = b""
-        fds: deque[int] = deque()  # spares' pipes, in the order their lines come
+        fds: deque[int] = deque()  # spares' channels, in the order their lines come
         try:
             while True:
                 data, got, _, _ = socket.recv_fds(self.sock, 65536, 64, _CLOEXEC)
@@ -384,97 +433,37 @@ class _ForkServer:
                 buf += data
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
-                    answer = json.loads(line)
-                    if "spare" in answer:
-                        if not fds:  # its pipe did not arrive (out of descriptors)
-                            self._taken(1)  # the spare reads end-of-file and exits
-                            continue
-                        with self._lock:
-                            self._idle.append((int(answer["spare"]), fds.popleft()))
+                    news = json.loads(line)
+                    if not fds:  # its channel did not arrive (out of descriptors)
+                        self._tell(1, len(self._waiting))  # the spare reads EOF and exits
                         continue
+                    spare = _Spare(int(news["spare"]), socket.socket(fileno=fds.popleft()),
+                                   news["tmp"], news["log"])
                     with self._lock:
-                        slot = self._waiting.pop(answer["id"], None)
-                    if slot is not None:
-                        slot[1] = int(answer["pid"])
-                        slot[0].set()
+                        inv = self._waiting.popleft() if self._waiting else None
+                        if inv is None:
+                            self._idle.append(spare)
+                            continue
+                    if self._hand_over(spare, inv):
+                        self._tell(1, len(self._waiting))
+                    else:
+                        self._tell(1, len(self._waiting) + 1)
+                        with self._lock:
+                            self._waiting.appendleft(inv)
         except (OSError, ValueError):
             return
         finally:
             with self._lock:
                 self._eof = True
-                slots = list(self._waiting.values())
-                self._waiting.clear()
-            for slot in slots:
-                slot[0].set()  # pid stays None: the helper is gone
+                waiting, self._waiting = list(self._waiting), deque()
+                idle, self._idle = list(self._idle), deque()
+            for inv in waiting:
+                inv.error = _error("the fork server exited", "Runtime.StartError")
+                self._started(inv)
+            for spare in idle:
+                spare.chan.close()  # a spare still alive reads end-of-file and exits unused
             for fd in fds:
                 os.close(fd)
-
-    def start(self, spec: dict[str, Any]) -> int:
-        """Have the helper fork a child for ``spec``; the child's pid.
-
-        Raises:
-            OSError: the helper is gone or did not answer within ``_FORK_ANSWER`` seconds.
-        """
-        return self.wait(self.submit(spec), spec["request_id"])
-
-    def submit(self, spec: dict[str, Any]) -> list[Any]:
-        """Send ``spec`` to the helper without waiting for its answer; a slot for :meth:`wait`.
-
-        Raises:
-            OSError: the helper is gone.
-        """
-        slot: list[Any] = [threading.Event(), None]
-        line = json.dumps(spec).encode() + b"\n"
-        pid = self._hand_over(line)
-        if pid:
-            slot[0].set()
-            slot[1] = pid
-            return slot
-        with self._lock:
-            if self._eof:
-                raise OSError("fork server exited")
-            self._waiting[spec["request_id"]] = slot
-        with self._send_lock:
-            self.sock.sendall(line)
-        return slot
-
-    def _hand_over(self, line: bytes) -> int:
-        """Give ``line`` to the oldest idle spare; its pid, or 0 if none was left."""
-        taken = pid = 0
-        while not pid:
-            with self._lock:
-                if not self._idle:
-                    break
-                pid, fd = self._idle.popleft()
-            taken += 1
-            try:
-                view = memoryview(line)
-                while view:
-                    view = view[os.write(fd, view):]
-            except OSError:
-                pid = 0  # that spare died: try the next one
-            finally:
-                os.close(fd)
-        if taken:
-            self._taken(taken)
-        return pid
-
-    def _taken(self, count: int) -> None:
-        """Tell the helper ``count`` of its spares are gone, so that it forks new ones."""
-        with contextlib.suppress(OSError), self._send_lock:
-            self.sock.sendall(b'{"taken": %d}\n' % count)
-
-    def wait(self, slot: list[Any], request_id: str) -> int:
-        """The pid the helper answered for a submitted spec.
-
-        Raises:
-            OSError: the helper is gone or did not answer within ``_FORK_ANSWER`` seconds.
-        """
-        if not slot[0].wait(_FORK_ANSWER) or slot[1] is None:
-            with self._lock:
-                self._waiting.pop(request_id, None)
-            raise OSError("fork server exited or did not answer")
-        return int(slot[1])
 
     def close(self, kill_children: bool = False) -> None:
         """Stop the helper; with ``kill_children``, also every process it forked.
@@ -482,8 +471,8 @@ class _ForkServer:
         Its children are not in its process group (each starts a session), and once it is
         dead they belong to init and cannot be found; so it is frozen first (no more forks),
         its children's groups are killed, and only then the helper itself. Without
-        ``kill_children`` (code updated or deleted) running invocations finish under their
-        watchers; idle spares exit on their own.
+        ``kill_children`` (code updated or deleted) running invocations finish under the
+        watcher; idle spares exit on their own.
         """
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader
@@ -497,10 +486,411 @@ class _ForkServer:
         self.proc.wait()
         self._reader.join()
         self.sock.close()
+
+
+class _Watcher:
+    """The one thread that waits for every started invocation and ends it.
+
+    Started invocations come in through :meth:`add` (any thread); the thread polls their
+    pidfds and channels, a wake-up pipe, the deadline heap and the memory tick.
+    """
+
+    def __init__(self, end: Callable[[_Invocation], None]) -> None:
+        self._end = end  # finishes one invocation: files, Result, on_done
+        self._inbox: deque[_Invocation] = deque()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._woken = False  # a wake-up byte is on its way: adders need not write another
+        self._selector = selectors.DefaultSelector()  # epoll: the cost is per ready descriptor
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._fds: dict[int, _Invocation] = {}  # pidfd or channel -> its invocation
+        self.running: dict[str, _Invocation] = {}  # request id -> invocation
+        self._deadlines: list[tuple[float, int, _Invocation]] = []
+        self._order = itertools.count()
+        self._ended: deque[tuple[float, _Invocation]] = deque()  # (when, what), to be ended
+        self._last_add = 0.0  # when an invocation last started
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="mu-emulator-watcher",
+                                        daemon=True)
+        self._thread.start()
+
+    def add(self, inv: _Invocation) -> None:
+        self._last_add = time.monotonic()
+        self._inbox.append(inv)
+        if not self._woken:
+            self._woken = True
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"x")
+
+    def stop(self) -> None:
+        """Return once every invocation added so far has ended (the caller killed them)."""
+        self._stopping = True
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+        self._thread.join(timeout=60)
+        self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def _loop(self) -> None:
+        next_tick = time.monotonic() + _POLL
+        while not (self._stopping and not self.running and not self._inbox and not self._ended):
+            timeout: float | None = None
+            if self.running:
+                timeout = next_tick - time.monotonic()
+                if self._deadlines:
+                    timeout = min(timeout, self._deadlines[0][0] - time.time())
+            if self._ended:
+                timeout = min(timeout if timeout is not None else _SETTLE, _SETTLE)
+            for key, _ in self._selector.select(None if timeout is None else max(0.0, timeout)):
+                fd = key.fd
+                if fd == self._wake_r:
+                    self._woken = False  # before the inbox is read: a later add writes again
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                    continue
+                inv = self._fds.get(fd)
+                if inv is None:
+                    continue
+                if fd == inv.pidfd:
+                    self._finish(inv)
+                elif not self._drain(inv):
+                    self._forget_fd(fd)  # end-of-file: the process may still be running
+            while self._inbox:
+                self._watch(self._inbox.popleft())
+            now = time.time()
+            while self._deadlines and self._deadlines[0][0] <= now:
+                _, _, inv = heapq.heappop(self._deadlines)
+                if inv.request_id in self.running and self.running[inv.request_id] is inv:
+                    _kill_group(inv.pid)
+                    self._drain(inv)
+                    if not _outcome(inv.out):  # an outcome complete by the deadline counts
+                        inv.error = _error(
+                            f"Task timed out after {inv.code.timeout:.2f} seconds",
+                            "Sandbox.Timedout")
+                    self._finish(inv)
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + _POLL
+                self._tick()
+            self._settle()
+
+    def _settle(self) -> None:
+        """End what has ended, unless invocations are starting: while a burst starts, the
+        clean-up after those already done (log, TMPDIR, the caller's ``on_done``) waits, up
+        to ``_SETTLE_MAX``, so that it does not compete with the starts."""
+        now = time.monotonic()
+        if not self._ended or (now - self._last_add < _SETTLE and not self._stopping
+                               and now - self._ended[0][0] < _SETTLE_MAX):
+            return
+        while self._ended:
+            self._end(self._ended.popleft()[1])
+
+    def _watch(self, inv: _Invocation) -> None:
+        if inv.error is not None or not inv.pid:
+            self._ended.append((time.monotonic(), inv))
+            return
+        self.running[inv.request_id] = inv
+        if inv.chan is not None:
+            self._fds[inv.chan.fileno()] = inv
+            self._selector.register(inv.chan.fileno(), selectors.EVENT_READ)
+        try:
+            inv.pidfd = os.pidfd_open(inv.pid)
+        except ProcessLookupError:
+            self._finish(inv)  # it has ended already
+            return
+        except (AttributeError, OSError):
+            pass  # no pidfd here: the memory tick checks that it still runs
+        else:
+            self._fds[inv.pidfd] = inv
+            self._selector.register(inv.pidfd, selectors.EVENT_READ)
+        heapq.heappush(self._deadlines, (inv.started + inv.code.timeout, next(self._order), inv))
+
+    def _tick(self) -> None:
+        """Memory limits, and (without pidfds) whether each invocation still runs."""
+        young = time.time() - _POLL
+        for inv in list(self.running.values()):
+            if inv.started > young:
+                continue  # checked from its second tick: a burst of short ones costs nothing
+            if inv.pidfd < 0 and not _alive(inv.pid):
+                self._finish(inv)
+            elif _tree_rss(inv.pid) > inv.code.memory * 1024 * 1024:
+                _kill_group(inv.pid)
+                inv.error = _error(
+                    f"Runtime exited with error: signal: killed (memory {inv.code.memory} MB "
+                    "exceeded)", "Runtime.OutOfMemory")
+                self._finish(inv)
+
+    def _drain(self, inv: _Invocation) -> bool:
+        """Read what the channel holds now; False at end-of-file."""
+        if inv.chan is None:
+            return False
+        while True:
+            try:
+                data = inv.chan.recv(1 << 20, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return True
+            except OSError:
+                return False
+            if not data:
+                return False
+            inv.out.append(data)
+
+    def _forget_fd(self, fd: int) -> None:
+        self._selector.unregister(fd)
+        del self._fds[fd]
+
+    def _finish(self, inv: _Invocation) -> None:
+        """The process has ended (or was killed): collect its outcome and end it."""
+        self._drain(inv)
+        for fd in (inv.pidfd, inv.chan.fileno() if inv.chan is not None else -1):
+            if fd in self._fds:
+                self._forget_fd(fd)
+        if inv.pidfd >= 0:
+            os.close(inv.pidfd)
+            inv.pidfd = -1
+        self.running.pop(inv.request_id, None)
+        self._ended.append((time.monotonic(), inv))
+
+
+class Runner:
+    """Starts, watches and reaps invocations.
+
+    Args:
+        state_dir: where logs go (``logs/FUNCTION/REQUEST_ID.log``).
+        s3_endpoint_url: what invocations get as ``AWS_ENDPOINT_URL_S3``.
+        region: ``AWS_REGION`` of invocations.
+        fork_server: start invocations through per-function fork servers.
+        spares: idle children each fork server keeps forked ahead of demand.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        s3_endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        fork_server: bool = True,
+        spares: int = SPARES,
+    ) -> None:
+        self.state_dir = state_dir
+        self.spares = spares
+        self.s3_endpoint_url = s3_endpoint_url
+        self.region = region
+        self.fork_server = fork_server
+        self._servers: dict[tuple[str, str], _ForkServer] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._folders: set[Path] = set()  # folders known to exist
+        self._tmp = tempfile.mkdtemp(prefix="mu-emulator-tmp-")  # removed by close()
+        self._watcher = _Watcher(self._end)
+        if fork_server and spares:
+            _more_descriptors()  # this process holds a channel per spare
+
+    def environment(self, code: Code, tmpdir: str) -> dict[str, str]:
+        """The environment an invocation sees."""
+        env = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
+        env.update(
+            AWS_LAMBDA_FUNCTION_NAME=code.name,
+            AWS_LAMBDA_FUNCTION_VERSION=code.version,
+            AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(code.memory),
+            AWS_LAMBDA_LOG_GROUP_NAME=f"/aws/lambda/{code.name}",
+            AWS_REGION=self.region,
+            AWS_DEFAULT_REGION=self.region,
+            AWS_EXECUTION_ENV="AWS_Lambda_python_emulated",
+            LAMBDA_TASK_ROOT=code.code_dir,
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_SESSION_TOKEN="testing",
+            TMPDIR=tmpdir,
+            PYTHONUNBUFFERED="1",
+        )
+        if self.s3_endpoint_url:
+            env["AWS_ENDPOINT_URL_S3"] = self.s3_endpoint_url
+        env.update(code.environment)
+        return env
+
+    def run(self, code: Code, payload: bytes, request_id: str) -> Result:
+        """Run one invocation to its end (or its timeout) and return the outcome."""
+        ended = threading.Event()
+        results: list[Result] = []
+
+        def done(result: Result) -> None:
+            results.append(result)
+            ended.set()
+
+        self.launch(code, payload, request_id, done)
+        ended.wait()
+        return results[0]
+
+    def launch(
+        self, code: Code, payload: bytes, request_id: str, on_done: Callable[[Result], None]
+    ) -> None:
+        """Start one invocation and return at once; ``on_done(result)`` follows, always.
+
+        ``on_done`` is called exactly once, from the watcher thread, never from within this
+        call (so a caller may launch while holding a lock that ``on_done`` takes), except
+        after :meth:`close`, when it is called at once with a "stopping" error.
+        """
+        log_path = self._folder(self.state_dir / "logs" / code.name) / f"{request_id}.log"
+        # Without a spare, the invocation's process creates its TMPDIR (0700) in here.
+        tmpdir = os.path.join(self._tmp, request_id)
+        started = time.time()
+        spec: dict[str, Any] = {
+            "name": code.name, "version": code.version, "memory": code.memory,
+            "request_id": request_id, "arn": code.arn, "deadline": started + code.timeout,
+            "code_dir": code.code_dir, "handler": code.handler, "log_path": str(log_path),
+            "env": self.environment(code, tmpdir),
+            "start_line": f"START RequestId: {request_id} Version: {code.version}\n",
+            "event": payload.decode("utf-8", "surrogateescape"),
+        }
+        inv = _Invocation(code, request_id, started, spec, log_path, on_done, tmpdir)
+        if self._closed:
+            on_done(Result(False, error=_error("the emulator is stopping", "Runtime.Stopped"),
+                           log_path=str(log_path)))
+            return
+        try:
+            if self.fork_server:
+                self._server_for(code, spec["env"]).start(inv)
+                return
+            ours, theirs = socket.socketpair()
+            with theirs:
+                inv.proc = subprocess.Popen(
+                    [sys.executable, "-I", "-c", BOOTSTRAP, "spawn", str(theirs.fileno())],
+                    cwd=code.code_dir, env=spec["env"], stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    pass_fds=(theirs.fileno(),), start_new_session=True,
+                )
+            inv.pid, inv.chan = inv.proc.pid, ours
+            with contextlib.suppress(OSError):  # it died at once: its exit status says more
+                ours.sendall(json.dumps(spec).encode() + b"\n")
+        except OSError as exc:
+            inv.error = _error(f"cannot start: {exc}", "Runtime.StartError")
+        self._watcher.add(inv)
+
+    def pids(self) -> dict[str, int]:
+        """Running invocations: request id -> pid (the leader of its process group)."""
+        return {rid: inv.pid for rid, inv in list(self._watcher.running.items())}
+
+    def _end(self, inv: _Invocation) -> None:
+        """In the watcher thread: clean up after ``inv`` and call its ``on_done``."""
+        duration = time.time() - inv.started
+        result = Result(False, error=inv.error)
+        if inv.pid:
+            _kill_group(inv.pid)  # whatever it left running
+            if inv.proc is not None:
+                inv.proc.wait()
+            if inv.error is None:
+                result = _outcome(inv.out) or Result(False, error=_error(
+                    "Runtime exited without providing a reason (exit status "
+                    f"{inv.proc.returncode if inv.proc is not None else 'unknown'})",
+                    "Runtime.ExitError"))
+        if inv.chan is not None:
+            inv.chan.close()
+        result.log_path, result.duration, result.pid = str(inv.log_path), duration, inv.pid
+        try:
+            if inv.log_temp:
+                _settle_log(Path(inv.log_temp), inv.log_path)
+            if inv.pid:
+                with open(inv.log_path, "ab") as log:
+                    log.write(
+                        f"END RequestId: {inv.request_id}\nREPORT RequestId: {inv.request_id}"
+                        f"\tDuration: {duration * 1000:.2f} ms\tMemory Size: {inv.code.memory} "
+                        "MB\n".encode()
+                    )
+        except OSError:
+            pass  # the state dir went away under us: the outcome still counts
+        if inv.tmpdir:
+            try:
+                os.rmdir(inv.tmpdir)  # most handlers leave it empty: one call
+            except OSError:
+                shutil.rmtree(inv.tmpdir, ignore_errors=True)
+        try:
+            inv.on_done(result)
+        except Exception:  # a bug in the caller must not stop the watcher
+            traceback.print_exc()
+
+    def _folder(self, path: Path) -> Path:
+        """``path``, created the first time it is asked for."""
+        if path not in self._folders:
+            path.mkdir(parents=True, exist_ok=True)
+            self._folders.add(path)
+        return path
+
+    def _server_for(self, code: Code, env: dict[str, str]) -> _ForkServer:
+        key = (code.name, code.sha)
         with self._lock:
-            idle, self._idle = list(self._idle), deque()
-        for _, fd in idle:
-            os.close(fd)  # an idle spare still alive reads end-of-file and exits unused
+            server = self._servers.get(key)
+            if server is None or server.proc.poll() is not None:
+                if server is not None:
+                    server.close()
+                server = _ForkServer(
+                    code, {k: v for k, v in env.items() if k != "TMPDIR"}, self.spares,
+                    self._tmp, self.state_dir / "logs" / code.name, self._watcher.add,
+                )
+                self._servers[key] = server
+            return server
+
+    def forget(self, name: str) -> None:
+        """Stop the fork servers of function ``name`` (deleted or updated)."""
+        with self._lock:
+            doomed = [k for k in self._servers if k[0] == name]
+            servers = [self._servers.pop(k) for k in doomed]
+        for server in servers:
+            server.close()
+
+    def close(self) -> None:
+        """Kill every running invocation and stop the fork servers; every ``on_done`` has
+        been called when this returns."""
+        self._closed = True
+        with self._lock:
+            servers = list(self._servers.values())
+            self._servers.clear()
+        for server in servers:
+            server.close(kill_children=True)
+        for pid in self.pids().values():
+            _kill_group(pid)  # plain spawns, and anything a helper's freeze missed
+        self._watcher.stop()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        for folder in list(self._folders):
+            for path in folder.glob(SPARE_PREFIX + "*"):
+                with contextlib.suppress(OSError):
+                    path.unlink()  # left by spares killed before they were used
+
+
+def _outcome(out: list[bytes]) -> Result | None:
+    """The outcome line an invocation wrote, if it wrote all of it."""
+    data = b"".join(out)
+    if not data.endswith(b"\n"):
+        return None
+    try:
+        done = json.loads(data)
+    except ValueError:
+        return None
+    if done.get("ok"):
+        return Result(True, payload=done.get("result"))
+    return Result(False, error={k: done.get(k) for k in ("errorMessage", "errorType",
+                                                         "stackTrace")})
+
+
+def _settle_log(temp: Path, final: Path) -> None:
+    """Give a spare's log its final name, after an earlier attempt's log if there is one
+    (the attempts of one request run one after another, never at once)."""
+    if not final.exists():
+        os.replace(temp, final)
+        return
+    with open(temp, "rb") as src, open(final, "ab") as dst:
+        shutil.copyfileobj(src, dst)
+    temp.unlink()
+
+
+def _more_descriptors() -> None:
+    """Raise this process's soft limit on open files to its hard limit, where allowed."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, OSError, ValueError):
+        pass
 
 
 def _alive(pid: int) -> bool:
@@ -540,309 +930,6 @@ def _tree_rss(pid: int) -> int:
             continue
         todo.extend(_children(p))
     return total
-
-
-class Runner:
-    """Starts, watches and reaps invocations.
-
-    Args:
-        state_dir: where logs and per-invocation control files go.
-        s3_endpoint_url: what invocations get as ``AWS_ENDPOINT_URL_S3``.
-        region: ``AWS_REGION`` of invocations.
-        fork_server: start invocations through per-function fork servers.
-        spares: idle children each fork server keeps forked ahead of demand.
-    """
-
-    def __init__(
-        self,
-        state_dir: Path,
-        s3_endpoint_url: str | None = None,
-        region: str = "us-east-1",
-        fork_server: bool = True,
-        spares: int = SPARES,
-    ) -> None:
-        self.state_dir = state_dir
-        self.spares = spares
-        self.s3_endpoint_url = s3_endpoint_url
-        self.region = region
-        self.fork_server = fork_server
-        self._servers: dict[tuple[str, str], _ForkServer] = {}
-        self._lock = threading.Lock()
-        self._running: dict[str, int] = {}  # request id -> pid (process group leader)
-        self._closed = False
-        self._folders: set[Path] = set()  # folders known to exist
-        self._tmp: str | None = None
-        if fork_server and spares:
-            _more_descriptors()  # this process holds a pipe per spare
-
-    def environment(self, code: Code, tmpdir: str) -> dict[str, str]:
-        """The environment an invocation sees."""
-        env = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
-        env.update(
-            AWS_LAMBDA_FUNCTION_NAME=code.name,
-            AWS_LAMBDA_FUNCTION_VERSION=code.version,
-            AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(code.memory),
-            AWS_LAMBDA_LOG_GROUP_NAME=f"/aws/lambda/{code.name}",
-            AWS_REGION=self.region,
-            AWS_DEFAULT_REGION=self.region,
-            AWS_EXECUTION_ENV="AWS_Lambda_python_emulated",
-            LAMBDA_TASK_ROOT=code.code_dir,
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-            AWS_SESSION_TOKEN="testing",
-            TMPDIR=tmpdir,
-            PYTHONUNBUFFERED="1",
-        )
-        if self.s3_endpoint_url:
-            env["AWS_ENDPOINT_URL_S3"] = self.s3_endpoint_url
-        env.update(code.environment)
-        return env
-
-    def run(self, code: Code, payload: bytes, request_id: str) -> Result:
-        """Run one invocation to its end (or its timeout) and return the outcome."""
-        return self.finish(self.launch(code, payload, request_id))
-
-    def launch(self, code: Code, payload: bytes, request_id: str) -> Launched:
-        """Start one invocation and return at once; :meth:`finish` must follow, always.
-
-        Starting is cheap with a fork server (a message to it), so a caller may start an
-        invocation in a thread that has other work, and wait for it in another.
-        """
-        work = self._folder(self.state_dir / "invocations")
-        log_path = self._folder(self.state_dir / "logs" / code.name) / f"{request_id}.log"
-        # The invocation's process creates its TMPDIR (0700) inside this runner's private one.
-        tmpdir = os.path.join(self._tmp_root(), request_id)
-        # A retried event reuses its request id: each attempt rewrites these two files.
-        launched = Launched(
-            code=code, request_id=request_id, started=time.time(), log_path=log_path,
-            tmpdir=tmpdir, event_path=work / f"{request_id}.event.json",
-            result_path=work / f"{request_id}.result.json",
-        )
-        if self._closed:
-            launched.error = _error("the emulator is stopping", "Runtime.Stopped")
-            return launched
-        with contextlib.suppress(FileNotFoundError):
-            launched.result_path.unlink()
-        env = self.environment(code, tmpdir)
-        spec: dict[str, Any] = {
-            "name": code.name, "version": code.version, "memory": code.memory,
-            "request_id": request_id, "arn": code.arn,
-            "deadline": launched.started + code.timeout,
-            "code_dir": code.code_dir, "handler": code.handler,
-            "event_path": str(launched.event_path), "result_path": str(launched.result_path),
-            "log_path": str(log_path), "env": env,
-            "start_line": f"START RequestId: {request_id} Version: {code.version}\n",
-        }
-        try:
-            if self.fork_server:
-                # One message, no file: the helper's pipe carries the event to the child.
-                spec["event"] = payload.decode("utf-8", "surrogateescape")
-                # Only send here; finish() waits for the pid, so a caller that launches
-                # several invocations in a row never waits on the helper in between.
-                server = self._server_for(code, env)
-                launched.pending = functools.partial(server.wait, server.submit(spec), request_id)
-            else:
-                launched.event_path.write_bytes(payload)  # a command line cannot carry 6 MB
-                launched.proc = subprocess.Popen(
-                    [sys.executable, "-I", "-c", BOOTSTRAP, "spawn", json.dumps(spec)],
-                    cwd=code.code_dir, env=env, stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-                launched.pid = launched.proc.pid
-        except OSError as exc:
-            launched.error = _error(f"cannot start: {exc}", "Runtime.StartError")
-            return launched
-        if launched.proc is not None:
-            self._started(launched)
-        return launched
-
-    def _started(self, launched: Launched) -> None:
-        """Record a running invocation, so that close() can kill it."""
-        with self._lock:
-            self._running[launched.request_id] = launched.pid
-            closing = self._closed
-        if closing:
-            _kill_group(launched.pid)
-
-    def finish(self, launched: Launched) -> Result:
-        """Wait for a launched invocation (enforcing its limits), clean up, and report."""
-        code, request_id, proc = launched.code, launched.request_id, launched.proc
-        try:
-            if launched.pending is not None:
-                try:
-                    launched.pid = launched.pending()
-                except OSError as exc:
-                    launched.error = _error(f"cannot start: {exc}", "Runtime.StartError")
-                else:
-                    self._started(launched)
-            if launched.pid == 0:  # it never started
-                return Result(False, error=launched.error, log_path=str(launched.log_path))
-            error = self._watch(launched.pid, proc, code, launched.started, launched.result_path)
-            duration = time.time() - launched.started
-            result = self._outcome(launched.result_path, error, launched.pid, proc)
-            result.log_path, result.duration = str(launched.log_path), duration
-            result.pid = launched.pid
-            with open(launched.log_path, "ab") as log:
-                log.write(
-                    f"END RequestId: {request_id}\nREPORT RequestId: {request_id}\t"
-                    f"Duration: {duration * 1000:.2f} ms\tMemory Size: {code.memory} MB\n"
-                    .encode()
-                )
-            return result
-        finally:
-            with self._lock:
-                pid_left = self._running.pop(request_id, None)
-            if pid_left:
-                _kill_group(pid_left)
-            if proc is not None:
-                proc.wait()
-            shutil.rmtree(launched.tmpdir, ignore_errors=True)
-            for path in (launched.event_path, launched.result_path):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-
-    def _tmp_root(self) -> str:
-        """This runner's private temporary folder (0700), made once, removed by close()."""
-        with self._lock:
-            if self._tmp is None:
-                self._tmp = tempfile.mkdtemp(prefix="mu-emulator-tmp-")
-            return self._tmp
-
-    def _folder(self, path: Path) -> Path:
-        """``path``, created the first time it is asked for."""
-        if path not in self._folders:
-            path.mkdir(parents=True, exist_ok=True)
-            self._folders.add(path)
-        return path
-
-    def _watch(
-        self, pid: int, proc: subprocess.Popen[bytes] | None, code: Code, started: float,
-        result_path: Path,
-    ) -> dict[str, Any] | None:
-        limit = code.memory * 1024 * 1024
-        deadline = started + code.timeout
-        while True:
-            if proc is not None:
-                try:
-                    proc.wait(timeout=_POLL)
-                    return None
-                except subprocess.TimeoutExpired:
-                    pass
-            else:
-                if not _alive(pid):
-                    return None
-                self._sleep_on_pid(pid)
-            now = time.time()
-            if now >= deadline:
-                _kill_group(pid)
-                if _complete(result_path):
-                    return None  # the handler returned in time; its exit was slow (idle CPU)
-                return _error(f"Task timed out after {code.timeout:.2f} seconds", "Sandbox.Timedout")
-            if _tree_rss(pid) > limit:
-                _kill_group(pid)
-                return _error(
-                    f"Runtime exited with error: signal: killed (memory {code.memory} MB "
-                    "exceeded)", "Runtime.OutOfMemory"
-                )
-
-    @staticmethod
-    def _sleep_on_pid(pid: int) -> None:
-        """Wait up to one poll interval for ``pid`` to end (pidfd where available)."""
-        try:
-            fd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            time.sleep(_POLL)  # no pidfd: a bounded watchdog tick
-            return
-        try:
-            import select
-
-            poller = select.poll()  # not select(): descriptors may well be above 1024
-            poller.register(fd, select.POLLIN)
-            poller.poll(_POLL * 1000)
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    def _outcome(
-        result_path: Path, error: dict[str, Any] | None, pid: int,
-        proc: subprocess.Popen[bytes] | None,
-    ) -> Result:
-        if error is not None:
-            return Result(False, error=error)
-        try:
-            out = json.loads(result_path.read_text())
-        except (OSError, ValueError):
-            code = proc.returncode if proc is not None else "unknown"
-            return Result(False, error=_error(
-                f"Runtime exited without providing a reason (exit status {code})",
-                "Runtime.ExitError"))
-        if out.get("ok"):
-            return Result(True, payload=out.get("result"))
-        return Result(False, error={k: out.get(k) for k in ("errorMessage", "errorType", "stackTrace")})
-
-    def _server_for(self, code: Code, env: dict[str, str]) -> _ForkServer:
-        key = (code.name, code.sha)
-        tmp_root = self._tmp_root()
-        with self._lock:
-            server = self._servers.get(key)
-            if server is None or server.proc.poll() is not None:
-                if server is not None:
-                    server.close()
-                server = _ForkServer(
-                    code, {k: v for k, v in env.items() if k != "TMPDIR"}, self.spares,
-                    tmp_root, self.state_dir / "invocations",
-                )
-                self._servers[key] = server
-            return server
-
-    def forget(self, name: str) -> None:
-        """Stop the fork servers of function ``name`` (deleted or updated)."""
-        with self._lock:
-            doomed = [k for k in self._servers if k[0] == name]
-            servers = [self._servers.pop(k) for k in doomed]
-        for server in servers:
-            server.close()
-
-    def close(self) -> None:
-        """Kill every running invocation and stop the fork servers."""
-        self._closed = True
-        with self._lock:
-            pids = list(self._running.values())
-            servers = list(self._servers.values())
-            self._servers.clear()
-        for pid in pids:
-            _kill_group(pid)
-        for server in servers:
-            server.close(kill_children=True)
-        with self._lock:
-            tmp, self._tmp = self._tmp, None
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        for path in (self.state_dir / "invocations").glob(".spare-*"):
-            with contextlib.suppress(OSError):
-                path.unlink()  # left by spares killed before they were used
-
-
-def _more_descriptors() -> None:
-    """Raise this process's soft limit on open files to its hard limit, where allowed."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ImportError, OSError, ValueError):
-        pass
-
-
-def _complete(result_path: Path) -> bool:
-    """Whether the invocation wrote its whole result (it ran at idle priority meanwhile)."""
-    try:
-        json.loads(result_path.read_bytes())
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 def _error(message: str, kind: str) -> dict[str, Any]:

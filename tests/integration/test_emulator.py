@@ -41,6 +41,7 @@ def handler(event, context):
     if action == "sleep":
         time.sleep(event["seconds"])
     if action == "wait":  # until the test opens the gate (bounded)
+        print("waiting at the gate", flush=True)
         deadline = time.time() + 60
         while not os.path.exists(event["gate"]) and time.time() < deadline:
             time.sleep(0.02)
@@ -316,6 +317,11 @@ def test_async_retries_follow_the_invoke_config(
         record = emulator.registry.invocation(request_id)
         assert (record.status, record.attempts) == ("failed", retries + 1)
         assert record.error is not None and record.error["errorMessage"] == "counted failure"
+        # Every attempt is in the one log of the request, in order, each with its END.
+        log = Path(record.log_path).read_text()
+        assert Path(record.log_path).name == f"{request_id}.log"
+        assert log.count(f"START RequestId: {request_id}") == retries + 1
+        assert log.count(f"END RequestId: {request_id}") == retries + 1
 
 
 def test_hundred_concurrent_events_each_run_once(
@@ -385,8 +391,8 @@ def test_stopping_leaves_no_process_behind(
             client.invoke(FunctionName=name, InvocationType="Event",
                           Payload=json.dumps({"action": "sleep", "seconds": 60}).encode())
         assert wait_for(lambda: server.registry._active == 3)
-        assert wait_for(lambda: len(server.runner._running) == 3)
-        pids = list(server.runner._running.values())
+        assert wait_for(lambda: len(server.runner.pids()) == 3)
+        pids = list(server.runner.pids().values())
         forks = [s.proc.pid for s in server.runner._servers.values()]
         assert len(forks) == (1 if fork_server else 0)
         if fork_server:
@@ -424,6 +430,67 @@ def test_logs_command(lam: Any, emulator: ThreadedEmulatorServer) -> None:
         [sys.executable, "-m", "emulator", "logs", "nobody", "--state-dir",
          str(emulator.state_dir)], capture_output=True, text=True, check=False)
     assert missing.returncode == 1 and "no logs" in missing.stderr
+
+
+def test_logs_of_a_running_invocation(
+    lam: Any, emulator: ThreadedEmulatorServer, tmp_path: Path
+) -> None:
+    name = make(lam, Timeout=60)
+    gate = tmp_path / "gate"
+    resp = lam.invoke(FunctionName=name, InvocationType="Event",
+                      Payload=json.dumps({"action": "wait", "gate": str(gate)}).encode())
+    request = resp["ResponseMetadata"]["RequestId"]
+
+    def logs() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "emulator", "logs", name, request,
+             "--state-dir", str(emulator.state_dir)], capture_output=True, text=True,
+            check=False)
+
+    # While it runs (a fork server's invocation writes a spare's log, named at its end).
+    assert wait_for(lambda: "waiting at the gate" in logs().stdout)
+    gate.touch()
+    assert emulator.registry.wait_idle(60)
+    done = logs()
+    assert done.returncode == 0
+    assert done.stdout.count("waiting at the gate") == 1 and f"END RequestId: {request}" in done.stdout
+    folder = emulator.state_dir / "logs" / name
+    assert (folder / f"{request}.log").is_file()
+    assert all(p.stat().st_size == 0 for p in folder.glob(".spare-*"))  # idle spares only
+
+
+def test_http_framing_edges(emulator: ThreadedEmulatorServer) -> None:
+    import socket
+
+    host, port = emulator.address
+
+    def exchange(raw: bytes) -> bytes:
+        """Send ``raw``; everything the server answers until it closes the connection."""
+        with socket.create_connection((host, port), timeout=60) as sock:
+            sock.sendall(raw)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            return data
+
+    assert exchange(b"NONSENSE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    assert exchange(b"GET / HTTP/9\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    assert exchange(b"GET /x HTTP/1.1\r\nno colon here\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    chunked = exchange(b"POST /2015-03-31/functions/f/invocations HTTP/1.1\r\n"
+                       b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+    assert chunked.startswith(b"HTTP/1.1 411 ")
+    # HTTP/1.0 and "Connection: close" end the connection after the answer.
+    listing = b"GET /2015-03-31/functions/ HTTP/1.0\r\n\r\n"
+    assert exchange(listing).startswith(b"HTTP/1.1 200 OK\r\n")
+    closing = b"GET /2015-03-31/functions/ HTTP/1.1\r\nConnection: close\r\n\r\n"
+    assert exchange(closing).count(b"HTTP/1.1 200 OK") == 1
+    # A client that waits for "100 Continue" before its body gets it.
+    with socket.create_connection((host, port), timeout=60) as sock:
+        sock.sendall(b"POST /2015-03-31/functions/nobody/invocations HTTP/1.1\r\n"
+                     b"Content-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"{}")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 404 ")
 
 
 def test_unknown_route_names_the_path(emulator: ThreadedEmulatorServer) -> None:
