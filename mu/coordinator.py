@@ -257,7 +257,7 @@ class Coordinator:
         self._pending = set(self._queue)  # actors not yet ended
         self._running: dict[int, list[_Conn]] = {}  # actor -> its live attempts (2: speculating)
         self._speculated: set[int] = set()  # actors given a backup worker
-        self._durations: dict[str, list[float]] = {}  # state -> sorted finished durations
+        self._durations: dict[str, list[float]] = {}  # state -> sorted durations (speculate)
         self._next_straggler_check = 0.0
         faults = run_config.faults
         self._faults = faults if faults is not None and faults.for_workers else None
@@ -658,7 +658,8 @@ class Coordinator:
         ))
         if ok:
             self._pending.discard(number)
-            self._learn(stamps)
+            if self.config.speculate:
+                self._learn(stamps)
             for other in list(live):  # a speculative twin: the first to finish wins
                 other.actor.send_command("quit:")
                 other.actor.terminate(f"superseded: attempt {attempt + 1} finished first")
