@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 The emulator runs in its own process (``python -m emulator``), as under ``mu emulator``, so
 that the load generator does not share its interpreter. The handler imports boto3 (like a mu
-worker) and writes ``time.time()`` when it starts into a file named by the event.
+worker) and, when it starts, appends its index and ``time.time()`` to one shared file.
 
 The load generator signs every Invoke request (SigV4, the way mu's launcher does) before the
 clock starts, then writes them over 16 keep-alive HTTP/1.1 connections, pipelined, and notes
@@ -62,9 +62,11 @@ import boto3  # what a mu worker imports; the fork server has it loaded already
 
 def handler(event, context):
     started = time.time()
-    with open(event["path"] + ".part", "w") as f:
-        f.write(repr(started))
-    os.replace(event["path"] + ".part", event["path"])  # the reader never sees it half-written
+    # One short O_APPEND write to a file that exists: no file created or renamed per
+    # invocation, so the recording does not queue later starts on a directory's lock.
+    fd = os.open(event["log"], os.O_WRONLY | os.O_APPEND)
+    os.write(fd, ("%s %r\\n" % (event["i"], started)).encode())
+    os.close(fd)
     return {}
 '''
 
@@ -176,9 +178,13 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
-def done(out: Path) -> list[Path]:
-    """The start files written so far (complete ones only)."""
-    return [p for p in out.iterdir() if not p.name.endswith(".part")]
+def starts_in(log: Path) -> dict[str, float]:
+    """The start times recorded so far: invocation index (or "warm") -> time.time()."""
+    found = {}
+    for line in log.read_text().splitlines():
+        index, _, started = line.partition(" ")
+        found[index] = float(started)
+    return found
 
 
 def measure(n: int, fork: bool, tmp: Path, spares: int | None = None) -> dict[str, Any]:
@@ -194,14 +200,14 @@ def measure(n: int, fork: bool, tmp: Path, spares: int | None = None) -> dict[st
                                Role="arn:aws:iam::123456789012:role/r",
                                Handler="handler.handler", Code={"ZipFile": bundle()},
                                Timeout=300, MemorySize=1024)
-        out = tmp / f"out-{tag}"
-        out.mkdir()
+        log = tmp / f"starts-{tag}"
+        log.touch()
         # Warm up: the first invocation starts the fork server (a one-time cost per function).
-        client.invoke(FunctionName="bench", Payload=json.dumps({"path": str(out / "warm")}))
+        client.invoke(FunctionName="bench", Payload=json.dumps({"log": str(log), "i": "warm"}))
         client.close()
         ready = emulator.wait_spares(SPARES if spares is None else spares) if fork else 0
         requests = [signed_event(emulator.url, "bench",
-                                 json.dumps({"path": str(out / str(i))}).encode())
+                                 json.dumps({"log": str(log), "i": str(i)}).encode())
                     for i in range(n)]
         host, port = urlsplit(emulator.url).hostname, urlsplit(emulator.url).port
         socks = [socket.create_connection((host or "127.0.0.1", port or 80))
@@ -230,9 +236,9 @@ def measure(n: int, fork: bool, tmp: Path, spares: int | None = None) -> dict[st
             s.close()
         first = min(sent)
         deadline = time.monotonic() + 600
-        while len(done(out)) < n + 1 and time.monotonic() < deadline:
-            time.sleep(0.05)  # the handlers are separate processes: watch their files
-        starts = {int(p.name): float(p.read_text()) for p in done(out) if p.name != "warm"}
+        while len(starts_in(log)) < n + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the handlers are separate processes: watch their records
+        starts = {int(i): t for i, t in starts_in(log).items() if i != "warm"}
         latencies = [starts[i] - sent[i] for i in starts]
         return {
             "mode": "fork-server" if fork else "spawn", "concurrent": n,
