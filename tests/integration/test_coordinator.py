@@ -197,6 +197,35 @@ def test_plain_tcp_when_tls_is_off() -> None:
     assert coord.payload().cacert == ""
 
 
+class BigOutput(CommandListState):
+    commandlist = ["run:big", ("OK:RETVAL(0)", "quit:")]
+    nextState = Done
+
+
+BIG_RESPONSE = "OK:RETVAL(0):OUTPUT(" + "x" * 300_000 + "):COMMAND(x)"
+
+
+def big_output_worker(addr: tuple[str, int], token: str, ctx: ssl.SSLContext | None) -> None:
+    """Answer the one run: with a response of many TLS records (and socket reads), sent at once."""
+    raw = socket.create_connection(addr, timeout=30)
+    sock: socket.socket = ctx.wrap_socket(raw) if ctx else raw
+    with sock:
+        sock.sendall(encode_text(f"OK:HELLO:{token}"))
+        decoder = FrameDecoder()
+        assert read_command(sock, decoder) == "run:big"
+        sock.sendall(encode_text(BIG_RESPONSE))
+        assert read_command(sock, decoder) == "quit:"
+
+
+@pytest.mark.parametrize("tls", [True, False])
+def test_a_response_larger_than_one_read_arrives_whole(keys: KeySet, tls: bool) -> None:
+    coord = coordinator(keys if tls else None, 2, job=BigOutput, tls=tls)
+    ctx = client_context(keys) if tls else None
+    with running(coord) as out:
+        finish(workers(2, lambda: big_output_worker(coord.address, coord.token, ctx)))
+    assert_all_done(out["result"], 2)
+
+
 def test_payload_carries_no_coordinator_private_key(keys: KeySet) -> None:
     coord = coordinator(keys, 1)
     payload = json.loads(coord.payload_json())
