@@ -12,7 +12,7 @@ from emulator import urls
 from emulator.errors import EmulatorError, InvalidParameterValue, UnsupportedRoute
 from emulator.models import FunctionRegistry
 
-__all__ = ["Request", "Response", "handle"]
+__all__ = ["Request", "Response", "answers_at_once", "handle"]
 
 
 @dataclass
@@ -49,6 +49,14 @@ def _params(req: Request) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise InvalidParameterValue("request body is not a JSON object")
     return obj
+
+
+def answers_at_once(req: Request) -> bool:
+    """Whether ``req`` is answered without waiting for anything: an Event or DryRun Invoke
+    (accepted or refused at once; the function runs later). Any other request may block:
+    a synchronous invoke runs the function, CreateFunction unpacks a zip."""
+    return (req.method == "POST" and req.path.split("?", 1)[0].rstrip("/").endswith("/invocations")
+            and req.headers.get("x-amz-invocation-type") in ("Event", "DryRun"))
 
 
 def handle(registry: FunctionRegistry, req: Request) -> Response:
