@@ -1,6 +1,6 @@
 """Coordinator throughput: messages per coordinator CPU-second, wall time, peak RSS.
 
-N simulated workers (bench/sim_workers.py, a separate asyncio process) each go through a
+N simulated workers (bench/sim_workers.py, a separate process) each go through a
 png2y4m-shaped conversation: hello, 7 setup commands, 6 x (set, set, retrieve, run), upload,
 quit: 66 messages per worker. The coordinator runs in its own process so that its CPU time
 (getrusage) and peak RSS are its own. Prints one JSON object per configuration, then a
@@ -87,6 +87,7 @@ def measure(n: int, tls: bool, keydir: str) -> dict[str, Any]:
         "coordinator_cpu_s": round(figures["cpu"], 3),
         "messages_per_cpu_s": round(figures["messages"] / figures["cpu"]) if figures["cpu"] else None,
         "wall_s": round(wall, 3), "peak_rss_mib": round(figures["peak_rss_mib"], 1),
+        "load_average_1min": round(os.getloadavg()[0], 1),
     }
 
 
@@ -113,7 +114,8 @@ def main() -> int:
                 print(json.dumps(row), flush=True)
     summary = "; ".join(
         f"N={r['workers']} {'TLS' if r['tls'] else 'TCP'}: {r['messages_per_cpu_s']} msg/CPU-s, "
-        f"{r['wall_s']} s, {r['peak_rss_mib']} MiB{'' if r['ok'] else ' (INCOMPLETE)'}"
+        f"{r['wall_s']} s, {r['peak_rss_mib']} MiB, load {r['load_average_1min']}"
+        f"{'' if r['ok'] else ' (INCOMPLETE)'}"
         for r in rows
     )
     print(f"coordinator: {summary}")
