@@ -86,9 +86,11 @@ class _HTTPServer:
         self._selector.register(self._listener, selectors.EVENT_READ, "listen")
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)  # a wake-up already on its way is enough
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._answered: deque[tuple[_Connection, Response, bool]] = deque()  # by threads
         self._connections: set[_Connection] = set()
+        self._accepting = True  # False while out of descriptors, until a connection closes
         self._stopping = False
 
     def serve_forever(self) -> None:
@@ -129,7 +131,11 @@ class _HTTPServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                return  # e.g. out of descriptors: the client sees a reset, we go on
+                # Out of descriptors: stop watching the listener (it would stay readable and
+                # spin this loop) until a connection closes; clients wait in the backlog.
+                self._selector.unregister(self._listener)
+                self._accepting = False
+                return
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = _Connection(sock)
@@ -262,6 +268,9 @@ class _HTTPServer:
             return
         conn.closed = True
         self._connections.discard(conn)
+        if not self._accepting and not self._stopping:
+            self._accepting = True
+            self._selector.register(self._listener, selectors.EVENT_READ, "listen")
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(conn.sock)
         conn.sock.close()

@@ -539,6 +539,41 @@ def test_mu_emulator_serves_in_the_foreground_and_stops_on_sigterm(tmp_path: Pat
                 stream.close()
 
 
+def test_out_of_descriptors_the_emulator_waits_and_serves_again(tmp_path: Path) -> None:
+    import resource
+    import socket
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "emulator", "--state-dir", str(tmp_path), "--no-fork-server"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        preexec_fn=few_descriptors,
+    )
+    held: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        host, port = proc.stdout.readline().split()[-1].removeprefix("http://").split(":")
+        listing = b"GET /2015-03-31/functions/ HTTP/1.1\r\nHost: x\r\n\r\n"
+        for _ in range(80):  # more than it can accept: the rest wait in its backlog
+            held.append(socket.create_connection((host, int(port)), timeout=60))
+        for sock in held[:40]:
+            sock.close()
+        # Connections it accepted after descriptors freed up are served.
+        last = held[-1]
+        last.sendall(listing)
+        assert last.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        assert proc.poll() is None
+    finally:
+        for sock in held:
+            sock.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (children are listed per thread that started them)."""
     found: list[int] = []
