@@ -42,9 +42,10 @@ the whole process group, with Lambda's messages, and an outcome complete by the 
 counts even if the exit was slow. When an invocation ends, whatever it left running in its group is killed,
 its log gets its final name (``logs/FUNCTION/REQUEST_ID.log``, appended to if an earlier
 attempt wrote one) and Lambda's ``END``/``REPORT`` lines, its ``TMPDIR`` is removed, and the
-caller's ``on_done`` is called with the :class:`Result`, from the watcher thread. That
-clean-up waits while invocations are starting (until none has started for ``_SETTLE``, or
-for at most ``_SETTLE_MAX``), so that a burst's starts do not compete with its first ends.
+caller's ``on_done`` is called with the :class:`Result`, from the watcher thread. While
+invocations are starting, the watcher's own work (watching the new ones, ending those
+done) waits until none has started for ``_SETTLE``, or for at most ``_SETTLE_MAX``, so that
+a burst's starts do not compete with it; so do the counts the helper is told.
 :meth:`Runner.close` kills every invocation, spare and helper.
 """
 
@@ -54,6 +55,7 @@ import contextlib
 import heapq
 import itertools
 import json
+import math
 import os
 import selectors
 import shutil
@@ -75,6 +77,7 @@ __all__ = ["BOOTSTRAP", "SPARES", "Code", "Result", "Runner"]
 
 _POLL = 0.05  # seconds between the watcher's memory checks
 _CHECKS = 64  # memory checks per tick at most: more running ones are checked in turn
+_TELL_EVERY = 16  # spares taken per report to the helper while a burst starts
 _SETTLE = 0.003  # ends are cleaned up once no invocation has started for this long,
 _SETTLE_MAX = 0.2  # or once they have waited this long
 SPARES = 128  # idle pre-forked children per fork server (each costs about 2 MiB: page
@@ -387,6 +390,9 @@ class _ForkServer:
         self._lock = threading.Lock()
         self._idle: deque[_Spare] = deque()
         self._waiting: deque[_Invocation] = deque()
+        self._pool = spares
+        self._untold = 0  # spares taken and not yet reported to the helper
+        self._told_need = 0  # the number waiting, as last reported
         self._eof = False
         self.proc = subprocess.Popen(
             [sys.executable, "-I", "-c", BOOTSTRAP, "serve", str(child.fileno()),
@@ -449,9 +455,27 @@ class _ForkServer:
         self._started(inv)
         return True
 
-    def _tell(self, taken: int, need: int) -> None:
-        with contextlib.suppress(OSError), self._send_lock:
-            self.sock.sendall(b'{"taken": %d, "need": %d}\n' % (taken, need))
+    def _tell(self, taken: int, need: int, flush: bool = False) -> None:
+        """Report ``taken`` more spares used and ``need`` invocations waiting. While a burst
+        starts, the counts are sent in batches (each message wakes the helper, which shares
+        the CPU with the spares starting): when the number waiting changes, every
+        ``_TELL_EVERY`` spares, at each one once a quarter of the spares or fewer is left
+        (the helper then forks at once), and at the end (:meth:`flush`)."""
+        with self._send_lock:
+            self._untold += taken
+            if not (flush or need != self._told_need or self._untold >= _TELL_EVERY
+                    or len(self._idle) <= self._pool // 4):
+                return
+            if not self._untold and need == self._told_need:
+                return
+            message = b'{"taken": %d, "need": %d}\n' % (self._untold, need)
+            self._untold, self._told_need = 0, need
+            with contextlib.suppress(OSError):
+                self.sock.sendall(message)
+
+    def flush(self) -> None:
+        """Send the counts held back (a burst is over)."""
+        self._tell(0, len(self._waiting), flush=True)
 
     def _read(self) -> None:
         buf = b""
@@ -527,8 +551,9 @@ class _Watcher:
     pidfds and channels, a wake-up pipe, the deadline heap and the memory tick.
     """
 
-    def __init__(self, end: Callable[[_Invocation], None]) -> None:
+    def __init__(self, end: Callable[[_Invocation], None], quiet: Callable[[], None]) -> None:
         self._end = end  # finishes one invocation: files, Result, on_done
+        self._quiet = quiet  # called once what a burst left has been handled
         self._inbox: deque[_Invocation] = deque()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._woken = False  # a wake-up byte is on its way: adders need not write another
@@ -541,6 +566,7 @@ class _Watcher:
         self._order = itertools.count()
         self._ended: deque[tuple[float, _Invocation]] = deque()  # (when, what), to be ended
         self._last_add = 0.0  # when an invocation last started
+        self._inbox_since = math.inf  # when the oldest invocation not yet watched started
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="mu-emulator-watcher",
                                         daemon=True)
@@ -548,6 +574,8 @@ class _Watcher:
 
     def add(self, inv: _Invocation) -> None:
         self._last_add = time.monotonic()
+        if not self._inbox:
+            self._inbox_since = self._last_add
         self._inbox.append(inv)
         if not self._woken:
             self._woken = True
@@ -576,7 +604,7 @@ class _Watcher:
                 timeout = next_tick - time.monotonic()
                 if self._deadlines:
                     timeout = min(timeout, self._deadlines[0][0] - time.time())
-            if self._ended:
+            if self._ended or self._inbox:
                 timeout = min(timeout if timeout is not None else _SETTLE, _SETTLE)
             for key, _ in self._selector.select(None if timeout is None else max(0.0, timeout)):
                 fd = key.fd
@@ -592,8 +620,6 @@ class _Watcher:
                     self._finish(inv)
                 elif not self._drain(inv):
                     self._forget_fd(fd)  # end-of-file: the process may still be running
-            while self._inbox:
-                self._watch(self._inbox.popleft())
             now = time.time()
             while self._deadlines and self._deadlines[0][0] <= now:
                 _, _, inv = heapq.heappop(self._deadlines)
@@ -611,15 +637,23 @@ class _Watcher:
             self._settle()
 
     def _settle(self) -> None:
-        """End what has ended, unless invocations are starting: while a burst starts, the
-        clean-up after those already done (log, TMPDIR, the caller's ``on_done``) waits, up
-        to ``_SETTLE_MAX``, so that it does not compete with the starts."""
+        """Watch the invocations started and end those ended, unless invocations are
+        starting: while a burst starts, this work (for each new one a pidfd and two
+        registrations; for each ended one its log, TMPDIR and the caller's ``on_done``)
+        waits, up to ``_SETTLE_MAX``, so that it does not compete with the starts. An
+        invocation that ends before it is watched is found ended when it is."""
         now = time.monotonic()
-        if not self._ended or (now - self._last_add < _SETTLE and not self._stopping
-                               and now - self._ended[0][0] < _SETTLE_MAX):
+        oldest = min(self._ended[0][0] if self._ended else now, self._inbox_since)
+        if now - self._last_add < _SETTLE and not self._stopping and now - oldest < _SETTLE_MAX:
             return
+        if not self._inbox and not self._ended:
+            return
+        while self._inbox:
+            self._watch(self._inbox.popleft())
+        self._inbox_since = math.inf
         while self._ended:
             self._end(self._ended.popleft()[1])
+        self._quiet()
 
     def _watch(self, inv: _Invocation) -> None:
         if inv.error is not None or not inv.pid:
@@ -724,7 +758,7 @@ class Runner:
         self._closed = False
         self._folders: set[Path] = set()  # folders known to exist
         self._tmp = tempfile.mkdtemp(prefix="mu-emulator-tmp-")  # removed by close()
-        self._watcher = _Watcher(self._end)
+        self._watcher = _Watcher(self._end, self._quiet)
         if fork_server and spares:
             _more_descriptors()  # this process holds a channel per spare
 
@@ -853,6 +887,13 @@ class Runner:
             inv.on_done(result)
         except Exception:  # a bug in the caller must not stop the watcher
             traceback.print_exc()
+
+    def _quiet(self) -> None:
+        """In the watcher thread, after a burst: tell the helpers what they were not told."""
+        with self._lock:
+            servers = list(self._servers.values())
+        for server in servers:
+            server.flush()
 
     def _folder(self, path: Path) -> Path:
         """``path``, created the first time it is asked for."""
