@@ -374,8 +374,9 @@ class _ForkServer:
 
     The runner takes the oldest idle spare for each invocation (:meth:`start`) and writes
     the invocation into its channel. With none idle, the invocation waits for the next spare
-    announced, which the reader thread hands it. Every change is reported to the helper as
-    ``{"taken": SPARES_USED, "need": INVOCATIONS_WAITING}``, which is what it forks by.
+    announced, which the reader thread hands it. The helper forks by what it is told:
+    ``{"taken": SPARES_USED, "need": INVOCATIONS_WAITING}`` (batched while a burst starts,
+    see :meth:`_tell`).
     """
 
     def __init__(
