@@ -404,7 +404,7 @@ class FunctionRegistry:
                     return InvokeResult(202, request_id=request_id)
                 self._active += 1  # a slot, held for the start below
             return InvokeResult(202, request_id=request_id, start=functools.partial(
-                self._start_async, fn.FunctionName, payload, request_id))
+                self._start_first, fn.FunctionName, payload, request_id))
         if kind != "RequestResponse":
             raise InvalidParameterValue(f"InvocationType {kind!r} is not one of "
                                         "RequestResponse, Event, DryRun")
@@ -488,26 +488,33 @@ class FunctionRegistry:
             self._active += 1
             self._start_async(*self._queue.popleft())
 
-    def _start_async(self, name: str, payload: bytes, request_id: str, attempt: int = 0) -> None:
+    def _start_first(self, name: str, payload: bytes, request_id: str) -> None:
+        """The first attempt of an Event that took a free slot. Starting through a fork
+        server is one write, so the HTTP layer calls this right after sending the 202 (see
+        ``InvokeResult.start``)."""
+        if not self._start_async(name, payload, request_id, 0):
+            with self._lock:
+                self._dispatch()  # its slot is free again
+
+    def _start_async(self, name: str, payload: bytes, request_id: str, attempt: int) -> bool:
         """Start an attempt of an Event invocation whose slot is taken; the runner's watcher
-        calls :meth:`_async_done` when it ends. Starting through a fork server is one write,
-        so the HTTP layer calls this right after sending the 202 (see ``InvokeResult.start``).
-        """
+        calls :meth:`_async_done` when it ends. False if the function is gone (the event
+        is dropped, as on AWS, and the slot freed)."""
         try:
             fn = self.get(name)
-        except EmulatorError:  # deleted meanwhile: the event is dropped, as on AWS
+        except EmulatorError:
             with self._lock:
                 self._active -= 1
                 record = self._invocations.get(request_id)
                 if record is not None:
                     record.status = "dropped"
-                self._dispatch()
                 self._lock.notify_all()
-            return
+            return False
         self._attempt(request_id)
         allowed = 2 if fn.MaximumRetryAttempts is None else fn.MaximumRetryAttempts
         self.runner.launch(fn.code(self.region), payload, request_id, functools.partial(
             self._async_done, name, payload, request_id, attempt, allowed))
+        return True
 
     def _async_done(
         self, name: str, payload: bytes, request_id: str, attempt: int, allowed: int,

@@ -376,6 +376,30 @@ def test_concurrency_limit_refuses_sync_and_queues_events(
         server.stop()
 
 
+def test_events_queued_for_a_deleted_function_are_dropped(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    server = ThreadedEmulatorServer(state_dir=tmp_path, s3_endpoint_url=s3_server.url,
+                                    concurrency_limit=1)
+    server.start()
+    try:
+        client = boto3.client("lambda", endpoint_url=server.url,
+                              config=Config(retries={"max_attempts": 1}), **CREDS)
+        name = make(client, Timeout=90)
+        gate = tmp_path / "gate"
+        client.invoke(FunctionName=name, InvocationType="Event",
+                      Payload=json.dumps({"action": "wait", "gate": str(gate)}).encode())
+        # More queued events than Python's recursion limit: dropping them is a loop.
+        queued = [server.registry.invoke(name, b"{}", "Event", False).request_id
+                  for _ in range(3000)]
+        client.delete_function(FunctionName=name)
+        gate.touch()
+        assert server.registry.wait_idle(60)
+        assert {server.registry.invocation(r).status for r in queued} == {"dropped"}
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("fork_server", [True, False], ids=["fork-server", "spawn"])
 def test_stopping_leaves_no_process_behind(
     s3_server: S3Server, tmp_path: Path, fork_server: bool
