@@ -808,7 +808,7 @@ class Runner:
         call (so a caller may launch while holding a lock that ``on_done`` takes), except
         after :meth:`close`, when it is called at once with a "stopping" error.
         """
-        log_path = self._folder(self.state_dir / "logs" / code.name) / f"{request_id}.log"
+        log_path = self.state_dir / "logs" / code.name / f"{request_id}.log"
         # Without a spare, the invocation's process creates its TMPDIR (0700) in here.
         tmpdir = os.path.join(self._tmp, request_id)
         started = time.time()
@@ -827,12 +827,14 @@ class Runner:
                            log_path=str(log_path)))
             return
         try:
+            self._folder(log_path.parent)
             if self.fork_server:
                 server = self._server_for(code, env)
                 spec["env"], spec["unset"] = server.changes(env)
                 server.start(inv)
                 return
             ours, theirs = socket.socketpair()
+            inv.chan = ours  # closed at the end, even if the process does not start
             with theirs:
                 inv.proc = subprocess.Popen(
                     [sys.executable, "-I", "-c", BOOTSTRAP, "spawn", str(theirs.fileno())],
@@ -840,7 +842,7 @@ class Runner:
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     pass_fds=(theirs.fileno(),), start_new_session=True,
                 )
-            inv.pid, inv.chan = inv.proc.pid, ours
+            inv.pid = inv.proc.pid
             with contextlib.suppress(OSError):  # it died at once: its exit status says more
                 ours.sendall(json.dumps(spec).encode() + b"\n")
         except OSError as exc:
