@@ -26,21 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Mapping
 
 from OpenSSL import SSL
 
-from mu.errors import TransportError, map_exceptions
+from mu.errors import TransportError
 
 __all__ = ["Pipe"]
 
 _READ_SIZE = 65536  # bytes per read; more than a TLS record's 16 KiB of plaintext
-
-
-_ERRORS: Mapping[type[BaseException], type[Exception]] = {
-    OSError: TransportError,
-    SSL.Error: TransportError,
-}
 
 
 class Pipe:
@@ -87,16 +80,14 @@ class Pipe:
         assert self._conn is not None
         self.wants_write = False
         try:
-            with map_exceptions(_ERRORS, f"TLS handshake with {self.peer}"):
-                self._conn.do_handshake()
-        except TransportError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, SSL.WantReadError):
-                return False
-            if isinstance(cause, SSL.WantWriteError):
-                self.wants_write = True
-                return False
-            raise
+            self._conn.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.WantWriteError:
+            self.wants_write = True
+            return False
+        except (OSError, SSL.Error) as exc:
+            raise TransportError(f"TLS handshake with {self.peer}: {exc}") from exc
         self._handshaken = True
         return True
 
