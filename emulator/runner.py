@@ -610,9 +610,13 @@ class _Watcher:
             for key, _ in self._selector.select(None if timeout is None else max(0.0, timeout)):
                 fd = key.fd
                 if fd == self._wake_r:
-                    self._woken = False  # before the inbox is read: a later add writes again
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
+                    # Only now, with no byte left: an add from here on writes one again.
+                    # (Reset before the read, an add in between had its byte read with
+                    # the others and the flag stayed set: the next add woke nobody.) An
+                    # add that saw the flag still set is in the inbox, seen below.
+                    self._woken = False
                     continue
                 inv = self._fds.get(fd)
                 if inv is None:

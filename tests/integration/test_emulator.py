@@ -740,3 +740,48 @@ def test_command_line_forms() -> None:
     logs = parser.parse_args(["logs", "f", "r", "--state-dir", "/s"])
     assert (logs.action, logs.function, logs.request_id, logs.state_dir) == ("logs", "f", "r", "/s")
     assert parser.parse_args(["logs", "f"]).request_id is None
+
+
+def test_a_start_while_the_watcher_wakes_up_is_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An invocation started just as the watcher thread reads its wake-up pipe, then one
+    started once all is quiet: both end (a lost wake-up left the last one waiting forever)."""
+    import emulator.runner as runner_module
+    from emulator.runner import Code, Runner
+
+    code_dir = tmp_path / "code"
+    code_dir.mkdir()
+    (code_dir / "probe.py").write_bytes(PROBE)
+    code = Code(name="probe", version="$LATEST",
+                arn="arn:aws:lambda:us-east-1:123456789012:function:probe",
+                code_dir=str(code_dir), handler="probe.handler", memory=512, timeout=30.0)
+    runner = Runner(tmp_path / "state", fork_server=True, spares=2)
+    ended: dict[str, bool] = {}
+
+    def record(request_id: str, result: Any) -> None:
+        ended[request_id] = result.ok
+
+    armed: list[bool] = []
+    real_read = os.read
+
+    def read(fd: int, size: int) -> bytes:
+        if armed and fd == runner._watcher._wake_r:
+            armed.clear()  # once: the start another thread makes at this very moment
+            runner.launch(code, b"{}", "racer", partial(record, "racer"))
+        return real_read(fd, size)
+
+    monkeypatch.setattr(runner_module.os, "read", read)
+    try:
+        assert runner.run(code, b"{}", "warm-up").ok  # the fork server and its spares
+        server = next(iter(runner._servers.values()))
+        assert wait_for(lambda: len(server._idle) == 2)  # so both starts below are at once
+        armed.append(True)
+        runner.launch(code, b"{}", "first", partial(record, "first"))
+        assert wait_for(lambda: {"first", "racer"} <= ended.keys(), timeout=30)
+        runner.launch(code, b"{}", "last", partial(record, "last"))
+        assert wait_for(lambda: "last" in ended, timeout=30), ended
+        assert ended == {"first": True, "racer": True, "last": True}
+    finally:
+        monkeypatch.undo()
+        runner.close()
