@@ -268,7 +268,7 @@ class Coordinator:
         self._results: list[ActorResult] = []
         self._rejected = 0
         self._rejections: deque[str] = deque(maxlen=100)
-        self._owed = 0  # launched workers not yet arrived (extra arrivals never go below 0)
+        self._owed = 0  # workers asked for (from the launch call on) not yet arrived, never < 0
         self._attempts: dict[int, int] = {}  # actor -> workers it was given so far
         self._payload = b""
         self._launch: LaunchReport | None = None  # the first (main) launch
@@ -414,6 +414,8 @@ class Coordinator:
         spec = LaunchSpec(self.function_name, self._payload, count, self.regions)
         with self._launch_lock:
             self._launches_running += 1
+            # Owed from now on: its workers may say hello before the launch call returns.
+            self._owed += count
         thread = threading.Thread(
             target=self._launch_workers, args=(spec,), name="mu-launch", daemon=True
         )
@@ -435,8 +437,9 @@ class Coordinator:
                     self._launch = report
                 if error:
                     self._launch_error = error
-                self._accepted += report.accepted if report else 0
-                self._owed += report.accepted if report else 0
+                accepted = report.accepted if report else 0
+                self._accepted += accepted
+                self._owed = max(0, self._owed - (spec.count - accepted))  # never coming
                 self._launches_running -= 1
                 self._last_launch_end = self.clock()
             self._wake()

@@ -488,6 +488,34 @@ def test_actors_no_worker_can_reach_fail_with_the_reason(keys: KeySet) -> None:
     assert result.exit_status == 1
 
 
+class SlowReturnLauncher(ThreadLauncher):
+    """Its launch call returns only once the workers it started have said hello and
+    finished, as a slow launch API can."""
+
+    def launch(self, spec: LaunchSpec) -> LaunchReport:
+        report = super().launch(spec)
+        finish(self.threads)
+        return report
+
+
+def test_workers_arriving_before_the_launch_returns_are_not_owed(keys: KeySet) -> None:
+    launcher = SlowReturnLauncher(2, keys)
+    config = RunConfig(num_actors=4, port=0, **{**SAFE, "arrival_timeout": 600.0})
+    coord = Coordinator(Small, JOB, config, keys, launcher=launcher)
+    results: list[Any] = []
+    runner = threading.Thread(target=lambda: results.append(coord.run()))
+    runner.start()
+    # Both workers came before the launch returned: nothing is owed, so the two actors no
+    # worker is coming for fail once the launch is over, not after the arrival timeout.
+    runner.join(timeout=60)
+    if runner.is_alive():
+        coord.stop()
+        runner.join()
+    launcher.close()
+    assert results and results[0].done == 2 and results[0].errors == 2
+    assert all("the launch started 2 worker(s)" in (f.error or "") for f in results[0].failed)
+
+
 # ------------------------------------------------------------------------ keys
 
 
