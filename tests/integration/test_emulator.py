@@ -6,6 +6,7 @@ Real processes run every invocation; a real moto S3 server receives what handler
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -347,9 +348,12 @@ def test_hundred_concurrent_events_each_run_once(
     assert len(pids) == 100  # a fresh process each time
 
 
-def test_concurrency_limit_refuses_sync_and_queues_events(
+@contextlib.contextmanager
+def one_slot_taken(
     s3_server: S3Server, tmp_path: Path
-) -> None:
+) -> Iterator[tuple[ThreadedEmulatorServer, Any, str, Path]]:
+    """An emulator with a concurrency limit of 1, its one slot held by an invocation
+    waiting at a gate: (server, client, function name, gate)."""
     server = ThreadedEmulatorServer(state_dir=tmp_path, s3_endpoint_url=s3_server.url,
                                     concurrency_limit=1)
     server.start()
@@ -360,6 +364,15 @@ def test_concurrency_limit_refuses_sync_and_queues_events(
         gate = tmp_path / "gate"
         client.invoke(FunctionName=name, InvocationType="Event",
                       Payload=json.dumps({"action": "wait", "gate": str(gate)}).encode())
+        yield server, client, name, gate
+    finally:
+        server.stop()
+
+
+def test_concurrency_limit_refuses_sync_and_queues_events(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    with one_slot_taken(s3_server, tmp_path) as (server, client, name, gate):
         assert server.registry._active == 1  # held until the gate opens
         with pytest.raises(client.exceptions.TooManyRequestsException) as info:
             client.invoke(FunctionName=name, Payload=b"{}")
@@ -372,23 +385,12 @@ def test_concurrency_limit_refuses_sync_and_queues_events(
         assert server.registry.wait_idle(60)
         assert [(server.registry.invocation(r).status, server.registry.invocation(r).attempts)
                 for r in queued] == [("succeeded", 1)] * 3
-    finally:
-        server.stop()
 
 
 def test_events_queued_for_a_deleted_function_are_dropped(
     s3_server: S3Server, tmp_path: Path
 ) -> None:
-    server = ThreadedEmulatorServer(state_dir=tmp_path, s3_endpoint_url=s3_server.url,
-                                    concurrency_limit=1)
-    server.start()
-    try:
-        client = boto3.client("lambda", endpoint_url=server.url,
-                              config=Config(retries={"max_attempts": 1}), **CREDS)
-        name = make(client, Timeout=90)
-        gate = tmp_path / "gate"
-        client.invoke(FunctionName=name, InvocationType="Event",
-                      Payload=json.dumps({"action": "wait", "gate": str(gate)}).encode())
+    with one_slot_taken(s3_server, tmp_path) as (server, client, name, gate):
         # More queued events than Python's recursion limit: dropping them is a loop.
         queued = [server.registry.invoke(name, b"{}", "Event", False).request_id
                   for _ in range(3000)]
@@ -396,8 +398,6 @@ def test_events_queued_for_a_deleted_function_are_dropped(
         gate.touch()
         assert server.registry.wait_idle(60)
         assert {server.registry.invocation(r).status for r in queued} == {"dropped"}
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("fork_server", [True, False], ids=["fork-server", "spawn"])
