@@ -2,7 +2,8 @@
 
 ``start()`` binds (port 0 by default), starts the serving thread and returns once it
 serves; ``.url`` and ``.address`` give the real port. ``stop()`` stops accepting, kills
-every running invocation and fork server, and joins every thread it started.
+every running invocation and fork server, and joins the serving and watcher threads (a
+request still being handled in a thread of its own ends with its invocation).
 
 Theory of operation
 -------------------
