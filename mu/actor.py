@@ -240,11 +240,11 @@ class Actor:
         return f"connection closed by worker in {name}"
 
     def _on_hello(self, text: str) -> None:
-        _head, sep, token = text.partition(":HELLO:")
-        if not text.startswith(HELLO_PREFIX):
-            self._reject(f"expected hello, got {text[:80]!r}")
-        elif not sep or not token:
+        head, sep, token = text.partition(HELLO_PREFIX + ":")  # exactly OK:HELLO:<token>
+        if text == HELLO_PREFIX or (sep and not head and not token):
             self._reject("hello carries no run token")
+        elif head or not sep:
+            self._reject(f"expected hello, got {text[:80]!r}")
         elif not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), self._token):
             self._reject("hello carries a wrong run token")
         else:

@@ -109,6 +109,8 @@ def test_frames_before_start_wait_in_the_decoder() -> None:
         (encode_text("OK:HELLO"), "no run token"),
         (encode_text("OK:HELLO:"), "no run token"),
         (encode_text("GET / HTTP/1.1"), "expected hello"),
+        (encode_text(f"OK:HELLOjunk:HELLO:{TOKEN}"), "expected hello"),
+        (encode_text(f"xOK:HELLO:{TOKEN}"), "expected hello"),
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "not 12 decimal digits"),
         (b"%012d " % (10**9), "exceeds maximum"),
         (b"", "closed before hello"),
