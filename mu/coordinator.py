@@ -106,6 +106,9 @@ class RunResult:
     wall: float
     messages_in: int
     messages_out: int
+    launched: int = 0
+    """Workers accepted by every launch of the run: the first, and those for retries and
+    stragglers."""
 
     @property
     def final(self) -> list[ActorResult]:
@@ -368,7 +371,7 @@ class Coordinator:
             connections=len(self._conns),
             messages_in=self._messages_in,
             messages_out=self._messages_out,
-            launched=self._launch.accepted if self._launch else None,
+            launched=self._accepted if self._launch else None,
             states=states,
         )
 
@@ -396,6 +399,7 @@ class Coordinator:
             wall=self.clock() - self._t0,
             messages_in=self._messages_in,
             messages_out=self._messages_out,
+            launched=self._accepted,
         )
 
     def stop(self) -> None:

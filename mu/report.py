@@ -86,7 +86,11 @@ def final_report(result: RunResult, stream: TextIO) -> None:
             outcome = "finished" if attempt.ok else f"failed in {attempt.state}: {attempt.error}"
             print(f"mu: fault: actor {attempt.actor} attempt {attempt.attempt + 1} got "
                   f"[{attempt.fault}] and {outcome}", file=stream)
-    launched = f", launched {result.launch.accepted}" if result.launch else ""
+    launched = ""
+    if result.launch:
+        more = result.launched - result.launch.accepted
+        launched = f", launched {result.launched}" + (
+            f" ({more} for retries and stragglers)" if more > 0 else "")
     retried = f", {result.retried} retried" if result.retried else ""
     print(
         f"mu: {result.done} done, {result.errors} error, {result.rejected} rejected"

@@ -8,6 +8,7 @@ ended (counted as rejected or as that actor's failure) while every good actor fi
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import socket
@@ -30,6 +31,7 @@ from mu.errors import ConfigError
 from mu.faults import FaultSpec
 from mu.launch import LaunchReport, LaunchSpec
 from mu.protocol import FrameDecoder, encode_text
+from mu.report import final_report
 from mu.states import CommandListState, TerminalState
 from mu.tls import KeySet, generate_keys
 from tests.worker_helpers import FakeBackend, accepted, read_command
@@ -594,6 +596,11 @@ def test_a_failed_actor_is_given_to_a_new_worker(keys: KeySet) -> None:
     assert "disk full" in (first.error or "") and first.attempt == 0
     again = [a for a in result.actors if a.actor == first.actor and a.ok]
     assert [a.attempt for a in again] == [1]
+    # The report counts the replacement among the workers launched.
+    assert result.launched == 3
+    out = io.StringIO()
+    final_report(result, out)
+    assert "1 retried, launched 3 (1 for retries and stragglers)" in out.getvalue()
 
 
 def test_retries_are_bounded(keys: KeySet) -> None:
