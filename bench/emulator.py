@@ -51,6 +51,7 @@ from botocore.config import Config  # noqa: E402
 from botocore.credentials import ReadOnlyCredentials  # noqa: E402
 
 from emulator.runner import SPARES  # noqa: E402
+from emulator.runner import _children as children  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = 16
@@ -157,17 +158,6 @@ class Emulator:
         self.proc.wait(timeout=60)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-
-
-def children(pid: int) -> list[int]:
-    kids: list[int] = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                kids += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
-    return kids
 
 
 def cmdline(pid: int) -> bytes:

@@ -184,7 +184,6 @@ def rehearse():
     # Run the invocation path's Python once on a dummy spec, in a spare, in idle time: the
     # pages it writes (reference counts, specialised bytecode) are copied now, not when a
     # burst starts.
-    import io
     spec = {"name": "x", "version": "1", "memory": 128, "request_id": "x", "arn": "x",
             "deadline": time.time(), "code_dir": ".", "handler": "a.b", "event": "{}",
             "env": {"TMPDIR": "x"}, "unset": [], "log_path": "x", "start_line": "x"}
@@ -239,9 +238,14 @@ def serve(sock_fd, code_dir, handler_name, pool_size, tmp_root, log_dir):
     gc.freeze()
     forked = 0
 
+    def placeholders(pid):
+        # A spare's TMPDIR and log, named by pid and count: never reused.
+        name = "%s%d-%d" % (PREFIX, pid, forked)
+        return os.path.join(tmp_root, name), os.path.join(log_dir, name + ".log")
+
     def fork_spare():
-        # The spare's placeholders are named by pid and count, never reused; the other end
-        # of its channel goes to the runner, which hands the spare its invocation itself.
+        # The other end of the spare's channel goes to the runner, which hands the spare
+        # its invocation itself.
         nonlocal forked
         forked += 1
         ours, theirs = socket.socketpair()
@@ -255,15 +259,12 @@ def serve(sock_fd, code_dir, handler_name, pool_size, tmp_root, log_dir):
                 # session: so, with autogroup scheduling, all invocations together share
                 # the CPU fairly with the emulator, rather than each as much as it.
                 os.setpgid(0, 0)
-                name = "%s%d-%d" % (PREFIX, os.getpid(), forked)
-                spare(ours.detach(), os.path.join(tmp_root, name),
-                      os.path.join(log_dir, name + ".log"), handler)
+                spare(ours.detach(), *placeholders(os.getpid()), handler)
             finally:
                 os._exit(0)
         ours.close()
-        name = "%s%d-%d" % (PREFIX, pid, forked)
-        line = json.dumps({"spare": pid, "tmp": os.path.join(tmp_root, name),
-                           "log": os.path.join(log_dir, name + ".log")}).encode() + b"\n"
+        tmp, log = placeholders(pid)
+        line = json.dumps({"spare": pid, "tmp": tmp, "log": log}).encode() + b"\n"
         sock.sendmsg([line], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                array.array("i", [theirs.fileno()]))])
         theirs.close()
@@ -278,7 +279,7 @@ def serve(sock_fd, code_dir, handler_name, pool_size, tmp_root, log_dir):
         while b"\n" not in buf:
             free = idle - need  # spares no waiting invocation will take
             if free < pool_size:
-                urgent = free < pool_size // 4 or free < 0
+                urgent = free < pool_size // 4  # also when invocations wait (free < 0)
                 wait = 0.0 if urgent else max(0.0, quiet - time.monotonic())
                 if not poller.poll(wait * 1000):
                     if urgent or time.monotonic() >= quiet:
@@ -525,8 +526,8 @@ class _ForkServer:
     def close(self, kill_children: bool = False) -> None:
         """Stop the helper; with ``kill_children``, also every process it forked.
 
-        Its children are not in its process group (each starts a session), and once it is
-        dead they belong to init and cannot be found; so it is frozen first (no more forks),
+        Its children are not in its process group (each has a group of its own), and once
+        it is dead they belong to init and cannot be found; so it is frozen first (no more forks),
         its children's groups are killed, and only then the helper itself. Without
         ``kill_children`` (code updated or deleted) running invocations finish under the
         watcher; idle spares exit on their own.
@@ -559,8 +560,7 @@ class _Watcher:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._woken = False  # a wake-up byte is on its way: adders need not write another
         self._selector = selectors.DefaultSelector()  # epoll: the cost is per ready descriptor
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
-        self._fds: dict[int, _Invocation] = {}  # pidfd or channel -> its invocation
+        self._selector.register(self._wake_r, selectors.EVENT_READ)  # its data: None
         self.running: dict[str, _Invocation] = {}  # request id -> invocation
         self._deadlines: list[tuple[float, int, _Invocation]] = []
         self._turns: deque[_Invocation] = deque()  # running ones, in the order of checks
@@ -608,8 +608,8 @@ class _Watcher:
             if self._ended or self._inbox:
                 timeout = min(timeout if timeout is not None else _SETTLE, _SETTLE)
             for key, _ in self._selector.select(None if timeout is None else max(0.0, timeout)):
-                fd = key.fd
-                if fd == self._wake_r:
+                fd, inv = key.fd, key.data  # a pidfd or a channel, and its invocation
+                if inv is None:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
                     # Only now, with no byte left: an add from here on writes one again.
@@ -618,17 +618,16 @@ class _Watcher:
                     # add that saw the flag still set is in the inbox, seen below.
                     self._woken = False
                     continue
-                inv = self._fds.get(fd)
-                if inv is None:
-                    continue
+                if not self._is_running(inv):
+                    continue  # ended by an earlier event of this same batch
                 if fd == inv.pidfd:
                     self._finish(inv)
                 elif not self._drain(inv):
-                    self._forget_fd(fd)  # end-of-file: the process may still be running
+                    self._selector.unregister(fd)  # end-of-file: it may still be running
             now = time.time()
             while self._deadlines and self._deadlines[0][0] <= now:
                 _, _, inv = heapq.heappop(self._deadlines)
-                if inv.request_id in self.running and self.running[inv.request_id] is inv:
+                if self._is_running(inv):
                     _kill_group(inv.pid)
                     self._drain(inv)
                     if not _outcome(inv.out):  # an outcome complete by the deadline counts
@@ -666,8 +665,7 @@ class _Watcher:
             return
         self.running[inv.request_id] = inv
         if inv.chan is not None:
-            self._fds[inv.chan.fileno()] = inv
-            self._selector.register(inv.chan.fileno(), selectors.EVENT_READ)
+            self._selector.register(inv.chan.fileno(), selectors.EVENT_READ, inv)
         try:
             inv.pidfd = os.pidfd_open(inv.pid)
         except ProcessLookupError:
@@ -676,8 +674,7 @@ class _Watcher:
         except (AttributeError, OSError):
             pass  # no pidfd here: the memory tick checks that it still runs
         else:
-            self._fds[inv.pidfd] = inv
-            self._selector.register(inv.pidfd, selectors.EVENT_READ)
+            self._selector.register(inv.pidfd, selectors.EVENT_READ, inv)
         heapq.heappush(self._deadlines, (inv.started + inv.code.timeout, next(self._order), inv))
         self._turns.append(inv)
 
@@ -688,7 +685,7 @@ class _Watcher:
         young = time.time() - _POLL
         for _ in range(min(_CHECKS, len(self._turns))):
             inv = self._turns.popleft()
-            if self.running.get(inv.request_id) is not inv:
+            if not self._is_running(inv):
                 continue  # it has ended
             self._turns.append(inv)
             if inv.started > young:
@@ -701,6 +698,10 @@ class _Watcher:
                     f"Runtime exited with error: signal: killed (memory {inv.code.memory} MB "
                     "exceeded)", "Runtime.OutOfMemory")
                 self._finish(inv)
+
+    def _is_running(self, inv: _Invocation) -> bool:
+        """Whether ``inv`` is watched and has not ended (a retry reuses its request id)."""
+        return self.running.get(inv.request_id) is inv
 
     def _drain(self, inv: _Invocation) -> bool:
         """Read what the channel holds now; False at end-of-file."""
@@ -717,16 +718,12 @@ class _Watcher:
                 return False
             inv.out.append(data)
 
-    def _forget_fd(self, fd: int) -> None:
-        self._selector.unregister(fd)
-        del self._fds[fd]
-
     def _finish(self, inv: _Invocation) -> None:
         """The process has ended (or was killed): collect its outcome and end it."""
         self._drain(inv)
         for fd in (inv.pidfd, inv.chan.fileno() if inv.chan is not None else -1):
-            if fd in self._fds:
-                self._forget_fd(fd)
+            with contextlib.suppress(KeyError, ValueError):  # not (or no longer) watched
+                self._selector.unregister(fd)
         if inv.pidfd >= 0:
             os.close(inv.pidfd)
             inv.pidfd = -1
@@ -813,7 +810,11 @@ class Runner:
         after :meth:`close`, when it is called at once with a "stopping" error.
         """
         log_path = self.state_dir / "logs" / code.name / f"{request_id}.log"
-        # Without a spare, the invocation's process creates its TMPDIR (0700) in here.
+        if self._closed:
+            on_done(Result(False, error=_error("the emulator is stopping", "Runtime.Stopped"),
+                           log_path=str(log_path)))
+            return
+        # A plain spawn makes its TMPDIR (0700) in here; a spare brings its own.
         tmpdir = os.path.join(self._tmp, request_id)
         started = time.time()
         spec: dict[str, Any] = {
@@ -826,10 +827,6 @@ class Runner:
         }
         env = self.environment(code, tmpdir)
         inv = _Invocation(code, request_id, started, spec, log_path, on_done, tmpdir)
-        if self._closed:
-            on_done(Result(False, error=_error("the emulator is stopping", "Runtime.Stopped"),
-                           log_path=str(log_path)))
-            return
         try:
             self._folder(log_path.parent)
             if self.fork_server:

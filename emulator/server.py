@@ -178,11 +178,10 @@ class _HTTPServer:
                     self._refuse(conn, 431, "request headers too large")
                 break
             try:
-                method, target, keep, headers = _parse_head(bytes(buf[:end]))
+                method, target, keep, headers, length = _parse_head(bytes(buf[:end]))
             except _BadRequest as bad:
                 self._refuse(conn, bad.status, str(bad))
                 break
-            length = int(headers.get("content-length") or 0)
             if len(buf) < end + 4 + length:
                 if headers.get("expect", "").lower() == "100-continue" and not conn.continued:
                     conn.continued = True
@@ -283,8 +282,9 @@ class _BadRequest(Exception):
         self.status = status
 
 
-def _parse_head(head: bytes) -> tuple[str, str, bool, dict[str, str]]:
-    """Method, target, keep-alive and headers (names in lower case) of a request head.
+def _parse_head(head: bytes) -> tuple[str, str, bool, dict[str, str], int]:
+    """Method, target, keep-alive, headers (names in lower case) and body length of a
+    request head.
 
     Raises:
         _BadRequest: with the status to answer.
@@ -303,14 +303,15 @@ def _parse_head(head: bytes) -> tuple[str, str, bool, dict[str, str]]:
         headers[name.lower()] = value.strip()
     if "transfer-encoding" in headers:
         raise _BadRequest(411, "a request body needs a Content-Length")
-    length = headers.get("content-length", "0")
-    if not length.isdigit():
+    declared = headers.get("content-length", "0")
+    if not declared.isdigit():
         raise _BadRequest(400, "bad Content-Length")
-    if int(length) > _MAX_BODY:
+    length = int(declared)
+    if length > _MAX_BODY:
         raise _BadRequest(413, "request too large")
     connection = headers.get("connection", "").lower()
     keep = connection != "close" if parts[2] == b"HTTP/1.1" else connection == "keep-alive"
-    return parts[0].decode("latin-1"), parts[1].decode("latin-1"), keep, headers
+    return parts[0].decode("latin-1"), parts[1].decode("latin-1"), keep, headers, length
 
 
 @functools.cache
