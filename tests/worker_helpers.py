@@ -16,7 +16,7 @@ import struct
 import tempfile
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -334,3 +334,27 @@ def read_command(sock: socket.socket, decoder: FrameDecoder) -> str | None:
         if isinstance(frame, bytes):
             return decode_text(frame)
         decoder.receive_data(sock.recv(65536))
+
+
+def converse(
+    addr: tuple[str, int], token: str, ctx: ssl.SSLContext | None, timeout: float,
+    reply: Callable[[str], str | None],
+) -> tuple[str, list[str]]:
+    """A simulated worker: connect (over TLS with ``ctx``), say hello, and answer each command
+    with ``reply(command)`` (nothing when it returns None) until ``quit:`` or the
+    coordinator closes. Returns its own ``host:port`` and the commands it saw."""
+    raw = socket.create_connection(addr, timeout=timeout)
+    sock = ctx.wrap_socket(raw) if ctx is not None else raw
+    host, port = sock.getsockname()[:2]
+    seen: list[str] = []
+    with sock:
+        sock.sendall(encode_text(f"OK:HELLO:{token}"))
+        decoder = FrameDecoder()
+        while (command := read_command(sock, decoder)) is not None:
+            seen.append(command)
+            if command == "quit:":
+                break
+            answer = reply(command)
+            if answer is not None:
+                sock.sendall(encode_text(answer))
+    return f"{host}:{port}", seen

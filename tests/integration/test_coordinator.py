@@ -34,7 +34,7 @@ from mu.protocol import FrameDecoder, encode_text
 from mu.report import final_report
 from mu.states import CommandListState, TerminalState
 from mu.tls import KeySet, generate_keys
-from tests.worker_helpers import FakeBackend, accepted, read_command
+from tests.worker_helpers import FakeBackend, accepted, converse, read_command
 
 JOB = Png2Y4MConfig(frames=2)
 
@@ -72,20 +72,7 @@ def client_context(keys: KeySet, version: ssl.TLSVersion | None = None) -> ssl.S
 
 def good_worker(addr: tuple[str, int], token: str, ctx: ssl.SSLContext | None) -> list[str]:
     """Say hello, answer every command, return the commands seen."""
-    raw = socket.create_connection(addr, timeout=30)
-    sock: socket.socket = ctx.wrap_socket(raw) if ctx else raw
-    seen: list[str] = []
-    with sock:
-        sock.sendall(encode_text(f"OK:HELLO:{token}"))
-        decoder = FrameDecoder()
-        while (command := read_command(sock, decoder)) is not None:
-            seen.append(command)
-            if command == "quit:":
-                break
-            reply = answer(command)
-            if reply is not None:
-                sock.sendall(encode_text(reply))
-    return seen
+    return converse(addr, token, ctx, 30, answer)[1]
 
 
 @contextmanager

@@ -56,7 +56,7 @@ from mu.protocol import FrameDecoder, decode_text, encode_frame, encode_text
 from mu.states import CommandListState, TerminalState
 from mu.tls import KeySet
 from tests.strategies import chunked
-from tests.worker_helpers import WAIT, FakeBackend, accepted, read_command
+from tests.worker_helpers import WAIT, FakeBackend, accepted, converse, read_command
 
 MAX_FRAME = 4096
 """The coordinator's ``max_frame`` here: small, so lengths on both sides of it are cheap."""
@@ -127,25 +127,18 @@ def client_context(keys: KeySet) -> ssl.SSLContext:
 def good_worker(
     addr: tuple[str, int], token: str, ctx: ssl.SSLContext | None, hold: threading.Event | None
 ) -> tuple[str, list[str]]:
-    """Say hello and answer every command right; return ``(peer name, commands seen)``.
+    """Say hello and answer every command right (an unknown one is a KeyError); return
+    ``(peer name, commands seen)``.
 
     With ``hold`` the answer to ``run:true`` waits until it is set.
     """
-    raw = socket.create_connection(addr, timeout=WAIT)
-    sock = ctx.wrap_socket(raw) if ctx is not None else raw
-    host, port = sock.getsockname()[:2]
-    seen: list[str] = []
-    with sock:
-        sock.sendall(encode_text(f"OK:HELLO:{token}"))
-        decoder = FrameDecoder()
-        while (command := read_command(sock, decoder)) is not None:
-            seen.append(command)
-            if command == "quit:":
-                break
-            if command == "run:true" and hold is not None:
-                assert hold.wait(RUN_DEADLINE), "the fuzz never released the sentinel"
-            sock.sendall(encode_text(ANSWERS[command]))
-    return f"{host}:{port}", seen
+
+    def reply(command: str) -> str:
+        if command == "run:true" and hold is not None:
+            assert hold.wait(RUN_DEADLINE), "the fuzz never released the sentinel"
+        return ANSWERS[command]
+
+    return converse(addr, token, ctx, WAIT, reply)
 
 
 # ------------------------------------------------------------------------ the live run
