@@ -136,6 +136,14 @@ def invoke(lam: Any, name: str, event: dict[str, Any], **kw: Any) -> tuple[dict[
     return resp, json.loads(resp["Payload"].read() or b"null")
 
 
+def wait_at_gate(lam: Any, name: str, gate: Path) -> dict[str, Any]:
+    """Start an Event invocation of ``name`` that runs until the file ``gate`` exists (60 s
+    at most); the Invoke response."""
+    event = json.dumps({"action": "wait", "gate": str(gate)}).encode()
+    resp: dict[str, Any] = lam.invoke(FunctionName=name, InvocationType="Event", Payload=event)
+    return resp
+
+
 # ----------------------------------------------------------------------------- API
 
 
@@ -278,8 +286,7 @@ def test_event_accepted_before_the_function_runs(
 ) -> None:
     name = make(lam, Timeout=90)
     gate = tmp_path / "gate"
-    resp = lam.invoke(FunctionName=name, InvocationType="Event",
-                      Payload=json.dumps({"action": "wait", "gate": str(gate)}).encode())
+    resp = wait_at_gate(lam, name, gate)
     assert resp["StatusCode"] == 202
     request_id = resp["ResponseMetadata"]["RequestId"]
     # The 202 came back while the invocation cannot have finished: its gate is still shut.
@@ -362,8 +369,7 @@ def one_slot_taken(
                               config=Config(retries={"max_attempts": 1}), **CREDS)
         name = make(client, Timeout=90)
         gate = tmp_path / "gate"
-        client.invoke(FunctionName=name, InvocationType="Event",
-                      Payload=json.dumps({"action": "wait", "gate": str(gate)}).encode())
+        wait_at_gate(client, name, gate)
         yield server, client, name, gate
     finally:
         server.stop()
@@ -461,8 +467,7 @@ def test_logs_of_a_running_invocation(
 ) -> None:
     name = make(lam, Timeout=60)
     gate = tmp_path / "gate"
-    resp = lam.invoke(FunctionName=name, InvocationType="Event",
-                      Payload=json.dumps({"action": "wait", "gate": str(gate)}).encode())
+    resp = wait_at_gate(lam, name, gate)
     request = resp["ResponseMetadata"]["RequestId"]
 
     def logs() -> subprocess.CompletedProcess[str]:
