@@ -59,10 +59,11 @@ def serve(n: int, tls: bool, keydir: str) -> None:
     else:
         result = coord.run()
     after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
     print(json.dumps({
         "done": result.done, "errors": result.errors, "rejected": result.rejected,
-        "messages": result.messages_in + result.messages_out, "cpu": cpu, "wall": result.wall,
+        "messages": result.messages_in + result.messages_out, "cpu": user + system,
+        "user": user, "system": system, "wall": result.wall,
         "peak_rss_mib": after.ru_maxrss / 1024,
     }), flush=True)
 
@@ -85,6 +86,8 @@ def measure(n: int, tls: bool, keydir: str) -> dict[str, Any]:
         "workers": n, "tls": tls, "ok": figures["done"] == n and sim.returncode == 0,
         "messages": figures["messages"], "expected_messages": n * MESSAGES_PER_WORKER,
         "coordinator_cpu_s": round(figures["cpu"], 3),
+        "coordinator_user_s": round(figures["user"], 3),
+        "coordinator_system_s": round(figures["system"], 3),
         "messages_per_cpu_s": round(figures["messages"] / figures["cpu"]) if figures["cpu"] else None,
         "wall_s": round(wall, 3), "peak_rss_mib": round(figures["peak_rss_mib"], 1),
         "load_average_1min": round(os.getloadavg()[0], 1),
