@@ -88,6 +88,10 @@ LIFECYCLE: Final[dict[Lifecycle, dict[str, Lifecycle]]] = {
 }
 """Lifecycle -> trigger -> next lifecycle. Anything missing is a protocol error."""
 
+_READING: Final = (Lifecycle.AWAIT_HELLO, Lifecycle.RUNNING)
+"""Lifecycles in which received frames are decoded (a READY actor leaves them buffered)."""
+_ENDED: Final = (Lifecycle.DONE, Lifecycle.ERROR)
+
 
 def lifecycle_diagram() -> str:
     """The :data:`LIFECYCLE` table as a Mermaid state diagram (docs/protocol.md embeds it)."""
@@ -200,20 +204,21 @@ class Actor:
     @property
     def ended(self) -> bool:
         """Whether the connection reached DONE or ERROR."""
-        return self.lifecycle in (Lifecycle.DONE, Lifecycle.ERROR)
+        return self.lifecycle in _ENDED
 
     # -- input ---------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes received from the worker (``b""`` for EOF) and process them."""
-        if self.ended or self._decoder.at_eof:
+        decoder = self._decoder
+        if self.lifecycle in _ENDED or decoder.at_eof:
             return  # nothing can follow EOF on a real stream; never raise for peer input
-        self._decoder.receive_data(data)
+        decoder.receive_data(data)
         self._pump()
 
     def _pump(self) -> None:
         decoder = self._decoder
-        while self.lifecycle in (Lifecycle.AWAIT_HELLO, Lifecycle.RUNNING):
+        while self.lifecycle in _READING:
             try:
                 frame = decoder.next_frame()
             except ProtocolError as exc:
@@ -224,14 +229,14 @@ class Actor:
             if frame is CLOSED:
                 self._end_remote(self._eof_reason())
                 return
-            assert not isinstance(frame, Sentinel)
             self.messages_in += 1
             text = decode_text(frame)
             self.last_response = text
-            if self.lifecycle is Lifecycle.AWAIT_HELLO:
-                self._on_hello(text)
+            if self.lifecycle is Lifecycle.RUNNING:
+                assert self.state is not None
+                self._settle(*advance(self.state, text))
             else:
-                self._feed(text)
+                self._on_hello(text)
 
     def _eof_reason(self) -> str:
         if self.lifecycle is Lifecycle.AWAIT_HELLO:
@@ -264,14 +269,11 @@ class Actor:
         else:
             self._fail(ErrorState(self.state, reason) if self.state else None, reason)
 
-    def _feed(self, text: str) -> None:
-        assert self.state is not None
-        self._settle(*advance(self.state, text))
-
     def _settle(self, state: MachineState, commands: list[str]) -> None:
         self.state = state
-        for command in commands:
-            self.send_command(command)
+        if commands:
+            self._outbox.extend(map(encode_text, commands))
+            self.messages_out += len(commands)
         if isinstance(state, ErrorState):
             self._fail(state, state.message)
         elif isinstance(state, TerminalState):

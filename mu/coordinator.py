@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from OpenSSL import SSL
 
@@ -167,6 +167,10 @@ class Statistics:
     messages_out: int
     launched: int | None
     states: Mapping[int, str] = field(default_factory=dict)
+
+
+_WAKE: Final = "wake"
+"""Selector data of the wake-up socket (the listener's is None, a connection's its _Conn)."""
 
 
 class _Conn:
@@ -321,7 +325,7 @@ class Coordinator:
         self._bound = (str(host), int(port))
         self._wake_r, self._wake_w = socket.socketpair()
         self._sel.register(sock, selectors.EVENT_READ, None)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
         return self.address
 
     def payload(self) -> WorkerPayload:
@@ -460,7 +464,7 @@ class Coordinator:
                 data = key.data
                 if data is None:
                     self._accept()
-                elif data == "wake":
+                elif data is _WAKE:
                     self._drain_wake()
                 else:
                     self._service(data, mask)
@@ -732,12 +736,17 @@ class Coordinator:
     def _flush(self, conn: _Conn) -> None:
         actor = conn.actor
         data = actor.data_to_send()
-        self._messages_out += actor.messages_out - conn.counted_out
-        conn.counted_out = actor.messages_out
-        if data:
-            conn.out += data
         out = conn.out
         try:
+            if data:
+                self._messages_out += actor.messages_out - conn.counted_out
+                conn.counted_out = actor.messages_out
+                if out:
+                    out += data
+                else:  # the usual case: nothing queued before, send without copying
+                    sent = conn.pipe.send(data)
+                    if sent < len(data):
+                        out += memoryview(data)[sent:]
             while out:
                 sent = conn.pipe.send(memoryview(out))
                 if not sent:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NoReturn
 
 from mu.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 
@@ -173,43 +173,43 @@ class FrameDecoder:
             raise self._error
         buf = self._buf
         pos = self._pos
-        avail = len(buf) - pos
-        if avail >= HEADER_LEN:
-            length = self._parse_header(pos)
-            end = pos + HEADER_LEN + length
+        start = pos + HEADER_LEN
+        if len(buf) >= start:
+            header = buf[pos:start]
+            if header[DIGITS] == 0x20 and header[:DIGITS].isdigit():
+                length = int(header[:DIGITS])
+                if length > self.max_frame:
+                    self._error = FrameTooLarge(length, self.max_frame, self.peer)
+                    raise self._error
+            else:
+                self._bad_header(pos)
+            end = start + length
             if end <= len(buf):
-                payload = bytes(buf[pos + HEADER_LEN : end])
+                payload = bytes(buf[start:end])
                 self._pos = end
                 if end > 65536 and end * 2 > len(buf):
                     # Compact lazily so a long stream of small frames costs O(1) per frame.
                     del buf[:end]
                     self._pos = 0
                 return payload
-        elif avail and not bytes(buf[pos:]).isdigit():
+        elif len(buf) > pos and not bytes(buf[pos:]).isdigit():
             # Reject garbage as soon as it is visible, not only after 13 bytes arrive.
-            self._parse_header(pos)
+            self._bad_header(pos)
         if self._eof:
+            avail = len(buf) - pos
             if avail == 0:
                 return CLOSED
-            return self._fail(f"stream ended inside a frame ({avail} bytes buffered)")
+            self._fail(f"stream ended inside a frame ({avail} bytes buffered)")
         return NEED_DATA
 
-    def _parse_header(self, pos: int) -> int:
+    def _bad_header(self, pos: int) -> NoReturn:
+        """Raise the error that names what is wrong with the (partial) header at ``pos``."""
         header = bytes(self._buf[pos : pos + HEADER_LEN])
-        digits = header[:DIGITS]
-        if not digits.isdigit():
+        if not header[:DIGITS].isdigit():
             self._fail(f"frame header {header!r} is not {DIGITS} decimal digits and a space")
-        if len(header) < HEADER_LEN:
-            return 0
-        if header[DIGITS] != 0x20:
-            self._fail(f"frame header {header!r} lacks the space after the length")
-        length = int(digits)
-        if length > self.max_frame:
-            self._error = FrameTooLarge(length, self.max_frame, self.peer)
-            raise self._error
-        return length
+        self._fail(f"frame header {header!r} lacks the space after the length")
 
-    def _fail(self, message: str) -> Sentinel:
+    def _fail(self, message: str) -> NoReturn:
         where = f" from {self.peer}" if self.peer else ""
         self._error = RemoteProtocolError(message + where)
         raise self._error

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, TypeAlias
 
 from mu.errors import LocalProtocolError
 from mu.protocol import expected_response
@@ -124,7 +124,7 @@ class MachineState:
             self.clock = clock or _zero_clock
             self.timestamps = []
             self._loops = set()
-        self.timestamps.append((self.clock(), self.name))
+        self.timestamps.append((self.clock(), type(self).__name__))
 
     # -- introspection -------------------------------------------------------------------
 
@@ -257,9 +257,8 @@ class MultiPassState(MachineState):
         return super().post_transition(msg)
 
 
-class _Step(NamedTuple):
-    expect: str | None
-    command: str | None
+_Step: TypeAlias = "tuple[str | None, str | None]"
+"""One normalised command-list step: (expected response or None, command or None)."""
 
 
 CommandEntry: TypeAlias = "str | tuple[str | None, str | None] | None"
@@ -306,39 +305,41 @@ class CommandListState(MachineState):
                 expected response cannot be derived.
         """
         steps: list[_Step] = []
+        prev: str | None = None  # the previous step's command
         for i, entry in enumerate(entries):
             if isinstance(entry, tuple):
                 if len(entry) != 2:
                     raise LocalProtocolError(f"commandlist entry {i} {entry!r} is not a pair")
-                steps.append(_Step(entry[0], entry[1]))
+                steps.append(entry)
+                prev = entry[1]
                 continue
             if entry is not None and not isinstance(entry, str):
                 raise LocalProtocolError(f"commandlist entry {i} {entry!r} is not str/tuple/None")
             if i == 0:
                 expect: str | None = "OK"
             else:
-                prev = steps[-1].command
                 expect = None if prev is None else expected_response(prev)
-            steps.append(_Step(expect, entry))
+            steps.append((expect, entry))
+            prev = entry
         return steps
 
     def expecting(self) -> str | None:
         if self._pending:
             return self._pending[0]
-        steps = self.steps
+        steps = self._steps or self.steps
         if self.pos < len(steps):
-            return steps[self.pos].expect
+            return steps[self.pos][0]
         return None
 
     def post_transition(self, msg: str | None) -> Transition:
-        steps = self.steps
+        steps = self._steps or self.steps
         commands: list[str] = []
         if self._pending:
             self._pending.popleft()
         elif msg is not None or (self.pipelined and self.pos < len(steps)):
             # The current step's expectation was met (or, pipelined, there is none yet):
             # send its command.
-            cmd = steps[self.pos].command
+            cmd = steps[self.pos][1]
             if cmd is not None:
                 commands.append(cmd)
             self.pos += 1
@@ -357,11 +358,11 @@ class CommandListState(MachineState):
 
     def _send_rest(self, commands: list[str]) -> None:
         """Pipelined: send every remaining command now, and queue their expectations."""
-        for step in self.steps[self.pos :]:
-            if step.expect is not None:
-                self._pending.append(step.expect)
-            if step.command is not None:
-                commands.append(step.command)
+        for expect, command in self.steps[self.pos :]:
+            if expect is not None:
+                self._pending.append(expect)
+            if command is not None:
+                commands.append(command)
         self.pos = len(self.steps)
 
 
