@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from OpenSSL import SSL
 
 from mu.apps.png2y4m import ConfigState, Png2Y4MConfig
 from mu.config import RunConfig
@@ -33,7 +36,8 @@ from mu.launch import LaunchReport, LaunchSpec
 from mu.protocol import FrameDecoder, encode_text
 from mu.report import final_report
 from mu.states import CommandListState, TerminalState
-from mu.tls import KeySet, generate_keys
+from mu.tls import KeySet, generate_keys, server_context
+from mu.tls import client_context as tls_client_context
 from tests.worker_helpers import FakeBackend, accepted, converse, read_command
 
 JOB = Png2Y4MConfig(frames=2)
@@ -530,6 +534,44 @@ def test_genkeys_files_modes_and_openssl(tmp_path: Path) -> None:
         capture_output=True, text=True, check=False,
     )
     assert again.returncode == 2 and "refusing to overwrite" in again.stderr
+
+
+def test_key_types_cipher_and_chain_sent(keys: KeySet) -> None:
+    """The CA and workers sign with RSA-2048 (cheap for the coordinator to verify), the
+    coordinator with ECDSA P-256 (cheap to sign with); it prefers AES-128-GCM and sends its
+    certificate alone."""
+    def common_name(cert: x509.Certificate) -> Any:
+        return cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+
+    def key_of(pem: str) -> Any:
+        return x509.load_pem_x509_certificate(pem.encode()).public_key()
+
+    for pem in (keys.ca_cert, keys.worker_cert):
+        key = key_of(pem)
+        assert isinstance(key, rsa.RSAPublicKey) and key.key_size == 2048
+    server_key = key_of(keys.server_cert)
+    assert isinstance(server_key, ec.EllipticCurvePublicKey)
+    assert server_key.curve.name == "secp256r1"
+
+    a, b = socket.socketpair()
+    server = SSL.Connection(server_context(keys), a)
+    server.set_accept_state()
+    client = SSL.Connection(tls_client_context(keys), b)
+    client.set_connect_state()
+    side = threading.Thread(target=server.do_handshake)
+    side.start()
+    client.do_handshake()
+    side.join(timeout=30)
+    assert not side.is_alive()
+    try:
+        assert client.get_cipher_name() == "TLS_AES_128_GCM_SHA256"
+        chain = client.get_peer_cert_chain(as_cryptography=True) or []
+        assert [common_name(c) for c in chain] == ["mu coordinator"]
+        peer = server.get_peer_certificate(as_cryptography=True)
+        assert peer is not None and common_name(peer) == "mu worker"
+    finally:
+        a.close()
+        b.close()
 
 
 # ------------------------------------------------------------------------ retries
