@@ -343,7 +343,8 @@ def _register_genkeys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="make a CA, a coordinator key pair and a worker key pair",
         description="Write ca_cert.pem, ca_key.pem, server_cert.pem, server_key.pem, "
         "worker_cert.pem and worker_key.pem (the coordinator's key ECDSA P-256, the CA's "
-        "and the workers' RSA-2048; private keys mode 0600). Use them "
+        "and the workers' RSA-2048, which OpenSSL security level 3 refuses; private keys "
+        "mode 0600). Use them "
         "with -c/-s/-k and --worker-cert/--worker-key (or CA_CERT, SRV_CERT, SRV_KEY, "
         "WORKER_CERT, WORKER_KEY); without them every run makes ephemeral keys.",
     )

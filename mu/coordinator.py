@@ -738,6 +738,7 @@ class Coordinator:
         data = actor.data_to_send()
         out = conn.out
         try:
+            sent = 1  # nonzero: the socket may take more
             if data:
                 self._messages_out += actor.messages_out - conn.counted_out
                 conn.counted_out = actor.messages_out
@@ -747,10 +748,8 @@ class Coordinator:
                     sent = conn.pipe.send(data)
                     if sent < len(data):
                         out += memoryview(data)[sent:]
-            while out:
+            while out and sent:
                 sent = conn.pipe.send(memoryview(out))
-                if not sent:
-                    break
                 del out[:sent]
         except TransportError as exc:
             if self._live(conn):

@@ -124,7 +124,7 @@ class MachineState:
             self.clock = clock or _zero_clock
             self.timestamps = []
             self._loops = set()
-        self.timestamps.append((self.clock(), type(self).__name__))
+        self.timestamps.append((self.clock(), self.name))
 
     # -- introspection -------------------------------------------------------------------
 

@@ -17,7 +17,10 @@ and verifies every worker's chain and signature, and it is the one process that 
 all; the workers each make one handshake. So the coordinator's own key is ECDSA P-256 (cheap
 to sign with), and the CA's and the workers' keys are RSA-2048, which are about three times
 cheaper to verify than ECDSA P-256 (roughly 18 against 50 microseconds here) and cost a worker
-about 0.25 ms more to sign with, once.
+about 0.25 ms more to sign with, once. RSA-2048 is rated at 112 bits of security (NIST:
+acceptable through 2030) against P-256's 128, and a client at OpenSSL security level 3 (a
+"FUTURE" system crypto policy) refuses it; keys of any type OpenSSL accepts can be brought
+with ``-c/-s/-k`` and the worker options instead.
 
 :func:`generate_keys` makes a fresh :class:`KeySet` in memory (a run without keys given uses
 an ephemeral one); :meth:`KeySet.write` stores it as the six PEM files of ``mu genkeys`` with
