@@ -33,7 +33,7 @@ import enum
 import hmac
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -272,8 +272,7 @@ class Actor:
     def _settle(self, state: MachineState, commands: list[str]) -> None:
         self.state = state
         if commands:
-            self._outbox.extend(map(encode_text, commands))
-            self.messages_out += len(commands)
+            self._queue(commands)
         if isinstance(state, ErrorState):
             self._fail(state, state.message)
         elif isinstance(state, TerminalState):
@@ -333,8 +332,11 @@ class Actor:
 
     def send_command(self, command: str) -> None:
         """Queue one command for the worker."""
-        self._outbox.append(encode_text(command))
-        self.messages_out += 1
+        self._queue((command,))
+
+    def _queue(self, commands: Sequence[str]) -> None:
+        self._outbox.extend(map(encode_text, commands))
+        self.messages_out += len(commands)
 
     def data_to_send(self) -> bytes:
         """Everything queued for the worker since the last call, framed."""

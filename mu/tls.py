@@ -147,7 +147,10 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:
+_PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def _pem_key(key: _PrivateKey) -> str:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -197,12 +200,7 @@ def generate_keys(days: int = 3650) -> KeySet:
         .sign(ca_key, hashes.SHA256())
     )
 
-    def leaf(common_name: str, usage: x509.ObjectIdentifier) -> tuple[str, str]:
-        key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
-            ec.generate_private_key(ec.SECP256R1())
-            if usage == ExtendedKeyUsageOID.SERVER_AUTH
-            else _rsa_key()
-        )
+    def leaf(common_name: str, usage: x509.ObjectIdentifier, key: _PrivateKey) -> tuple[str, str]:
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(common_name))
@@ -225,8 +223,10 @@ def generate_keys(days: int = 3650) -> KeySet:
         cert = builder.sign(ca_key, hashes.SHA256())
         return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key)
 
-    server_cert, server_key = leaf("mu coordinator", ExtendedKeyUsageOID.SERVER_AUTH)
-    worker_cert, worker_key = leaf("mu worker", ExtendedKeyUsageOID.CLIENT_AUTH)
+    server_cert, server_key = leaf(
+        "mu coordinator", ExtendedKeyUsageOID.SERVER_AUTH, ec.generate_private_key(ec.SECP256R1())
+    )
+    worker_cert, worker_key = leaf("mu worker", ExtendedKeyUsageOID.CLIENT_AUTH, _rsa_key())
     return KeySet(
         ca_cert=ca_cert.public_bytes(serialization.Encoding.PEM).decode(),
         ca_key=_pem_key(ca_key),
