@@ -4,12 +4,22 @@ Deliberately thin. The command this function runs (``./png2y4m -i -d -o ##OUTFIL
 ##INFILE##`` for the png2y4m job) sits beside this file in ``mu_command.json``, written by
 lambdaize; without that file the command is empty (commands can still come with ``run:cmd``).
 Everything else is :func:`mu.worker.session.run`, which returns a JSON-able summary.
+
+Started by hand (``mu png2y4m --backend none`` prints the exact line), it serves one
+invocation with the payload in a file and prints the summary as JSON: in an unpacked bundle,
+``python3 lambda_function.py payload.json``; in a checkout of mu, give the command the bundle
+would carry, ``python3 function/lambda_function.py payload.json --command 'BINARY ARGS'``.
+Exit status 0 when the coordinator said quit (mode 0: the command exited 0), 1 otherwise,
+2 for an unreadable payload. S3 is found through the standard AWS environment
+(credentials, ``AWS_ENDPOINT_URL_S3``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 from mu.worker import session
@@ -52,3 +62,42 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         The worker's summary: how the session ended, commands served, errors.
     """
     return session.run(event, command=load_command(), context=context, cwd=HERE)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve one invocation by hand (see the module docstring); returns the exit status."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="lambda_function.py",
+        description="Serve one mu invocation with the payload in a file, as Lambda would.",
+    )
+    parser.add_argument("payload", help="the invocation payload (a JSON file; - for stdin)")
+    parser.add_argument(
+        "--command", help=f"the command template (default: the one in {COMMAND_FILE} here)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.payload == "-":
+            event = json.load(sys.stdin)
+        else:
+            with open(args.payload, encoding="utf-8") as handle:
+                event = json.load(handle)
+    except (OSError, ValueError) as exc:
+        print(f"lambda_function.py: cannot read {args.payload!r}: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(event, dict):
+        print(f"lambda_function.py: {args.payload!r} is not a JSON object", file=sys.stderr)
+        return 2
+    try:
+        command = load_command() if args.command is None else args.command
+    except (OSError, ValueError) as exc:
+        print(f"lambda_function.py: {exc}", file=sys.stderr)
+        return 2
+    summary = session.run(event, command=command, context=None, cwd=HERE)
+    print(json.dumps(summary))
+    return 0 if summary.get("exit") in ("quit", "done") and summary.get("retval", 0) == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

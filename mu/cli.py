@@ -294,7 +294,18 @@ def _backend_for_run(args: argparse.Namespace) -> tuple[Any, Any, str, Callable[
         return launcher, s3, args.host_addr or "127.0.0.1", lambda: True
     s3 = boto3.client("s3", endpoint_url=args.s3_endpoint_url, region_name=region)
     if args.backend == "none":
-        launcher = get_backend("none", payload_out=args.payload_out)
+        import shlex
+        from pathlib import Path
+
+        from mu.apps.png2y4m import COMMAND
+
+        launcher = get_backend(
+            "none",
+            payload_out=args.payload_out,
+            command=f"{shlex.quote(str(Path(args.binary).resolve()))} {COMMAND}",
+            s3_endpoint_url=args.s3_endpoint_url,
+            arrival_timeout=args.arrival_timeout,
+        )
         return launcher, s3, args.host_addr or args.host, credentials_ok
     from backends.aws_lambda import route_address
 

@@ -115,7 +115,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="plain TCP between coordinator and workers (debugging only)",
     )
     g.add_argument(
-        "--payload-out", metavar="FILE", help="backend none: write the invocation payload here"
+        "--payload-out", metavar="FILE",
+        help="backend none: write the invocation payload here (default: a private temporary "
+        "file, removed when the run ends); the run prints how to start workers with it",
     )
     k = parser.add_argument_group("keys (default: ephemeral keys made for this run)")
     k.add_argument("-c", "--ca-cert", metavar="FILE", help="CA certificate (env CA_CERT)")

@@ -76,7 +76,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("local", "lambda", "none"),
         default="local",
         help="local: embedded emulator + S3 (default); lambda: AWS; none: launch nothing, "
-        "write the payload (--payload-out) for workers started by hand",
+        "write the payload (--payload-out), print how to start workers by hand with it and "
+        "wait for them (--arrival-timeout)",
     )
     where.add_argument("--endpoint-url", help="a Lambda-compatible endpoint (e.g. a running "
                        "`mu emulator`)")
@@ -92,8 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     files.add_argument(
         "--binary",
         default=str(DEFAULT_BINARY),
-        help="local backend: the png2y4m binary to lambdaize (default: the one built from "
-        "function/png2y4m)",
+        help="local backend: the png2y4m binary to lambdaize; none: the one a worker started "
+        "from a checkout runs (default: the one built from function/png2y4m)",
     )
     add_run_arguments(parser)
 
