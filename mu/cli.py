@@ -356,8 +356,9 @@ def _register_genkeys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "worker_cert.pem and worker_key.pem (the coordinator's key ECDSA P-256, the CA's "
         "and the workers' RSA-2048, which OpenSSL security level 3 refuses; private keys "
         "mode 0600). Use them "
-        "with -c/-s/-k and --worker-cert/--worker-key (or CA_CERT, SRV_CERT, SRV_KEY, "
-        "WORKER_CERT, WORKER_KEY); without them every run makes ephemeral keys.",
+        "with -c/-s/-k (or CA_CERT, SRV_CERT, SRV_KEY): the workers' pair beside them is "
+        "found, or pass --worker-cert/--worker-key (WORKER_CERT, WORKER_KEY); without them "
+        "every run makes ephemeral keys.",
     )
     p.add_argument("--out", default=".", help="directory to write into (default .)")
     p.add_argument("--days", type=int, default=3650, help="validity in days (default 3650)")

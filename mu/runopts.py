@@ -10,9 +10,11 @@ report that those flags ask for.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TextIO
 
 from mu.config import DEFAULT_PORT, RunConfig
@@ -20,7 +22,7 @@ from mu.coordinator import Coordinator, RunResult
 from mu.errors import ConfigError
 from mu.faults import FaultSpec
 from mu.faults import parse as parse_faults
-from mu.tls import KeySet
+from mu.tls import KEY_FILES, KeySet, mint_worker
 
 __all__ = ["add_run_arguments", "execute", "keys_from_args", "parse_actors", "run_config_from_args"]
 
@@ -125,7 +127,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "-s", "--server-cert", metavar="FILE", help="coordinator certificate (env SRV_CERT)"
     )
     k.add_argument("-k", "--server-key", metavar="FILE", help="coordinator key (env SRV_KEY)")
-    k.add_argument("--worker-cert", metavar="FILE", help="worker certificate (env WORKER_CERT)")
+    k.add_argument(
+        "--worker-cert", metavar="FILE",
+        help="worker certificate (env WORKER_CERT; default with -c/-s/-k: worker_cert.pem "
+        "beside -s, else one made for the run from ca_key.pem beside -c)",
+    )
     k.add_argument("--worker-key", metavar="FILE", help="worker key (env WORKER_KEY)")
 
 
@@ -134,10 +140,16 @@ def keys_from_args(
 ) -> KeySet | None:
     """The run's keys: from flags, else the 2016 environment variables, else ephemeral.
 
+    Given the coordinator's identity (``-c/-s/-k``) without a worker pair, the workers get
+    ``worker_cert.pem``/``worker_key.pem`` found beside the server certificate (where
+    ``mu genkeys`` writes them), else a certificate minted for this run from ``ca_key.pem``
+    beside the CA certificate; the coordinator's own key never serves as theirs.
+
     Returns None for ``--no-tls``.
 
     Raises:
-        ConfigError: a key file is missing or unreadable, or only some were given.
+        ConfigError: a key file is missing or unreadable, only some were given, or there
+            is no worker pair and no CA key to make one.
     """
     if getattr(args, "no_tls", False):
         return None
@@ -155,7 +167,30 @@ def keys_from_args(
     if missing:
         raise ConfigError(f"keys given in part: also give {', '.join(missing)}")
     assert ca and cert and key
-    return KeySet.load(ca, cert, key, wcert, wkey)
+    if bool(wcert) != bool(wkey):
+        raise ConfigError("give both --worker-cert and --worker-key (WORKER_CERT/WORKER_KEY), "
+                          "or neither")
+    if wcert:
+        return KeySet.load(ca, cert, key, wcert, wkey)
+    keys = KeySet.load(ca, cert, key)  # names every unreadable file before anything else
+    beside = Path(cert).parent
+    found = beside / KEY_FILES["worker_cert"], beside / KEY_FILES["worker_key"]
+    if all(p.is_file() for p in found):
+        return KeySet.load(ca, cert, key, *found)
+    ca_key = Path(ca).parent / KEY_FILES["ca_key"]
+    if not ca_key.is_file():
+        raise ConfigError(
+            f"no worker certificate for the payload (the coordinator's key never goes "
+            f"into it): found neither {found[0]} + {found[1].name} beside the server "
+            f"certificate nor {ca_key} to make one; pass --worker-cert/--worker-key "
+            f"(WORKER_CERT/WORKER_KEY), or make all six key files with `mu genkeys`"
+        )
+    try:
+        ca_key_pem = ca_key.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read CA key {str(ca_key)!r}: {exc.strerror}") from exc
+    worker_cert, worker_key = mint_worker(keys.ca_cert, ca_key_pem)
+    return dataclasses.replace(keys, worker_cert=worker_cert, worker_key=worker_key)
 
 
 def run_config_from_args(args: argparse.Namespace, num_actors: int, offset: int) -> RunConfig:

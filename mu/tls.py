@@ -42,7 +42,9 @@ from OpenSSL import SSL, crypto
 
 from mu.errors import ConfigError
 
-__all__ = ["KEY_FILES", "KeySet", "client_context", "generate_keys", "server_context"]
+__all__ = [
+    "KEY_FILES", "KeySet", "client_context", "generate_keys", "mint_worker", "server_context",
+]
 
 KEY_FILES = {
     "ca_cert": "ca_cert.pem",
@@ -199,34 +201,13 @@ def generate_keys(days: int = 3650) -> KeySet:
         .add_extension(ski, critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-
-    def leaf(common_name: str, usage: x509.ObjectIdentifier, key: _PrivateKey) -> tuple[str, str]:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(until)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
-                critical=False,
-            )
-        )
-        if usage == ExtendedKeyUsageOID.SERVER_AUTH:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
-            )
-        cert = builder.sign(ca_key, hashes.SHA256())
-        return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key)
-
-    server_cert, server_key = leaf(
-        "mu coordinator", ExtendedKeyUsageOID.SERVER_AUTH, ec.generate_private_key(ec.SECP256R1())
+    server_cert, server_key = _leaf(
+        ca_cert, ca_key, "mu coordinator", ExtendedKeyUsageOID.SERVER_AUTH,
+        ec.generate_private_key(ec.SECP256R1()), now, until,
     )
-    worker_cert, worker_key = leaf("mu worker", ExtendedKeyUsageOID.CLIENT_AUTH, _rsa_key())
+    worker_cert, worker_key = _leaf(
+        ca_cert, ca_key, "mu worker", ExtendedKeyUsageOID.CLIENT_AUTH, _rsa_key(), now, until
+    )
     return KeySet(
         ca_cert=ca_cert.public_bytes(serialization.Encoding.PEM).decode(),
         ca_key=_pem_key(ca_key),
@@ -235,6 +216,71 @@ def generate_keys(days: int = 3650) -> KeySet:
         worker_cert=worker_cert,
         worker_key=worker_key,
     )
+
+
+def _leaf(
+    ca_cert: x509.Certificate,
+    ca_key: _PrivateKey,
+    common_name: str,
+    usage: x509.ObjectIdentifier,
+    key: _PrivateKey,
+    now: datetime.datetime,
+    until: datetime.datetime,
+) -> tuple[str, str]:
+    """A certificate for ``key`` signed by the CA, and the key: both PEM."""
+    try:
+        ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    except x509.ExtensionNotFound:  # a CA made elsewhere may not carry one
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(aki, critical=False)
+    )
+    if usage == ExtendedKeyUsageOID.SERVER_AUTH:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
+        )
+    cert = builder.sign(ca_key, hashes.SHA256())
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key)
+
+
+def mint_worker(ca_cert_pem: str, ca_key_pem: str, days: int = 2) -> tuple[str, str]:
+    """A fresh worker certificate and key (RSA-2048, client auth) signed by an existing CA,
+    for a run given the coordinator's identity and the CA's key but no worker pair.
+
+    Args:
+        ca_cert_pem: the CA certificate (PEM).
+        ca_key_pem: the CA's private key (PEM, unencrypted).
+        days: validity from now (never beyond the CA's own).
+
+    Returns:
+        (certificate PEM, key PEM).
+
+    Raises:
+        ConfigError: the CA certificate or key does not parse, or they do not belong together.
+    """
+    try:
+        ca_cert = x509.load_pem_x509_certificate(ca_cert_pem.encode())
+        ca_key = serialization.load_pem_private_key(ca_key_pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot parse the CA certificate or key: {exc}") from exc
+    if not isinstance(ca_key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+        raise ConfigError(f"the CA key is a {type(ca_key).__name__}; RSA or ECDSA is needed")
+    if ca_key.public_key() != ca_cert.public_key():
+        raise ConfigError("the CA key does not belong to the CA certificate")
+    now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+    until = min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc)
+    return _leaf(ca_cert, ca_key, "mu worker", ExtendedKeyUsageOID.CLIENT_AUTH, _rsa_key(), now,
+                 until)
 
 
 # --------------------------------------------------------------------------- TLS contexts
