@@ -16,7 +16,7 @@ from typing import Any
 from mu import __version__
 from mu.errors import ConfigError, MuError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "lambdaize_parser", "main", "parse_lambdaize_args"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -124,45 +124,106 @@ def _register_lambdaize(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p = sub.add_parser(
         "lambdaize",
         help="bundle an executable with the worker runtime and deploy it as a Lambda function",
+        description="See `mu lambdaize --help`.",
+        add_help=False,
+        prefix_chars="+",  # every word, dashes or not, goes to lambdaize_parser()
+    )
+    p.add_argument("lambdaize_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_lambdaize)
+
+
+# Options of `mu lambdaize`: (flags, keyword arguments of add_argument). Every other word on
+# its command line is positional, so a template may start with a dash ('-x').
+_LAMBDAIZE_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("--memory",), {"type": int, "help": "memory in MB (MEM_SIZE; default 1536)"}),
+    (("--timeout",), {"type": int, "help": "timeout in seconds (TIMEOUT; default 180)"}),
+    (("--role",), {"help": "execution role ARN (AWS_ROLE; needed for AWS)"}),
+    (("--region",), {
+        "action": "append",
+        "help": "region; repeat or comma-separate for one function per region "
+        "(REGION; default us-east-1)",
+    }),
+    (("--runtime",), {"default": "python3.12", "help": "Lambda runtime (python3.12)"}),
+    (("--name",), {"help": "function name instead of EXECUTABLE_<random>"}),
+    (("--out-dir",), {"default": ".", "help": "where NAME.zip goes (default .)"}),
+    (("--skip-upload",), {"action": "store_true", "default": None, "help": "only build the zip"}),
+    (("--allow-dynamic",), {
+        "action": "store_true",
+        "default": None,
+        "help": "accept a dynamically linked binary and bundle its libraries (ALLOW_LD)",
+    }),
+    (("--backend",), {
+        "choices": ("lambda", "local"), "default": "lambda", "help": "where to deploy"
+    }),
+    (("--endpoint-url",), {
+        "help": "Lambda-compatible endpoint (e.g. a running `mu emulator`) instead of AWS"
+    }),
+    (("--code-bucket",), {"help": "S3 bucket for bundles too big for direct upload"}),
+)
+
+
+def lambdaize_parser() -> argparse.ArgumentParser:
+    """The parser of ``mu lambdaize`` (see :func:`parse_lambdaize_args`)."""
+    p = argparse.ArgumentParser(
+        prog="mu lambdaize",
+        allow_abbrev=False,
         description="Check EXECUTABLE (a static ELF binary, or a script whose #! interpreter "
         "Lambda has), bundle it with the worker runtime into NAME.zip, and create the function "
         "NAME (EXECUTABLE's basename + '_' + 8 random characters) in each region. The worker "
         "runs 'PRE_ARGS ./EXECUTABLE POST_ARGS'. Environment variables of the 2016 "
         "lambdaize.sh are honoured: MEM_SIZE, TIMEOUT, AWS_ROLE, SKIP_UPLOAD, ALLOW_LD, "
         "REGION; flags override them. Prints each create-function response as JSON.",
+        epilog="Options may come before or after the positional words. Every word that is "
+        "not one of the options above is positional, even empty or starting with a dash "
+        "(mu lambdaize ./prog '' '-x'); after '--' every word is.",
     )
     p.add_argument("executable", help="the program the workers run")
     p.add_argument("pre_args", nargs="?", default="", help="words before ./EXECUTABLE")
     p.add_argument("post_args", nargs="?", default="", help="words after ./EXECUTABLE")
     p.add_argument("extra_files", nargs="*", default=[], help="more files for the bundle")
-    p.add_argument("--memory", type=int, help="memory in MB (MEM_SIZE; default 1536)")
-    p.add_argument("--timeout", type=int, help="timeout in seconds (TIMEOUT; default 180)")
-    p.add_argument("--role", help="execution role ARN (AWS_ROLE; needed for AWS)")
-    p.add_argument(
-        "--region",
-        action="append",
-        help="region; repeat or comma-separate for one function per region "
-        "(REGION; default us-east-1)",
-    )
-    p.add_argument("--runtime", default="python3.12", help="Lambda runtime (python3.12)")
-    p.add_argument("--name", help="function name instead of EXECUTABLE_<random>")
-    p.add_argument("--out-dir", default=".", help="where NAME.zip goes (default .)")
-    p.add_argument("--skip-upload", action="store_true", default=None, help="only build the zip")
-    p.add_argument(
-        "--allow-dynamic",
-        action="store_true",
-        default=None,
-        help="accept a dynamically linked binary and bundle its libraries (ALLOW_LD)",
-    )
-    p.add_argument(
-        "--backend", choices=("lambda", "local"), default="lambda", help="where to deploy"
-    )
-    p.add_argument(
-        "--endpoint-url",
-        help="Lambda-compatible endpoint (e.g. a running `mu emulator`) instead of AWS",
-    )
-    p.add_argument("--code-bucket", help="S3 bucket for bundles too big for direct upload")
-    p.set_defaults(func=_cmd_lambdaize)
+    for flags, kwargs in _LAMBDAIZE_OPTIONS:
+        p.add_argument(*flags, **kwargs)
+    return p
+
+
+def parse_lambdaize_args(words: Sequence[str]) -> argparse.Namespace:
+    """Parse ``mu lambdaize`` words the 2016 way: a word is an option only if it is one of
+    ``mu lambdaize``'s own (``--name``, ``--name=x``, ``-h``), or that option's value; every
+    other word, in order, is EXECUTABLE, PRE_ARGS, POST_ARGS, then EXTRA_FILEs.
+
+    >>> ns = parse_lambdaize_args(["./bin", "", "-x", "--skip-upload"])
+    >>> (ns.executable, ns.pre_args, ns.post_args, ns.skip_upload)
+    ('./bin', '', '-x', True)
+    """
+    takes_value = {
+        flag: kwargs.get("action") != "store_true"
+        for flags, kwargs in _LAMBDAIZE_OPTIONS
+        for flag in flags
+    }
+    takes_value.update({"-h": False, "--help": False})
+    options: list[str] = []
+    positional: list[str] = []
+    rest = iter(words)
+    for word in rest:
+        name = word.partition("=")[0] if word.startswith("--") else word
+        if word == "--":
+            positional.extend(rest)
+        elif word in takes_value:
+            value = next(rest, None) if takes_value[word] else None
+            # --opt=value: argparse takes the value as it is, even '-x' or '--'.
+            options.append(word if value is None else f"{word}={value}")
+        elif name != word and takes_value.get(name):
+            options.append(word)
+        else:
+            positional.append(word)
+    parser = lambdaize_parser()
+    args = parser.parse_args([*options, "--", *positional])
+    # argparse has consumed the '--'; set the words exactly as given (a '--' among them too).
+    fields = ("executable", "pre_args", "post_args")
+    for field, word in zip(fields, positional, strict=False):
+        setattr(args, field, word)
+    args.extra_files = positional[len(fields):]
+    return args
 
 
 def _cmd_lambdaize(args: argparse.Namespace) -> int:
@@ -170,8 +231,15 @@ def _cmd_lambdaize(args: argparse.Namespace) -> int:
     import os
 
     from backends import get_backend
-    from mu.lambdaize import LambdaizeOptions, env_defaults, inspect_executable, lambdaize
+    from mu.lambdaize import (
+        MAX_ZIPPED,
+        LambdaizeOptions,
+        env_defaults,
+        inspect_executable,
+        lambdaize,
+    )
 
+    args = parse_lambdaize_args(args.lambdaize_args)
     env = env_defaults(os.environ)
     regions = [r.strip() for item in args.region or [] for r in item.split(",") if r.strip()]
     options = LambdaizeOptions(
@@ -188,6 +256,7 @@ def _cmd_lambdaize(args: argparse.Namespace) -> int:
         skip_upload=bool(args.skip_upload or env.get("skip_upload", False)),
         allow_dynamic=bool(args.allow_dynamic or env.get("allow_dynamic", False)),
         out_dir=args.out_dir,
+        max_zipped=None if args.backend == "lambda" and args.code_bucket else MAX_ZIPPED,
     )
     options.validate()
     inspect_executable(options.executable, options.allow_dynamic)  # before starting anything

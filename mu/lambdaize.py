@@ -20,6 +20,9 @@ settings come from ``MEM_SIZE``, ``TIMEOUT``, ``AWS_ROLE``, ``SKIP_UPLOAD``, ``A
    ``mu_command.json``, the executable (exec bit kept), the shared libraries and the extra
    files. It is reproducible: fixed timestamps, sorted entries, fixed permissions, so the
    same inputs give the same bytes and an unchanged bundle is recognised by its CodeSha256.
+   Lambda's limits are checked as early as they can be: the files' sizes against 250 MB
+   unzipped before any is read, the zip against 50 MB before it is written or deployed
+   (unless it goes through an S3 bucket).
 3. **Deploy** (:func:`lambdaize`) through a :class:`~mu.launch.Launcher` passed in by the
    caller (this module never imports a backend), once per region.
 
@@ -68,6 +71,8 @@ __all__ = [
     "DEFAULT_MEMORY",
     "DEFAULT_RUNTIME",
     "DEFAULT_TIMEOUT",
+    "MAX_UNZIPPED",
+    "MAX_ZIPPED",
     "Bundle",
     "ExecutableInfo",
     "LambdaizeOptions",
@@ -117,6 +122,13 @@ MODE_EXEC = 0o755
 MODE_FILE = 0o644
 
 STATIC_ADVICE = "build it statically (e.g. make STATIC=1)"
+
+MB = 1024 * 1024
+MAX_UNZIPPED = 250 * MB
+"""Lambda's limit on a function's code unzipped, in bytes (250 MB)."""
+MAX_ZIPPED = 50 * MB
+"""Lambda's limit on a zip sent in the create/update request, in bytes (50 MB); a bigger one
+must go through an S3 bucket (still at most :data:`MAX_UNZIPPED` unzipped)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -457,6 +469,7 @@ def build_bundle(
     post_args: str = "",
     extra_files: Sequence[str | os.PathLike[str]] = (),
     allow_dynamic: bool = False,
+    max_unzipped: int = MAX_UNZIPPED,
 ) -> Bundle:
     """Build the reproducible zip for ``executable``.
 
@@ -466,25 +479,28 @@ def build_bundle(
         post_args: words after it (templates such as ``##INFILE##`` stay as they are).
         extra_files: more files for the zip root (their exec bit is kept).
         allow_dynamic: bundle the shared libraries of a dynamic executable.
+        max_unzipped: refuse, before reading any file, a bundle whose files add up to more
+            bytes than this (Lambda's limit).
 
     Returns:
         the bundle.
 
     Raises:
         ConfigError: the executable is refused (see :func:`inspect_executable`), an extra
-            file is missing, or two files would have the same name in the zip.
+            file is missing, two files would have the same name in the zip, or the files
+            add up to more than ``max_unzipped``.
     """
     info = inspect_executable(executable, allow_dynamic)
     exe_name = info.path.name
     files: dict[str, tuple[bytes, int]] = {"lambda_function.py": (handler_source(), MODE_FILE)}
     for arcname, data in runtime_files().items():
         files[arcname] = (data, MODE_FILE)
+    planned: dict[str, Path] = {}  # arcname -> file, read once the total size is known
 
     def add(arcname: str, path: Path, what: str) -> None:
-        if arcname in files:
+        if arcname in files or arcname in planned:
             raise ConfigError(f"{what} {str(path)!r} would overwrite {arcname} in the bundle")
-        mode = MODE_EXEC if os.access(path, os.X_OK) else MODE_FILE
-        files[arcname] = (path.read_bytes(), mode)
+        planned[arcname] = path
 
     add(exe_name, info.path, "executable")
     command = " ".join(w for w in (pre_args.strip(), f"./{exe_name}", post_args.strip()) if w)
@@ -498,6 +514,19 @@ def build_bundle(
         if not path.is_file():
             raise ConfigError(f"extra file {str(path)!r} does not exist or is not a file")
         add(path.name, path, "extra file")
+    sizes = {arcname: path.stat().st_size for arcname, path in planned.items()}
+    unzipped = sum(len(data) for data, _ in files.values()) + sum(sizes.values())
+    if unzipped > max_unzipped:
+        largest = max(sizes, key=sizes.__getitem__)
+        raise ConfigError(
+            f"the bundle would be {unzipped / MB:.1f} MB ({unzipped} bytes) unzipped, above "
+            f"Lambda's {max_unzipped / MB:g} MB ({max_unzipped} bytes) limit for a function's "
+            f"code (largest file: {largest}, {sizes[largest] / MB:.1f} MB); keep big data in S3 and "
+            f"fetch it with retrieve: instead"
+        )
+    for arcname, path in planned.items():
+        mode = MODE_EXEC if os.access(path, os.X_OK) else MODE_FILE
+        files[arcname] = (path.read_bytes(), mode)
     return Bundle(_zip(files), command, info.architecture, tuple(sorted(files)))
 
 
@@ -586,6 +615,9 @@ class LambdaizeOptions:
     allow_dynamic: bool = False
     out_dir: str = "."
     environment: Mapping[str, str] = field(default_factory=dict)
+    max_zipped: int | None = MAX_ZIPPED
+    """Refuse to deploy a bigger zip (None: it goes through an S3 bucket, no such limit)."""
+    max_unzipped: int = MAX_UNZIPPED
 
     def validate(self) -> None:
         """Raises: ConfigError for memory, timeout or regions Lambda would refuse."""
@@ -625,7 +657,8 @@ def lambdaize(options: LambdaizeOptions, launcher: Launcher | None) -> Lambdaize
         the name, the zip's path, the bundle and each region's function configuration.
 
     Raises:
-        ConfigError: bad options or executable; no role for AWS (``AWS_ROLE``/``--role``).
+        ConfigError: bad options or executable; no role for AWS (``AWS_ROLE``/``--role``);
+            the bundle is above Lambda's limits (``max_unzipped``, ``max_zipped``).
         LaunchError: the backend refused the function.
     """
     options.validate()
@@ -647,7 +680,15 @@ def lambdaize(options: LambdaizeOptions, launcher: Launcher | None) -> Lambdaize
         options.post_args,
         options.extra_files,
         options.allow_dynamic,
+        options.max_unzipped,
     )
+    size = len(bundle.zip_bytes)
+    if not options.skip_upload and options.max_zipped is not None and size > options.max_zipped:
+        raise ConfigError(
+            f"{name}.zip is {size / MB:.1f} MB ({size} bytes), above Lambda's "
+            f"{options.max_zipped / MB:g} MB ({options.max_zipped} bytes) limit for a zip "
+            f"uploaded directly; deploy it through S3 with --code-bucket BUCKET"
+        )
     out_dir = Path(options.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     zip_path = out_dir / f"{name}.zip"
