@@ -210,7 +210,7 @@ def parse_lambdaize_args(words: Sequence[str]) -> argparse.Namespace:
             positional.extend(rest)
         elif word in takes_value:
             value = next(rest, None) if takes_value[word] else None
-            # --opt=value: argparse takes the value as it is, even '-x' or '--'.
+            # --opt=value: argparse takes the value as it is, even '-x'.
             options.append(word if value is None else f"{word}={value}")
         elif name != word and takes_value.get(name):
             options.append(word)
