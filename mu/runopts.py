@@ -192,7 +192,7 @@ def execute(
             "who can reach the port can pose as a worker",
             file=stream,
         )
-    live = LiveStatus(stream)
+    live = LiveStatus(stream, coordinator.config.actor_numbers())
     coordinator.status = live.update
     try:
         if args.profile:
