@@ -13,14 +13,16 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from mu.config import DEFAULT_PORT, RunConfig
-from mu.coordinator import Coordinator, RunResult
 from mu.errors import ConfigError
 from mu.faults import FaultSpec
 from mu.faults import parse as parse_faults
-from mu.tls import KeySet
+
+if TYPE_CHECKING:  # the coordinator and TLS (pyOpenSSL) load only when a run starts
+    from mu.coordinator import Coordinator, RunResult
+    from mu.tls import KeySet
 
 __all__ = ["add_run_arguments", "execute", "keys_from_args", "parse_actors", "run_config_from_args"]
 
@@ -153,6 +155,8 @@ def keys_from_args(
     if missing:
         raise ConfigError(f"keys given in part: also give {', '.join(missing)}")
     assert ca and cert and key
+    from mu.tls import KeySet
+
     return KeySet.load(ca, cert, key, wcert, wkey)
 
 

@@ -27,7 +27,6 @@ The worker's private tmpdir is the only place anything is written or deleted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from http.client import HTTPException
 from typing import Any
 
 from mu.errors import ConfigError
@@ -237,6 +236,8 @@ def keys_under(
     path (HTTP error, unreachable endpoint, unexpected body) hands the rest of the listing
     to boto3's paginator, with its retries and error reporting.
     """
+    from http.client import HTTPException
+
     present: set[str] = set()
     start_after = first[:-1] if first else ""  # sorts just before ``first``
     while True:
