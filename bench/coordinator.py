@@ -15,7 +15,7 @@ from the process's start, is reported as ``startup_cpu_s``; the CPU of the run t
 Prints one JSON object per configuration, then a summary line.
 
 Usage: python bench/coordinator.py [--n 100,1000,2000,5000] [--tls on,off] [--quick]
-       [--repeat K] [--no-inputs]
+       [--repeat K] [--no-inputs | --s3-endpoint-url URL]
 """
 
 from __future__ import annotations
@@ -155,6 +155,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per configuration (1)")
     parser.add_argument("--no-inputs", action="store_true",
                         help="no S3 server and no preflight in the start-up")
+    parser.add_argument("--s3-endpoint-url", default="",
+                        help=f"an S3 whose bucket {BUCKET!r} already holds the inputs "
+                        "(instead of starting and filling one)")
     args = parser.parse_args()
     sizes = [100] if args.quick else [int(x) for x in args.n.split(",")]
     modes = [m == "on" for m in args.tls.split(",")]
@@ -162,8 +165,8 @@ def main() -> int:
 
     rows = []
     with contextlib.ExitStack() as stack:
-        s3_url = ""
-        if not args.no_inputs:
+        s3_url = args.s3_endpoint_url
+        if not args.no_inputs and not s3_url:
             # bench/emulator.py, beside this script, would shadow the emulator package.
             sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
             from emulator.s3 import S3Server
