@@ -1,24 +1,14 @@
 """What a run shows a person: live progress while it runs, and the final report.
 
-On a terminal the live view (rich) is drawn from :func:`render_status`, a pure function of
-the coordinator's :class:`~mu.coordinator.Statistics` snapshot: a line of counts, a legend
-that names the state behind each symbol with how many actors are in it, and a grid with one
-cell per actor, rows labelled with their first actor number (as the 2016 grid showed each
-actor's state)::
-
-    [   4.2s] active 2  done 1/4  waiting 1  error 0  rejected 0
-    .  not started 1   R  RetrieveAndRunState 1   U  UploadState 1   #  FinalState 1
-    0 #RU.
-
-``.`` is an actor no worker has started yet, ``#`` a finished one, ``x`` a failed one; every
-other state gets a letter of its own name. On a terminal the cells are coloured (errors
-red, finished green); elsewhere (a log file, CI) the view is a plain status line every few
-seconds. The final report names every failed actor with the state it failed in and the
-reason, then the counts.
+On a terminal the live view (rich) is one line of counts and a compact grid with one cell
+per actor, coloured by state (errors red, finished green); elsewhere (a log file, CI) it is
+a plain status line every few seconds. The final report names every failed actor with the
+state it failed in and the reason, then the counts.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -91,6 +81,17 @@ def _status_parts(
 def render_status(stats: Statistics, actors: Sequence[int] | None = None, width: int = 64) -> str:
     """The live view as text: counts, a legend with one entry per state, one cell per actor.
 
+    A pure function of the coordinator's snapshot; the terminal view draws the same parts
+    in colour. Rows are labelled with their first actor number, as the 2016 grid showed
+    each actor's state::
+
+        [   4.2s] active 2  done 1/4  waiting 1  error 0  rejected 0
+        .  not started 1   R  RetrieveAndRunState 1   U  UploadState 1   #  FinalState 1
+        0 #RU.
+
+    ``.`` is an actor no worker has started yet, ``#`` a finished one, ``x`` a failed one;
+    every other state gets a letter of its own name, which the legend spells out.
+
     Args:
         stats: the coordinator's snapshot (:meth:`~mu.coordinator.Coordinator.statistics`).
         actors: every actor number of the run; those without a state yet are drawn waiting.
@@ -141,8 +142,8 @@ class LiveStatus:
         text = Text("\n".join(header))
         for name, cells in rows:
             text.append("\n" + name)
-            for cell in cells:
-                text.append(cell, style=_STYLES.get(cell, "yellow"))
+            for cell, run in itertools.groupby(cells):  # one span per run of equal cells
+                text.append("".join(run), style=_STYLES.get(cell, "yellow"))
         return text
 
     def close(self) -> None:
