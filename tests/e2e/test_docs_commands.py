@@ -21,6 +21,9 @@ to the docs is tested without touching this file. A block is one of:
 
 A block that fails today because of a known bug is listed in :data:`XFAIL` with the
 reason, and is marked ``xfail(strict=True)``: when the bug is fixed, the test says so.
+A block that needs something else running beside it (say ``--backend none``, which waits
+for workers started by hand in another terminal) belongs in :data:`SKIPPED`, naming the
+test that runs that path.
 """
 
 from __future__ import annotations
