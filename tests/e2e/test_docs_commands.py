@@ -71,7 +71,7 @@ XFAIL = {
     # (document, the block's first command): the known bug that makes it fail today.
     ("README.md", "mu emulator"):
         "`mu lambdaize function/png2y4m/png2y4m ...` finds the binary only when run from "
-        "the repository root (issue: the README's lambdaize path)",
+        "the repository root",
 }
 
 
