@@ -1,17 +1,27 @@
-"""Coordinator throughput: messages per coordinator CPU-second, wall time, peak RSS.
+"""Coordinator throughput: messages per coordinator CPU-second, start-up CPU, peak RSS.
 
 N simulated workers (bench/sim_workers.py, a separate process) each go through a
 png2y4m-shaped conversation: hello, 7 setup commands, 6 x (set, set, retrieve, run), upload,
 quit: 66 messages per worker. The coordinator runs in its own process so that its CPU time
-(getrusage) and peak RSS are its own. Prints one JSON object per configuration, then a
-summary line.
+(getrusage) and peak RSS are its own.
+
+Before the first worker can come, the coordinator's process does what ``mu png2y4m`` does:
+it imports the run path, parses the flags, loads the keys (``-c -s -k``, worker key pair),
+and runs the png2y4m preflight against a moto S3 server (started here, holding the N x 6
+input frames the run needs, plus as many again that it does not), then binds. That CPU,
+from the process's start, is reported as ``startup_cpu_s``; the CPU of the run that follows
+(the load) gives ``messages_per_cpu_s``, and the two together the whole process's rate
+``messages_per_cpu_s_whole``. ``--no-inputs`` skips the S3 server and the preflight.
+Prints one JSON object per configuration, then a summary line.
 
 Usage: python bench/coordinator.py [--n 100,1000,2000,5000] [--tls on,off] [--quick]
+       [--repeat K] [--no-inputs | --s3-endpoint-url URL]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -24,17 +34,22 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 MESSAGES_PER_WORKER = 66
+KEY_FILES = ("ca_cert", "server_cert", "server_key", "worker_cert", "worker_key")
+BUCKET, VIDEO = "bench", "bench"
+CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
-def serve(n: int, tls: bool, keydir: str) -> None:
-    """Child process: run one coordinator; print its address, then its figures."""
+def serve(n: int, tls: bool, keydir: str, s3_url: str) -> None:
+    """Child process: start as ``mu png2y4m`` does, run one coordinator, print figures."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    from mu.apps.png2y4m import ConfigState, Png2Y4MConfig
+    import mu.cli  # noqa: F401  (the command's own imports, as a user's run pays them)
+    from mu.apps.png2y4m import ConfigState
+    from mu.apps.png2y4m_run import config_from_args, parse, preflight
     from mu.config import RunConfig
     from mu.coordinator import Coordinator
+    from mu.runopts import keys_from_args
     from mu.states import MachineState
-    from mu.tls import KeySet
 
     class BenchConfig(ConfigState):
         """The png2y4m configuration plus one more setting: 7 setup commands."""
@@ -43,13 +58,27 @@ def serve(n: int, tls: bool, keydir: str) -> None:
             super().__init__(prevState, *a, **kw)
             self.commandlist = [*self.commandlist[:-1], "set:region:us-east-1", None]
 
-    keys = KeySet.load(*(os.path.join(keydir, f) for f in (
-        "ca_cert.pem", "server_cert.pem", "server_key.pem", "worker_cert.pem", "worker_key.pem")))
+    key = {name: os.path.join(keydir, f"{name}.pem") for name in KEY_FILES}
+    args = parse([
+        "--backend", "none", "-n", str(n), "-f", "6", "-v", VIDEO, "-b", BUCKET, "-t", "0",
+        "-c", key["ca_cert"], "-s", key["server_cert"], "-k", key["server_key"],
+        "--worker-cert", key["worker_cert"], "--worker-key", key["worker_key"],
+    ])
+    cfg = config_from_args(args)
+    if s3_url:
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", **CREDENTIALS)
+        problems, keys = preflight(args, None, s3, cfg, list(range(n)), lambda: True)
+        if problems:
+            raise SystemExit(f"preflight: {problems}")
+    else:
+        keys = keys_from_args(args)
     config = RunConfig(num_actors=n, port=0, tls=tls, handshake_timeout=120, hello_timeout=120)
-    coord = Coordinator(BenchConfig, Png2Y4MConfig(frames=6), config, keys if tls else None)
+    coord = Coordinator(BenchConfig, cfg, config, keys if tls else None)
     host, port = coord.bind()
+    before = resource.getrusage(resource.RUSAGE_SELF)  # start-up: everything until now
     print(json.dumps({"host": host, "port": port, "token": coord.token}), flush=True)
-    before = resource.getrusage(resource.RUSAGE_SELF)
     if os.environ.get("MU_BENCH_PROFILE"):  # write cProfile stats of the coordinator there
         import cProfile
 
@@ -64,13 +93,30 @@ def serve(n: int, tls: bool, keydir: str) -> None:
         "done": result.done, "errors": result.errors, "rejected": result.rejected,
         "messages": result.messages_in + result.messages_out, "cpu": user + system,
         "user": user, "system": system, "wall": result.wall,
+        "startup": before.ru_utime + before.ru_stime,
         "peak_rss_mib": after.ru_maxrss / 1024,
     }), flush=True)
 
 
-def measure(n: int, tls: bool, keydir: str) -> dict[str, Any]:
+def fill_inputs(s3_url: str, frames: int) -> None:
+    """Put ``2 * frames`` tiny input frames: the run needs the first half."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", **CREDENTIALS)
+    s3.create_bucket(Bucket=BUCKET)
+
+    def put(frame: int) -> None:
+        s3.put_object(Bucket=BUCKET, Key=f"{VIDEO}-png16/{frame:08d}.png", Body=b"x")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, range(1, 2 * frames + 1)))
+
+
+def measure(n: int, tls: bool, keydir: str, s3_url: str) -> dict[str, Any]:
     coord = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(n), "on" if tls else "off", keydir],
+        [sys.executable, __file__, "--serve", str(n), "on" if tls else "off", keydir, s3_url],
         stdout=subprocess.PIPE, text=True,
     )
     assert coord.stdout is not None
@@ -82,13 +128,17 @@ def measure(n: int, tls: bool, keydir: str) -> dict[str, Any]:
     figures = json.loads(coord.stdout.readline())
     coord.wait()
     wall = time.monotonic() - started
+    whole = figures["cpu"] + figures["startup"]
     return {
         "workers": n, "tls": tls, "ok": figures["done"] == n and sim.returncode == 0,
         "messages": figures["messages"], "expected_messages": n * MESSAGES_PER_WORKER,
+        "startup_cpu_s": round(figures["startup"], 3),
+        "startup_preflight": bool(s3_url),
         "coordinator_cpu_s": round(figures["cpu"], 3),
         "coordinator_user_s": round(figures["user"], 3),
         "coordinator_system_s": round(figures["system"], 3),
         "messages_per_cpu_s": round(figures["messages"] / figures["cpu"]) if figures["cpu"] else None,
+        "messages_per_cpu_s_whole": round(figures["messages"] / whole) if whole else None,
         "wall_s": round(wall, 3), "peak_rss_mib": round(figures["peak_rss_mib"], 1),
         "load_average_1min": round(os.getloadavg()[0], 1),
     }
@@ -96,28 +146,48 @@ def measure(n: int, tls: bool, keydir: str) -> dict[str, Any]:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        serve(int(sys.argv[2]), sys.argv[3] == "on", sys.argv[4])
+        serve(int(sys.argv[2]), sys.argv[3] == "on", sys.argv[4], sys.argv[5])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", default="100,1000,2000,5000")
     parser.add_argument("--tls", default="on,off")
     parser.add_argument("--quick", action="store_true", help="N = 100 only")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per configuration (1)")
+    parser.add_argument("--no-inputs", action="store_true",
+                        help="no S3 server and no preflight in the start-up")
+    parser.add_argument("--s3-endpoint-url", default="",
+                        help=f"an S3 whose bucket {BUCKET!r} already holds the inputs "
+                        "(instead of starting and filling one)")
     args = parser.parse_args()
     sizes = [100] if args.quick else [int(x) for x in args.n.split(",")]
     modes = [m == "on" for m in args.tls.split(",")]
     from mu.tls import generate_keys
 
     rows = []
-    with tempfile.TemporaryDirectory() as keydir:
+    with contextlib.ExitStack() as stack:
+        s3_url = args.s3_endpoint_url
+        if not args.no_inputs and not s3_url:
+            # bench/emulator.py, beside this script, would shadow the emulator package.
+            sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+            from emulator.s3 import S3Server
+
+            server = S3Server()
+            server.start()
+            stack.callback(server.stop)
+            s3_url = server.endpoint_url
+            fill_inputs(s3_url, 6 * max(sizes))
+        keydir = stack.enter_context(tempfile.TemporaryDirectory())
         generate_keys().write(keydir)
-        for tls in modes:
-            for n in sizes:
-                row = measure(n, tls, keydir)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+        for _ in range(args.repeat):
+            for tls in modes:
+                for n in sizes:
+                    row = measure(n, tls, keydir, s3_url)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
     summary = "; ".join(
-        f"N={r['workers']} {'TLS' if r['tls'] else 'TCP'}: {r['messages_per_cpu_s']} msg/CPU-s, "
-        f"{r['wall_s']} s, {r['peak_rss_mib']} MiB, load {r['load_average_1min']}"
+        f"N={r['workers']} {'TLS' if r['tls'] else 'TCP'}: {r['messages_per_cpu_s']} msg/CPU-s "
+        f"(whole process {r['messages_per_cpu_s_whole']}), start-up {r['startup_cpu_s']} "
+        f"CPU-s, {r['wall_s']} s, {r['peak_rss_mib']} MiB, load {r['load_average_1min']}"
         f"{'' if r['ok'] else ' (INCOMPLETE)'}"
         for r in rows
     )

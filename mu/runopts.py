@@ -15,14 +15,16 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from mu.config import DEFAULT_PORT, RunConfig
-from mu.coordinator import Coordinator, RunResult
 from mu.errors import ConfigError
 from mu.faults import FaultSpec
 from mu.faults import parse as parse_faults
-from mu.tls import KEY_FILES, KeySet, mint_worker
+
+if TYPE_CHECKING:  # the coordinator and TLS (pyOpenSSL) load only when a run starts
+    from mu.coordinator import Coordinator, RunResult
+    from mu.tls import KeySet
 
 __all__ = ["add_run_arguments", "execute", "keys_from_args", "parse_actors", "run_config_from_args"]
 
@@ -167,6 +169,8 @@ def keys_from_args(
     if missing:
         raise ConfigError(f"keys given in part: also give {', '.join(missing)}")
     assert ca and cert and key
+    from mu.tls import KEY_FILES, KeySet, mint_worker
+
     if bool(wcert) != bool(wkey):
         raise ConfigError("give both --worker-cert and --worker-key (WORKER_CERT/WORKER_KEY), "
                           "or neither")
@@ -229,7 +233,7 @@ def execute(
             "who can reach the port can pose as a worker",
             file=stream,
         )
-    live = LiveStatus(stream)
+    live = LiveStatus(stream, coordinator.config.actor_numbers())
     coordinator.status = live.update
     try:
         if args.profile:

@@ -184,13 +184,15 @@ def upload_inputs(s3: Any, cfg: Png2Y4MConfig, directory: str, create_bucket: bo
 def finished_chunks(s3: Any, cfg: Png2Y4MConfig, chunks: list[int]) -> list[int]:
     """The chunks whose output object exists and is complete (:func:`mu.integrity.complete`).
 
-    One listing finds the outputs that exist; only those are looked at more closely.
+    One listing (of the run's own output keys) finds the outputs that exist; only those are
+    looked at more closely.
     """
     from botocore.exceptions import ClientError
 
-    if not bucket_exists(s3, cfg.bucket):
+    if not chunks or not bucket_exists(s3, cfg.bucket):
         return []
-    present = keys_under(s3, cfg.bucket, cfg.output_prefix)
+    outputs = [cfg.output_key(chunk) for chunk in chunks]
+    present = keys_under(s3, cfg.bucket, cfg.output_prefix, min(outputs), max(outputs))
     finished = []
     for chunk in chunks:
         key = cfg.output_key(chunk)
@@ -216,18 +218,102 @@ def bucket_exists(s3: Any, bucket: str) -> bool:
     return True
 
 
-def keys_under(s3: Any, bucket: str, prefix: str) -> set[str]:
-    """Every key in ``bucket`` that starts with ``prefix`` (one paginated listing)."""
+def keys_under(
+    s3: Any, bucket: str, prefix: str, first: str = "", last: str | None = None,
+    page_size: int = 1000,
+) -> set[str]:
+    """The keys in ``bucket`` that start with ``prefix``, from ``first`` to ``last``.
+
+    The listing starts just before ``first`` and stops at the first page that reaches
+    ``last`` (both compared as S3 orders keys, by their UTF-8 bytes; ``None``: to the end of
+    the prefix), so a run lists the keys it needs rather than every key under the prefix.
+    Some keys outside the range may be returned too, at most a page (``page_size`` keys)
+    beyond it.
+
+    Each page is fetched with a pre-signed ListObjectsV2 URL and only its ``<Key>``
+    elements are read: botocore's response parser costs about 0.1 ms per key (dates,
+    sizes, owners), which was most of a 1,000-worker run's start-up. Any problem on that
+    path (HTTP error, unreachable endpoint, unexpected body) hands the rest of the listing
+    to boto3's paginator, with its retries and error reporting.
+    """
+    from http.client import HTTPException
+
     present: set[str] = set()
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        present.update(obj["Key"] for obj in page.get("Contents", []))
+    start_after = first[:-1] if first else ""  # sorts just before ``first``
+    while True:
+        try:
+            page, truncated = _list_page(s3, bucket, prefix, start_after, page_size)
+        except (OSError, HTTPException, ValueError, SyntaxError):  # urllib's errors, bad XML
+            present.update(_paginate(s3, bucket, prefix, start_after, last, page_size))
+            return present
+        present.update(page)
+        if not truncated or not page or _reached(page[-1], last):
+            return present
+        start_after = page[-1]
+
+
+def _reached(key: str, last: str | None) -> bool:
+    """Whether a listing at ``key`` is past ``last`` (S3 orders keys by their UTF-8 bytes)."""
+    return last is not None and key.encode() >= last.encode()
+
+
+def _list_page(
+    s3: Any, bucket: str, prefix: str, start_after: str, page_size: int
+) -> tuple[list[str], bool]:
+    """One page of keys (in S3's order) and whether more follow."""
+    import urllib.request
+    from xml.etree import ElementTree
+
+    params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
+    if start_after:
+        params["StartAfter"] = start_after
+    url = s3.generate_presigned_url("list_objects_v2", Params=params, ExpiresIn=300)
+    with urllib.request.urlopen(url, timeout=60) as response:
+        root = ElementTree.fromstring(response.read())
+    namespace = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    if root.tag != f"{namespace}ListBucketResult":
+        raise ValueError(f"not a listing: {root.tag}")
+    keys = [element.text or "" for element in root.iterfind(f"{namespace}Contents/{namespace}Key")]
+    return keys, root.findtext(f"{namespace}IsTruncated") == "true"
+
+
+def _paginate(
+    s3: Any, bucket: str, prefix: str, start_after: str, last: str | None, page_size: int
+) -> set[str]:
+    present: set[str] = set()
+    extra = {"StartAfter": start_after} if start_after else {}
+    for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}, **extra
+    ):
+        keys = [obj["Key"] for obj in page.get("Contents", [])]
+        present.update(keys)
+        if keys and _reached(keys[-1], last):
+            break
     return present
 
 
+def _runs(numbers: list[int]) -> list[tuple[int, int]]:
+    """Sorted distinct ``numbers`` as (first, last) runs of consecutive values."""
+    runs: list[tuple[int, int]] = []
+    for n in sorted(set(numbers)):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    return runs
+
+
 def missing_inputs(s3: Any, cfg: Png2Y4MConfig, chunks: list[int]) -> list[str]:
-    """The input keys that ``chunks`` need and the bucket lacks (one listing per run)."""
-    present = keys_under(s3, cfg.bucket, cfg.input_prefix)
+    """The input keys that ``chunks`` need and the bucket lacks.
+
+    One listing per run of consecutive frames (one for ``-n``/``-o``, more for a sparse
+    ``-N``), each covering only those frames' keys.
+    """
     needed = [cfg.input_key(f) for c in chunks for f in cfg.frames_of(c)]
+    present: set[str] = set()
+    for lo, hi in _runs([f for c in chunks for f in cfg.frames_of(c)]):
+        keys = [cfg.input_key(lo), cfg.input_key(hi)]
+        present |= keys_under(s3, cfg.bucket, cfg.input_prefix, min(keys), max(keys))
     return [key for key in needed if key not in present]
 
 
