@@ -40,6 +40,8 @@ class S3Server:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"the embedded S3 listens on loopback only, not {host!r}")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} is outside 0-65535")
         self._host, self._port = host, port
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
