@@ -14,6 +14,7 @@ loop down, closes the socket and joins the thread.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from types import TracebackType
 
@@ -61,6 +62,11 @@ class S3Server:
         # underscores; older releases have none, and werkzeug's default serves them.
         handler: type[WSGIRequestHandler] | None = getattr(
             werkzeug_app, "MotoRequestHandler", None)
+        if self._port:
+            # werkzeug prints its own lines on stderr for a port taken, then exits: find
+            # out first, so the caller gets the OSError alone.
+            with socket.create_server((self._host, self._port)):
+                pass
         try:
             self._server = make_server(self._host, self._port, app, threaded=True,
                                        request_handler=handler)
