@@ -4,7 +4,12 @@ Theory of operation
 -------------------
 :class:`FunctionRegistry` keeps each function under ``STATE_DIR/functions/NAME/``: its
 configuration (``config.json``) and its code, unpacked once per CodeSha256 into ``code-SHA/``.
-A registry opened on an existing state directory finds the functions created before.
+A registry opened on an existing state directory finds the functions created before (and
+skips a damaged one). Every parameter is checked for type and range before anything is
+stored (:class:`~emulator.errors.InvalidParameterValue` names the field, the value and the
+rule). A zip is unpacked outside the lock into ``STATE_DIR/unpacking/ID/``, within Lambda's
+250 MiB unzipped limit (the sizes the zip lists, and the bytes written), and moved into
+place only when whole; a refused zip leaves nothing behind.
 
 Invocations go through :meth:`FunctionRegistry.invoke`. Synchronous ones run in the calling
 (request) thread; beyond the concurrency limit they are refused with 429, as on AWS.

@@ -26,7 +26,9 @@ Two ways to start that process, with identical results:
   requests have paused for 0.1 s, or when a quarter of the spares is left, so that refills
   do not compete with a burst. A spare serves one invocation and exits, so every
   invocation still runs in a process nobody used before; spares whose runner or helper
-  goes away read end-of-file and exit unused;
+  goes away read end-of-file and exit unused. Fork servers are kept for the functions
+  invoked most recently, as many as ``kept`` idle processes allow (two by default); the one
+  used least recently is stopped to make room;
 * **plain spawn**: ``python -I -c BOOTSTRAP spawn FD`` per invocation, which reads the
   invocation from its channel and makes its ``TMPDIR`` and log itself.
 
@@ -46,7 +48,10 @@ caller's ``on_done`` is called with the :class:`Result`, from the watcher thread
 invocations are starting, the watcher's own work (watching the new ones, ending those
 done) waits until none has started for ``_SETTLE``, or for at most ``_SETTLE_MAX``, so that
 a burst's starts do not compete with it; so do the counts the helper is told.
-:meth:`Runner.close` kills every invocation, spare and helper.
+An invocation that cannot be started (``Popen`` refuses its environment) ends at once with
+``Runtime.StartError``; a function deleted while it runs has its invocations killed, each
+ending with ``Runtime.FunctionDeleted``. :meth:`Runner.close` kills every invocation, spare
+and helper.
 """
 
 from __future__ import annotations

@@ -18,6 +18,14 @@ own, while the loop serves the other connections and reads no further on that on
 the answer is out. ``http.server`` is not used: its handler parses headers with the
 ``email`` package (about a third of a millisecond per request) and needs a thread per
 connection.
+
+Whatever a client makes the loop hold is bounded (:class:`Limits`): the number of
+connections (at the cap, the one quiet longest is closed to make room), the time a
+request's headers and body may take and the time a connection may sit idle (checked once a
+second), the body of each request (its operation's limit, and a budget shared by the large
+ones, both checked from ``Content-Length`` before the body is read; a refused body is read
+and dropped so that the client sees the answer), and what is read ahead or queued for a
+client that does not read its answers.
 """
 
 from __future__ import annotations
