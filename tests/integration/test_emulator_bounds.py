@@ -202,6 +202,32 @@ def test_an_environment_that_cannot_start_fails_its_invocation_and_frees_its_slo
         assert invoke(lam, good, {"x": 1})[1]["event"] == {"x": 1}
 
 
+@pytest.mark.parametrize("fork_server", [True, False], ids=["fork-server", "spawn"])
+@pytest.mark.parametrize("bad", [{"environment": {"NUMBER": 1}}, {"handler": 5}],
+                         ids=["non-string-environment", "non-string-handler"])
+def test_the_runner_ends_an_invocation_it_cannot_start(
+    tmp_path: Path, fork_server: bool, bad: dict[str, Any]
+) -> None:
+    """Below the API's checks, the runner itself: whatever a process cannot be started
+    with, the invocation ends (its ``on_done`` comes), failed."""
+    from emulator.runner import Code, Runner
+
+    code_dir = tmp_path / "code"
+    code_dir.mkdir()
+    (code_dir / "handler.py").write_bytes(bundle_source())
+    code = Code(**{"name": "raw", "version": "$LATEST", "arn": "arn:raw",
+                   "code_dir": str(code_dir), "handler": "handler.handler", "memory": 512,
+                   "timeout": 30.0, **bad})
+    runner = Runner(tmp_path / "state", fork_server=fork_server, spares=1)
+    try:
+        result = runner.run(code, b"{}", "cannot-start")
+    finally:
+        runner.close()
+    assert not result.ok and result.error is not None
+    if "environment" in bad or fork_server:
+        assert result.error["errorType"] == "Runtime.StartError"
+
+
 def test_a_damaged_configuration_on_disk_is_skipped(tmp_path: Path) -> None:
     with emulator_at(tmp_path) as (_, lam):
         name = make(lam)
