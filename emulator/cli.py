@@ -48,7 +48,8 @@ def _serve_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
                         help="start each invocation with a plain spawn")
     parser.add_argument("--spares", type=_at_least(0), default=default(SPARES),
                         help="idle pre-forked children per function, about 2 MiB each: "
-                        f"a burst of that many starts without forking (default {SPARES})")
+                        f"a burst of that many starts without forking (default {SPARES}); "
+                        "kept for the two functions invoked most recently")
 
 
 def _port(text: str) -> int:
