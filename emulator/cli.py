@@ -20,6 +20,7 @@ import contextlib
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -37,17 +38,44 @@ def _serve_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
 
     parser.add_argument("--state-dir", default=default(str(DEFAULT_STATE_DIR)),
                         help=f"functions and logs (default {DEFAULT_STATE_DIR})")
-    parser.add_argument("--port", type=int, default=default(0),
+    parser.add_argument("--port", type=_port, default=default(0),
                         help="Lambda API port on 127.0.0.1 (default: a free one)")
-    parser.add_argument("--s3-port", type=int, default=default(0),
+    parser.add_argument("--s3-port", type=_port, default=default(0),
                         help="S3 port on 127.0.0.1 (default: a free one)")
-    parser.add_argument("--concurrency", type=int, default=default(1000),
+    parser.add_argument("--concurrency", type=_at_least(1), default=default(1000),
                         help="invocations running at once (default 1000)")
     parser.add_argument("--no-fork-server", action="store_true", default=default(False),
                         help="start each invocation with a plain spawn")
-    parser.add_argument("--spares", type=int, default=default(SPARES),
+    parser.add_argument("--spares", type=_at_least(0), default=default(SPARES),
                         help="idle pre-forked children per function, about 2 MiB each: "
-                        f"a burst of that many starts without forking (default {SPARES})")
+                        f"a burst of that many starts without forking (default {SPARES}); "
+                        "kept for the two functions invoked most recently")
+
+
+def _port(text: str) -> int:
+    """A port number for argparse: 0-65535 (0: a free one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535)")
+    return value
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``low``."""
+
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum of {low}")
+        return value
+
+    return check
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ``PROG logs FUNCTION [REQUEST_ID] [--state-dir DIR]`` prints invocation logs.
     """
     _serve_options(parser, defaults=True)
-    parser.set_defaults(action="serve", function=None, request_id=None)
+    parser.set_defaults(action="serve", function=None, request_id=None, prog=parser.prog)
     sub = parser.add_subparsers(dest="action", metavar="{serve,logs}")
     serve = sub.add_parser("serve", help="serve the Lambda API and S3 until interrupted "
                            "(the default)")
@@ -76,13 +104,21 @@ def run(args: argparse.Namespace) -> int:
     from emulator.s3 import S3Server
 
     s3 = S3Server(port=args.s3_port)
-    s3.start()
-    server = ThreadedEmulatorServer(
-        state_dir=args.state_dir, s3_endpoint_url=s3.endpoint_url, concurrency_limit=args.concurrency,
-        fork_server=not args.no_fork_server, port=args.port, spares=args.spares,
-    )
+    server: ThreadedEmulatorServer | None = None
+    where = "S3"
     try:
-        server.start()
+        try:
+            s3.start()
+            where = "the Lambda API"
+            server = ThreadedEmulatorServer(
+                state_dir=args.state_dir, s3_endpoint_url=s3.endpoint_url,
+                concurrency_limit=args.concurrency, fork_server=not args.no_fork_server,
+                port=args.port, spares=args.spares,
+            )
+            server.start()
+        except OSError as exc:  # a port taken, a state dir that cannot be made
+            print(f"{args.prog}: cannot start {where}: {exc}", file=sys.stderr)
+            return 1
         print(f"Lambda API: {server.endpoint_url}\nS3:         {s3.endpoint_url}\n")
         print("# paste into a shell to use the aws CLI or boto3 against it:")
         print(f"export AWS_ENDPOINT_URL_LAMBDA={server.endpoint_url}")
@@ -103,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         finally:
             signal.signal(signal.SIGTERM, previous)
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
         s3.stop()
     print("stopped", file=sys.stderr)
     return 0

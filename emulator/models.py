@@ -4,7 +4,12 @@ Theory of operation
 -------------------
 :class:`FunctionRegistry` keeps each function under ``STATE_DIR/functions/NAME/``: its
 configuration (``config.json``) and its code, unpacked once per CodeSha256 into ``code-SHA/``.
-A registry opened on an existing state directory finds the functions created before.
+A registry opened on an existing state directory finds the functions created before (and
+skips a damaged one). Every parameter is checked for type and range before anything is
+stored (:class:`~emulator.errors.InvalidParameterValue` names the field, the value and the
+rule). A zip is unpacked outside the lock into ``STATE_DIR/unpacking/ID/``, within Lambda's
+250 MiB unzipped limit (the sizes the zip lists, and the bytes written), and moved into
+place only when whole; a refused zip leaves nothing behind.
 
 Invocations go through :meth:`FunctionRegistry.invoke`. Synchronous ones run in the calling
 (request) thread; beyond the concurrency limit they are refused with 429, as on AWS.
@@ -33,6 +38,7 @@ import shutil
 import threading
 import uuid
 import zipfile
+import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -54,14 +60,177 @@ __all__ = ["ACCOUNT", "Function", "FunctionRegistry", "Invocation", "InvokeResul
 ACCOUNT = "123456789012"
 SYNC_LIMIT = 6 * 1024 * 1024
 ASYNC_LIMIT = 1024 * 1024
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_ARN = re.compile(r"^arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:([A-Za-z0-9_-]{1,64})(:.+)?$")
+# Matched whole (``fullmatch``): ``$`` would let a name end in a newline.
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ARN = re.compile(r"arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:function:([A-Za-z0-9_-]{1,64})(:[^\s:]+)?")
+_HANDLER = re.compile(r"\S{1,128}")
+_ENV_KEY = re.compile(r"[a-zA-Z][a-zA-Z0-9_]+")
+ENV_LIMIT = 4096  # bytes of environment variables (keys and values), as on AWS
+ZIPPED_LIMIT = 50 * 1024 * 1024  # a zip uploaded in the request, as on AWS
+UNZIPPED_LIMIT = 262_144_000  # the code unpacked (250 MiB), as on AWS
+ARCHITECTURES = ("x86_64", "arm64")
 KEEP_INVOCATIONS = 10_000  # invocation records kept (oldest forgotten first)
 RUNTIMES = {"python3.9", "python3.10", "python3.11", "python3.12", "python3.13"}
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "+0000"
+
+
+def _show(value: Any) -> str:
+    """``repr(value)``, cut short: a message names the value, not all of it."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _integer(key: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidParameterValue(f"{key} {_show(value)} is not an integer in {low}-{high}")
+    return value
+
+
+def _environment(value: Any) -> dict[str, str]:
+    """The variables of an ``Environment`` parameter, checked as AWS does."""
+    if value is None:
+        return {}
+    variables = value.get("Variables") if isinstance(value, dict) else value
+    if variables is None:
+        return {}
+    if not isinstance(value, dict) or not isinstance(variables, dict):
+        raise InvalidParameterValue(
+            f"Environment {_show(value)} is not an object with a Variables object")
+    size = 0
+    for key, text in variables.items():
+        if not _ENV_KEY.fullmatch(key):
+            raise InvalidParameterValue(
+                f"environment variable name {_show(key)} does not match [a-zA-Z][a-zA-Z0-9_]+")
+        if not isinstance(text, str):
+            raise InvalidParameterValue(
+                f"environment variable {key} has the value {_show(text)}, not a string")
+        size += len(key.encode()) + len(text.encode(errors="surrogatepass"))
+    if size > ENV_LIMIT:
+        raise InvalidParameterValue(
+            f"environment variables take {size} bytes, above the limit of {ENV_LIMIT}")
+    return dict(variables)
+
+
+def _settings(params: dict[str, Any], creating: bool) -> dict[str, Any]:
+    """The configuration fields of a CreateFunction or UpdateFunctionConfiguration request,
+    checked: those present, and when ``creating`` the required ones.
+
+    Raises:
+        InvalidParameterValue: naming the field, its value and what it must be.
+    """
+    out: dict[str, Any] = {}
+    for key in ("Role", "Runtime", "Handler"):
+        if key not in params and not creating:
+            continue
+        value = params.get(key)
+        if value is None or value == "":
+            raise InvalidParameterValue(f"{key} is required")
+        if not isinstance(value, str):
+            raise InvalidParameterValue(f"{key} {_show(value)} is not a string")
+        out[key] = value
+    if "Runtime" in out and out["Runtime"] not in RUNTIMES:
+        raise InvalidParameterValue(f"runtime {_show(out['Runtime'])} is not supported here "
+                                    f"(one of {', '.join(sorted(RUNTIMES))})")
+    if "Handler" in out and not _HANDLER.fullmatch(out["Handler"]):
+        raise InvalidParameterValue(
+            f"Handler {_show(out['Handler'])} is not 1-128 characters without spaces")
+    if "Description" in params:
+        text = params["Description"] if params["Description"] is not None else ""
+        if not isinstance(text, str) or len(text) > 256:
+            raise InvalidParameterValue(
+                f"Description {_show(text)} is not a string of at most 256 characters")
+        out["Description"] = text
+    for key, low, high in (("MemorySize", 128, 10240), ("Timeout", 1, 900)):
+        if key in params:
+            out[key] = _integer(key, params[key], low, high)
+    if params.get("Architectures") is not None:
+        arch = params["Architectures"]
+        if not isinstance(arch, list) or len(arch) != 1 or arch[0] not in ARCHITECTURES:
+            raise InvalidParameterValue(
+                f"Architectures {_show(arch)} is not one of {list(ARCHITECTURES)}")
+        out["Architectures"] = list(arch)
+    if "Environment" in params:
+        out["Environment"] = _environment(params["Environment"])
+    return out
+
+
+def _zip_of(code: dict[str, Any]) -> bytes:
+    """The zip bytes of a ``Code`` (or UpdateFunctionCode) parameter.
+
+    Raises:
+        InvalidParameterValue: no ZipFile, not base64, or larger than ``ZIPPED_LIMIT``.
+    """
+    data = code.get("ZipFile")
+    if not data:
+        raise InvalidParameterValue("Code.ZipFile is required (S3 code is not supported)")
+    if not isinstance(data, str):
+        raise InvalidParameterValue(f"ZipFile {_show(data)} is not base64 text")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError as exc:
+        raise InvalidParameterValue(f"Could not unzip uploaded file: {exc}") from exc
+    if len(raw) > ZIPPED_LIMIT:
+        raise InvalidParameterValue(
+            f"Zipped size {len(raw)} bytes is above the limit of {ZIPPED_LIMIT} bytes")
+    return raw
+
+
+def _unzip(raw: bytes, folder: Path) -> None:
+    """Unpack ``raw`` into the new folder ``folder`` (the caller removes it on failure).
+
+    The sizes the zip's central directory lists are summed before anything is written, and
+    the bytes actually written are counted too, so a zip whose headers lie stops at
+    ``UNZIPPED_LIMIT`` all the same. Only stored and deflated entries are unpacked.
+
+    Raises:
+        InvalidParameterValue: not a zip, an entry outside ``folder``, or too large.
+    """
+    entry = ""
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            infos = zf.infolist()
+            declared = sum(info.file_size for info in infos)
+            if declared > UNZIPPED_LIMIT:
+                raise InvalidParameterValue(
+                    f"Unzipped size must be smaller than {UNZIPPED_LIMIT} bytes: "
+                    f"the zip lists {declared}")
+            folder.mkdir()
+            root = folder.resolve()
+            written = 0
+            for info in infos:
+                entry = info.filename
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise InvalidParameterValue(
+                        f"zip entry {_show(entry)} uses compression method "
+                        f"{info.compress_type}; only stored and deflated are supported")
+                target = (root / entry).resolve()
+                if not target.is_relative_to(root):
+                    raise InvalidParameterValue(f"zip entry {_show(entry)} escapes the folder")
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > UNZIPPED_LIMIT:
+                            raise InvalidParameterValue(
+                                f"Unzipped size must be smaller than {UNZIPPED_LIMIT} bytes: "
+                                f"entry {_show(entry)} unpacks past it (the zip lists "
+                                f"{declared} in all)")
+                        dst.write(chunk)
+                mode = (info.external_attr >> 16) & 0o777
+                if mode:
+                    target.chmod(mode)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, RuntimeError, ValueError,
+            zlib.error) as exc:
+        raise InvalidParameterValue(f"Could not unzip uploaded file: {exc}") from exc
+    except OSError as exc:
+        raise InvalidParameterValue(
+            f"Could not unzip uploaded file: entry {_show(entry)}: {exc}") from exc
 
 
 @dataclass
@@ -182,7 +351,10 @@ class FunctionRegistry:
         for conf in sorted((state_dir / "functions").glob("*/config.json")):
             try:
                 fn = Function(**json.loads(conf.read_text()))
-            except (ValueError, TypeError):
+                _settings({"Role": fn.Role, "Runtime": fn.Runtime, "Handler": fn.Handler,
+                           "MemorySize": fn.MemorySize, "Timeout": fn.Timeout,
+                           "Environment": {"Variables": fn.Environment}}, creating=True)
+            except (ValueError, TypeError, RecursionError, EmulatorError):
                 continue  # a damaged entry: skip it rather than refuse to start
             self._functions[fn.FunctionName] = fn
 
@@ -191,12 +363,12 @@ class FunctionRegistry:
     @staticmethod
     def resolve_name(name: str) -> str:
         """A function name from a name, ``name:qualifier`` or an ARN."""
-        match = _ARN.match(name)
+        match = _ARN.fullmatch(name)
         if match:
             return match.group(1)
         base = name.split(":", 1)[0]
-        if not _NAME.match(base):
-            raise InvalidParameterValue(f"invalid function name {name!r}")
+        if not _NAME.fullmatch(base):
+            raise InvalidParameterValue(f"invalid function name {_show(name)}")
         return base
 
     def get(self, name: str) -> Function:
@@ -213,35 +385,12 @@ class FunctionRegistry:
         with self._lock:
             return sorted(self._functions.values(), key=lambda f: f.FunctionName)
 
-    @staticmethod
-    def _limits(params: dict[str, Any], memory: int, timeout: int) -> tuple[int, int]:
-        memory = int(params.get("MemorySize", memory))
-        timeout = int(params.get("Timeout", timeout))
-        if not 128 <= memory <= 10240:
-            raise InvalidParameterValue(f"MemorySize {memory} is outside 128-10240")
-        if not 1 <= timeout <= 900:
-            raise InvalidParameterValue(f"Timeout {timeout} is outside 1-900")
-        return memory, timeout
-
-    @staticmethod
-    def _runtime(params: dict[str, Any]) -> None:
-        runtime = params.get("Runtime")
-        if runtime is not None and runtime not in RUNTIMES:
-            raise InvalidParameterValue(
-                f"runtime {runtime!r} is not supported here (one of {', '.join(sorted(RUNTIMES))})"
-            )
-
     def update_configuration(self, name: str, params: dict[str, Any]) -> Function:
         fn = self.get(name)
-        self._runtime(params)
-        memory, timeout = self._limits(params, fn.MemorySize, fn.Timeout)
+        settings = _settings(params, creating=False)
         with self._lock:
-            fn.MemorySize, fn.Timeout = memory, timeout
-            for key in ("Role", "Handler", "Runtime", "Description"):
-                if key in params:
-                    setattr(fn, key, params[key])
-            if "Environment" in params:
-                fn.Environment = dict((params["Environment"] or {}).get("Variables") or {})
+            for key, value in settings.items():
+                setattr(fn, key, value)
             fn.LastModified = _now()
             fn.RevisionId = str(uuid.uuid4())
             self._save(fn)
@@ -250,43 +399,46 @@ class FunctionRegistry:
 
     def create(self, params: dict[str, Any]) -> Function:
         name = params.get("FunctionName")
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise InvalidParameterValue(f"invalid FunctionName {name!r}")
-        for required in ("Role", "Handler", "Runtime"):
-            if not params.get(required):
-                raise InvalidParameterValue(f"{required} is required")
-        self._runtime(params)
-        memory, timeout = self._limits(params, 128, 3)
-        zip_bytes = self._zip_of(params.get("Code") or {})
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise InvalidParameterValue(f"invalid FunctionName {_show(name)}")
+        settings = _settings(params, creating=True)
+        code = params.get("Code")
+        if not isinstance(code, dict):
+            raise InvalidParameterValue(f"Code {_show(code)} is not an object with a ZipFile")
+        publish = params.get("Publish", False)
+        if not isinstance(publish, bool):
+            raise InvalidParameterValue(f"Publish {_show(publish)} is not a boolean")
         with self._lock:
             if name in self._functions:
                 raise ResourceConflict(f"Function already exist: {name}")
-            fn = Function(
-                FunctionName=name,
-                Runtime=params["Runtime"],
-                Role=params["Role"],
-                Handler=params["Handler"],
-                CodeSha256="",
-                CodeSize=0,
-                Description=params.get("Description", ""),
-                Timeout=timeout,
-                MemorySize=memory,
-                Architectures=list(params.get("Architectures") or ["x86_64"]),
-                Environment=dict((params.get("Environment") or {}).get("Variables") or {}),
-            )
-            self._store_code(fn, zip_bytes)
-            self._functions[name] = fn
-            self._save(fn)
+        zip_bytes = _zip_of(code)
+        unpacked = self._unpack(zip_bytes)  # outside the lock: invocations go on meanwhile
+        try:
+            with self._lock:
+                if name in self._functions:
+                    raise ResourceConflict(f"Function already exist: {name}")
+                fn = Function(FunctionName=name, CodeSha256="", CodeSize=0, **settings)
+                self._store_code(fn, zip_bytes, unpacked)
+                self._functions[name] = fn
+                self._save(fn)
+        finally:
+            shutil.rmtree(unpacked, ignore_errors=True)  # gone once stored
         return fn
 
     def update_code(self, name: str, params: dict[str, Any]) -> Function:
         fn = self.get(name)
-        zip_bytes = self._zip_of(params)
-        with self._lock:
-            self._store_code(fn, zip_bytes)
-            fn.LastModified = _now()
-            fn.RevisionId = str(uuid.uuid4())
-            self._save(fn)
+        zip_bytes = _zip_of(params)
+        unpacked = self._unpack(zip_bytes)
+        try:
+            with self._lock:
+                if self._functions.get(fn.FunctionName) is not fn:
+                    raise ResourceNotFound(f"Function not found: {fn.arn(self.region)}")
+                self._store_code(fn, zip_bytes, unpacked)
+                fn.LastModified = _now()
+                fn.RevisionId = str(uuid.uuid4())
+                self._save(fn)
+        finally:
+            shutil.rmtree(unpacked, ignore_errors=True)
         self.runner.forget(fn.FunctionName)
         return fn
 
@@ -294,7 +446,9 @@ class FunctionRegistry:
         fn = self.get(name)
         with self._lock:
             self._functions.pop(fn.FunctionName, None)
-        self.runner.forget(fn.FunctionName)
+        self.runner.forget(
+            fn.FunctionName, reason=f"function {fn.FunctionName} was deleted while this "
+            "invocation ran")
         shutil.rmtree(self.state_dir / "functions" / fn.FunctionName, ignore_errors=True)
 
     def publish(self, name: str) -> dict[str, Any]:
@@ -312,10 +466,8 @@ class FunctionRegistry:
         fn = self.get(name)
         retries = params.get("MaximumRetryAttempts", 2)
         age = params.get("MaximumEventAgeInSeconds", 21600)
-        if not isinstance(retries, int) or not 0 <= retries <= 2:
-            raise InvalidParameterValue(f"MaximumRetryAttempts {retries!r} is outside 0-2")
-        if not isinstance(age, int) or not 60 <= age <= 21600:
-            raise InvalidParameterValue(f"MaximumEventAgeInSeconds {age!r} is outside 60-21600")
+        retries = _integer("MaximumRetryAttempts", retries, 0, 2)
+        age = _integer("MaximumEventAgeInSeconds", age, 60, 21600)
         with self._lock:
             fn.MaximumRetryAttempts, fn.MaximumEventAgeInSeconds = retries, age
             self._save(fn)
@@ -335,36 +487,33 @@ class FunctionRegistry:
             "DestinationConfig": {"OnSuccess": {}, "OnFailure": {}},
         }
 
-    @staticmethod
-    def _zip_of(code: dict[str, Any]) -> bytes:
-        data = code.get("ZipFile")
-        if not data:
-            raise InvalidParameterValue("Code.ZipFile is required (S3 code is not supported)")
-        try:
-            raw = base64.b64decode(data, validate=True)
-            zipfile.ZipFile(io.BytesIO(raw)).testzip()
-        except (ValueError, zipfile.BadZipFile) as exc:
-            raise InvalidParameterValue(f"Could not unzip uploaded file: {exc}") from exc
-        return raw
+    def _unpack(self, zip_bytes: bytes) -> Path:
+        """Unpack a zip into a folder of its own under ``STATE_DIR/unpacking/``; the folder.
 
-    def _store_code(self, fn: Function, zip_bytes: bytes) -> None:
-        sha = base64.b64encode(hashlib.sha256(zip_bytes).digest()).decode()
+        Raises:
+            InvalidParameterValue: not a zip, or one that unpacks above ``UNZIPPED_LIMIT``;
+                nothing is left behind.
+        """
+        folder = self.state_dir / "unpacking" / uuid.uuid4().hex
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _unzip(zip_bytes, folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return folder
+
+    def _store_code(self, fn: Function, zip_bytes: bytes, unpacked: Path) -> None:
+        """Give ``fn`` the code unpacked in ``unpacked`` (moved; lock held)."""
+        digest = hashlib.sha256(zip_bytes)
         home = self.state_dir / "functions" / fn.FunctionName
-        code_dir = home / f"code-{hashlib.sha256(zip_bytes).hexdigest()[:16]}"
+        code_dir = home / f"code-{digest.hexdigest()[:16]}"
+        home.mkdir(parents=True, exist_ok=True)
         if not code_dir.is_dir():
-            partial = home / f".unpacking-{uuid.uuid4().hex}"
-            with zipfile.ZipFile(io.BytesIO(zip_bytes)) as zf:
-                for info in zf.infolist():
-                    target = (partial / info.filename).resolve()
-                    if not str(target).startswith(str(partial.resolve())):
-                        raise InvalidParameterValue(f"zip entry {info.filename!r} escapes")
-                    zf.extract(info, partial)
-                    mode = (info.external_attr >> 16) & 0o777
-                    if mode and not info.is_dir():
-                        target.chmod(mode)
-            partial.rename(code_dir)
+            unpacked.rename(code_dir)
         (home / "code.zip").write_bytes(zip_bytes)
-        fn.CodeSha256, fn.CodeSize, fn.code_dir = sha, len(zip_bytes), str(code_dir)
+        fn.CodeSha256 = base64.b64encode(digest.digest()).decode()
+        fn.CodeSize, fn.code_dir = len(zip_bytes), str(code_dir)
 
     def _save(self, fn: Function) -> None:
         home = self.state_dir / "functions" / fn.FunctionName
@@ -470,7 +619,7 @@ class FunctionRegistry:
         if payload.strip():
             try:
                 json.loads(payload)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise EmulatorError(400, "InvalidRequestContentException",
                                     f"Could not parse request body into json: {exc}") from exc
 

@@ -9,10 +9,13 @@ from typing import Any
 from urllib.parse import unquote
 
 from emulator import urls
-from emulator.errors import EmulatorError, InvalidParameterValue, UnsupportedRoute
-from emulator.models import FunctionRegistry
+from emulator.errors import EmulatorError, InvalidParameterValue, RequestTooLarge, UnsupportedRoute
+from emulator.models import ASYNC_LIMIT, SYNC_LIMIT, FunctionRegistry
 
-__all__ = ["Request", "Response", "answers_at_once", "handle"]
+__all__ = ["REQUEST_LIMIT", "Request", "Response", "answers_at_once", "body_limit",
+           "error_response", "handle", "too_large"]
+
+REQUEST_LIMIT = 70_167_211  # bytes of a CreateFunction request with its zip, as on AWS
 
 
 @dataclass
@@ -44,6 +47,8 @@ def _params(req: Request) -> dict[str, Any]:
         return {}
     try:
         obj = json.loads(req.body)
+    except RecursionError as exc:
+        raise InvalidParameterValue("request body is JSON nested too deeply") from exc
     except ValueError as exc:
         raise InvalidParameterValue(f"request body is not JSON: {exc}") from exc
     if not isinstance(obj, dict):
@@ -55,8 +60,33 @@ def answers_at_once(req: Request) -> bool:
     """Whether ``req`` is answered without waiting for anything: an Event or DryRun Invoke
     (accepted or refused at once; the function runs later). Any other request may block:
     a synchronous invoke runs the function, CreateFunction unpacks a zip."""
-    return (req.method == "POST" and req.path.split("?", 1)[0].rstrip("/").endswith("/invocations")
+    return (_is_invoke(req.method, req.path)
             and req.headers.get("x-amz-invocation-type") in ("Event", "DryRun"))
+
+
+def _is_invoke(method: str, target: str) -> bool:
+    return method == "POST" and target.split("?", 1)[0].rstrip("/").endswith("/invocations")
+
+
+def body_limit(method: str, target: str, headers: Mapping[str, str]) -> int:
+    """The largest body :func:`handle` takes for this request (``headers`` in lower case):
+    an Invoke's payload limit, or ``REQUEST_LIMIT``. The server refuses a larger one with
+    :func:`too_large` before reading it."""
+    if _is_invoke(method, target):
+        event = headers.get("x-amz-invocation-type") == "Event"
+        return ASYNC_LIMIT if event else SYNC_LIMIT
+    return REQUEST_LIMIT
+
+
+def too_large(length: int, limit: int) -> Response:
+    """The 413 for a body of ``length`` bytes above ``limit``."""
+    return error_response(RequestTooLarge(
+        f"{length} byte request body is above the limit of {limit} bytes for this operation"))
+
+
+def error_response(err: EmulatorError) -> Response:
+    """``err`` as AWS answers it."""
+    return _error(err.status, err.aws_type, err.message, err.reason)
 
 
 def handle(registry: FunctionRegistry, req: Request) -> Response:
@@ -71,7 +101,7 @@ def handle(registry: FunctionRegistry, req: Request) -> Response:
         response: Response = _HANDLERS[name](registry, req, **args)
         return response
     except EmulatorError as err:
-        return _error(err.status, err.aws_type, err.message, err.reason)
+        return error_response(err)
     except Exception as exc:  # a bug of ours: answer as AWS does, rather than hang up
         return _error(500, "ServiceException", f"emulator error: {exc!r}", None, "Service")
 

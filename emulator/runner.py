@@ -26,7 +26,9 @@ Two ways to start that process, with identical results:
   requests have paused for 0.1 s, or when a quarter of the spares is left, so that refills
   do not compete with a burst. A spare serves one invocation and exits, so every
   invocation still runs in a process nobody used before; spares whose runner or helper
-  goes away read end-of-file and exit unused;
+  goes away read end-of-file and exit unused. Fork servers are kept for the functions
+  invoked most recently, as many as ``kept`` idle processes allow (two by default); the one
+  used least recently is stopped to make room;
 * **plain spawn**: ``python -I -c BOOTSTRAP spawn FD`` per invocation, which reads the
   invocation from its channel and makes its ``TMPDIR`` and log itself.
 
@@ -46,7 +48,10 @@ caller's ``on_done`` is called with the :class:`Result`, from the watcher thread
 invocations are starting, the watcher's own work (watching the new ones, ending those
 done) waits until none has started for ``_SETTLE``, or for at most ``_SETTLE_MAX``, so that
 a burst's starts do not compete with it; so do the counts the helper is told.
-:meth:`Runner.close` kills every invocation, spare and helper.
+An invocation that cannot be started (``Popen`` refuses its environment) ends at once with
+``Runtime.StartError``; a function deleted while it runs has its invocations killed, each
+ending with ``Runtime.FunctionDeleted``. :meth:`Runner.close` kills every invocation, spare
+and helper.
 """
 
 from __future__ import annotations
@@ -67,13 +72,13 @@ import tempfile
 import threading
 import time
 import traceback
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BOOTSTRAP", "SPARES", "Code", "Result", "Runner"]
+__all__ = ["BOOTSTRAP", "KEPT_SERVERS", "SPARES", "Code", "Result", "Runner"]
 
 _POLL = 0.05  # seconds between the watcher's memory checks
 _CHECKS = 64  # memory checks per tick at most: more running ones are checked in turn
@@ -82,6 +87,7 @@ _SETTLE = 0.003  # ends are cleaned up once no invocation has started for this l
 _SETTLE_MAX = 0.2  # or once they have waited this long
 SPARES = 128  # idle pre-forked children per fork server (each costs about 2 MiB: page
 # tables and the pages it has written; the rest is shared with the helper, copy-on-write)
+KEPT_SERVERS = 2  # fork servers kept by default (each with its spares)
 _CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 _BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "SSL_CERT_FILE", "SSL_CERT_DIR")
 SPARE_PREFIX = ".spare-"  # placeholder names of spares' logs and TMPDIRs
@@ -396,18 +402,23 @@ class _ForkServer:
         self._untold = 0  # spares taken and not yet reported to the helper
         self._told_need = 0  # the number waiting, as last reported
         self._eof = False
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", BOOTSTRAP, "serve", str(child.fileno()),
-             code.code_dir, code.handler, str(spares), tmp_root, str(log_dir)],
-            pass_fds=(child.fileno(),),
-            cwd=code.code_dir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        child.close()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-I", "-c", BOOTSTRAP, "serve", str(child.fileno()),
+                 code.code_dir, code.handler, str(spares), tmp_root, str(log_dir)],
+                pass_fds=(child.fileno(),),
+                cwd=code.code_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
         self._reader = threading.Thread(target=self._read, name="mu-fork-server-reader",
                                         daemon=True)
         self._reader.start()
@@ -422,12 +433,15 @@ class _ForkServer:
         """Whether the helper has exited (its socket is closed: no call per launch)."""
         return self._eof and self.proc.poll() is not None
 
-    def start(self, inv: _Invocation) -> None:
-        """Hand ``inv`` to an idle spare, or keep it until one is announced."""
+    def start(self, inv: _Invocation) -> bool:
+        """Hand ``inv`` to an idle spare, or keep it until one is announced; False (and
+        ``inv`` untouched) if the helper has gone (stopped meanwhile to make room)."""
         taken = 0
         while True:
             with self._lock:
                 if self._eof:
+                    if not taken:
+                        return False
                     inv.error = _error("the fork server exited", "Runtime.StartError")
                     break
                 if not self._idle:
@@ -444,6 +458,7 @@ class _ForkServer:
             self._started(inv)
         else:
             self._tell(taken, need)
+        return True
 
     def _hand_over(self, spare: _Spare, inv: _Invocation) -> bool:
         """Write ``inv`` into ``spare``'s channel; False if that spare has died."""
@@ -582,6 +597,14 @@ class _Watcher:
             self._woken = True
             with contextlib.suppress(BlockingIOError):
                 os.write(self._wake_w, b"x")
+
+    def kill(self, which: Callable[[_Invocation], bool], error: dict[str, Any]) -> None:
+        """Kill the started invocations ``which`` selects; each ends with ``error``
+        (called from any thread: the watcher finds them ended by their pidfd or tick)."""
+        for inv in list(self.running.values()) + list(self._inbox):
+            if which(inv) and inv.pid and inv.error is None:
+                inv.error = error
+                _kill_group(inv.pid)
 
     def stop(self) -> None:
         """Return once every invocation added so far has ended (the caller killed them)."""
@@ -740,6 +763,13 @@ class Runner:
         region: ``AWS_REGION`` of invocations.
         fork_server: start invocations through per-function fork servers.
         spares: idle children each fork server keeps forked ahead of demand.
+        kept: idle processes kept in all: fork servers and their spares. Fork servers are
+            kept for the functions invoked most recently, as many as fit (at least one);
+            the one used least recently is stopped to make room (its running invocations
+            go on). Default: two fork servers with their spares.
+
+    Raises:
+        ValueError: ``spares`` or ``kept`` is negative.
     """
 
     def __init__(
@@ -749,13 +779,22 @@ class Runner:
         region: str = "us-east-1",
         fork_server: bool = True,
         spares: int = SPARES,
+        kept: int | None = None,
     ) -> None:
+        if spares < 0:
+            raise ValueError(f"spares {spares} is negative")
+        if kept is None:
+            kept = KEPT_SERVERS * (spares + 1)
+        if kept < 0:
+            raise ValueError(f"kept processes {kept} is negative")
         self.state_dir = state_dir
         self.spares = spares
+        self.kept_servers = max(1, kept // (spares + 1))  # fork servers at most
         self.s3_endpoint_url = s3_endpoint_url
         self.region = region
         self.fork_server = fork_server
-        self._servers: dict[tuple[str, str], _ForkServer] = {}
+        # Fork servers by (function, code), the one used least recently first.
+        self._servers: OrderedDict[tuple[str, str], _ForkServer] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
         self._folders: set[Path] = set()  # folders known to exist
@@ -830,10 +869,12 @@ class Runner:
         try:
             self._folder(log_path.parent)
             if self.fork_server:
-                server = self._server_for(code, env)
-                spec["env"], spec["unset"] = server.changes(env)
-                server.start(inv)
-                return
+                for _ in range(2):  # a fork server stopped meanwhile is replaced once
+                    server = self._server_for(code, env)
+                    spec["env"], spec["unset"] = server.changes(env)
+                    if server.start(inv):
+                        return
+                raise OSError("the fork server exited")
             ours, theirs = socket.socketpair()
             inv.chan = ours  # closed at the end, even if the process does not start
             with theirs:
@@ -846,7 +887,9 @@ class Runner:
             inv.pid = inv.proc.pid
             with contextlib.suppress(OSError):  # it died at once: its exit status says more
                 ours.sendall(json.dumps(spec).encode() + b"\n")
-        except OSError as exc:
+        except (OSError, ValueError, TypeError) as exc:
+            # An environment that cannot start (a variable with a NUL byte, a non-string
+            # value from a damaged configuration): this invocation fails, ``on_done`` follows.
             inv.error = _error(f"cannot start: {exc}", "Runtime.StartError")
         self._watcher.add(inv)
 
@@ -908,29 +951,44 @@ class Runner:
 
     def _server_for(self, code: Code, env: dict[str, str]) -> _ForkServer:
         key = (code.name, code.sha)
-        with self._lock:
-            server = self._servers.get(key)
-            if server is None or server.gone():
+        doomed: list[_ForkServer] = []
+        try:
+            with self._lock:
+                server = self._servers.get(key)
+                if server is not None and not server.gone():
+                    self._servers.move_to_end(key)
+                    return server
                 if server is not None:
-                    server.close()
+                    doomed.append(self._servers.pop(key))
+                while len(self._servers) >= self.kept_servers:
+                    doomed.append(self._servers.popitem(last=False)[1])  # used least recently
                 server = _ForkServer(
                     code, {k: v for k, v in env.items() if k != "TMPDIR"}, self.spares,
                     self._tmp, self.state_dir / "logs" / code.name, self._watcher.add,
                 )
                 self._servers[key] = server
-            return server
+                return server
+        finally:
+            for old in doomed:
+                old.close()  # its running invocations go on under the watcher
 
-    def forget(self, name: str) -> None:
-        """Stop the fork servers of function ``name`` (deleted or updated)."""
+    def forget(self, name: str, reason: str | None = None) -> None:
+        """Stop the fork servers of function ``name`` (deleted or updated). With a
+        ``reason`` (deleted), also kill its running invocations: each fails with it."""
         with self._lock:
             doomed = [k for k in self._servers if k[0] == name]
             servers = [self._servers.pop(k) for k in doomed]
         for server in servers:
             server.close()
+        if reason is not None:
+            self._watcher.kill(lambda inv: inv.code.name == name,
+                               _error(reason, "Runtime.FunctionDeleted"))
 
     def close(self) -> None:
         """Kill every running invocation and stop the fork servers; every ``on_done`` has
-        been called when this returns."""
+        been called when this returns. A second call does nothing."""
+        if self._closed:
+            return
         self._closed = True
         with self._lock:
             servers = list(self._servers.values())

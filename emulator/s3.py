@@ -14,6 +14,7 @@ loop down, closes the socket and joins the thread.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from types import TracebackType
 
@@ -40,6 +41,8 @@ class S3Server:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"the embedded S3 listens on loopback only, not {host!r}")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} is outside 0-65535")
         self._host, self._port = host, port
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -59,6 +62,11 @@ class S3Server:
         # underscores; older releases have none, and werkzeug's default serves them.
         handler: type[WSGIRequestHandler] | None = getattr(
             werkzeug_app, "MotoRequestHandler", None)
+        if self._port:
+            # werkzeug prints its own lines on stderr for a port taken, then exits: find
+            # out first, so the caller gets the OSError alone.
+            with socket.create_server((self._host, self._port)):
+                pass
         try:
             self._server = make_server(self._host, self._port, app, threaded=True,
                                        request_handler=handler)

@@ -18,6 +18,14 @@ own, while the loop serves the other connections and reads no further on that on
 the answer is out. ``http.server`` is not used: its handler parses headers with the
 ``email`` package (about a third of a millisecond per request) and needs a thread per
 connection.
+
+Whatever a client makes the loop hold is bounded (:class:`Limits`): the number of
+connections (at the cap, the one quiet longest is closed to make room), the time a
+request's headers and body may take and the time a connection may sit idle (checked once a
+second), the body of each request (its operation's limit, and a budget shared by the large
+ones, both checked from ``Content-Length`` before the body is read; a refused body is read
+and dropped so that the client sees the answer), and what is read ahead or queued for a
+client that does not read its answers.
 """
 
 from __future__ import annotations
@@ -29,25 +37,64 @@ import selectors
 import socket
 import sys
 import threading
+import time
 import traceback
-from collections import deque
+from collections import OrderedDict, deque
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from emulator.errors import TooManyRequests
 from emulator.models import FunctionRegistry
-from emulator.responses import Request, Response, answers_at_once, handle
+from emulator.responses import (
+    Request,
+    Response,
+    answers_at_once,
+    body_limit,
+    error_response,
+    handle,
+    too_large,
+)
 from emulator.runner import SPARES, Runner
 
-__all__ = ["DEFAULT_STATE_DIR", "LocalCloud", "ThreadedEmulatorServer"]
+__all__ = ["DEFAULT_STATE_DIR", "Limits", "LocalCloud", "ThreadedEmulatorServer"]
 
 DEFAULT_STATE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mu" / "emulator"
 _READY_TIMEOUT = 10.0
-_MAX_BODY = 70 * 1024 * 1024
 _MAX_HEAD = 65536  # bytes of request line and headers
 _MAX_HEADERS = 100
 _BACKLOG = 1024
+_SMALL_BODY = 65536  # bodies up to this size are not counted in the body budget
+_READ = 1 << 20  # bytes read at a time
+_AHEAD = 65536  # bytes read ahead on a connection whose request is being handled
+_MAX_OUT = 1 << 20  # answers queued for a client that does not read: read no more requests
+_ACCEPTS = 64  # connections accepted per turn of the loop, so the others are served too
+_SWEEP = 1.0  # seconds between checks of the connections' deadlines
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may hold of the HTTP server; everything it keeps is bounded.
+
+    Attributes:
+        connections: open connections at most. At the cap, a new connection closes the one
+            that has been quiet longest, unless a request of its own is being handled (if
+            all are, new ones wait in the listen backlog).
+        header_timeout: seconds from a request's first byte to the end of its headers.
+        request_timeout: seconds from a request's first byte to the end of its body.
+        idle_timeout: seconds a connection may stay open with nothing to read or send.
+        body_budget: bytes of request bodies larger than 64 KiB received or handled at once,
+            reserved as each request's headers arrive; a request that would pass it is
+            refused (429, which AWS clients retry) before its body is read.
+    """
+
+    connections: int = 4096
+    header_timeout: float = 10.0
+    request_timeout: float = 120.0
+    idle_timeout: float = 60.0
+    body_budget: int = 160 * 1024 * 1024
 
 
 class _Connection:
@@ -56,14 +103,19 @@ class _Connection:
         "closed",
         "closing",
         "continued",
+        "discard",
         "eof",
         "events",
+        "head",
         "inbuf",
+        "last",
         "outbuf",
+        "reserved",
         "sock",
+        "started",
     )
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
         self.inbuf = bytearray()
         self.outbuf = bytearray()
@@ -73,13 +125,21 @@ class _Connection:
         self.closed = False
         self.continued = False  # "100 Continue" sent for the request being read
         self.events = selectors.EVENT_READ  # what the selector watches it for (0: nothing)
+        self.last = now  # when it last brought or took bytes
+        self.started = now  # when the first byte of the request being read arrived
+        self.head = False  # the headers of the request being read are in
+        self.reserved = 0  # bytes of the body budget this connection's request holds
+        self.discard = 0  # body bytes of a refused request still to read and drop
 
 
 class _HTTPServer:
     """The serving loop (see the module's theory of operation)."""
 
-    def __init__(self, address: tuple[str, int], registry: FunctionRegistry) -> None:
+    def __init__(
+        self, address: tuple[str, int], registry: FunctionRegistry, limits: Limits = Limits()
+    ) -> None:
         self.registry = registry
+        self.limits = limits
         self._listener = socket.create_server(address, backlog=_BACKLOG)
         self._listener.setblocking(False)
         self.server_address = self._listener.getsockname()
@@ -90,14 +150,19 @@ class _HTTPServer:
         self._wake_w.setblocking(False)  # a wake-up already on its way is enough
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._answered: deque[tuple[_Connection, Response, bool]] = deque()  # by threads
-        self._connections: set[_Connection] = set()
-        self._accepting = True  # False while out of descriptors, until a connection closes
+        # Open connections, the one quiet longest first (moved to the end when active).
+        self._connections: OrderedDict[_Connection, None] = OrderedDict()
+        self._accepting = True  # False while it cannot take more, until a connection closes
         self._stopping = False
+        self.reserved = 0  # bytes of the body budget taken
+        self.evicted = 0  # connections closed to make room for new ones
+        self.timed_out = 0  # connections closed by a timeout
 
     def serve_forever(self) -> None:
         try:
+            next_sweep = time.monotonic() + _SWEEP
             while not self._stopping:
-                for key, mask in self._selector.select():
+                for key, mask in self._selector.select(_SWEEP):
                     if key.data == "listen":
                         self._accept()
                     elif key.data == "wake":
@@ -108,6 +173,10 @@ class _HTTPServer:
                             self._flush(conn)
                         if mask & selectors.EVENT_READ and not conn.closed:
                             self._read(conn)
+                now = time.monotonic()
+                if now >= next_sweep:
+                    next_sweep = now + _SWEEP
+                    self._sweep(now)
         finally:
             for conn in list(self._connections):
                 self._close(conn)
@@ -126,22 +195,67 @@ class _HTTPServer:
             self._wake_w.send(b"x")
 
     def _accept(self) -> None:
-        while True:
+        for _ in range(_ACCEPTS):
+            if len(self._connections) >= self.limits.connections and all(
+                    conn.busy for conn in self._connections):
+                self._pause_accepting()  # every connection has a request being handled
+                return
             try:
                 sock, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                # Out of descriptors: stop watching the listener (it would stay readable and
-                # spin this loop) until a connection closes; clients wait in the backlog.
-                self._selector.unregister(self._listener)
-                self._accepting = False
-                return
+                # Out of descriptors: make room, or stop watching the listener (it would
+                # stay readable and spin this loop) until a connection closes; clients
+                # wait in the backlog meanwhile.
+                if not self._evict():
+                    self._pause_accepting()
+                    return
+                continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = _Connection(sock)
-            self._connections.add(conn)
+            conn = _Connection(sock, time.monotonic())
+            self._connections[conn] = None
             self._selector.register(sock, selectors.EVENT_READ, conn)
+            if len(self._connections) > self.limits.connections:
+                self._evict()  # one quieter than this new one: checked above
+
+    def _pause_accepting(self) -> None:
+        if self._accepting:
+            self._selector.unregister(self._listener)
+            self._accepting = False
+
+    def _evict(self) -> bool:
+        """Close the connection quiet longest whose request is not being handled; False if
+        there is none."""
+        for conn in self._connections:
+            if not conn.busy:
+                self.evicted += 1
+                self._close(conn)
+                return True
+        return False
+
+    def _sweep(self, now: float) -> None:
+        """Close the connections past a deadline (see :class:`Limits`)."""
+        limits = self.limits
+        for conn in list(self._connections):
+            if conn.busy:
+                continue
+            if conn.inbuf or conn.discard:  # a request is on its way
+                if not conn.head and now - conn.started > limits.header_timeout:
+                    self.timed_out += 1
+                    self._refuse(conn, 408, "request headers not complete within "
+                                 f"{limits.header_timeout:g} s")
+                    conn.inbuf.clear()
+                elif now - conn.started > limits.request_timeout:
+                    self.timed_out += 1
+                    self._close(conn)
+                elif conn.closing and now - conn.last > limits.header_timeout:
+                    self.timed_out += 1
+                    self._close(conn)  # refused, and the client reads no answer
+            elif now - conn.last > limits.idle_timeout:
+                self.timed_out += 1
+                self._close(conn)
 
     def _woken(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -149,21 +263,35 @@ class _HTTPServer:
         while self._answered:
             conn, resp, keep = self._answered.popleft()
             conn.busy = False
+            self._release(conn)
             if not conn.closed:
                 self._answer(conn, resp, keep)
                 self._advance(conn)
 
     def _read(self, conn: _Connection) -> None:
         try:
-            data = conn.sock.recv(1 << 20)
+            data = conn.sock.recv(_AHEAD if conn.busy else _READ)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
-        if data:
-            conn.inbuf += data
-        else:
+        if not data:
             conn.eof = True
+        elif conn.discard:  # the body of a refused request: dropped as it comes
+            conn.last = time.monotonic()
+            conn.discard = max(0, conn.discard - len(data))
+            if not conn.discard and not conn.outbuf:
+                self._close(conn)
+            return
+        else:
+            conn.last = time.monotonic()
+            self._connections.move_to_end(conn)
+            if not conn.inbuf:
+                conn.started = conn.last
+            conn.inbuf += data
+        if conn.discard:
+            self._close(conn)  # end-of-file while dropping a refused body
+            return
         self._advance(conn)
 
     def _advance(self, conn: _Connection) -> None:
@@ -182,6 +310,20 @@ class _HTTPServer:
             except _BadRequest as bad:
                 self._refuse(conn, bad.status, str(bad))
                 break
+            conn.head = True
+            limit = body_limit(method, target, headers)
+            if length > limit:
+                self._refuse_body(conn, too_large(length, limit), length - (len(buf) - end - 4))
+                break
+            if length > _SMALL_BODY and not conn.reserved:
+                if self.reserved + length > self.limits.body_budget:
+                    self._refuse_body(conn, error_response(TooManyRequests(
+                        f"the emulator is receiving {self.reserved} bytes of request bodies; "
+                        f"{length} more would pass its limit of {self.limits.body_budget}",
+                        "RequestBodyBudgetExceeded")), length - (len(buf) - end - 4))
+                    break
+                conn.reserved = length
+                self.reserved += length
             if len(buf) < end + 4 + length:
                 if headers.get("expect", "").lower() == "100-continue" and not conn.continued:
                     conn.continued = True
@@ -189,10 +331,12 @@ class _HTTPServer:
                 break
             body = bytes(buf[end + 4:end + 4 + length])
             del buf[:end + 4 + length]
-            conn.continued = False
+            conn.continued = conn.head = False
+            conn.started = time.monotonic()  # of the next request, whose bytes follow
             req = Request(method, target, headers, body)
             if answers_at_once(req):
                 self._answer(conn, handle(self.registry, req), keep)
+                self._release(conn)
             else:
                 conn.busy = True
                 threading.Thread(target=self._handle_slow, args=(conn, req, keep),
@@ -203,6 +347,11 @@ class _HTTPServer:
                 self._close(conn)
                 return
         self._interest(conn)
+
+    def _release(self, conn: _Connection) -> None:
+        """Give back the body budget ``conn``'s request held."""
+        self.reserved -= conn.reserved
+        conn.reserved = 0
 
     def _handle_slow(self, conn: _Connection, req: Request, keep: bool) -> None:
         self._answered.append((conn, handle(self.registry, req), keep))
@@ -226,6 +375,14 @@ class _HTTPServer:
         self._answer(conn, Response(status, why.encode() + b"\n",
                                     {"Content-Type": "text/plain"}), keep=False)
 
+    def _refuse_body(self, conn: _Connection, resp: Response, unread: int) -> None:
+        """Answer ``resp`` to a request whose body is not read, then close. The body that
+        is still coming is read and dropped first (within the request's deadline), so
+        that the client reads the answer rather than a reset."""
+        conn.inbuf.clear()
+        conn.discard = max(0, unread)
+        self._answer(conn, resp, keep=False)
+
     def _send(self, conn: _Connection, data: bytes) -> None:
         conn.outbuf += data
         self._flush(conn)
@@ -235,22 +392,25 @@ class _HTTPServer:
             while conn.outbuf:
                 sent = conn.sock.send(conn.outbuf)
                 del conn.outbuf[:sent]
+                conn.last = time.monotonic()
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
             self._close(conn)
             return
-        if conn.closing and not conn.outbuf:
+        if conn.closing and not conn.outbuf and not conn.discard:
             self._close(conn)
         else:
             self._interest(conn)
 
     def _interest(self, conn: _Connection) -> None:
-        """Watch ``conn`` for reading until its end-of-file (or its last answer), and for
-        writing while answers wait to be sent."""
+        """Watch ``conn`` for reading until its end-of-file (or its last answer) while it
+        has room for more, and for writing while answers wait to be sent."""
         if conn.closed:
             return
-        events = 0 if conn.eof or conn.closing else selectors.EVENT_READ
+        reading = not (conn.eof or conn.closing or len(conn.outbuf) > _MAX_OUT
+                       or (conn.busy and len(conn.inbuf) >= _AHEAD))
+        events = selectors.EVENT_READ if reading or conn.discard else 0
         if conn.outbuf:
             events |= selectors.EVENT_WRITE
         if events == conn.events:
@@ -267,7 +427,9 @@ class _HTTPServer:
         if conn.closed:
             return
         conn.closed = True
-        self._connections.discard(conn)
+        self._connections.pop(conn, None)
+        if not conn.busy:
+            self._release(conn)  # a request being handled gives its budget back when done
         if not self._accepting and not self._stopping:
             self._accepting = True
             self._selector.register(self._listener, selectors.EVENT_READ, "listen")
@@ -307,8 +469,6 @@ def _parse_head(head: bytes) -> tuple[str, str, bool, dict[str, str], int]:
     if not declared.isdigit():
         raise _BadRequest(400, "bad Content-Length")
     length = int(declared)
-    if length > _MAX_BODY:
-        raise _BadRequest(413, "request too large")
     connection = headers.get("connection", "").lower()
     keep = connection != "close" if parts[2] == b"HTTP/1.1" else connection == "keep-alive"
     return parts[0].decode("latin-1"), parts[1].decode("latin-1"), keep, headers, length
@@ -336,6 +496,10 @@ class ThreadedEmulatorServer:
         port: 0 picks a free port.
         duplicate_rate: rehearsals: the probability that an Event is delivered twice.
         duplicate_seed: seeds those draws.
+        limits: what HTTP clients may hold (connections, timeouts, bodies); see
+            :class:`Limits` for the defaults.
+        kept: idle processes (fork servers and their spares) kept in all; by default
+            enough for two functions' fork servers with ``spares`` each.
     """
 
     def __init__(
@@ -349,13 +513,23 @@ class ThreadedEmulatorServer:
         duplicate_rate: float = 0.0,
         duplicate_seed: int = 0,
         spares: int = SPARES,
+        limits: Limits | None = None,
+        kept: int | None = None,
     ) -> None:
         self.state_dir = Path(state_dir) if state_dir else DEFAULT_STATE_DIR
         self.s3_endpoint_url = s3_endpoint_url
-        self.runner = Runner(self.state_dir, s3_endpoint_url, region, fork_server, spares)
-        self.registry = FunctionRegistry(
-            self.state_dir, self.runner, region, concurrency_limit, duplicate_rate, duplicate_seed
-        )
+        self.limits = limits or Limits()
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} is outside 0-65535")
+        self.runner = Runner(self.state_dir, s3_endpoint_url, region, fork_server, spares, kept)
+        try:
+            self.registry = FunctionRegistry(
+                self.state_dir, self.runner, region, concurrency_limit, duplicate_rate,
+                duplicate_seed,
+            )
+        except BaseException:
+            self.runner.close()  # its temp folder
+            raise
         self._port = port
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -363,7 +537,7 @@ class ThreadedEmulatorServer:
 
     def start(self) -> None:
         """Bind 127.0.0.1 and serve; return once serving (raises after a bounded wait)."""
-        self._httpd = _HTTPServer(("127.0.0.1", self._port), self.registry)
+        self._httpd = _HTTPServer(("127.0.0.1", self._port), self.registry, self.limits)
         self._thread = threading.Thread(target=self._serve, name="mu-emulator", daemon=True)
         self._thread.start()
         if not self._ready.wait(_READY_TIMEOUT):
@@ -389,14 +563,14 @@ class ThreadedEmulatorServer:
     url = endpoint_url
 
     def stop(self) -> None:
-        """Stop serving, kill invocations and fork servers, join."""
-        if self._httpd is None:
-            return
-        self._httpd.shutdown()
-        if self._thread is not None:
-            self._thread.join()
+        """Stop serving, kill invocations and fork servers, join (also after a failed
+        :meth:`start`: the runner's temp folder is removed either way)."""
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            if self._thread is not None:
+                self._thread.join()
+            self._httpd = None
         self.registry.close()
-        self._httpd = None
 
     def __enter__(self) -> ThreadedEmulatorServer:
         self.start()
