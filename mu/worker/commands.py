@@ -13,8 +13,8 @@ the worker's ``send`` function. The table and its exact responses::
     dump_vals:           OK:DUMP_VALS:{json}      (secrets redacted)
     retrieve:[key\\0file] OK:RETRIEVE(bucket/key)  FAIL(retrieve s3://bucket/key: Code: msg)
     upload:[key\\0file]   OK:UPLOAD(bucket/key)    FAIL(upload s3://bucket/key: Code: msg)
-    run:[cmd]            OK:RETVAL(0):OUTPUT(...):COMMAND(...)
-                         FAIL(RETVAL(n):OUTPUT(...):COMMAND(...))   when n != 0
+    run:[cmd]            OK:RETVAL(n):OUTPUT(...):COMMAND(...)   for every exit status n
+                         FAIL(run: cannot start ...)              the shell could not start
     echo:x               OK:ECHO(x)
     connect:h:p:first    OK:CONNECT(h:p)
     close_connect:       OK:CLOSE_CONNECT
@@ -29,9 +29,11 @@ as ``INFO:peer_closed:host:port`` (asynchronous: they never answer a command).
 A command whose arguments are malformed answers ``FAIL(<name>: <what was wrong>)``; the worker
 keeps serving after every FAIL.
 
-``run`` with a non-zero exit status answers ``FAIL(RETVAL(n):...)`` rather than
-``OK:RETVAL(n):...``: a job that expects ``OK:RETVAL(0)`` then ends in ``ErrorState`` with the
-binary's own message instead of a generic "unexpected response".
+``run`` answers ``OK:RETVAL(n):...`` whatever the exit status ``n`` (negative: killed by
+signal ``-n``): an exit status is data a job may branch on (an ``IfElseState`` on the return
+value, a loop until ``OK:RETVAL(0)``), not a failure of the worker. ``FAIL(...)`` is kept for
+what the worker itself could not do: an unknown command, no command to run, a shell that
+cannot start, a path outside the private directory.
 
 Values (``vals``) start from the invocation (``bucket``, ``region``, ``nonblock``,
 ``bg_silent``, ``cmdinfile``/``cmdoutfile``/``cmdquality`` from ``infile``/``outfile``/
@@ -61,6 +63,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from mu.faults import Fault
+from mu.protocol import Retval
 from mu.worker.jobs import JobSet
 from mu.worker.s3 import S3, TransferError
 
@@ -353,8 +356,7 @@ def _run(worker: Worker, args: str) -> Reply:
             result = jobs.run_process(command, cwd)
         except OSError as exc:
             return f"FAIL(run: cannot start {command!r} in {cwd}: {exc.strerror or exc})"
-        body = f"RETVAL({result.returncode}):OUTPUT({result.output}):COMMAND({command})"
-        return f"OK:{body}" if result.returncode == 0 else f"FAIL({body})"
+        return Retval(result.returncode, result.output, command).text
 
     return Reply(job=job, ack=f"OK:RUNNING({command})")
 
