@@ -51,4 +51,6 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     Returns:
         The worker's summary: how the session ended, commands served, errors.
     """
-    return session.run(event, command=load_command(), context=context, cwd=HERE)
+    return session.run(
+        event, command=load_command(), context=context, cwd=HERE, own_process=True
+    )
