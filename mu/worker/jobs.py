@@ -188,7 +188,7 @@ class JobSet:
                     # The shell has exited (or we are failing) but is not reaped yet, so its
                     # group id is still its own: end the group, then the detached rest.
                     _kill_group(proc)
-                    reaper.end_marked(mark.__eq__, exclude=(proc.pid,))
+                    reaper.end_marked(mark.__eq__, exclude=(proc.pid,), since=proc.pid)
                 _drain(stdout.fileno(), out, time.monotonic() + DRAIN_TIME)
         finally:
             returncode = proc.wait()

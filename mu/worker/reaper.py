@@ -130,15 +130,16 @@ def _mark_of(pid: int) -> str | None:
     return None
 
 
-def _table() -> dict[int, _Proc]:
-    """Every process this one may look at: its subtree (a subreaper), else all of /proc."""
+def _table(since: int) -> dict[int, _Proc]:
+    """The processes to look at: this one's subtree (a subreaper), else all of /proc; only
+    pids from ``since`` on."""
     try:
         names = os.listdir(_PROC)
     except OSError:
         return {}
     procs = {}
     for name in names:
-        if name.isdigit() and (proc := _stat(int(name))) is not None:
+        if name.isdigit() and int(name) >= since and (proc := _stat(int(name))) is not None:
             procs[proc.pid] = proc
     if not _subreaper:
         return procs
@@ -160,6 +161,7 @@ def end_marked(
     exclude: Collection[int] = (),
     orphans: bool = False,
     wait: float = 5.0,
+    since: int = 0,
 ) -> list[int]:
     """Kill every process whose mark ``matches``, and all their descendants; wait for them.
 
@@ -170,11 +172,16 @@ def end_marked(
         orphans: also end every unmarked child of this process (orphans re-parented to the
             subreaper): only for a process that runs nothing else (a Lambda environment).
         wait: seconds to wait for the killed processes to exit.
+        since: look only at pids from this one on. Pids are handed out in increasing order
+            until they wrap around at ``pid_max``, so what a command started has a pid above
+            its shell's: at the end of one command, scanning from the shell's pid finds
+            them all but for a wrap-around in between (the end of the invocation, which
+            scans everything, then catches it). This keeps the scan cheap on a busy host.
 
     Returns:
         The pids still running after ``wait`` (normally none).
     """
-    table = _table()
+    table = _table(since)
     me = os.getpid()
     targets: set[int] = set()
     for proc in table.values():
