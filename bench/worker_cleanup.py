@@ -50,7 +50,7 @@ def last_pid() -> int:
     """The pid handed out last: a command's end sweeps from its shell's pid, a recent one."""
     try:
         return int(Path("/proc/sys/kernel/ns_last_pid").read_text())
-    except OSError:
+    except (OSError, ValueError):
         return os.getpid()
 
 

@@ -339,6 +339,8 @@ def confined_path(what: str, path: str, tmpdir: str, readable: tuple[str, ...] =
     real = os.path.realpath(expand_path(path, tmpdir))
     for root in (tmpdir, *readable):
         top = os.path.realpath(root)
+        if top == os.path.sep:
+            continue  # a function "directory" of / would open every file
         if real != top and os.path.commonpath([real, top]) == top:
             return real
     allowed = f"the worker's private directory {tmpdir}"

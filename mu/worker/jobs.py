@@ -177,6 +177,7 @@ class JobSet:
                 start_new_session=True,
             )
             self._procs.add(proc)
+        started = time.monotonic()
         stdout = proc.stdout
         assert stdout is not None
         out = _Output()
@@ -188,7 +189,9 @@ class JobSet:
                     # The shell has exited (or we are failing) but is not reaped yet, so its
                     # group id is still its own: end the group, then the detached rest.
                     _kill_group(proc)
-                    reaper.end_marked(mark.__eq__, exclude=(proc.pid,), since=proc.pid)
+                    elapsed = time.monotonic() - started
+                    since = reaper.scan_from(proc.pid, elapsed, reaper.last_pid())
+                    reaper.end_marked(mark.__eq__, exclude=(proc.pid,), since=since)
                 _drain(stdout.fileno(), out, time.monotonic() + DRAIN_TIME)
         finally:
             returncode = proc.wait()

@@ -45,12 +45,24 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["MARK", "become_subreaper", "end_marked", "is_subreaper", "marked_env"]
+__all__ = [
+    "MARK",
+    "SHORT_COMMAND",
+    "become_subreaper",
+    "end_marked",
+    "is_subreaper",
+    "last_pid",
+    "marked_env",
+    "scan_from",
+]
 
 log = logging.getLogger("mu.worker")
 
 MARK: Final = "MU_WORKER_JOB"
 """The environment variable that marks a process as started by a worker's command."""
+
+SHORT_COMMAND: Final = 1.0
+"""Seconds under which pids cannot have gone round a whole cycle (see :func:`scan_from`)."""
 
 _PR_SET_CHILD_SUBREAPER: Final = 36
 _PROC: Final = "/proc"
@@ -128,6 +140,38 @@ def _mark_of(pid: int) -> str | None:
         if entry.startswith(key):
             return entry[len(key) :].decode("ascii", "replace")
     return None
+
+
+def scan_from(shell_pid: int, elapsed: float, last_pid: int | None) -> int:
+    """The pid from which to sweep at the end of a command whose shell was ``shell_pid``.
+
+    What a command started has a pid above its shell's, unless pids wrapped around at
+    ``pid_max`` (32768 on some hosts) in between: then every pid is looked at (0). A wrap is
+    seen in the last pid handed out (:func:`last_pid`) being below the shell's; a command that
+    ran :data:`SHORT_COMMAND` or longer may have seen a whole cycle, so it gets the full scan
+    too (its cost, a few milliseconds, is small beside the command's).
+
+    Args:
+        shell_pid: the pid of the command's shell.
+        elapsed: how long the command ran, in seconds.
+        last_pid: the last pid handed out, read after the command ended (``None``: unknown;
+            a short command is then very unlikely to have seen a wrap).
+
+    >>> scan_from(1000, 0.01, 1010), scan_from(1000, 0.01, 20), scan_from(1000, 5.0, 1010)
+    (1000, 0, 0)
+    """
+    if elapsed >= SHORT_COMMAND or (last_pid is not None and last_pid < shell_pid):
+        return 0
+    return shell_pid
+
+
+def last_pid() -> int | None:
+    """The pid the kernel handed out last (``/proc/sys/kernel/ns_last_pid``), if readable."""
+    try:
+        with open(f"{_PROC}/sys/kernel/ns_last_pid", "rb") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return None
 
 
 def _table(since: int) -> dict[int, _Proc]:
