@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import logging
 import os
 import select
@@ -83,7 +82,9 @@ def become_subreaper() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The running program's own symbols include libc's (no find_library: it would
+        # start ldconfig in a subprocess).
+        libc = ctypes.CDLL(None, use_errno=True)
         ok = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError) as exc:  # no libc by that name, no prctl symbol
         log.info("cannot become a child subreaper: %s", exc)
