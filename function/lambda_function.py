@@ -61,7 +61,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     Returns:
         The worker's summary: how the session ended, commands served, errors.
     """
-    return session.run(event, command=load_command(), context=context, cwd=HERE)
+    return session.run(
+        event, command=load_command(), context=context, cwd=HERE, own_process=True
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"lambda_function.py: {exc}", file=sys.stderr)
         return 2
-    summary = session.run(event, command=command, context=None, cwd=HERE)
+    summary = session.run(event, command=command, context=None, cwd=HERE, own_process=True)
     print(json.dumps(summary))
     return 0 if summary.get("exit") in ("quit", "done") and summary.get("retval", 0) == 0 else 1
 

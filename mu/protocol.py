@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Final, NoReturn
+from typing import ClassVar, Final, NoReturn
 
 from mu.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 
@@ -45,6 +45,7 @@ __all__ = [
     "Info",
     "Message",
     "Ok",
+    "Retval",
     "Sentinel",
     "command_name",
     "decode_text",
@@ -308,3 +309,47 @@ def expected_response(command: str) -> str | None:
         raise LocalProtocolError(
             f"no expected response known for command {name!r}; known: {', '.join(EXPECT)}"
         ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Retval:
+    """What ``run:`` reports: ``OK:RETVAL(n):OUTPUT(...):COMMAND(...)``, for every exit status.
+
+    ``status`` is the exit status (negative: killed by that signal); a non-zero status is data
+    for the job (it may branch on it), not a failure of the worker.
+
+    >>> Retval.parse("OK:RETVAL(2):OUTPUT(bad frame):COMMAND(./png2y4m x)")
+    Retval(status=2, output='bad frame', command='./png2y4m x')
+    >>> Retval(0, "", "true").text
+    'OK:RETVAL(0):OUTPUT():COMMAND(true)'
+    """
+
+    status: int
+    output: str
+    command: str
+
+    PREFIX: ClassVar[str] = "OK:RETVAL("
+
+    @property
+    def text(self) -> str:
+        """The response text the worker sends."""
+        return f"{self.PREFIX}{self.status}):OUTPUT({self.output}):COMMAND({self.command})"
+
+    @classmethod
+    def parse(cls, text: str) -> Retval | None:
+        """The parts of a ``run:`` response, or ``None`` if ``text`` is not one.
+
+        The output may hold any text, parentheses included: the command is what follows the
+        last ``):COMMAND(``.
+        """
+        if not text.startswith(cls.PREFIX) or not text.endswith(")"):
+            return None
+        status_text, sep, rest = text[len(cls.PREFIX) :].partition("):OUTPUT(")
+        output, sep2, command = rest[:-1].rpartition("):COMMAND(")
+        try:
+            status = int(status_text)
+        except ValueError:
+            return None
+        if not sep or not sep2:
+            return None
+        return cls(status, output, command)

@@ -38,6 +38,14 @@
  * fails the output is truncated back to where the frame began, so a Y4M never holds a
  * partial frame. With -i the existing header must match (size and chroma) or the file is
  * left untouched. With -d each PNG is deleted only after its frame is written.
+ *
+ * Memory is bounded before it is asked for: a header that claims more pixel data than the
+ * file could inflate to is refused, and so is an image with more than --max-pixels pixels
+ * (default 7680x4320, 8K UHD), whatever its bit depth: a 1-bit image compresses 48:1 better
+ * than 16-bit RGB, but is decoded to 6 bytes a pixel all the same, so a 49 KB file of
+ * 20000x20000 would otherwise take 2.4 GB for its pixels and more for its planes.
+ * The output may not be one of the inputs (-o naming the input file, or a file the input
+ * pattern matches): it would be read while it is written, or deleted by -d.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -59,6 +67,7 @@
 #include <unistd.h>
 
 #define MAX_SIDE 65536u /* the largest width or height accepted */
+#define DEFAULT_MAX_PIXELS (7680ull * 4320ull) /* 8K UHD */
 
 enum chroma { C420, C422, C444 };
 
@@ -67,6 +76,7 @@ struct options {
     int incremental, delete_input, dither, threads;
     enum chroma chroma;
     int fps_n, fps_d, aspect_n, aspect_d;
+    unsigned long long max_pixels;
 };
 
 /* A decoded frame: row y starts at data + y * stride; samples are 8-bit or 16-bit
@@ -110,7 +120,21 @@ static int reserve(struct buffer *b, size_t n) {
 struct ctx {
     struct buffer file, pixels;
     struct libdeflate_decompressor *inflater;
+    unsigned long long max_pixels; /* --max-pixels */
 };
+
+/* Whether w x h is above --max-pixels; if so, *why says so with the numbers. The bound
+ * is on pixels, not on the file: every image is decoded to 16-bit RGB (6 bytes a pixel). */
+static int too_many_pixels(const struct ctx *cx, uint32_t w, uint32_t h, char *why,
+                           size_t why_len) {
+    unsigned long long n = (unsigned long long)w * h;
+    if (n <= cx->max_pixels) return 0;
+    snprintf(why, why_len,
+             "image is %ux%u = %llu pixels (%llu MB decoded), above the limit of %llu pixels "
+             "(--max-pixels; the default is 8K UHD, 7680x4320)",
+             w, h, n, n * 6 / 1000000, cx->max_pixels);
+    return 1;
+}
 
 /* ------------------------------------------------------------------ libpng path */
 
@@ -185,6 +209,11 @@ static int decode_libpng(struct ctx *cx, const char *path, struct frame *img, ch
     if (!fstat(fileno(f), &st) && S_ISREG(st.st_mode) &&
         too_big_for_file(w, h, png_get_channels(png, info), depth, (uint64_t)st.st_size))
         png_error(png, "the file is too short for the image size in its header");
+    if (too_many_pixels(cx, w, h, why, why_len)) {
+        png_destroy_read_struct(&png, &info, NULL);
+        fclose(f);
+        return -1;
+    }
     if (type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
     if (type == PNG_COLOR_TYPE_GRAY && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
     if (png_get_valid(png, info, PNG_INFO_tRNS)) png_set_tRNS_to_alpha(png);
@@ -274,6 +303,7 @@ static int decode_fast(struct ctx *cx, const char *path, struct frame *img, char
         return 1;
     int channels = type == 0 ? 1 : type == 4 ? 2 : type == 2 ? 3 : 4;
     if (too_big_for_file(w, h, channels, depth, len)) return 1; /* libpng says why */
+    if (too_many_pixels(cx, w, h, why, why_len)) return -1;
 
     /* Walk the chunks; move the IDAT payloads together at the start of the buffer. */
     size_t pos = 33, idat = 0;
@@ -692,36 +722,78 @@ static int format_frame(char *out, size_t len, const char *pattern, long n) {
     return w < 0 || (size_t)w >= len ? -1 : 0;
 }
 
+/* The frame number file name `name` has under `pattern` (whose base is `base`), or -1
+ * if the pattern does not give that name for any number. */
+static long frame_number(const char *pattern, const char *base, const char *name) {
+    const char *pct = strchr(base, '%');
+    size_t prefix = (size_t)(pct - base);
+    const char *suffix = strchr(pct, 'd') + 1;
+    size_t slen = strlen(suffix), len = strlen(name);
+    char path[PATH_MAX];
+    if (len <= prefix + slen || strncmp(name, base, prefix) || strcmp(name + len - slen, suffix))
+        return -1;
+    char *end;
+    errno = 0;
+    long v = strtol(name + prefix, &end, 10);
+    if (errno || end != name + len - slen || v < 0 || v > INT_MAX) return -1;
+    if (format_frame(path, sizeof path, pattern, v)) return -1;
+    const char *formatted = strrchr(path, '/');
+    if (strcmp(formatted ? formatted + 1 : path, name)) return -1; /* padding differs */
+    return v;
+}
+
 /* The lowest frame number whose file exists for `pattern`, or -1. */
 static long lowest_frame(const char *pattern) {
     char dir[PATH_MAX];
     const char *base;
     if (split_pattern(pattern, dir, sizeof dir, &base)) fail(pattern, "input pattern must have one %%d conversion");
-    const char *pct = strchr(base, '%');
-    size_t prefix = (size_t)(pct - base);
-    const char *suffix = strchr(pct, 'd') + 1;
-    size_t slen = strlen(suffix);
     DIR *d = opendir(dir);
     if (!d) return -1;
     long best = -1;
     struct dirent *e;
-    char path[PATH_MAX];
     while ((e = readdir(d))) {
-        size_t len = strlen(e->d_name);
-        if (len <= prefix + slen || strncmp(e->d_name, base, prefix) ||
-            strcmp(e->d_name + len - slen, suffix))
-            continue;
-        char *end;
-        errno = 0;
-        long v = strtol(e->d_name + prefix, &end, 10);
-        if (errno || end != e->d_name + len - slen || v < 0 || v > INT_MAX) continue;
-        if (format_frame(path, sizeof path, pattern, v)) continue;
-        const char *name = strrchr(path, '/');
-        if (strcmp(name ? name + 1 : path, e->d_name)) continue; /* padding differs */
-        if (best < 0 || v < best) best = v;
+        long v = frame_number(pattern, base, e->d_name);
+        if (v >= 0 && (best < 0 || v < best)) best = v;
     }
     closedir(d);
     return best;
+}
+
+static int same_file(const struct stat *a, const char *path) {
+    struct stat b;
+    return !stat(path, &b) && a->st_dev == b.st_dev && a->st_ino == b.st_ino;
+}
+
+/* Refuse an output that is one of the inputs: the input file itself (by any name), a file
+ * the pattern matches, or an existing frame of the run (a hard link). */
+static void check_output_is_not_input(const char *output, const char *input, int pattern,
+                                      long first) {
+    struct stat out;
+    int exists = !stat(output, &out);
+    if (!pattern) {
+        if ((exists && same_file(&out, input)) || !strcmp(output, input))
+            fail(output, "-o names the input file; write the Y4M to another file");
+        return;
+    }
+    char dir[PATH_MAX], odir[PATH_MAX], path[PATH_MAX];
+    const char *base, *obase;
+    if (split_pattern(input, dir, sizeof dir, &base)) return; /* lowest_frame said why */
+    const char *slash = strrchr(output, '/');
+    obase = slash ? slash + 1 : output;
+    if (!slash) snprintf(odir, sizeof odir, ".");
+    else if (slash == output) snprintf(odir, sizeof odir, "/");
+    else snprintf(odir, sizeof odir, "%.*s", (int)(slash - output), output);
+    struct stat ds, ods;
+    if (!stat(dir, &ds) && !stat(odir, &ods) && ds.st_dev == ods.st_dev &&
+        ds.st_ino == ods.st_ino && frame_number(input, base, obase) >= 0)
+        fail(output, "-o names a file the input pattern %s matches; write the Y4M elsewhere",
+             input);
+    for (long n = first; exists && n <= INT_MAX; n++) {
+        if (format_frame(path, sizeof path, input, n) || access(path, F_OK)) break;
+        if (same_file(&out, path))
+            fail(output, "-o names input frame %s (the same file); write the Y4M elsewhere",
+                 path);
+    }
 }
 
 /* ------------------------------------------------------------------ output */
@@ -883,8 +955,21 @@ static void usage(FILE *to) {
           "  -f, -F N            frame rate numerator, denominator (default 24/1)\n"
           "      --no-dither     round to nearest instead of TPDF dithering\n"
           "      --threads N     conversion threads (default 1; same output)\n"
-          "  -h, --help          this help\n",
+          "      --max-pixels N  refuse images of more than N pixels (default 33177600,\n"
+          "                      8K UHD 7680x4320); each pixel takes 6 bytes decoded\n"
+          "  -h, --help          this help\n"
+          "  The output may not be an input: -o naming the input file, or a file the\n"
+          "  input pattern matches, is refused.\n",
           to);
+}
+
+static unsigned long long parse_count(const char *opt, const char *v) {
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(v, &end, 10);
+    if (errno || *end || v[0] == '-' || !v[0] || n < 1)
+        fail(opt, "'%s' is not an integer >= 1", v);
+    return n;
 }
 
 static int parse_int(const char *opt, const char *v, int min) {
@@ -896,12 +981,12 @@ static int parse_int(const char *opt, const char *v, int min) {
 }
 
 int main(int argc, char **argv) {
-    struct options o = {NULL, 0, 0, 1, 1, C420, 24, 1, 0, 0};
+    struct options o = {NULL, 0, 0, 1, 1, C420, 24, 1, 0, 0, DEFAULT_MAX_PIXELS};
     static const struct option longs[] = {
         {"output", required_argument, NULL, 'o'}, {"chroma-444", no_argument, NULL, 1},
         {"chroma-422", no_argument, NULL, 2},     {"no-dither", no_argument, NULL, 3},
         {"threads", required_argument, NULL, 4},  {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+        {"max-pixels", required_argument, NULL, 5}, {NULL, 0, NULL, 0}};
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":o:ids:S:f:F:h", longs, NULL)) != -1) {
@@ -917,6 +1002,7 @@ int main(int argc, char **argv) {
         case 2: o.chroma = C422; break;
         case 3: o.dither = 0; break;
         case 4: o.threads = parse_int("--threads", optarg, 1); break;
+        case 5: o.max_pixels = parse_count("--max-pixels", optarg); break;
         case 'h': usage(stdout); return 0;
         case ':': fail("options", "option '%s' needs a value (see --help)", argv[optind - 1]); break;
         default:
@@ -933,6 +1019,7 @@ int main(int argc, char **argv) {
         first = lowest_frame(input);
         if (first < 0) fail(input, "no input frame matches this pattern");
     }
+    check_output_is_not_input(o.output, input, pattern, first);
 
     /* Frames are decoded and converted by `decoders` threads, each frame by one of them
      * (with --threads N and a pattern) or one decoder converting with N row threads (a
@@ -953,6 +1040,7 @@ int main(int argc, char **argv) {
     pl.slots = calloc((size_t)pl.ring, sizeof *pl.slots);
     pthread_t tids[16];
     if (!pl.slots) fail(input, "out of memory");
+    for (int i = 0; i < pl.ring; i++) pl.slots[i].cx.max_pixels = o.max_pixels;
     for (int i = 0; i < pl.decoders; i++)
         if (pthread_create(&tids[i], NULL, decoder, &pl)) fail(input, "cannot start a thread");
 

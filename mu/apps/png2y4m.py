@@ -18,7 +18,8 @@ The machine, as in 2016 (states defined in reverse order, each naming the next):
   file (all under the worker's private ``##TMPDIR##``) and the output key;
 * RetrieveAndRunState sets ``inkey``/``targfile``, retrieves one PNG and runs
   ``png2y4m -i -d -o ##OUTFILE## ##INFILE##``, which appends the frame to the chunk and
-  deletes the PNG; a non-zero exit status fails the worker with the binary's message;
+  deletes the PNG; the worker answers ``OK:RETVAL(n)`` whatever the exit status, and any
+  ``n`` but 0 fails the actor with the status and the binary's own message in the reason;
 * UploadState uploads the chunk and says ``quit:``.
 
 The worker's private tmpdir is the only place anything is written or deleted.
@@ -31,10 +32,12 @@ from typing import Any
 
 from mu.errors import ConfigError
 from mu.integrity import complete, file_digest, metadata
-from mu.states import CommandListState, ForLoopState, MachineState, TerminalState
+from mu.protocol import Retval
+from mu.states import CommandListState, ForLoopState, MachineState, TerminalState, Transition
 
 __all__ = [
     "COMMAND",
+    "OUTPUT_SHOWN",
     "ConfigState",
     "FinalState",
     "Png2Y4MConfig",
@@ -95,6 +98,10 @@ class UploadState(CommandListState):
     nextState = FinalState
 
 
+OUTPUT_SHOWN = 2000
+"""Characters of the binary's output kept in an actor's failure reason."""
+
+
 class RetrieveAndRunState(CommandListState):
     extra = "(retrieving and converting)"
 
@@ -102,6 +109,7 @@ class RetrieveAndRunState(CommandListState):
         super().__init__(prevState, *args, **kw)
         cfg: Png2Y4MConfig = self.config
         frame = cfg.frames_of(self.actorNum)[self.info["frame"]]
+        self.frame_key = f"s3://{cfg.bucket}/{cfg.input_key(frame)}"
         self.commandlist = [
             (None, f"set:inkey:{cfg.input_key(frame)}"),
             f"set:targfile:##TMPDIR##/{frame:08d}.png",
@@ -109,6 +117,23 @@ class RetrieveAndRunState(CommandListState):
             "run:",
             ("OK:RETVAL(0)", None),
         ]
+
+    def transition(self, msg: str | None) -> Transition:
+        # A non-zero exit is an answer like any other; say what the binary said.
+        result = Retval.parse(msg) if msg is not None else None
+        if result is not None and result.status != 0:
+            output = result.output.strip()
+            if len(output) > OUTPUT_SHOWN:
+                output = f"{output[:OUTPUT_SHOWN]}... ({len(output)} chars)"
+            how = (
+                f"was killed by signal {-result.status}"
+                if result.status < 0
+                else f"exited with status {result.status}"
+            )
+            return self.fail(
+                f"png2y4m {how} converting {self.frame_key}: {output or '(no output)'}"
+            )
+        return super().transition(msg)
 
 
 class RetrieveLoopState(ForLoopState):

@@ -13,8 +13,8 @@ the worker's ``send`` function. The table and its exact responses::
     dump_vals:           OK:DUMP_VALS:{json}      (secrets redacted)
     retrieve:[key\\0file] OK:RETRIEVE(bucket/key)  FAIL(retrieve s3://bucket/key: Code: msg)
     upload:[key\\0file]   OK:UPLOAD(bucket/key)    FAIL(upload s3://bucket/key: Code: msg)
-    run:[cmd]            OK:RETVAL(0):OUTPUT(...):COMMAND(...)
-                         FAIL(RETVAL(n):OUTPUT(...):COMMAND(...))   when n != 0
+    run:[cmd]            OK:RETVAL(n):OUTPUT(...):COMMAND(...)   for every exit status n
+                         FAIL(run: cannot start ...)              the shell could not start
     echo:x               OK:ECHO(x)
     connect:h:p:first    OK:CONNECT(h:p)
     close_connect:       OK:CLOSE_CONNECT
@@ -29,16 +29,22 @@ as ``INFO:peer_closed:host:port`` (asynchronous: they never answer a command).
 A command whose arguments are malformed answers ``FAIL(<name>: <what was wrong>)``; the worker
 keeps serving after every FAIL.
 
-``run`` with a non-zero exit status answers ``FAIL(RETVAL(n):...)`` rather than
-``OK:RETVAL(n):...``: a job that expects ``OK:RETVAL(0)`` then ends in ``ErrorState`` with the
-binary's own message instead of a generic "unexpected response".
+``run`` answers ``OK:RETVAL(n):...`` whatever the exit status ``n`` (negative: killed by
+signal ``-n``): an exit status is data a job may branch on (an ``IfElseState`` on the return
+value, a loop until ``OK:RETVAL(0)``), not a failure of the worker. ``FAIL(...)`` is kept for
+what the worker itself could not do: an unknown command, no command to run, a shell that
+cannot start, a path outside the private directory.
 
 Values (``vals``) start from the invocation (``bucket``, ``region``, ``nonblock``,
 ``bg_silent``, ``cmdinfile``/``cmdoutfile``/``cmdquality`` from ``infile``/``outfile``/
 ``quality``, ``cmdvars``/``cmdargs`` from ``vars``/``args``); ``set``/``seti`` change them.
 ``retrieve`` reads ``bucket``, ``inkey``, ``targfile``; ``upload`` reads ``fromfile``,
 ``bucket``, ``outkey``. File paths have ``##TMPDIR##`` replaced by the invocation's private
-temporary directory; a relative path is taken relative to it.
+temporary directory; a relative path is taken relative to it. Once symbolic links and ``..``
+are resolved, the path must lie inside that directory; ``upload`` may also read from the
+function's own directory (read only). Anything else answers
+``FAIL(retrieve: targfile '../x' resolves to /tmp/x, outside the worker's private directory
+...)`` and transfers nothing (:func:`confined_path`).
 
 Nonblock: when ``nonblock`` is 1, ``retrieve``, ``upload`` and ``run`` first answer
 ``OK:RETRIEVING(bucket/key)``, ``OK:UPLOADING(bucket/key)`` or ``OK:RUNNING(cmd)`` (unless
@@ -49,7 +55,9 @@ later ``set`` commands do not change a running job.
 Templating (:func:`render`): in the command, ``##INFILE##``, ``##OUTFILE##`` and
 ``##QUALITY##`` are replaced by ``cmdinfile``, ``cmdoutfile`` and ``cmdquality``; ``cmdvars``
 is put in front and ``cmdargs`` after; ``##TMPDIR##`` is replaced last. Commands run through
-``/bin/sh`` with the function's directory (where the binary sits) as working directory.
+``/bin/sh`` with the function's directory (where the binary sits) as working directory. A
+command ends when its shell exits; whatever it left running is killed then
+(:mod:`mu.worker.jobs`, :mod:`mu.worker.reaper`).
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from mu.faults import Fault
+from mu.protocol import Retval
 from mu.worker.jobs import JobSet
 from mu.worker.s3 import S3, TransferError
 
@@ -71,6 +80,7 @@ __all__ = [
     "CommandError",
     "Reply",
     "Worker",
+    "confined_path",
     "dispatch",
     "expand_path",
     "initial_vals",
@@ -289,19 +299,54 @@ def _dump_vals(worker: Worker, args: str) -> Reply:
 
 
 def _key_and_file(
-    name: str, args: str, key_val: str, file_val: str, worker: Worker
+    name: str, args: str, key_val: str, file_val: str, worker: Worker, *, reading: bool
 ) -> tuple[str, str]:
     if args:
         key, sep, path = args.partition("\0")
         if not sep or not key or not path:
             raise CommandError(f"{name}: expected {name}: or {name}:key\\0file, got {args!r}")
+        what = "file"
     else:
         key, path = worker.text(key_val), worker.text(file_val)
         if not key:
             raise CommandError(f"{name}: no {key_val} set")
         if not path:
             raise CommandError(f"{name}: no {file_val} set")
-    return key, expand_path(path, worker.tmpdir)
+        what = file_val
+    readable = (worker.cwd,) if reading else ()
+    return key, confined_path(f"{name}: {what}", path, worker.tmpdir, readable)
+
+
+def confined_path(what: str, path: str, tmpdir: str, readable: tuple[str, ...] = ()) -> str:
+    """A transfer's file path, resolved, provided it lies inside the private directory.
+
+    The path is made concrete with :func:`expand_path`, then every symbolic link and ``..``
+    is resolved; the result must lie inside ``tmpdir`` (or, to be read, inside one of
+    ``readable``: the function's own directory).
+
+    Args:
+        what: names the path in the error (``"retrieve: targfile"``).
+        path: the path as the coordinator gave it.
+        tmpdir: the invocation's private temporary directory.
+        readable: further directories the file may be read from.
+
+    Returns:
+        The resolved path.
+
+    Raises:
+        CommandError: the path resolves outside those directories.
+    """
+    real = os.path.realpath(expand_path(path, tmpdir))
+    for root in (tmpdir, *readable):
+        top = os.path.realpath(root)
+        if top == os.path.sep:
+            continue  # a function "directory" of / would open every file
+        if real != top and os.path.commonpath([real, top]) == top:
+            return real
+    allowed = f"the worker's private directory {tmpdir}"
+    if readable:
+        allowed += f" or the function's directory {', '.join(readable)} (read only)"
+    raise CommandError(f"{what} {path!r} resolves to {real}, outside {allowed}")
 
 
 def _bucket(worker: Worker, name: str) -> str:
@@ -312,7 +357,7 @@ def _bucket(worker: Worker, name: str) -> str:
 
 
 def _retrieve(worker: Worker, args: str) -> Reply:
-    key, path = _key_and_file("retrieve", args, "inkey", "targfile", worker)
+    key, path = _key_and_file("retrieve", args, "inkey", "targfile", worker, reading=False)
     bucket = _bucket(worker, "retrieve")
     s3 = worker.s3
 
@@ -327,7 +372,7 @@ def _retrieve(worker: Worker, args: str) -> Reply:
 
 
 def _upload(worker: Worker, args: str) -> Reply:
-    key, path = _key_and_file("upload", args, "outkey", "fromfile", worker)
+    key, path = _key_and_file("upload", args, "outkey", "fromfile", worker, reading=True)
     bucket = _bucket(worker, "upload")
     s3 = worker.s3
 
@@ -353,8 +398,7 @@ def _run(worker: Worker, args: str) -> Reply:
             result = jobs.run_process(command, cwd)
         except OSError as exc:
             return f"FAIL(run: cannot start {command!r} in {cwd}: {exc.strerror or exc})"
-        body = f"RETVAL({result.returncode}):OUTPUT({result.output}):COMMAND({command})"
-        return f"OK:{body}" if result.returncode == 0 else f"FAIL({body})"
+        return Retval(result.returncode, result.output, command).text
 
     return Reply(job=job, ack=f"OK:RUNNING({command})")
 

@@ -111,7 +111,9 @@ class S3:
             raise TransferError(f"{where}: {_describe(exc)}") from exc
         body = response["Body"]
         try:
-            with open(path, "wb") as out:
+            # The caller resolved the path; a symlink put there since is not followed.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            with open(fd, "wb") as out:
                 while chunk := body.read(_CHUNK):
                     out.write(chunk)
         except OSError as exc:

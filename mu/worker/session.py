@@ -32,8 +32,9 @@ peer reader call :meth:`Session.send`, which appends to a queue and wakes the se
 therefore serialised and responses leave in the order they were queued.
 
 At the end every background job is stopped (:meth:`mu.worker.jobs.JobSet.close` kills the
-process groups and joins the threads), the peer link and socket are closed, and the private
-directory is removed. The return value is a JSON-able summary dict:
+process groups and joins the threads, then every process a command left, detached or not:
+:mod:`mu.worker.reaper`), the peer link and socket are closed, and the private directory is
+removed. The return value is a JSON-able summary dict:
 
 ``mode``, ``exit`` (``quit``, ``disconnected``, ``idle_timeout``, ``lambda_deadline``,
 ``protocol_error``, ``tls_error``, ``connect_error``, ``bad_event``, ``fault`` (a rehearsal
@@ -64,6 +65,7 @@ from typing import Any, Final
 
 from mu.errors import ProtocolError
 from mu.protocol import CLOSED, NEED_DATA, FrameDecoder, Sentinel, decode_text, encode_text
+from mu.worker import reaper
 from mu.worker.commands import Worker, dispatch, initial_vals, render
 from mu.worker.jobs import JobSet
 from mu.worker.peer import PeerLink, open_link
@@ -93,6 +95,7 @@ def run(
     command: str = "",
     context: Any = None,
     cwd: str | None = None,
+    own_process: bool = False,
 ) -> dict[str, Any]:
     """Serve one invocation and return its summary (see the module docstring).
 
@@ -103,18 +106,25 @@ def run(
             session. ``None`` outside Lambda.
         cwd: where commands run (default: the current directory, which on Lambda is the
             function's directory).
+        own_process: the process runs nothing but worker invocations (the Lambda handler):
+            it becomes the child subreaper of what commands start, and at the end every
+            process left in its tree is killed, marked or not (:mod:`mu.worker.reaper`).
 
     Returns:
         A JSON-able summary dict. Failures are reported in it, never raised.
     """
     tmpdir = tempfile.mkdtemp(prefix="mu-worker-")
     summary: dict[str, Any]
+    if own_process:
+        reaper.become_subreaper()
     try:
         mode = _int(event, "mode", 1)
         if mode == 0:
-            summary = _run_once(event, command, tmpdir, cwd or os.getcwd())
+            summary = _run_once(event, command, tmpdir, cwd or os.getcwd(), own_process)
         elif mode == 1:
-            summary = Session(event, command, tmpdir, cwd or os.getcwd(), context).serve()
+            summary = Session(
+                event, command, tmpdir, cwd or os.getcwd(), context, own_process=own_process
+            ).serve()
         else:
             raise EventError(f"mode must be 0 or 1, got {mode}")
     except EventError as exc:
@@ -152,11 +162,13 @@ def _summary(event: Mapping[str, Any], exit_code: str, reason: str) -> dict[str,
     }
 
 
-def _run_once(event: Mapping[str, Any], command: str, tmpdir: str, cwd: str) -> dict[str, Any]:
+def _run_once(
+    event: Mapping[str, Any], command: str, tmpdir: str, cwd: str, own_process: bool
+) -> dict[str, Any]:
     if not command.strip():
         raise EventError("mode 0 needs a command, and the function has none")
     rendered = render(command, initial_vals(event), tmpdir)
-    jobs = JobSet(lambda _text: None)
+    jobs = JobSet(lambda _text: None, own_process=own_process)
     try:
         result = jobs.run_process(rendered, cwd)
     except OSError as exc:
@@ -220,13 +232,21 @@ class Session:
         tmpdir: the private temporary directory (removed by :func:`run`, not here).
         cwd: where commands run.
         context: the Lambda context, or ``None``.
+        own_process: see :func:`run`.
 
     Raises:
         EventError: ``addr``, ``port`` or ``token`` is missing or malformed.
     """
 
     def __init__(
-        self, event: Mapping[str, Any], command: str, tmpdir: str, cwd: str, context: Any
+        self,
+        event: Mapping[str, Any],
+        command: str,
+        tmpdir: str,
+        cwd: str,
+        context: Any,
+        *,
+        own_process: bool = False,
     ) -> None:
         self.event = event
         self.addr = str(event.get("addr") or "")
@@ -253,7 +273,7 @@ class Session:
             tmpdir=tmpdir,
             cwd=cwd,
             send=self.send,
-            jobs=JobSet(self.send),
+            jobs=JobSet(self.send, own_process=own_process),
             s3=S3(str(event.get("region") or "")),
             connect_peer=self._connect_peer,
             run_blocking=self._run_blocking,

@@ -150,7 +150,8 @@ def test_png2y4m_conversation(
 def test_failing_run_puts_the_binary_message_in_the_error_state(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A non-zero exit status answers FAIL(RETVAL(n)...): the job fails with the output."""
+    """A non-zero exit status answers OK:RETVAL(n)...; the job fails with the status and the
+    binary's output in the reason."""
     cfg = Png2Y4MConfig(video="tiny", bucket=BUCKET, informat="png16", frames=1)
     (tmp_path / "png2y4m").write_text("#!/bin/sh\necho 'cannot decode frame' >&2\nexit 2\n")
     (tmp_path / "png2y4m").chmod(0o755)
@@ -188,4 +189,7 @@ def test_failing_run_puts_the_binary_message_in_the_error_state(
         finally:
             jobs.close()
     assert isinstance(event, Failed)
-    assert "RETVAL(2):OUTPUT(cannot decode frame" in event.reason
+    assert event.reason == (
+        f"png2y4m exited with status 2 converting s3://{BUCKET}/{cfg.input_key(1)}: "
+        "cannot decode frame"
+    ), event.reason

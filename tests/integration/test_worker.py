@@ -139,13 +139,35 @@ def test_run_templating_and_tmpdir(keys: KeySet, tmp_path: Path) -> None:
     assert not os.path.exists(tmpdir)
 
 
-def test_run_failure_reports_status_and_output(keys: KeySet) -> None:
-    with connected_worker(keys) as (conn, worker):
+def test_run_reports_every_exit_status_as_ok_retval(keys: KeySet, tmp_path: Path) -> None:
+    """A non-zero exit is data (OK:RETVAL(n)); FAIL is for what the worker could not do."""
+    with connected_worker(keys, cwd=str(tmp_path)) as (conn, worker):
         cmd = "echo bad input >&2; exit 3"
-        assert conn.ask(f"run:{cmd}") == f"FAIL(RETVAL(3):OUTPUT(bad input\n):COMMAND({cmd}))"
+        assert conn.ask(f"run:{cmd}") == f"OK:RETVAL(3):OUTPUT(bad input\n):COMMAND({cmd})"
+        assert conn.ask("run:kill -9 $$") == "OK:RETVAL(-9):OUTPUT():COMMAND(kill -9 $$)"
+        missing = conn.ask("run:./no-such-tool")  # the shell ran: its status is the answer
+        assert missing.startswith("OK:RETVAL(127):OUTPUT("), missing
+        assert missing.endswith("not found\n):COMMAND(./no-such-tool)"), missing
         assert conn.ask("run:") == "FAIL(run: no command given and the function has none)"
         summary = quit_and_join(conn, worker)
-    assert summary["errors"] == 2
+    assert summary["errors"] == 1
+
+
+def test_nonblock_run_reports_a_non_zero_exit_as_ok_retval(keys: KeySet) -> None:
+    with connected_worker(keys, nonblock=1) as (conn, worker):
+        assert conn.ask("run:exit 5") == "OK:RUNNING(exit 5)"
+        assert conn.recv() == "OK:RETVAL(5):OUTPUT():COMMAND(exit 5)"
+        summary = quit_and_join(conn, worker)
+    assert summary["errors"] == 0
+
+
+def test_run_that_cannot_start_fails(keys: KeySet, tmp_path: Path) -> None:
+    gone = tmp_path / "removed"
+    with connected_worker(keys, cwd=str(gone)) as (conn, worker):
+        answer = conn.ask("run:true")
+        summary = quit_and_join(conn, worker)
+    assert answer.startswith(f"FAIL(run: cannot start 'true' in {gone}: "), answer
+    assert summary["errors"] == 1
 
 
 def test_run_output_is_bounded(keys: KeySet) -> None:

@@ -16,6 +16,7 @@ from mu.protocol import (
     FrameDecoder,
     Info,
     Ok,
+    Retval,
     decode_text,
     encode_frame,
     encode_text,
@@ -270,3 +271,28 @@ def test_expect_table() -> None:
     assert expected_response("quit:") is None
     with pytest.raises(LocalProtocolError, match="'frobnicate'"):
         expected_response("frobnicate:1")
+
+
+# --------------------------------------------------------------------------- run: responses
+
+
+@given(
+    status=st.integers(-64, 255),
+    output=st.text(),
+    command=st.text().filter(lambda c: "):COMMAND(" not in c),
+)
+def test_retval_text_parses_back(status: int, output: str, command: str) -> None:
+    """Any output (parentheses, colons, even ``):COMMAND(``) and status survive the trip."""
+    result = Retval(status, output, command)
+    assert result.text.startswith(f"OK:RETVAL({status}):OUTPUT(")
+    assert result.text.startswith(EXPECT["run"] or "-")
+    assert Retval.parse(result.text) == result
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["OK:RUNNING(x)", "OK:RETVAL(x):OUTPUT():COMMAND(y)", "OK:RETVAL(0):OUTPUT()",
+     "FAIL(RETVAL(1):OUTPUT():COMMAND(x))", "OK:RETVAL(0):COMMAND(x)", ""],
+)
+def test_retval_parse_refuses_other_texts(text: str) -> None:
+    assert Retval.parse(text) is None

@@ -228,3 +228,21 @@ def test_any_command_text_gets_exactly_one_answer_or_quits(text: str) -> None:
         assert sent == []
     else:
         assert sent and sent[-1].startswith(("OK", "FAIL("))
+
+
+# --------------------------------------------------------------------------- process sweeps
+
+
+@given(
+    shell=st.integers(1, 4_194_304),
+    elapsed=st.floats(0, 1e6, allow_nan=False),
+    last=st.one_of(st.none(), st.integers(1, 4_194_304)),
+)
+def test_the_sweep_starts_at_the_shell_unless_pids_may_have_wrapped(
+    shell: int, elapsed: float, last: int | None
+) -> None:
+    from mu.worker.reaper import SHORT_COMMAND, scan_from
+
+    since = scan_from(shell, elapsed, last)
+    wrapped = last is not None and last < shell
+    assert since == (0 if elapsed >= SHORT_COMMAND or wrapped else shell)
