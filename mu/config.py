@@ -46,7 +46,10 @@ class RunConfig:
             arrive meanwhile; it then dials again).
         max_handshakes_per_address: the same bound per source address (the oldest from
             that address is dropped). On the local backend every worker comes from
-            127.0.0.1, so it must exceed the local burst (a 1,000-worker run).
+            127.0.0.1, so it must exceed the local burst (a 1,000-worker run) and, to keep
+            a crowd from one address from churning, the crowd (4,096 by default: 2,200
+            strangers held on loopback do not delay a 20-worker run, see
+            docs/benchmarks.md).
         client_hello_timeout: seconds from accept until the peer's TLS ClientHello must
             have arrived whole (an idle or one-byte-a-second peer is dropped then).
         tls: mutual TLS (False only for debugging).
@@ -74,8 +77,8 @@ class RunConfig:
     max_frame: int = DEFAULT_MAX_FRAME
     max_send_buffer: int = 16 * 1024 * 1024
     max_connections: int = 20_000
-    max_handshakes: int = 4096
-    max_handshakes_per_address: int = 1024
+    max_handshakes: int = 8192
+    max_handshakes_per_address: int = 4096
     client_hello_timeout: float = 3.0
     tls: bool = True
     retries: int = 2

@@ -180,6 +180,8 @@ class Statistics:
 
 
 _OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_BATCH: Final = 256
+"""Connections accepted per wake-up at most (the selector reports the listener again)."""
 _ACCEPT_PAUSE: Final = 0.05
 """Seconds the listener rests when accept() fails and no connection can be dropped for it."""
 
@@ -533,7 +535,9 @@ class Coordinator:
 
     def _accept(self) -> None:
         assert self._listener is not None
-        while True:
+        # At most a batch per wake-up: a crowd that reconnects as fast as it is dropped must
+        # not keep the loop here, away from the workers' connections.
+        for _ in range(_ACCEPT_BATCH):
             try:
                 sock, addr = self._listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -901,9 +905,11 @@ def _failed_in(state: MachineState | None) -> str:
 
 
 def _backlog(workers: int) -> int:
-    """A listen backlog for ``workers`` arrivals, within the kernel's somaxconn."""
+    """A listen backlog for ``workers`` arrivals and a crowd of strangers beside them, within
+    the kernel's somaxconn: with the queue full, a worker's SYN is dropped and its connect
+    waits a second for the retransmission."""
     try:
         cap = int(Path("/proc/sys/net/core/somaxconn").read_text())
     except (OSError, ValueError):
         cap = 4096
-    return max(128, min(workers + 64, cap))
+    return max(128, min(max(workers + 64, 4096), cap))

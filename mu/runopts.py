@@ -93,8 +93,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--max-handshakes", type=int, default=None, metavar="N",
-        help="connections not yet authenticated held at once (4096); when full, the oldest "
-        "is dropped, so idle strangers cannot lock workers out",
+        help=f"connections not yet authenticated held at once ({RunConfig.max_handshakes}); "
+        "when full, the oldest is dropped, so idle strangers cannot lock workers out",
     )
     g.add_argument(
         "--resume", action="store_true",

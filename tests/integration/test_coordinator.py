@@ -791,7 +791,8 @@ def test_a_bound_of_one_unauthenticated_connection_drops_the_stranger(keys: KeyS
 
 @pytest.mark.parametrize(
     ("argv", "expected"),
-    [([], 4096), (["--backend", "lambda"], 4096), (["--max-handshakes", "5"], 5),
+    [([], RunConfig.max_handshakes), (["--backend", "lambda"], RunConfig.max_handshakes),
+     (["--max-handshakes", "5"], 5),
      (["--backend", "lambda", "--max-handshakes", "7"], 7)],
 )
 def test_handshake_bound_from_the_flags(argv: list[str], expected: int) -> None:
