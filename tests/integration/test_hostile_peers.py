@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import resource
 import selectors
 import socket
 import ssl
+import tempfile
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,11 +38,17 @@ from hypothesis import strategies as st
 from mu.apps.png2y4m import ConfigState, Png2Y4MConfig
 from mu.config import RunConfig
 from mu.coordinator import Coordinator, RunResult
-from mu.protocol import encode_text
+from mu.protocol import FrameDecoder, encode_text
 from mu.states import CommandListState, ForLoopState, InfoWatcherState, OnePassState, TerminalState
 from mu.tls import KeySet
 from mu.worker import session
-from tests.worker_helpers import WAIT, ScriptedCoordinator, event_for, server_context
+from tests.worker_helpers import (
+    WAIT,
+    ScriptedCoordinator,
+    event_for,
+    read_command,
+    server_context,
+)
 
 
 class Done(TerminalState):
@@ -347,3 +357,89 @@ def test_a_worker_sending_a_frame_counter_fails_only_its_own_actor() -> None:
         "Body: the worker's 'INFO:frame:x' would overwrite info['frame'], which the job's "
         "states own"
     )
+
+
+# --------------------------------------------------------- out of file descriptors
+
+
+@contextlib.contextmanager
+def descriptors_left(count: int) -> Iterator[list[int]]:
+    """Lower this process's soft RLIMIT_NOFILE to what is open now plus ``count``, and fill
+    every other free slot below it; yields the filler descriptors (close some to free them).
+    The limit is restored and the fillers closed on exit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    opened = [int(name) for name in os.listdir("/proc/self/fd")]
+    fillers: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(opened) + 1 + count, hard))
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                fillers.append(os.dup(0 if 0 in opened else opened[0]))
+        for fd in fillers[len(fillers) - count:]:
+            os.close(fd)
+        del fillers[len(fillers) - count:]
+        yield fillers
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_out_of_descriptors_the_oldest_stranger_makes_room_for_a_worker(keys: KeySet) -> None:
+    config = RunConfig(num_actors=1, port=0, run_deadline=WAIT * 3, handshake_timeout=WAIT,
+                       client_hello_timeout=WAIT, hello_timeout=WAIT)
+    coord = Coordinator(Job, None, config, keys)
+    coord.bind()
+    strangers = [socket.create_connection(coord.address, timeout=WAIT) for _ in range(20)]
+    worker = socket.socket()  # made now: there will be no descriptor for it later
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cadata=keys.ca_cert)
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = os.path.join(tmp, "w.crt"), os.path.join(tmp, "w.key")
+        Path(cert).write_text(keys.worker_cert)
+        Path(key).write_text(keys.worker_key)
+        ctx.load_cert_chain(cert, key)
+    try:
+        with descriptors_left(6), running(coord) as out:
+            worker.settimeout(WAIT)
+            worker.connect(coord.address)  # its accept() fails until a stranger is dropped
+            with ctx.wrap_socket(worker) as tls:
+                answer = {"set": "OK:SET(a)", "echo": "OK:ECHO(hostile)"}
+                tls.sendall(encode_text(f"OK:HELLO:{coord.token}"))
+                decoder = FrameDecoder()
+                while (command := read_command(tls, decoder)) not in (None, "quit:"):
+                    tls.sendall(encode_text(answer[str(command).partition(":")[0]]))
+    finally:
+        for sock in strangers:
+            sock.close()
+    assert [a.ok for a in out["result"].final] == [True]
+    drops = coord.statistics().drops
+    assert drops["accept_errors"] >= 1 and drops["evicted"] >= 1, drops
+
+
+def test_out_of_descriptors_with_no_stranger_to_drop_the_listener_rests(keys: KeySet) -> None:
+    """accept() fails (EMFILE) with nothing to drop: the listener leaves the selector for a
+    moment instead of being reported ready again at once (a busy loop)."""
+    errors = threading.Event()
+
+    def status(stats: Any) -> None:
+        if stats.drops.get("accept_errors", 0) >= 2:
+            errors.set()
+
+    config = RunConfig(num_actors=1, port=0, run_deadline=WAIT * 3, client_hello_timeout=0.2)
+    coord = Coordinator(Job, None, config, keys, status=status)
+    coord.bind()
+    stranger = socket.socket()
+    stranger.settimeout(WAIT)
+    with running(coord):
+        with descriptors_left(0) as fillers:
+            stranger.connect(coord.address)
+            assert errors.wait(WAIT), coord.statistics()
+            rested = coord.statistics().drops["accept_errors"]
+            os.close(fillers.pop())  # room again: it is accepted, then dropped as idle
+        with stranger:
+            assert stranger.recv(1) == b""
+        coord.stop()
+    assert rested < 1000, rested  # a busy loop fails accept() hundreds of thousands of times
+    assert coord.statistics().drops["no_client_hello"] == 1
