@@ -6,13 +6,15 @@ The coordinator listens, launches the workers through an injected
 :class:`~mu.launch.Launcher` (in a helper thread, so accepting starts at once), and drives
 each worker connection through its :class:`~mu.actor.Actor`:
 
-1. **Accept** every connection waiting at each wake-up; the listener never pauses. Each gets
-   a :class:`~mu.net.Pipe` (TLS, mutual, unless disabled), a ClientHello deadline (short:
-   an idle or one-byte-a-second peer goes) and a handshake deadline. Connections not yet
-   authenticated are bounded in all and per source address (:class:`~mu.net.Admission`):
-   when full, the oldest is dropped for the newcomer, so strangers cannot lock workers out.
-   Running out of file descriptors drops the oldest such connection too, or, with none,
-   takes the listener out of the selector for a moment (no busy loop on ``EMFILE``).
+1. **Accept** connections at each wake-up (a batch at most); the listener never pauses.
+   Each gets a :class:`~mu.net.Pipe` (TLS, mutual, unless disabled), a ClientHello deadline
+   (short: an idle or one-byte-a-second peer goes) and a handshake deadline. A handshake
+   starts when a whole ClientHello has arrived, at most ``max_handshakes`` at a time; the
+   next ones wait, accepted, in a queue. Connections not yet authenticated are bounded in
+   all and per source address (:class:`~mu.net.Admission`): when full, the oldest is dropped
+   for the newcomer, so strangers cannot lock workers out. Running out of file descriptors
+   drops the oldest such connection too, or, with none, takes the listener out of the
+   selector for a moment (no busy loop on ``EMFILE``).
 2. **Hello.** After the handshake the worker must say ``OK:HELLO:<token>`` before the hello
    deadline. A failed handshake, a wrong or missing token, or silence closes the connection
    and counts it as *rejected*, never as a worker.
@@ -198,11 +200,14 @@ class _Conn:
         "counted_out",
         "events",
         "fault",
+        "hello_whole",
         "id",
         "out",
         "peer",
         "pipe",
+        "slot",
         "started_at",
+        "tls_begun",
         "tls_done",
     )
 
@@ -213,6 +218,9 @@ class _Conn:
         self.peer = peer
         self.out = bytearray()
         self.tls_done = False
+        self.tls_begun = False  # OpenSSL has read from it
+        self.slot = False  # holds one of the max_handshakes places
+        self.hello_whole = False  # a whole ClientHello was seen waiting
         self.closing = False
         self.started_at = 0.0
         self.counted_out = 0
@@ -272,8 +280,10 @@ class Coordinator:
         self._listener: socket.socket | None = None
         # Connections not yet authenticated (no hello yet), oldest first.
         self._admission: Admission[int] = Admission(
-            run_config.max_handshakes, run_config.max_handshakes_per_address
+            run_config.max_unauthenticated, run_config.max_unauthenticated_per_address
         )
+        self._handshaking = 0  # connections holding a handshake place
+        self._queued: deque[_Conn] = deque()  # whole ClientHello in, waiting for a place
         self._accept_paused = False  # listener out of the selector: out of descriptors
         self._drops: dict[str, int] = {}
         self._bound: tuple[str, int] | None = None
@@ -489,6 +499,8 @@ class Coordinator:
                     self._drain_wake()
                 else:
                     self._service(data, mask)
+            if self._queued:
+                self._dequeue()
             now = self.clock()
             self._expire(now)
             self._check_starved()
@@ -580,14 +592,14 @@ class Coordinator:
             else:
                 self._at(self.config.client_hello_timeout, cid, "client_hello")
                 self._at(self.config.handshake_timeout, cid, "handshake")
-                self._handshake(conn)
 
     def _full_reason(self, address: str) -> str:
         config = self.config
-        if self._admission.count(address) >= config.max_handshakes_per_address:
-            return (f"dropped for a newcomer: {config.max_handshakes_per_address} "
+        if self._admission.count(address) >= config.max_unauthenticated_per_address:
+            return (f"dropped for a newcomer: {config.max_unauthenticated_per_address} "
                     f"unauthenticated connections from {address}")
-        return f"dropped for a newcomer: {config.max_handshakes} unauthenticated connections"
+        return (f"dropped for a newcomer: {config.max_unauthenticated} unauthenticated "
+                "connections")
 
     def _drop(self, conn: _Conn, cause: str, reason: str) -> None:
         """Close a connection that never authenticated, counting why."""
@@ -596,6 +608,40 @@ class Coordinator:
 
     def _drop_count(self, cause: str) -> None:
         self._drops[cause] = self._drops.get(cause, 0) + 1
+
+    def _tls_step(self, conn: _Conn) -> None:
+        """A connection in its handshake is readable: begin (given a place) or go on."""
+        if not conn.tls_begun:
+            if conn.pipe.client_hello_waiting():
+                conn.hello_whole = True
+                if self._handshaking >= self.config.max_handshakes:
+                    self._sel.unregister(conn.pipe.sock)  # back when a place frees
+                    conn.events = 0
+                    self._queued.append(conn)
+                    return
+                conn.slot = True
+                self._handshaking += 1
+            # else a part of a ClientHello (or EOF): OpenSSL only buffers it, no place needed
+            conn.tls_begun = True
+        self._handshake(conn)
+
+    def _release(self, conn: _Conn) -> None:
+        """The handshake of ``conn`` ended: free its place."""
+        if conn.slot:
+            conn.slot = False
+            self._handshaking -= 1
+
+    def _dequeue(self) -> None:
+        """Begin the handshakes that waited for a place, oldest first."""
+        while self._queued and self._handshaking < self.config.max_handshakes:
+            conn = self._queued.popleft()
+            if conn.id not in self._conns:
+                continue  # dropped meanwhile
+            self._sel.register(conn.pipe.sock, selectors.EVENT_READ, conn)
+            conn.events = selectors.EVENT_READ
+            conn.slot = conn.tls_begun = True
+            self._handshaking += 1
+            self._handshake(conn)
 
     def _handshake(self, conn: _Conn) -> None:
         try:
@@ -609,6 +655,7 @@ class Coordinator:
             self._watch(conn, selectors.EVENT_READ)
         if done:
             conn.tls_done = True
+            self._release(conn)
             self._at(self.config.hello_timeout, conn.id, "hello")
             self._read(conn)  # the hello may have come with the last handshake flight
 
@@ -616,7 +663,7 @@ class Coordinator:
         if conn.id not in self._conns:
             return
         if not conn.tls_done:
-            self._handshake(conn)
+            self._tls_step(conn)
             return
         if mask & selectors.EVENT_READ:
             self._read(conn)
@@ -828,6 +875,7 @@ class Coordinator:
         if rejected is not None:
             self._reject_count(f"{conn.peer}: {rejected}")
         self._admission.forget(conn.id)
+        self._release(conn)
         if self._live(conn):
             # Ended without an event (should not happen): record it rather than lose it.
             self._record(conn, False, "connection closed")
@@ -861,7 +909,8 @@ class Coordinator:
             if conn is None:
                 continue  # stale: that connection is gone
             actor = conn.actor
-            if kind == "client_hello" and not conn.pipe.client_hello_received:
+            if kind == "client_hello" and not (conn.hello_whole
+                                               or conn.pipe.client_hello_received):
                 self._drop(conn, "no_client_hello", "no TLS ClientHello within "
                            f"{self.config.client_hello_timeout:g} s")
             elif kind == "handshake" and not conn.tls_done:

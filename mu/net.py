@@ -19,7 +19,10 @@ any other ``SSL.Error``                 :class:`~mu.errors.TransportError`
 =====================================  ==========================================
 
 A TLS pipe must first finish :meth:`Pipe.handshake` (which returns False while it needs
-more I/O). :meth:`Pipe.receive` reads once per call (see there why nothing is left behind).
+more I/O); its pyOpenSSL connection is made then, so a peer that never sends costs a socket
+only. :meth:`Pipe.client_hello_waiting` peeks whether a whole ClientHello record waits in the
+socket, untouched: the coordinator starts a handshake (CPU-bound work and full-size buffers)
+only for those, a bounded number at a time. :meth:`Pipe.receive` reads once per call (see there why nothing is left behind).
 
 :class:`Admission` is the pure policy for connections not yet authenticated (no sockets, no
 clock): it holds at most ``total`` of them, and at most ``per_address`` from one source
@@ -46,6 +49,7 @@ __all__ = ["Admission", "Pipe"]
 K = TypeVar("K", bound=Hashable)
 
 _READ_SIZE = 65536  # bytes per read; more than a TLS record's 16 KiB of plaintext
+_RECORD_MAX = 5 + 16384 + 256  # a TLS record's header and its largest body
 
 
 class Pipe:
@@ -57,7 +61,7 @@ class Pipe:
         peer: the peer's name for error messages.
     """
 
-    __slots__ = ("_conn", "_handshaken", "peer", "ragged", "sock", "wants_write")
+    __slots__ = ("_conn", "_context", "_handshaken", "peer", "ragged", "sock", "wants_write")
 
     def __init__(self, sock: socket.socket, context: SSL.Context | None, peer: str) -> None:
         sock.setblocking(False)
@@ -65,11 +69,9 @@ class Pipe:
         self.peer = peer
         self.ragged = False
         self.wants_write = False
-        self._conn: SSL.Connection | None = None
+        self._conn: SSL.Connection | None = None  # made by the first handshake() call
+        self._context = context
         self._handshaken = context is None
-        if context is not None:
-            self._conn = SSL.Connection(context, sock)
-            self._conn.set_accept_state()
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -85,7 +87,20 @@ class Pipe:
     def client_hello_received(self) -> bool:
         """Whether the peer's whole TLS ClientHello has arrived (True for plain TCP): OpenSSL
         picks the cipher when it has read the ClientHello, not before."""
-        return self._conn is None or self._conn.get_cipher_name() is not None
+        if self._context is None:
+            return True
+        return self._conn is not None and self._conn.get_cipher_name() is not None
+
+    def client_hello_waiting(self) -> bool:
+        """Whether a whole TLS handshake record (a ClientHello) waits in the socket, unread.
+
+        False for a partial record, EOF or an error: :meth:`handshake` then reads and reports.
+        """
+        try:
+            head = self.sock.recv(_RECORD_MAX, socket.MSG_PEEK)
+        except OSError:
+            return False
+        return len(head) >= 5 and len(head) >= 5 + int.from_bytes(head[3:5], "big")
 
     def handshake(self) -> bool:
         """Advance the TLS handshake; True once it is complete.
@@ -95,7 +110,10 @@ class Pipe:
         """
         if self._handshaken:
             return True
-        assert self._conn is not None
+        if self._conn is None:
+            assert self._context is not None
+            self._conn = SSL.Connection(self._context, self.sock)
+            self._conn.set_accept_state()
         self.wants_write = False
         try:
             self._conn.do_handshake()

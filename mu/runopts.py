@@ -93,8 +93,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--max-handshakes", type=int, default=None, metavar="N",
-        help=f"connections not yet authenticated held at once ({RunConfig.max_handshakes}); "
-        "when full, the oldest is dropped, so idle strangers cannot lock workers out",
+        help="TLS handshakes in progress at once (16; 128 with --backend lambda, where each "
+        "waits a round trip for its worker)",
     )
     g.add_argument(
         "--resume", action="store_true",
@@ -160,7 +160,7 @@ def run_config_from_args(args: argparse.Namespace, num_actors: int, offset: int)
     """The RunConfig the flags describe."""
     remote = getattr(args, "backend", "local") == "lambda"
     host = args.host or ("0.0.0.0" if remote else "127.0.0.1")
-    handshakes = getattr(args, "max_handshakes", None)
+    handshakes = getattr(args, "max_handshakes", None) or (128 if remote else 16)
     return RunConfig(
         num_actors=num_actors,
         offset=offset,
@@ -175,7 +175,7 @@ def run_config_from_args(args: argparse.Namespace, num_actors: int, offset: int)
         arrival_timeout=args.arrival_timeout,
         faults=getattr(args, "faults", None),
         speculate=getattr(args, "speculate", None),
-        **({"max_handshakes": handshakes} if handshakes else {}),
+        max_handshakes=handshakes,
     )
 
 

@@ -777,7 +777,7 @@ def test_speculate_must_be_a_factor_above_one() -> None:
 def test_a_bound_of_one_unauthenticated_connection_drops_the_stranger(keys: KeySet) -> None:
     """With room for one connection not yet authenticated, an idle stranger that came first
     is dropped when the worker arrives (the oldest goes): it cannot lock the worker out."""
-    coord = coordinator(keys, 1, max_handshakes=1)
+    coord = coordinator(keys, 1, max_unauthenticated=1)
     ctx = client_context(keys)
     with running(coord) as out:
         stranger = socket.create_connection(coord.address, timeout=60)
@@ -789,10 +789,21 @@ def test_a_bound_of_one_unauthenticated_connection_drops_the_stranger(keys: KeyS
     assert out["result"].rejected == 1
 
 
+def test_a_handshake_bound_of_one_still_admits_everyone(keys: KeySet) -> None:
+    """With one TLS handshake at a time the others wait, accepted, in a queue (the listener
+    stays in the selector), and all of them get work."""
+    n = 40
+    coord = coordinator(keys, n, max_handshakes=1)
+    ctx = client_context(keys)
+    with running(coord) as out:
+        finish(workers(n, lambda: good_worker(coord.address, coord.token, ctx)))
+    assert_all_done(out["result"], n)
+    assert out["result"].rejected == 0
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
-    [([], RunConfig.max_handshakes), (["--backend", "lambda"], RunConfig.max_handshakes),
-     (["--max-handshakes", "5"], 5),
+    [([], 16), (["--backend", "lambda"], 128), (["--max-handshakes", "5"], 5),
      (["--backend", "lambda", "--max-handshakes", "7"], 7)],
 )
 def test_handshake_bound_from_the_flags(argv: list[str], expected: int) -> None:

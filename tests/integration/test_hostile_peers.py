@@ -218,8 +218,8 @@ def test_a_crowd_beyond_the_bound_is_evicted_oldest_first_and_workers_get_in(
     """200 idle strangers from 127.0.0.1, room for 32 from one address: the oldest go, the
     workers (also from 127.0.0.1) get in, and a worker dropped meanwhile dials again."""
     n = 10
-    config = RunConfig(num_actors=n, port=0, run_deadline=WAIT * 5, max_handshakes=64,
-                       max_handshakes_per_address=32, handshake_timeout=WAIT,
+    config = RunConfig(num_actors=n, port=0, run_deadline=WAIT * 5, max_unauthenticated=64,
+                       max_unauthenticated_per_address=32, handshake_timeout=WAIT,
                        client_hello_timeout=WAIT, hello_timeout=WAIT)
     coord = Coordinator(Job, None, config, keys)
     with running(coord) as out, Crowd(coord.address, idle=200, reopen=False) as crowd:
