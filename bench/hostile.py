@@ -9,7 +9,8 @@ once. Quiet and hostile runs alternate (the machine is shared and noisy). The ru
 the coordinator's own (the last actor's end in the run record, ``-O``); the command's wall
 time, which adds the emulator's start-up, is reported too.
 
-Prints one JSON object, then a summary line.
+Prints one JSON object, then a summary line (each run's figures go to stderr as they come).
+``MU_BENCH_KEEP=DIR`` keeps the runs' logs and records in DIR.
 
     python bench/hostile.py [--workers 20] [--frames 2] [--idle 2000] [--slow 200] [--repeat 3]
 """
