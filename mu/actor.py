@@ -24,7 +24,9 @@ current lifecycle is a :class:`~mu.errors.LocalProtocolError` (a bug in the call
    commands it returns are framed into the outbox. A terminal state gives :class:`Finished`,
    an :class:`~mu.states.ErrorState` gives :class:`Failed` with its message.
 4. Nothing the peer sends makes the actor raise: bad framing, EOF mid-run and unexpected
-   messages all end in ERROR with a reason.
+   messages all end in ERROR with a reason. That includes a state that raises while it
+   handles a message (a job's bug, or a worker's message it did not foresee): the exception
+   fails this actor only, with a reason naming the state, the message and the error.
 """
 
 from __future__ import annotations
@@ -47,7 +49,14 @@ from mu.protocol import (
     decode_text,
     encode_text,
 )
-from mu.states import ErrorState, MachineState, TerminalState, TerminatedState, advance
+from mu.states import (
+    ErrorState,
+    MachineState,
+    TerminalState,
+    TerminatedState,
+    _clip,
+    advance,
+)
 
 __all__ = [
     "HELLO_PREFIX",
@@ -234,7 +243,12 @@ class Actor:
             self.last_response = text
             if self.lifecycle is Lifecycle.RUNNING:
                 assert self.state is not None
-                self._settle(*advance(self.state, text))
+                try:
+                    transition = advance(self.state, text)
+                except Exception as exc:  # the job's code: it fails this actor, nothing else
+                    self._crashed(self.state.name, self.state, text, exc)
+                    return
+                self._settle(*transition)
             else:
                 self._on_hello(text)
 
@@ -279,6 +293,14 @@ class Actor:
             self._move("finish")
             self._events.append(Finished(state))
 
+    def _crashed(self, name: str, state: MachineState | None, text: str | None,
+                 exc: Exception) -> None:
+        """State ``name`` raised while handling ``text`` (None: on start): fail with the
+        state, the message and the error."""
+        what = "on start" if text is None else f"handling {_clip(text)!r}"
+        reason = f"{name} raised {type(exc).__name__} {what}: {_clip(str(exc))}"
+        self._fail(ErrorState(state, reason) if state is not None else None, reason)
+
     def _fail(self, state: MachineState | None, reason: str) -> None:
         if state is not None:
             self.state = state
@@ -311,8 +333,15 @@ class Actor:
         """
         self._move("start")
         self.actorNum = actorNum
-        state = first_state(None, actorNum, config=config, info=info, clock=self.clock)
-        self._settle(*advance(state, self._hello if state.waiting else None))
+        state: MachineState | None = None
+        try:
+            state = first_state(None, actorNum, config=config, info=info, clock=self.clock)
+            transition = advance(state, self._hello if state.waiting else None)
+        except Exception as exc:  # the job's code: it fails this actor, nothing else
+            name = state.name if state else getattr(first_state, "__name__", "the first state")
+            self._crashed(name, state, None, exc)  # None: never the hello (it holds the token)
+            return
+        self._settle(*transition)
         self._pump()
 
     def dismiss(self) -> None:

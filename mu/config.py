@@ -38,13 +38,28 @@ class RunConfig:
         max_frame: the largest frame accepted from a worker.
         max_send_buffer: bytes queued for one worker before it counts as not reading.
         max_connections: connections open at once; more are refused.
-        max_handshakes: TLS handshakes in progress at once; later arrivals wait, unaccepted,
-            in the kernel's listen backlog. A handshake holds full-size record buffers and
-            CPU-bound work on our side, so a few dozen keep the loop busy over loopback or
-            within a region (16 by default, the fewest the local benchmark showed at full
-            speed). Over a long round trip each handshake waits a round trip for the
-            worker, so admission is at most max_handshakes per round trip: the CLI uses
-            128 for workers on AWS (1,600 a second at 80 ms).
+        max_handshakes: TLS handshakes in progress at once. The listener never pauses:
+            a connection whose whole ClientHello has arrived while this many are in
+            progress waits, accepted, in a queue (idle and slow peers take no place). A
+            handshake holds full-size record buffers and CPU-bound work on our side, so a
+            few dozen keep the loop busy over loopback or within a region (16 by default,
+            the fewest the local benchmark showed at full speed). Over a long round trip
+            each handshake waits a round trip for the worker, so admission is at most
+            max_handshakes per round trip: the CLI uses 128 for workers on AWS (1,600 a
+            second at 80 ms).
+        max_unauthenticated: connections not yet authenticated (accepted, but whose TLS
+            handshake or hello has not finished) held at once. When the bound is reached,
+            the oldest such connection is dropped to admit the newcomer, so strangers can
+            never lock a worker out (a worker finishes its handshake in a round trip or two
+            and is dropped only if this many connections arrive meanwhile; it then dials
+            again).
+        max_unauthenticated_per_address: the same bound per source address (the oldest
+            from that address is dropped). On the local backend every worker comes from
+            127.0.0.1, so it must exceed the local burst (a 1,000-worker run) and, to keep
+            a crowd from one address from churning, the crowd (2,200 strangers held on
+            loopback, see docs/benchmarks.md).
+        client_hello_timeout: seconds from accept until the peer's TLS ClientHello must
+            have arrived whole (an idle or one-byte-a-second peer is dropped then).
         tls: mutual TLS (False only for debugging).
         retries: how many times an actor whose worker failed is given to a new worker
             (launched for it) before the actor counts as failed (``--retries``).
@@ -71,6 +86,9 @@ class RunConfig:
     max_send_buffer: int = 16 * 1024 * 1024
     max_connections: int = 20_000
     max_handshakes: int = 16
+    max_unauthenticated: int = 8192
+    max_unauthenticated_per_address: int = 4096
+    client_hello_timeout: float = 3.0
     tls: bool = True
     retries: int = 2
     arrival_timeout: float = 300.0
@@ -92,10 +110,12 @@ class RunConfig:
         positive("max_send_buffer")
         positive("max_connections")
         positive("max_handshakes")
+        positive("max_unauthenticated")
+        positive("max_unauthenticated_per_address")
         if self.speculate is not None and self.speculate <= 1:
             raise ConfigError(f"speculate must be a factor above 1, got {self.speculate}")
         for name in ("worker_deadline", "run_deadline", "handshake_timeout", "hello_timeout",
-                     "arrival_timeout", "speculate_after"):
+                     "arrival_timeout", "speculate_after", "client_hello_timeout"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value}")

@@ -6,8 +6,15 @@ The coordinator listens, launches the workers through an injected
 :class:`~mu.launch.Launcher` (in a helper thread, so accepting starts at once), and drives
 each worker connection through its :class:`~mu.actor.Actor`:
 
-1. **Accept** every connection waiting at each wake-up. Each gets a :class:`~mu.net.Pipe`
-   (TLS, mutual, unless disabled) and a handshake deadline.
+1. **Accept** connections at each wake-up (a batch at most); the listener never pauses.
+   Each gets a :class:`~mu.net.Pipe` (TLS, mutual, unless disabled), a ClientHello deadline
+   (short: an idle or one-byte-a-second peer goes) and a handshake deadline. A handshake
+   starts when a whole ClientHello has arrived, at most ``max_handshakes`` at a time; the
+   next ones wait, accepted, in a queue. Connections not yet authenticated are bounded in
+   all and per source address (:class:`~mu.net.Admission`): when full, the oldest is dropped
+   for the newcomer, so strangers cannot lock workers out. Running out of file descriptors
+   drops the oldest such connection too, or, with none, takes the listener out of the
+   selector for a moment (no busy loop on ``EMFILE``).
 2. **Hello.** After the handshake the worker must say ``OK:HELLO:<token>`` before the hello
    deadline. A failed handshake, a wrong or missing token, or silence closes the connection
    and counts it as *rejected*, never as a worker.
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import heapq
 import itertools
 import logging
@@ -49,7 +57,7 @@ from mu.actor import Actor, Failed, Finished, HelloReceived, Lifecycle, Rejected
 from mu.config import RunConfig
 from mu.errors import LaunchError, TransportError
 from mu.launch import Launcher, LaunchReport, LaunchSpec, WorkerPayload
-from mu.net import Pipe
+from mu.net import Admission, Pipe
 from mu.protocol import NEED_DATA, encode_text
 from mu.states import MachineState
 from mu.tls import KeySet, server_context
@@ -167,7 +175,17 @@ class Statistics:
     messages_out: int
     launched: int | None
     states: Mapping[int, str] = field(default_factory=dict)
+    drops: Mapping[str, int] = field(default_factory=dict)
+    """Connections dropped before they authenticated, by cause (each also counts in
+    ``rejected``): ``no_client_hello``, ``handshake_timeout``, ``evicted`` (the oldest, for a
+    newcomer), ``over_max_connections``; ``accept_errors`` counts failed ``accept()`` calls."""
 
+
+_OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_BATCH: Final = 256
+"""Connections accepted per wake-up at most (the selector reports the listener again)."""
+_ACCEPT_PAUSE: Final = 0.05
+"""Seconds the listener rests when accept() fails and no connection can be dropped for it."""
 
 _WAKE: Final = "wake"
 """Selector data of the wake-up socket (the listener's is None, a connection's its _Conn)."""
@@ -182,11 +200,14 @@ class _Conn:
         "counted_out",
         "events",
         "fault",
+        "hello_whole",
         "id",
         "out",
         "peer",
         "pipe",
+        "slot",
         "started_at",
+        "tls_begun",
         "tls_done",
     )
 
@@ -197,6 +218,9 @@ class _Conn:
         self.peer = peer
         self.out = bytearray()
         self.tls_done = False
+        self.tls_begun = False  # OpenSSL has read from it
+        self.slot = False  # holds one of the max_handshakes places
+        self.hello_whole = False  # a whole ClientHello was seen waiting
         self.closing = False
         self.started_at = 0.0
         self.counted_out = 0
@@ -254,8 +278,14 @@ class Coordinator:
         self.token = secrets.token_urlsafe(24)
         self._ctx: SSL.Context | None = server_context(keys) if keys and run_config.tls else None
         self._listener: socket.socket | None = None
-        self._handshaking = 0  # TLS connections whose handshake has not ended
-        self._accept_paused = False  # listener out of the selector: max_handshakes reached
+        # Connections not yet authenticated (no hello yet), oldest first.
+        self._admission: Admission[int] = Admission(
+            run_config.max_unauthenticated, run_config.max_unauthenticated_per_address
+        )
+        self._handshaking = 0  # connections holding a handshake place
+        self._queued: deque[_Conn] = deque()  # whole ClientHello in, waiting for a place
+        self._accept_paused = False  # listener out of the selector: out of descriptors
+        self._drops: dict[str, int] = {}
         self._bound: tuple[str, int] | None = None
         self._sel = selectors.DefaultSelector()
         self._wake_r: socket.socket | None = None
@@ -377,6 +407,7 @@ class Coordinator:
             messages_out=self._messages_out,
             launched=self._accepted if self._launch else None,
             states=states,
+            drops=dict(self._drops),
         )
 
     # -- the run -------------------------------------------------------------------------
@@ -468,6 +499,8 @@ class Coordinator:
                     self._drain_wake()
                 else:
                     self._service(data, mask)
+            if self._queued:
+                self._dequeue()
             now = self.clock()
             self._expire(now)
             self._check_starved()
@@ -514,25 +547,40 @@ class Coordinator:
 
     def _accept(self) -> None:
         assert self._listener is not None
-        while True:
-            if self._handshaking >= self.config.max_handshakes:
-                self._sel.unregister(self._listener)
-                self._accept_paused = True
-                return
+        # At most a batch per wake-up: a crowd that reconnects as fast as it is dropped must
+        # not keep the loop here, away from the workers' connections.
+        for _ in range(_ACCEPT_BATCH):
             try:
                 sock, addr = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # e.g. EMFILE: leave the rest in the backlog
-                log.warning("accept failed: %s", exc)
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS...: the rest wait in the backlog
+                self._drop_count("accept_errors")
+                oldest = self._admission.oldest()
+                if oldest is not None and exc.errno in _OUT_OF_DESCRIPTORS:
+                    self._drop(self._conns[oldest], "evicted",
+                               f"dropped for a newcomer: accept() failed ({exc.strerror})")
+                    continue
+                log.warning("accept failed: %s; pausing the listener for %g s", exc,
+                            _ACCEPT_PAUSE)
+                self._sel.unregister(self._listener)
+                self._accept_paused = True
+                self._at(_ACCEPT_PAUSE, -1, "listen")
                 return
             peer = f"{addr[0]}:{addr[1]}"
             if len(self._conns) >= self.config.max_connections:
-                self._reject_count(f"{peer}: over {self.config.max_connections} connections")
-                sock.close()
-                continue
+                oldest = self._admission.oldest()
+                if oldest is None:
+                    self._drop_count("over_max_connections")
+                    self._reject_count(f"{peer}: over {self.config.max_connections} connections")
+                    sock.close()
+                    continue
+                self._drop(self._conns[oldest], "evicted", "dropped for a newcomer: "
+                           f"{self.config.max_connections} connections open")
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             cid = next(self._ids)
+            for old in self._admission.admit(cid, str(addr[0])):
+                self._drop(self._conns[old], "evicted", self._full_reason(str(addr[0])))
             pipe = Pipe(sock, self._ctx, peer)
             actor = Actor(self.token, max_frame=self.config.max_frame, peer=peer, clock=self.clock)
             conn = _Conn(cid, pipe, actor, peer)
@@ -542,16 +590,58 @@ class Coordinator:
             if conn.tls_done:
                 self._at(self.config.hello_timeout, cid, "hello")
             else:
-                self._handshaking += 1
+                self._at(self.config.client_hello_timeout, cid, "client_hello")
                 self._at(self.config.handshake_timeout, cid, "handshake")
-                self._handshake(conn)
 
-    def _handshake_ended(self) -> None:
-        self._handshaking -= 1
-        if self._accept_paused and self._handshaking < self.config.max_handshakes:
-            assert self._listener is not None
-            self._sel.register(self._listener, selectors.EVENT_READ, None)
-            self._accept_paused = False
+    def _full_reason(self, address: str) -> str:
+        config = self.config
+        if self._admission.count(address) >= config.max_unauthenticated_per_address:
+            return (f"dropped for a newcomer: {config.max_unauthenticated_per_address} "
+                    f"unauthenticated connections from {address}")
+        return (f"dropped for a newcomer: {config.max_unauthenticated} unauthenticated "
+                "connections")
+
+    def _drop(self, conn: _Conn, cause: str, reason: str) -> None:
+        """Close a connection that never authenticated, counting why."""
+        self._drop_count(cause)
+        self._close(conn, rejected=reason)
+
+    def _drop_count(self, cause: str) -> None:
+        self._drops[cause] = self._drops.get(cause, 0) + 1
+
+    def _tls_step(self, conn: _Conn) -> None:
+        """A connection in its handshake is readable: begin (given a place) or go on."""
+        if not conn.tls_begun:
+            if conn.pipe.client_hello_waiting():
+                conn.hello_whole = True
+                if self._handshaking >= self.config.max_handshakes:
+                    self._sel.unregister(conn.pipe.sock)  # back when a place frees
+                    conn.events = 0
+                    self._queued.append(conn)
+                    return
+                conn.slot = True
+                self._handshaking += 1
+            # else a part of a ClientHello (or EOF): OpenSSL only buffers it, no place needed
+            conn.tls_begun = True
+        self._handshake(conn)
+
+    def _release(self, conn: _Conn) -> None:
+        """The handshake of ``conn`` ended: free its place."""
+        if conn.slot:
+            conn.slot = False
+            self._handshaking -= 1
+
+    def _dequeue(self) -> None:
+        """Begin the handshakes that waited for a place, oldest first."""
+        while self._queued and self._handshaking < self.config.max_handshakes:
+            conn = self._queued.popleft()
+            if conn.id not in self._conns:
+                continue  # dropped meanwhile
+            self._sel.register(conn.pipe.sock, selectors.EVENT_READ, conn)
+            conn.events = selectors.EVENT_READ
+            conn.slot = conn.tls_begun = True
+            self._handshaking += 1
+            self._handshake(conn)
 
     def _handshake(self, conn: _Conn) -> None:
         try:
@@ -565,7 +655,7 @@ class Coordinator:
             self._watch(conn, selectors.EVENT_READ)
         if done:
             conn.tls_done = True
-            self._handshake_ended()
+            self._release(conn)
             self._at(self.config.hello_timeout, conn.id, "hello")
             self._read(conn)  # the hello may have come with the last handshake flight
 
@@ -573,7 +663,7 @@ class Coordinator:
         if conn.id not in self._conns:
             return
         if not conn.tls_done:
-            self._handshake(conn)
+            self._tls_step(conn)
             return
         if mask & selectors.EVENT_READ:
             self._read(conn)
@@ -604,6 +694,7 @@ class Coordinator:
         actor = conn.actor
         while (event := actor.next_event()) is not NEED_DATA:
             if isinstance(event, HelloReceived):
+                self._admission.forget(conn.id)
                 with self._launch_lock:
                     self._owed = max(0, self._owed - 1)
                 self._assign(conn)
@@ -783,8 +874,8 @@ class Coordinator:
             return
         if rejected is not None:
             self._reject_count(f"{conn.peer}: {rejected}")
-        if not conn.tls_done:
-            self._handshake_ended()
+        self._admission.forget(conn.id)
+        self._release(conn)
         if self._live(conn):
             # Ended without an event (should not happen): record it rather than lose it.
             self._record(conn, False, "connection closed")
@@ -809,16 +900,22 @@ class Coordinator:
             if kind == "run":
                 self._stop_for_deadline()
                 continue
+            if kind == "listen":
+                if self._accept_paused and self._listener is not None:
+                    self._sel.register(self._listener, selectors.EVENT_READ, None)
+                    self._accept_paused = False
+                continue
             conn = self._conns.get(cid)
             if conn is None:
                 continue  # stale: that connection is gone
             actor = conn.actor
-            if kind == "handshake" and not conn.tls_done:
-                self._close(
-                    conn,
-                    rejected="TLS handshake did not finish within "
-                    f"{self.config.handshake_timeout:g} s",
-                )
+            if kind == "client_hello" and not (conn.hello_whole
+                                               or conn.pipe.client_hello_received):
+                self._drop(conn, "no_client_hello", "no TLS ClientHello within "
+                           f"{self.config.client_hello_timeout:g} s")
+            elif kind == "handshake" and not conn.tls_done:
+                self._drop(conn, "handshake_timeout", "TLS handshake did not finish within "
+                           f"{self.config.handshake_timeout:g} s")
             elif kind == "hello" and actor.lifecycle is Lifecycle.AWAIT_HELLO:
                 actor.terminate(f"no hello within {self.config.hello_timeout:g} s")
                 self._events(conn)
@@ -857,9 +954,11 @@ def _failed_in(state: MachineState | None) -> str:
 
 
 def _backlog(workers: int) -> int:
-    """A listen backlog for ``workers`` arrivals, within the kernel's somaxconn."""
+    """A listen backlog for ``workers`` arrivals and a crowd of strangers beside them, within
+    the kernel's somaxconn: with the queue full, a worker's SYN is dropped and its connect
+    waits a second for the retransmission."""
     try:
         cap = int(Path("/proc/sys/net/core/somaxconn").read_text())
     except (OSError, ValueError):
         cap = 4096
-    return max(128, min(workers + 64, cap))
+    return max(128, min(max(workers + 64, 4096), cap))

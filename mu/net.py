@@ -19,21 +19,37 @@ any other ``SSL.Error``                 :class:`~mu.errors.TransportError`
 =====================================  ==========================================
 
 A TLS pipe must first finish :meth:`Pipe.handshake` (which returns False while it needs
-more I/O). :meth:`Pipe.receive` reads once per call (see there why nothing is left behind).
+more I/O); its pyOpenSSL connection is made then, so a peer that never sends costs a socket
+only. :meth:`Pipe.client_hello_waiting` peeks whether a whole ClientHello record waits in the
+socket, untouched: the coordinator starts a handshake (CPU-bound work and full-size buffers)
+only for those, a bounded number at a time. :meth:`Pipe.receive` reads once per call (see there why nothing is left behind).
+
+:class:`Admission` is the pure policy for connections not yet authenticated (no sockets, no
+clock): it holds at most ``total`` of them, and at most ``per_address`` from one source
+address, and when a newcomer would exceed a bound it names the *oldest* connection to drop
+(from that address, else overall). A stranger therefore never locks a worker out: a
+connection is dropped only after that many others arrived behind it, and a worker finishes
+its handshake in a round trip or two.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Generic, TypeVar
 
 from OpenSSL import SSL
 
 from mu.errors import TransportError
 
-__all__ = ["Pipe"]
+__all__ = ["Admission", "Pipe"]
+
+K = TypeVar("K", bound=Hashable)
 
 _READ_SIZE = 65536  # bytes per read; more than a TLS record's 16 KiB of plaintext
+_RECORD_MAX = 5 + 16384 + 256  # a TLS record's header and its largest body
 
 
 class Pipe:
@@ -45,7 +61,7 @@ class Pipe:
         peer: the peer's name for error messages.
     """
 
-    __slots__ = ("_conn", "_handshaken", "peer", "ragged", "sock", "wants_write")
+    __slots__ = ("_conn", "_context", "_handshaken", "peer", "ragged", "sock", "wants_write")
 
     def __init__(self, sock: socket.socket, context: SSL.Context | None, peer: str) -> None:
         sock.setblocking(False)
@@ -53,11 +69,9 @@ class Pipe:
         self.peer = peer
         self.ragged = False
         self.wants_write = False
-        self._conn: SSL.Connection | None = None
+        self._conn: SSL.Connection | None = None  # made by the first handshake() call
+        self._context = context
         self._handshaken = context is None
-        if context is not None:
-            self._conn = SSL.Connection(context, sock)
-            self._conn.set_accept_state()
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -69,6 +83,25 @@ class Pipe:
             return None
         return self._conn.get_protocol_version_name()
 
+    @property
+    def client_hello_received(self) -> bool:
+        """Whether the peer's whole TLS ClientHello has arrived (True for plain TCP): OpenSSL
+        picks the cipher when it has read the ClientHello, not before."""
+        if self._context is None:
+            return True
+        return self._conn is not None and self._conn.get_cipher_name() is not None
+
+    def client_hello_waiting(self) -> bool:
+        """Whether a whole TLS handshake record (a ClientHello) waits in the socket, unread.
+
+        False for a partial record, EOF or an error: :meth:`handshake` then reads and reports.
+        """
+        try:
+            head = self.sock.recv(_RECORD_MAX, socket.MSG_PEEK)
+        except OSError:
+            return False
+        return len(head) >= 5 and len(head) >= 5 + int.from_bytes(head[3:5], "big")
+
     def handshake(self) -> bool:
         """Advance the TLS handshake; True once it is complete.
 
@@ -77,7 +110,10 @@ class Pipe:
         """
         if self._handshaken:
             return True
-        assert self._conn is not None
+        if self._conn is None:
+            assert self._context is not None
+            self._conn = SSL.Connection(self._context, self.sock)
+            self._conn.set_accept_state()
         self.wants_write = False
         try:
             self._conn.do_handshake()
@@ -152,3 +188,62 @@ class Pipe:
             with contextlib.suppress(SSL.Error, OSError):
                 self._conn.shutdown()
         self.sock.close()
+
+
+class Admission(Generic[K]):
+    """Which connections not yet authenticated to keep (a pure policy; see the module doc).
+
+    Args:
+        total: connections held at once, from every address.
+        per_address: connections held at once from one source address.
+    """
+
+    __slots__ = ("_all", "_by_address", "per_address", "total")
+
+    def __init__(self, total: int, per_address: int) -> None:
+        if total < 1 or per_address < 1:
+            raise ValueError(f"bounds must be >= 1, got total={total}, "
+                             f"per_address={per_address}")
+        self.total = total
+        self.per_address = per_address
+        self._all: OrderedDict[K, str] = OrderedDict()  # key -> address, oldest first
+        self._by_address: dict[str, OrderedDict[K, None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._all
+
+    def count(self, address: str) -> int:
+        """Connections held from ``address``."""
+        return len(self._by_address.get(address, ()))
+
+    def oldest(self) -> K | None:
+        """The connection held longest, or None."""
+        return next(iter(self._all), None)
+
+    def admit(self, key: K, address: str) -> list[K]:
+        """Hold ``key`` (from ``address``); return the connections to drop for it, oldest
+        first (already forgotten here). ``key`` itself is never among them."""
+        evicted: list[K] = []
+        same = self._by_address.get(address)
+        if same is not None and len(same) >= self.per_address:
+            evicted.append(next(iter(same)))
+            self.forget(evicted[-1])
+        while len(self._all) >= self.total:
+            evicted.append(next(iter(self._all)))
+            self.forget(evicted[-1])
+        self._all[key] = address
+        self._by_address.setdefault(address, OrderedDict())[key] = None
+        return evicted
+
+    def forget(self, key: K) -> None:
+        """Stop holding ``key`` (it authenticated, or it is gone); unknown keys are fine."""
+        address = self._all.pop(key, None)
+        if address is None:
+            return
+        same = self._by_address[address]
+        del same[key]
+        if not same:
+            del self._by_address[address]

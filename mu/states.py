@@ -22,7 +22,9 @@ that names the state, what it expected and what came.
 
 Rule 4 — ``INFO:key:value`` updates are asynchronous: they never count as the response a
 state waits for. By default they are stored in ``info[key]``; :class:`InfoWatcherState`
-is kicked by them.
+is kicked by them. A worker's INFO never overwrites a key the job's states own: the counter
+of every loop in progress (:class:`ForLoopState`'s ``iterKey``) and every key a state
+reserved with :meth:`MachineState.reserve`. Such an INFO fails the machine, naming the key.
 
 Rule 5 — everything a state knows travels with it: ``actorNum``, the ``info`` dict, the run's
 (frozen) ``config`` object, the ``clock`` and the ``timestamps`` list, to which every state
@@ -117,6 +119,7 @@ class MachineState:
             self.clock: Clock = prevState.clock
             self.timestamps: list[tuple[float, str]] = prevState.timestamps
             self._loops: set[str] = prevState._loops
+            self._reserved: set[str] = prevState._reserved
         else:
             self.actorNum = actorNum
             self.info = {} if info is None else info
@@ -124,6 +127,7 @@ class MachineState:
             self.clock = clock or _zero_clock
             self.timestamps = []
             self._loops = set()
+            self._reserved = set()
         self.timestamps.append((self.clock(), self.name))
 
     # -- introspection -------------------------------------------------------------------
@@ -165,6 +169,11 @@ class MachineState:
             return self.post_transition(None)
         if msg.startswith("INFO:"):
             key, _, value = msg[5:].partition(":")
+            if key in self._loops or key in self._reserved:
+                return self.fail(
+                    f"{self.name}: the worker's {_clip(msg)!r} would overwrite info[{key!r}], "
+                    "which the job's states own"
+                )
             return self.on_info(key, value)
         if msg.startswith("FAIL"):
             return self.fail(f"worker failed in {self.name}: {_clip(msg)}")
@@ -177,6 +186,11 @@ class MachineState:
         """Act on an accepted message (or on entry, for non-waiting states)."""
         commands = [self.command] if self.command is not None else []
         return self.goto(self.nextState), commands
+
+    def reserve(self, *keys: str) -> None:
+        """Keep ``info[key]`` for the job's states: a worker's INFO for it fails the machine
+        instead of overwriting it (loop counters are reserved while their loop runs)."""
+        self._reserved.update(keys)
 
     def on_info(self, key: str, value: str) -> Transition:
         """Handle ``INFO:key:value``; by default store it in ``info`` and stay."""

@@ -17,6 +17,14 @@ Theory of operation
 * **mode 0**: render and run the function's command once; the summary carries its exit
   status and output.
 
+Connecting is retried: a coordinator holding many strangers' connections may drop ours
+before our handshake ends (it drops the oldest unauthenticated connection for a newcomer,
+and any that is slow). A reset, an EOF or a timeout while connecting or shaking hands is
+tried again after a backoff (:data:`CONNECT_BACKOFF` doubling to :data:`CONNECT_BACKOFF_MAX`,
+with jitter) until the worker's own budget is spent: ``timeout`` seconds, or the Lambda
+deadline if sooner. A refused connection (nothing listens) and a coordinator certificate
+that fails verification are final at once.
+
 The coordinator socket is non-blocking for reads: a readable socket may carry only TLS
 housekeeping (TLS 1.3 session tickets), and a blocking read would then hang past the idle
 deadline. Writes switch it to a bounded blocking mode for the duration of ``sendall``.
@@ -51,8 +59,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
 import os
+import random
 import select
 import shutil
 import socket
@@ -78,7 +88,11 @@ log = logging.getLogger("mu.worker")
 DEFAULT_TIMEOUT: Final = 300
 """Seconds without a command after which a worker gives up, unless the event says otherwise."""
 CONNECT_TIMEOUT: Final = 30.0
-"""Bound on the TCP connect and the TLS handshake with the coordinator."""
+"""Bound on one attempt at the TCP connect and the TLS handshake with the coordinator."""
+CONNECT_BACKOFF: Final = 0.05
+"""Seconds before the second connect attempt; doubled after each failed one."""
+CONNECT_BACKOFF_MAX: Final = 2.0
+"""The longest wait between two connect attempts."""
 IO_TIMEOUT: Final = 60.0
 """Bound on one blocking socket write or read once the session runs."""
 DEADLINE_MARGIN: Final = 1.0
@@ -335,7 +349,29 @@ class Session:
             self._shutdown(sock)
 
     def _connect(self) -> socket.socket:
-        raw = socket.create_connection((self.addr, self.port), timeout=CONNECT_TIMEOUT)
+        """Connect and say hello, retrying transient failures within the budget (module
+        docstring); the last failure is raised."""
+        deadline = min(self.hard_deadline, time.monotonic() + self.timeout)
+        backoff = CONNECT_BACKOFF
+        for attempt in itertools.count(1):
+            try:
+                left = max(CONNECT_BACKOFF, deadline - time.monotonic())
+                return self._connect_once(min(CONNECT_TIMEOUT, left))
+            except (ssl.SSLCertVerificationError, ConnectionRefusedError):
+                raise  # final: a wrong coordinator, or nothing listening
+            except (ConnectionError, TimeoutError, ssl.SSLEOFError, ssl.SSLZeroReturnError,
+                    ssl.SSLSyscallError) as exc:
+                wait = random.uniform(backoff / 2, backoff)
+                if time.monotonic() + wait + CONNECT_BACKOFF >= deadline:
+                    raise
+                log.warning("connect attempt %d to %s:%d failed (%s); again in %.2f s",
+                            attempt, self.addr, self.port, exc, wait)
+                time.sleep(wait)
+                backoff = min(2 * backoff, CONNECT_BACKOFF_MAX)
+        raise AssertionError("unreachable")
+
+    def _connect_once(self, timeout: float) -> socket.socket:
+        raw = socket.create_connection((self.addr, self.port), timeout=timeout)
         if self.tls is None:
             log.warning("no cacert in the payload: talking to the coordinator over plain TCP")
             sock = raw

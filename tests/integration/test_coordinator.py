@@ -774,9 +774,24 @@ def test_speculate_must_be_a_factor_above_one() -> None:
         RunConfig(speculate=1.0)
 
 
+def test_a_bound_of_one_unauthenticated_connection_drops_the_stranger(keys: KeySet) -> None:
+    """With room for one connection not yet authenticated, an idle stranger that came first
+    is dropped when the worker arrives (the oldest goes): it cannot lock the worker out."""
+    coord = coordinator(keys, 1, max_unauthenticated=1)
+    ctx = client_context(keys)
+    with running(coord) as out:
+        stranger = socket.create_connection(coord.address, timeout=60)
+        with stranger:
+            finish(workers(1, lambda: good_worker(coord.address, coord.token, ctx)))
+            assert stranger.recv(1) == b""  # closed by the coordinator
+    assert_all_done(out["result"], 1)
+    assert coord.statistics().drops == {"evicted": 1}
+    assert out["result"].rejected == 1
+
+
 def test_a_handshake_bound_of_one_still_admits_everyone(keys: KeySet) -> None:
-    """With one TLS handshake at a time the listener leaves the selector while it runs and
-    comes back after; arrivals wait in the backlog and all of them get work."""
+    """With one TLS handshake at a time the others wait, accepted, in a queue (the listener
+    stays in the selector), and all of them get work."""
     n = 40
     coord = coordinator(keys, n, max_handshakes=1)
     ctx = client_context(keys)
