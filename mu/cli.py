@@ -60,7 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     func: Handler = args.func
     try:
-        return func(args)
+        try:
+            return func(args)
+        except Exception as exc:
+            if not type(exc).__module__.startswith(("botocore.", "boto3.")):
+                raise
+            # An AWS call no inner boundary wrapped: translated here, never a traceback.
+            from mu.aws import translate
+
+            raise translate(exc, f"mu {args.command}") from exc
     except ConfigError as exc:
         print(f"mu: error: {exc}", file=sys.stderr)
         return 2
@@ -254,27 +262,28 @@ def _register_png2y4m(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def _cmd_png2y4m(args: argparse.Namespace) -> int:
     from mu.apps.png2y4m_run import run
 
-    launcher, s3, host_addr, credentials_ok = _backend_for_run(args)
+    launcher, s3, host_addr, problems = _backend_for_run(args)
     try:
-        outcome = run(args, launcher, s3, host_addr, credentials_ok)
+        outcome = run(args, launcher, s3, host_addr, problems=problems)
     finally:
-        launcher.close()
+        if launcher is not None:
+            launcher.close()
     return outcome.exit_status
 
 
-def _backend_for_run(args: argparse.Namespace) -> tuple[Any, Any, str, Callable[[], bool]]:
-    """The launcher, an S3 client for its S3, the dial-back address and a credentials check."""
+def _backend_for_run(args: argparse.Namespace) -> tuple[Any, Any, str, list[str]]:
+    """The launcher, an S3 client for its S3, the dial-back address, and the problems found
+    setting them up (an unknown AWS_PROFILE, no credentials, a Lambda host that does not
+    resolve), which preflight reports with its own. Launcher and client are None when the
+    AWS setup itself is unusable."""
     import boto3
 
     from backends import get_backend
     from backends.local import LOCAL_CREDENTIALS
     from mu.apps.png2y4m_run import regions_of
+    from mu.aws import aws_errors
 
     region = regions_of(args)[0]
-
-    def credentials_ok() -> bool:
-        return boto3.session.Session().get_credentials() is not None
-
     if args.backend == "local":
         faults = args.faults
         launcher = get_backend(
@@ -291,16 +300,31 @@ def _backend_for_run(args: argparse.Namespace) -> tuple[Any, Any, str, Callable[
             region_name=region,
             **LOCAL_CREDENTIALS,
         )
-        return launcher, s3, args.host_addr or "127.0.0.1", lambda: True
-    s3 = boto3.client("s3", endpoint_url=args.s3_endpoint_url, region_name=region)
+        return launcher, s3, args.host_addr or "127.0.0.1", []
+    try:
+        with aws_errors("AWS configuration"):
+            session = boto3.session.Session()
+            s3 = session.client("s3", endpoint_url=args.s3_endpoint_url, region_name=region)
+            credentials = session.get_credentials()
+    except ConfigError as exc:
+        return None, None, "", [str(exc)]
+    if credentials is None:
+        return None, None, "", [
+            "no AWS credentials found (the coordinator reads the input frames in S3"
+            + (" and invokes Lambda" if args.backend == "lambda" else "")
+            + "): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run "
+            "`aws configure`"
+        ]
     if args.backend == "none":
         launcher = get_backend("none", payload_out=args.payload_out)
-        return launcher, s3, args.host_addr or args.host, credentials_ok
+        return launcher, s3, args.host_addr or args.host, []
     from backends.aws_lambda import route_address
 
-    launcher = get_backend("lambda", endpoint_url=args.endpoint_url)
-    host = args.host_addr or route_address(region, args.endpoint_url)
-    return launcher, s3, host, credentials_ok
+    launcher = get_backend("lambda", endpoint_url=args.endpoint_url, session=session)
+    try:
+        return launcher, s3, args.host_addr or route_address(region, args.endpoint_url), []
+    except ConfigError as exc:
+        return launcher, s3, "", [str(exc)]
 
 
 @subcommand

@@ -47,7 +47,7 @@ from OpenSSL import SSL
 
 from mu.actor import Actor, Failed, Finished, HelloReceived, Lifecycle, Rejected
 from mu.config import RunConfig
-from mu.errors import LaunchError, TransportError
+from mu.errors import MuError, TransportError
 from mu.launch import Launcher, LaunchReport, LaunchSpec, WorkerPayload
 from mu.net import Pipe
 from mu.protocol import NEED_DATA, encode_text
@@ -436,7 +436,7 @@ class Coordinator:
         error: str | None = None
         try:
             report = self.launcher.launch(spec)
-        except LaunchError as exc:
+        except MuError as exc:  # LaunchError, or ConfigError (credentials gone meanwhile)
             error = str(exc)
             report = getattr(exc, "report", None)
         finally:

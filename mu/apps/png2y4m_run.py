@@ -27,7 +27,7 @@ import argparse
 import dataclasses
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,25 +155,27 @@ def stage_local(
 
 def preflight(
     args: argparse.Namespace,
-    launcher: Launcher,
+    launcher: Launcher | None,
     s3: Any,
     cfg: Png2Y4MConfig,
     chunks: list[int],
-    credentials_ok: Callable[[], bool],
+    setup: Sequence[str] = (),
 ) -> tuple[list[str], Any]:
-    """Collect every problem visible before launch. Returns (problems, keys or None)."""
+    """Collect every problem visible before launch. Returns (problems, keys or None).
+
+    ``setup`` holds what the composition root found while building the backend (an unknown
+    AWS_PROFILE, no credentials, a Lambda host that does not resolve); without an S3 client
+    or a launcher the checks that need them are skipped.
+    """
     from mu.runopts import keys_from_args
 
-    problems: list[str] = []
+    problems: list[str] = list(setup)
     keys = None
     try:
         keys = keys_from_args(args)
     except ConfigError as exc:
         problems.append(str(exc))
-    if args.backend == "lambda" and not credentials_ok():
-        problems.append(
-            "no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"
-        )
+    if s3 is None or launcher is None:
         return problems, keys  # nothing below can be checked without them
     try:
         problems.extend(preflight_inputs(s3, cfg, chunks))
@@ -196,21 +198,22 @@ def preflight(
 
 def run(
     args: argparse.Namespace,
-    launcher: Launcher,
+    launcher: Launcher | None,
     s3: Any,
     host_addr: str,
-    credentials_ok: Callable[[], bool] = lambda: True,
     out: Any = None,
+    problems: Sequence[str] = (),
 ) -> Outcome:
     """Run the png2y4m job end to end (see the module docstring).
 
     Args:
         args: parsed flags (:func:`add_arguments`).
-        launcher: the backend, built by the caller.
-        s3: a boto3 S3 client for the backend's S3.
+        launcher: the backend, built by the caller (None: it could not be built).
+        s3: a boto3 S3 client for the backend's S3 (None: it could not be made).
         host_addr: the address workers dial back to.
-        credentials_ok: whether AWS credentials are available (lambda backend).
         out: where the report goes (default stderr).
+        problems: what the caller found wrong while building the backend; reported by
+            preflight with its own, before anything is staged or uploaded.
 
     Returns:
         The outcome; ``exit_status`` is 0 only if every chunk was converted.
@@ -222,6 +225,10 @@ def run(
     cfg = config_from_args(args)
     run_config = run_config_from_args(args, num_actors=args.workers, offset=args.offset)
     chunks = list(run_config.actor_numbers())
+    if problems:
+        found, _keys = preflight(args, launcher, s3, cfg, chunks, problems)
+        return _report(found, out)
+    assert launcher is not None
     if args.backend == "local":
         stage_local(args, launcher, s3, cfg)
     if args.input_dir:
@@ -237,12 +244,9 @@ def run(
             done = download_outputs(s3, cfg, chunks, args.output_dir) if args.output_dir else []
             return Outcome(0, outputs=done)
         run_config = dataclasses.replace(run_config, actors=todo)
-    problems, keys = preflight(args, launcher, s3, cfg, todo, credentials_ok)
-    if problems:
-        print("mu: preflight found problems; nothing was launched:", file=out)
-        for problem in problems:
-            print(f"  - {problem}", file=out)
-        return Outcome(2, problems=problems)
+    found, keys = preflight(args, launcher, s3, cfg, todo)
+    if found:
+        return _report(found, out)
     regions = regions_of(args)
     coordinator = Coordinator(
         ConfigState,
@@ -264,6 +268,14 @@ def run(
         outputs = download_outputs(s3, cfg, chunks, args.output_dir)
         print(f"downloaded {len(outputs)} of {len(chunks)} chunks to {args.output_dir}/", file=out)
     return Outcome(result.exit_status, result=result, outputs=outputs)
+
+
+def _report(problems: list[str], out: Any) -> Outcome:
+    """Print preflight's one report; exit status 2, nothing launched."""
+    print("mu: preflight found problems; nothing was launched:", file=out)
+    for problem in problems:
+        print(f"  - {problem}", file=out)
+    return Outcome(2, problems=problems)
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
