@@ -2,15 +2,21 @@
 
 Each subcommand is one ``_cmd_<name>`` function registered in :func:`build_parser`. Backends
 are imported lazily inside the subcommands that need them; nothing else in mu imports them.
-Errors of the :class:`~mu.errors.MuError` tree print one line and exit 2 (bad input) or 1.
+Errors of the :class:`~mu.errors.MuError` tree print one line and exit 2 (bad input) or 1;
+so do botocore errors no inner boundary translated (:mod:`mu.aws`). Ctrl-C and SIGTERM unwind
+through every ``finally`` (so servers stop and temporary folders go), print one line and exit
+130 or 143.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any
 
 from mu import __version__
@@ -59,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     func: Handler = args.func
+    previous = _stop_on_sigterm()
     try:
         try:
             return func(args)
@@ -76,8 +83,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mu: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("mu: interrupted", file=sys.stderr)
+        print("mu: interrupted (Ctrl-C); what this run started is stopped and its temporary "
+              "files removed", file=sys.stderr)
         return 130
+    except Terminated:
+        print("mu: terminated (SIGTERM); what this run started is stopped and its temporary "
+              "files removed", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived. Like KeyboardInterrupt it is no ``Exception``, so nothing on the way
+    up swallows it, and every ``finally`` (servers, temp dirs, workers) runs."""
+
+
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM raise :class:`Terminated` in the main thread; return the old handler
+    (None when not in the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut cleanup short
+        raise Terminated
+
+    return signal.signal(signal.SIGTERM, on_sigterm)
 
 
 @subcommand

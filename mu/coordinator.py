@@ -698,8 +698,9 @@ class Coordinator:
             return
         if verdict is None:
             return  # superseded, or its twin still runs: nothing to retry
-        log.warning("actor %d attempt %d failed in %s: %s (%s)", number, attempt, where, error,
-                    verdict.why)
+        if not self._stop:  # a run being stopped reports its actors once, in the report
+            log.warning("actor %d attempt %d failed in %s: %s (%s)", number, attempt, where,
+                        error, verdict.why)
         if verdict.retry:
             # Back to the front of the queue, with a new worker launched for it; a spare
             # worker already on its way may take it first.
@@ -857,6 +858,7 @@ class Coordinator:
         self._stop = True
 
     def _shutdown(self) -> None:
+        self._stop = True  # the loop has ended (or was interrupted): nothing is retried now
         self.close()
         for thread in self._launch_threads:
             thread.join(timeout=30)
