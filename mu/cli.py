@@ -119,7 +119,7 @@ def _register_frames(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "frames",
         help="write deterministic test frames (PNG) of moving content",
         description="Write N deterministic PNG frames of moving, natural-looking content "
-        "as OUT/%%08d.png, numbered from --start.",
+        "as OUT/%08d.png, numbered from --start.",
     )
     p.add_argument("--count", type=int, default=24, help="number of frames (default 24)")
     p.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT (default 1280x720)")
@@ -211,12 +211,22 @@ def _cmd_lambdaize(args: argparse.Namespace) -> int:
     import os
 
     from backends import get_backend
-    from mu.lambdaize import LambdaizeOptions, env_defaults, inspect_executable, lambdaize
+    from mu.lambdaize import (
+        LambdaizeOptions,
+        env_defaults,
+        find_executable,
+        inspect_executable,
+        lambdaize,
+    )
 
+    executable, in_checkout = find_executable(args.executable)
+    if in_checkout:
+        print(f"mu: note: {args.executable} is not in {os.getcwd()}; using {executable} from "
+              "mu's source checkout", file=sys.stderr)
     env = env_defaults(os.environ)
     regions = [r.strip() for item in args.region or [] for r in item.split(",") if r.strip()]
     options = LambdaizeOptions(
-        executable=args.executable,
+        executable=executable,
         pre_args=args.pre_args,
         post_args=args.post_args,
         extra_files=tuple(args.extra_files),
@@ -283,8 +293,8 @@ def _register_png2y4m(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = sub.add_parser(
         "png2y4m",
         help="convert PNG frames in S3 to Y4M chunks on many workers",
-        description="Convert s3://BUCKET/VIDEO-INFORMAT/%%08d.png into "
-        "s3://BUCKET/VIDEO-y4m_FF/%%08d.y4m, FRAMES frames per worker. With --backend local "
+        description="Convert s3://BUCKET/VIDEO-INFORMAT/%08d.png into "
+        "s3://BUCKET/VIDEO-y4m_FF/%08d.y4m, FRAMES frames per worker. With --backend local "
         "(the default) everything runs on this machine: an embedded Lambda emulator and S3, "
         "ephemeral keys, the binary built from function/png2y4m.",
     )
