@@ -740,8 +740,13 @@ class LambdaLauncher:
         if key not in self._clients:
             self.check_region(region)
             endpoint = self.endpoint_url if service == "lambda" else self.s3_endpoint_url
+            # 5 attempts unless the user bounds them with AWS_MAX_ATTEMPTS, which botocore
+            # then reads itself.
+            retries: Any = {"mode": "standard"}
+            if not os.environ.get("AWS_MAX_ATTEMPTS"):
+                retries["max_attempts"] = 5
             config = Config(
-                retries={"mode": "standard", "max_attempts": 5},
+                retries=retries,
                 connect_timeout=10,
                 read_timeout=60,
                 max_pool_connections=16,

@@ -14,7 +14,9 @@ same for every backend:
    as recorded at upload, :mod:`mu.integrity`) are left alone; only the rest run.
 4. **Preflight**: every problem that can be seen before launching is collected and reported
    at once (keys unreadable, bucket or frames missing, function not deployed, no AWS
-   credentials); any problem means exit status 2 and nothing launched.
+   credentials or an unknown ``AWS_PROFILE``, an endpoint that cannot be reached, a Lambda
+   host that does not resolve, and whatever stopped steps 1-3); any problem means exit
+   status 2 and nothing launched.
 5. **Run**: the coordinator launches the workers and drives each through the job's states,
    writing the run record (``-O``) and showing live progress.
 6. **Outputs**: ``--output-dir`` downloads every chunk that was produced. Finished outputs
@@ -229,20 +231,15 @@ def run(
         found, _keys = preflight(args, launcher, s3, cfg, chunks, problems)
         return _report(found, out)
     assert launcher is not None
-    if args.backend == "local":
-        stage_local(args, launcher, s3, cfg)
-    if args.input_dir:
-        count = upload_inputs(s3, cfg, args.input_dir, create_bucket=args.backend == "local")
-        print(f"uploaded {count} frames to s3://{cfg.bucket}/{cfg.input_prefix}", file=out)
-    todo = chunks
-    if args.resume:
-        finished = set(finished_chunks(s3, cfg, chunks))
-        todo = [c for c in chunks if c not in finished]
-        print(f"--resume: {len(finished)} of {len(chunks)} chunks are already complete; "
-              f"{len(todo)} to run", file=out)
-        if not todo:
-            done = download_outputs(s3, cfg, chunks, args.output_dir) if args.output_dir else []
-            return Outcome(0, outputs=done)
+    try:
+        todo = _prepare(args, launcher, s3, cfg, chunks, out)
+    except MuError as exc:  # S3 or the emulator unreachable, a bucket that cannot be made...
+        found, _keys = preflight(args, None, None, cfg, chunks, [str(exc)])
+        return _report(found, out)
+    if not todo:
+        done = download_outputs(s3, cfg, chunks, args.output_dir) if args.output_dir else []
+        return Outcome(0, outputs=done)
+    if todo != chunks:
         run_config = dataclasses.replace(run_config, actors=todo)
     found, keys = preflight(args, launcher, s3, cfg, todo)
     if found:
@@ -268,6 +265,26 @@ def run(
         outputs = download_outputs(s3, cfg, chunks, args.output_dir)
         print(f"downloaded {len(outputs)} of {len(chunks)} chunks to {args.output_dir}/", file=out)
     return Outcome(result.exit_status, result=result, outputs=outputs)
+
+
+def _prepare(
+    args: argparse.Namespace, launcher: Launcher, s3: Any, cfg: Png2Y4MConfig,
+    chunks: list[int], out: Any,
+) -> list[int]:
+    """Stage (local backend), upload ``--input-dir``, and with ``--resume`` find the chunks
+    already complete; returns the chunks still to run."""
+    if args.backend == "local":
+        stage_local(args, launcher, s3, cfg)
+    if args.input_dir:
+        count = upload_inputs(s3, cfg, args.input_dir, create_bucket=args.backend == "local")
+        print(f"uploaded {count} frames to s3://{cfg.bucket}/{cfg.input_prefix}", file=out)
+    if not args.resume:
+        return chunks
+    finished = set(finished_chunks(s3, cfg, chunks))
+    todo = [c for c in chunks if c not in finished]
+    print(f"--resume: {len(finished)} of {len(chunks)} chunks are already complete; "
+          f"{len(todo)} to run", file=out)
+    return todo
 
 
 def _report(problems: list[str], out: Any) -> Outcome:

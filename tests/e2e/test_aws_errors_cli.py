@@ -89,8 +89,14 @@ CASES = [
     Case("png2y4m-none-no-credentials", [*PNG, "--backend", "none", "--s3-endpoint-url",
          "{url}"], {}, 2, ("no AWS credentials",), True),
     Case("png2y4m-local-closed-port", [*PNG, "--backend", "local", "--endpoint-url", "{url}",
-         "--s3-endpoint-url", "{url}"], {}, 1,
-         ("create function png2y4m in us-east-1", "cannot connect to {url}"), False),
+         "--s3-endpoint-url", "{url}"], {}, 2,
+         ("create function png2y4m in us-east-1", "cannot connect to {url}"), True),
+    Case("png2y4m-lambda-input-dir-closed-port", [*PNG, "--backend", "lambda",
+         "--endpoint-url", "{url}", "--s3-endpoint-url", "{url}", "--host-addr", "127.0.0.1",
+         "--input-dir", "{frames}"], CREDS, 2, ("S3 look up bucket 'no-such-bucket' at {url}",),
+         True),
+    Case("png2y4m-none-resume-closed-port", [*PNG, "--backend", "none", "--s3-endpoint-url",
+         "{url}", "--resume"], CREDS, 2, ("cannot connect to {url}",), True),
     Case("lambdaize-lambda-closed-port", ["lambdaize", "{binary}", "--backend", "lambda",
          "--endpoint-url", "{url}", "--role", "arn:aws:iam::1:role/r", "--name", "f"], CREDS,
          1, ("create function f in us-east-1", "cannot connect to {url}"), False),
@@ -110,7 +116,10 @@ CASES = [
 def test_one_clear_line_and_no_traceback(
     case: Case, closed_port: int, aws_home: Path, tmp_path: Path, png2y4m_binary: Path
 ) -> None:
-    fill = {"url": url(closed_port), "binary": str(png2y4m_binary)}
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "00000001.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # never read: S3 is closed
+    fill = {"url": url(closed_port), "binary": str(png2y4m_binary), "frames": str(frames)}
     argv = [a.format(**fill) for a in case.argv]
     done = mu(argv, aws_home, tmp_path, case.env)
     text = done.stdout + done.stderr
