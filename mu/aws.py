@@ -67,10 +67,23 @@ THROTTLING_CODES = frozenset({
 _CREDENTIALS_HINT = (
     "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run `aws configure`"
 )
-_ENDPOINT_HINT = (
-    "is the endpoint up? check --endpoint-url/--s3-endpoint-url (or AWS_ENDPOINT_URL*) "
-    "and the network"
-)
+
+
+def _endpoint_hint(url: str, where: str) -> str:
+    """What to check when ``url`` cannot be reached: the flag for that service's endpoint."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.path.startswith("/2015-03-31/") or host.startswith("lambda."):
+        flag = "--endpoint-url (or AWS_ENDPOINT_URL_LAMBDA)"
+    elif where.startswith("S3") or host.startswith("s3.") or ".s3." in host:
+        flag = "--s3-endpoint-url (or AWS_ENDPOINT_URL_S3)"
+    else:
+        flag = "--endpoint-url/--s3-endpoint-url (or AWS_ENDPOINT_URL*)"
+    return f"is the endpoint up? check {flag} and the network"
+
+
 _CREDENTIAL_ERRORS = (
     "NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
     "TokenRetrievalError", "SSOTokenLoadError", "UnauthorizedSSOTokenError",
@@ -112,16 +125,18 @@ def translate(exc: BaseException, where: str = "") -> MuError:
         return ConfigError(f"{prefix}no usable AWS credentials ({exc}): {_CREDENTIALS_HINT}")
     if isinstance(exc, bx.NoRegionError):
         return ConfigError(f"{prefix}no AWS region: pass -r/--regions or set AWS_DEFAULT_REGION")
+    url = _endpoint(exc)
+    hint = _endpoint_hint(url, where)
     if isinstance(exc, bx.ConnectTimeoutError):
-        return LaunchError(f"{prefix}timed out connecting to {_endpoint(exc)} ({_ENDPOINT_HINT})")
+        return LaunchError(f"{prefix}timed out connecting to {url} ({hint})")
     if isinstance(exc, bx.EndpointConnectionError):
-        return LaunchError(f"{prefix}cannot connect to {_endpoint(exc)} ({_ENDPOINT_HINT})")
+        return LaunchError(f"{prefix}cannot connect to {url} ({hint})")
     if isinstance(exc, bx.SSLError | bx.ProxyConnectionError):
-        return LaunchError(f"{prefix}{exc} ({_ENDPOINT_HINT})")
+        return LaunchError(f"{prefix}{exc} ({hint})")
     if isinstance(exc, bx.ReadTimeoutError | bx.ConnectionClosedError):
         what = "timed out waiting for" if isinstance(exc, bx.ReadTimeoutError) else (
             "connection closed without an answer from")
-        return LaunchError(f"{prefix}{what} {_endpoint(exc)} ({_ENDPOINT_HINT})")
+        return LaunchError(f"{prefix}{what} {url} ({hint})")
     if isinstance(exc, bx.HTTPClientError):
         return LaunchError(f"{prefix}HTTP failure talking to {_endpoint(exc)}: {exc}")
     if isinstance(exc, bx.ClientError):

@@ -74,7 +74,8 @@ PNG = ["png2y4m", "-n", "1", "-t", "0", "-b", "no-such-bucket"]
 CASES = [
     Case("png2y4m-lambda-closed-port", [*PNG, "--backend", "lambda", "--endpoint-url", "{url}",
          "--s3-endpoint-url", "{url}", "--host-addr", "127.0.0.1"], CREDS, 2,
-         ("cannot connect to {url}", "no-such-bucket", "look up function png2y4m"), True),
+         ("cannot connect to {url}", "no-such-bucket", "look up function png2y4m",
+          "check --s3-endpoint-url", "check --endpoint-url"), True),
     Case("png2y4m-lambda-no-credentials", [*PNG, "--backend", "lambda", "--endpoint-url",
          "{url}", "--s3-endpoint-url", "{url}"], {}, 2,
          ("no AWS credentials", "AWS_ACCESS_KEY_ID"), True),
