@@ -55,7 +55,9 @@ _TRANSIENT: Final[tuple[tuple[re.Pattern[str], str], ...]] = tuple(
     )
 )
 
-_RETVAL: Final = re.compile(r"RETVAL\((-?\d+)\)|exit(?:ed with)? status (-?\d+)", re.IGNORECASE)
+_RETVAL: Final = re.compile(
+    r"RETVAL\((-?\d+)\)|exit(?:ed with)? (?:status|code) (-?\d+)", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)

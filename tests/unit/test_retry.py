@@ -31,6 +31,8 @@ PERMANENT = [
     "worker failed in RetrieveState: FAIL(retrieve s3://b/k: AccessDenied: no)",
     "worker failed in RunState: FAIL(RETVAL(1):OUTPUT(bad PNG):COMMAND(./png2y4m))",
     "png2y4m exited with status 2: not a PNG",
+    "RetrieveAndRunState expected 'OK:RETVAL(0)', got 'OK:RETVAL(1):OUTPUT(bad):COMMAND(x)'",
+    "the command failed with exit code 3",
     "RetrieveState expected 'OK:RETRIEV', got 'OK:SET(x)'",
     "FinalState has no next state",
 ]
