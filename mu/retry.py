@@ -9,11 +9,13 @@ An actor's attempt fails for one of two kinds of reason:
   a crash, a killed or frozen Lambda), it ran past its ``-m`` deadline, S3 or AWS answered
   5xx, throttled, timed out or could not be reached, a transfer arrived damaged, the
   function's ``/tmp`` was full, or the command was killed by a signal.
+  A worker that broke the protocol (a malformed frame, an answer its state did not expect)
+  is one broken or hostile peer: another worker may well not be, so that is transient too.
 * **permanent**: the same commands would fail the same way on any worker: the worker
   answered ``FAIL(...)`` for a command it cannot carry out (``no such command``, ``no bucket
   set``, a bad template or argument, an object that does not exist, access denied), a
-  command exited with a non-zero status of its own, or the job's states broke the protocol
-  (an unexpected answer, a state with no next state).
+  command exited with a non-zero status of its own, or the job's states cannot go on (a
+  state with no next state, a machine that never waits).
 
 :func:`decide` turns one failed attempt into a :class:`RetryDecision`: retry only a transient
 failure, only while retries are left (``--retries K`` gives K retries, K + 1 attempts) and the
@@ -21,8 +23,8 @@ run is not stopping. The decision says why, in words the final report prints.
 
 The policy is pure (text and numbers in, a decision out; no clock, no sockets), so it is
 property-tested (``tests/unit/test_retry.py``) and the coordinator only applies it.
-A failure the policy cannot place is taken as permanent: a retry spends a Lambda invocation
-and time, and repeats a deterministic failure ``K`` more times.
+Whatever the worker itself refused is permanent unless its text names a transient cause;
+whatever else ended the attempt (the connection, the peer, the coordinator) is transient.
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ _TRANSIENT: Final[tuple[tuple[re.Pattern[str], str], ...]] = tuple(
         (r"No space left|disk full|ENOSPC", "the function's /tmp was full"),
     )
 )
+
+_REFUSED: Final = re.compile(r"(?:worker failed in [^:]*: )?(FAIL\(.*)", re.DOTALL)
+"""The worker's FAIL answer, bare or as a state reports it (``worker failed in S: FAIL(...)``)."""
+
+_JOB_BROKEN: Final = re.compile(r"has no next state|transitions without waiting")
 
 _RETVAL: Final = re.compile(
     r"RETVAL\((-?\d+)\)|exit(?:ed with)? (?:status|code) (-?\d+)", re.IGNORECASE
@@ -90,23 +97,46 @@ def classify(reason: str, by_coordinator: bool = False) -> tuple[bool, str]:
             if pattern.search(reason):
                 return True, why
         return True, "the coordinator ended the attempt"
-    status = _RETVAL.search(reason)
-    if status is not None:
-        value = int(status.group(1) or status.group(2))
-        if value < 0 or value > _SIGNAL_STATUS:
-            return True, f"the command was killed by a signal (status {value})"
-        return False, f"the command exited with status {value}"
-    if "FAIL(" in reason:
-        # The worker's own answer: transient only if it reports one of the causes above
-        # (an S3 5xx, throttling, a timeout, a full disk), never for its own refusal.
+    refused = _REFUSED.match(reason)
+    if refused is not None:  # the worker's own FAIL(...) answer
+        answer = refused.group(1)
+        status = _exit_status(answer)
+        if status is not None:
+            return status
+        # Transient only if it reports one of the causes above (an S3 5xx, throttling, a
+        # timeout, a full disk), never for its own refusal.
         for pattern, why in _TRANSIENT[2:]:
-            if pattern.search(reason):
+            if pattern.search(answer):
                 return True, why
         return False, "the worker refused the command"
+    expected, got, answer = reason.partition(", got ")
+    if got:  # "S expected 'E', got 'A'": an answer its state did not wait for
+        if "RETVAL(" in expected and answer.startswith("'OK:RETVAL("):
+            status = _exit_status(answer)
+            if status is not None:
+                return status
+        return True, "the worker broke the protocol"
+    if _JOB_BROKEN.search(reason):
+        return False, "the job's states cannot go on"
+    if not reason.startswith("frame "):  # not the raw bytes of a malformed frame
+        status = _exit_status(reason)
+        if status is not None:
+            return status
     for pattern, why in _TRANSIENT:
         if pattern.search(reason):
             return True, why
-    return False, "the job's states cannot go on"
+    return True, "the worker broke the protocol"
+
+
+def _exit_status(text: str) -> tuple[bool, str] | None:
+    """The verdict for a command's exit status named in ``text`` (None: none, or 0)."""
+    found = _RETVAL.search(text)
+    value = int(found.group(1) or found.group(2)) if found else 0
+    if value < 0 or value > _SIGNAL_STATUS:
+        return True, f"the command was killed by a signal (status {value})"
+    if value:
+        return False, f"the command exited with status {value}"
+    return None
 
 
 def decide(

@@ -22,6 +22,10 @@ TRANSIENT = [
     ("worker failed in X: FAIL(RETVAL(-9):OUTPUT():COMMAND(./png2y4m))", False),
     ("worker failed in X: FAIL(RETVAL(137):OUTPUT(Killed):COMMAND(./png2y4m))", False),
     ("something the coordinator saw", True),
+    ("RetrieveState expected 'OK:RETRIEV', got 'OK:SET(x)'", False),  # a broken peer
+    ("frame header b'x0000000000 ' is not 12 decimal digits and a space", False),
+    ("FuzzJob expected 'OK:RETVAL(0)', got ''", False),
+    ("FuzzJob expected 'OK:SET', got 'OK:RETVAL(0):OUTPUT():COMMAND(x)'", False),
 ]
 PERMANENT = [
     "worker failed in ConfigState: FAIL(retrieve: no bucket set)",
@@ -33,8 +37,8 @@ PERMANENT = [
     "png2y4m exited with status 2: not a PNG",
     "RetrieveAndRunState expected 'OK:RETVAL(0)', got 'OK:RETVAL(1):OUTPUT(bad):COMMAND(x)'",
     "the command failed with exit code 3",
-    "RetrieveState expected 'OK:RETRIEV', got 'OK:SET(x)'",
     "FinalState has no next state",
+    "LoopState made 10000 transitions without waiting",
 ]
 
 
