@@ -97,7 +97,7 @@ def _endpoint(exc: BaseException) -> str:
 
 
 def translate(exc: BaseException, where: str = "") -> MuError:
-    """The mu error for a botocore exception raised while doing ``where``.
+    """The mu error for a botocore exception raised while doing ``where``, on one line.
 
     Args:
         exc: a ``botocore.exceptions.BotoCoreError`` or ``ClientError``.
@@ -106,8 +106,13 @@ def translate(exc: BaseException, where: str = "") -> MuError:
     Returns:
         a :class:`~mu.errors.ConfigError` (the user's setup: credentials, profile, a name
         that does not exist) or :class:`~mu.errors.LaunchError` (the service: unreachable,
-        timing out, throttling, failing), whose message is one line.
+        timing out, throttling, failing).
     """
+    error = _translate(exc, where)
+    return type(error)(" ".join(str(error).split()))  # AWS messages may hold newlines
+
+
+def _translate(exc: BaseException, where: str) -> MuError:
     import botocore.exceptions as bx
 
     prefix = f"{where}: " if where else ""

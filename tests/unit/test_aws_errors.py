@@ -54,6 +54,11 @@ def test_translate(exc: Exception, kind: type[MuError], says: str) -> None:
     assert info.value.__cause__ is exc
 
 
+def test_a_message_with_newlines_becomes_one_line() -> None:
+    error = translate(client_error("Weird", 400, "first line\n  second line"), "x")
+    assert str(error) == "x: Weird: first line second line"
+
+
 def test_translate_without_where() -> None:
     assert str(translate(bx.NoRegionError())).startswith("no AWS region")
 
