@@ -6,8 +6,9 @@ Two paths, one per kind of work.
 
 *Control plane* (create, look up, delete functions; set the event-invoke config): plain boto3
 clients, one per region, with botocore's ``standard`` retry mode handling throttling. Every
-call goes through :func:`aws_errors`, the one place where a botocore exception becomes a
-:class:`~mu.errors.LaunchError` carrying the AWS error code and message (``from exc``).
+call goes through :func:`aws_errors`, which hands botocore's exception to :mod:`mu.aws`, the
+one place where it becomes mu's :class:`~mu.errors.ConfigError` or
+:class:`~mu.errors.LaunchError` naming the call, the AWS error and a hint (``from exc``).
 
 *Launch* (start N workers at once): every worker of a run receives the same payload, so the
 Invoke request (``POST /2015-03-31/functions/NAME/invocations`` with
@@ -49,19 +50,19 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import boto3
-import botocore.exceptions
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import ReadOnlyCredentials
 from botocore.httpsession import get_cert_path
 
+from mu.aws import aws_errors as _aws_errors
 from mu.errors import ConfigError, LaunchError, map_exceptions
 from mu.launch import FunctionSpec, Invocation, LaunchReport, LaunchSpec
 
@@ -105,12 +106,12 @@ class LaunchAborted(LaunchError):
         self.report = report
 
 
-@contextlib.contextmanager
-def aws_errors(action: str, name: str, region: str) -> Iterator[None]:
-    """Translate botocore errors around one control-plane call into :class:`LaunchError`.
+def aws_errors(action: str, name: str, region: str) -> contextlib.AbstractContextManager[None]:
+    """Translate botocore errors around one control-plane call (:func:`mu.aws.aws_errors`).
 
-    The message names the action, the function, the region, the AWS error code and message:
-    ``"create function png2y4m_x in us-east-1: AccessDeniedException: ..."``.
+    The message names the action, the function and the region, then what went wrong
+    (:func:`mu.aws.translate`): ``"create function png2y4m_x in us-east-1: access denied
+    (AccessDeniedException: ...): check the credentials ..."``.
 
     Args:
         action: what was being done ("create function", "delete function", ...).
@@ -118,18 +119,10 @@ def aws_errors(action: str, name: str, region: str) -> Iterator[None]:
         region: the region.
 
     Raises:
-        LaunchError: for ``ClientError`` and every other ``BotoCoreError``.
+        ConfigError: credentials, profile, access or a missing resource.
+        LaunchError: the endpoint unreachable, timing out, throttling or failing.
     """
-    where = f"{action} {name} in {region}"
-    try:
-        yield
-    except botocore.exceptions.ClientError as exc:
-        err = exc.response.get("Error", {})
-        code = err.get("Code", "Unknown")
-        message = err.get("Message", str(exc))
-        raise LaunchError(f"{where}: {code}: {message}") from exc
-    except botocore.exceptions.BotoCoreError as exc:
-        raise LaunchError(f"{where}: {type(exc).__name__}: {exc}") from exc
+    return _aws_errors(f"{action} {name} in {region}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -695,7 +688,10 @@ class LambdaLauncher:
                 f"({max_attempts}) must all be >= 1"
             )
         self.endpoint_url = endpoint_url.rstrip("/") if endpoint_url else None
-        self.session = session or boto3.session.Session()
+        if session is None:
+            with _aws_errors("AWS configuration"):  # an unknown AWS_PROFILE fails here
+                session = boto3.session.Session()
+        self.session = session
         self.code_bucket = code_bucket
         self.s3_endpoint_url = s3_endpoint_url
         self.connections = connections
@@ -744,8 +740,13 @@ class LambdaLauncher:
         if key not in self._clients:
             self.check_region(region)
             endpoint = self.endpoint_url if service == "lambda" else self.s3_endpoint_url
+            # 5 attempts unless the user bounds them with AWS_MAX_ATTEMPTS, which botocore
+            # then reads itself.
+            retries: Any = {"mode": "standard"}
+            if not os.environ.get("AWS_MAX_ATTEMPTS"):
+                retries["max_attempts"] = 5
             config = Config(
-                retries={"mode": "standard", "max_attempts": 5},
+                retries=retries,
                 connect_timeout=10,
                 read_timeout=60,
                 max_pool_connections=16,
@@ -940,7 +941,8 @@ class LambdaLauncher:
         return _Target(region, parts.hostname, parts.port or (443 if tls else 80), tls)
 
     def _credentials(self) -> ReadOnlyCredentials:
-        creds = self.session.get_credentials()
+        with _aws_errors("find AWS credentials to sign Lambda invocations"):
+            creds = self.session.get_credentials()
         if creds is None:
             raise LaunchError(
                 "no AWS credentials found (environment, ~/.aws/credentials, SSO or instance "

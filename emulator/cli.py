@@ -10,7 +10,10 @@ either way both servers are stopped in reverse order, which kills and reaps ever
 and fork server, before ``run`` returns 0.
 
 ``logs FUNCTION [REQUEST_ID]`` prints the log files the runner wrote under
-``STATE_DIR/logs/FUNCTION/``: one invocation's, or all of them, oldest first.
+``STATE_DIR/logs/FUNCTION/``: one invocation's, or all of them, oldest first. Without
+``--state-dir`` it looks in the default state dir, then in those of the emulators running
+now, which each ``serve`` records while it runs (:mod:`emulator.running`); when it finds
+none it names every place it looked.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from emulator import running
 from emulator.runner import SPARE_PREFIX, SPARES
 from emulator.server import DEFAULT_STATE_DIR, ThreadedEmulatorServer
 
@@ -100,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM or Ctrl-C, or print logs; the exit status."""
     if getattr(args, "action", None) == "logs":
-        return _logs(Path(args.state_dir), args.function, args.request_id)
+        return _logs(args.state_dir, args.function, args.request_id)
     from emulator.s3 import S3Server
 
     s3 = S3Server(port=args.s3_port)
@@ -125,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"export AWS_ENDPOINT_URL_S3={s3.endpoint_url}")
         print("export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing")
         print("export AWS_DEFAULT_REGION=us-east-1", flush=True)
+        record = running.register(Path(args.state_dir), server.endpoint_url, s3.endpoint_url)
         stop = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -138,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
             pass
         finally:
             signal.signal(signal.SIGTERM, previous)
+            running.unregister(record)
     finally:
         if server is not None:
             server.stop()
@@ -146,11 +152,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _logs(state_dir: Path, function: str | None, request_id: str | None) -> int:
+def _logs(state_dir: str, function: str | None, request_id: str | None) -> int:
+    """Print the logs from ``state_dir``; without ``--state-dir``, from the default one or,
+    failing that, from the state dirs of the emulators running now (:mod:`emulator.running`)."""
     if not function:
         print("mu emulator logs: name a FUNCTION", file=sys.stderr)
         return 2
-    folder = state_dir / "logs" / function
+    dirs = [Path(state_dir)]
+    if Path(state_dir) == DEFAULT_STATE_DIR:  # not given: look where running emulators live
+        dirs += [r.state_dir for r in running.running() if r.state_dir not in dirs]
+    for where in dirs:
+        files = _log_files(where / "logs" / function, request_id)
+        if files:
+            for path in files:
+                with contextlib.suppress(OSError):
+                    sys.stdout.write(path.read_text(errors="replace"))
+            return 0
+    what = f"invocation {request_id} of " if request_id else ""
+    looked = ", ".join(str(d / "logs" / function) for d in dirs)
+    print(f"mu emulator logs: no logs for {what}{function} in {looked}; an emulator started "
+          "with --state-dir DIR keeps them there: pass the same --state-dir DIR",
+          file=sys.stderr)
+    return 1
+
+
+def _log_files(folder: Path, request_id: str | None) -> list[Path]:
+    """The non-empty log files in ``folder`` (of one request, if given), oldest first."""
     # A running invocation of a fork server writes a spare's log, named when it ends; its
     # first line names the request.
     found = []
@@ -166,14 +193,7 @@ def _logs(state_dir: Path, function: str | None, request_id: str | None) -> int:
         start = f"START RequestId: {request_id} "
         files = [p for p in files if p.name == f"{request_id}.log" or (
             p.name.startswith(SPARE_PREFIX) and _first_line(p).startswith(start))]
-    if not files:
-        what = f"invocation {request_id} of " if request_id else ""
-        print(f"mu emulator logs: no logs for {what}{function} in {folder}", file=sys.stderr)
-        return 1
-    for path in files:
-        with contextlib.suppress(OSError):
-            sys.stdout.write(path.read_text(errors="replace"))
-    return 0
+    return files
 
 
 def _first_line(path: Path) -> str:

@@ -2,15 +2,21 @@
 
 Each subcommand is one ``_cmd_<name>`` function registered in :func:`build_parser`. Backends
 are imported lazily inside the subcommands that need them; nothing else in mu imports them.
-Errors of the :class:`~mu.errors.MuError` tree print one line and exit 2 (bad input) or 1.
+Errors of the :class:`~mu.errors.MuError` tree print one line and exit 2 (bad input) or 1;
+so do botocore errors no inner boundary translated (:mod:`mu.aws`). Ctrl-C and SIGTERM unwind
+through every ``finally`` (so servers stop and temporary folders go), print one line and exit
+130 or 143.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any
 
 from mu import __version__
@@ -59,8 +65,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     func: Handler = args.func
+    previous = _stop_on_sigterm()
     try:
-        return func(args)
+        try:
+            return func(args)
+        except Exception as exc:
+            if not type(exc).__module__.startswith(("botocore.", "boto3.")):
+                raise
+            # An AWS call no inner boundary wrapped: translated here, never a traceback.
+            from mu.aws import translate
+
+            raise translate(exc, f"mu {args.command}") from exc
     except ConfigError as exc:
         print(f"mu: error: {exc}", file=sys.stderr)
         return 2
@@ -68,8 +83,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mu: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("mu: interrupted", file=sys.stderr)
+        print("mu: interrupted (Ctrl-C); what this run started is stopped and its temporary "
+              "files removed", file=sys.stderr)
         return 130
+    except Terminated:
+        print("mu: terminated (SIGTERM); what this run started is stopped and its temporary "
+              "files removed", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived. Like KeyboardInterrupt it is no ``Exception``, so nothing on the way
+    up swallows it, and every ``finally`` (servers, temp dirs, workers) runs."""
+
+
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM raise :class:`Terminated` in the main thread; return the old handler
+    (None when not in the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut cleanup short
+        raise Terminated
+
+    return signal.signal(signal.SIGTERM, on_sigterm)
 
 
 @subcommand
@@ -78,7 +119,7 @@ def _register_frames(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "frames",
         help="write deterministic test frames (PNG) of moving content",
         description="Write N deterministic PNG frames of moving, natural-looking content "
-        "as OUT/%%08d.png, numbered from --start.",
+        "as OUT/%08d.png, numbered from --start.",
     )
     p.add_argument("--count", type=int, default=24, help="number of frames (default 24)")
     p.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT (default 1280x720)")
@@ -235,15 +276,20 @@ def _cmd_lambdaize(args: argparse.Namespace) -> int:
         MAX_ZIPPED,
         LambdaizeOptions,
         env_defaults,
+        find_executable,
         inspect_executable,
         lambdaize,
     )
 
     args = parse_lambdaize_args(args.lambdaize_args)
+    executable, in_checkout = find_executable(args.executable)
+    if in_checkout:
+        print(f"mu: note: {args.executable} is not in {os.getcwd()}; using {executable} from "
+              "mu's source checkout", file=sys.stderr)
     env = env_defaults(os.environ)
     regions = [r.strip() for item in args.region or [] for r in item.split(",") if r.strip()]
     options = LambdaizeOptions(
-        executable=args.executable,
+        executable=executable,
         pre_args=args.pre_args,
         post_args=args.post_args,
         extra_files=tuple(args.extra_files),
@@ -311,8 +357,8 @@ def _register_png2y4m(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = sub.add_parser(
         "png2y4m",
         help="convert PNG frames in S3 to Y4M chunks on many workers",
-        description="Convert s3://BUCKET/VIDEO-INFORMAT/%%08d.png into "
-        "s3://BUCKET/VIDEO-y4m_FF/%%08d.y4m, FRAMES frames per worker. With --backend local "
+        description="Convert s3://BUCKET/VIDEO-INFORMAT/%08d.png into "
+        "s3://BUCKET/VIDEO-y4m_FF/%08d.y4m, FRAMES frames per worker. With --backend local "
         "(the default) everything runs on this machine: an embedded Lambda emulator and S3, "
         "ephemeral keys, the binary built from function/png2y4m.",
     )
@@ -323,27 +369,28 @@ def _register_png2y4m(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def _cmd_png2y4m(args: argparse.Namespace) -> int:
     from mu.apps.png2y4m_run import run
 
-    launcher, s3, host_addr, credentials_ok = _backend_for_run(args)
+    launcher, s3, host_addr, problems = _backend_for_run(args)
     try:
-        outcome = run(args, launcher, s3, host_addr, credentials_ok)
+        outcome = run(args, launcher, s3, host_addr, problems=problems)
     finally:
-        launcher.close()
+        if launcher is not None:
+            launcher.close()
     return outcome.exit_status
 
 
-def _backend_for_run(args: argparse.Namespace) -> tuple[Any, Any, str, Callable[[], bool]]:
-    """The launcher, an S3 client for its S3, the dial-back address and a credentials check."""
+def _backend_for_run(args: argparse.Namespace) -> tuple[Any, Any, str, list[str]]:
+    """The launcher, an S3 client for its S3, the dial-back address, and the problems found
+    setting them up (an unknown AWS_PROFILE, no credentials, a Lambda host that does not
+    resolve), which preflight reports with its own. Launcher and client are None when the
+    AWS setup itself is unusable."""
     import boto3
 
     from backends import get_backend
     from backends.local import LOCAL_CREDENTIALS
     from mu.apps.png2y4m_run import regions_of
+    from mu.aws import aws_errors
 
     region = regions_of(args)[0]
-
-    def credentials_ok() -> bool:
-        return boto3.session.Session().get_credentials() is not None
-
     if args.backend == "local":
         faults = args.faults
         launcher = get_backend(
@@ -360,8 +407,21 @@ def _backend_for_run(args: argparse.Namespace) -> tuple[Any, Any, str, Callable[
             region_name=region,
             **LOCAL_CREDENTIALS,
         )
-        return launcher, s3, args.host_addr or "127.0.0.1", lambda: True
-    s3 = boto3.client("s3", endpoint_url=args.s3_endpoint_url, region_name=region)
+        return launcher, s3, args.host_addr or "127.0.0.1", []
+    try:
+        with aws_errors("AWS configuration"):
+            session = boto3.session.Session()
+            s3 = session.client("s3", endpoint_url=args.s3_endpoint_url, region_name=region)
+            credentials = session.get_credentials()
+    except ConfigError as exc:
+        return None, None, "", [str(exc)]
+    if credentials is None:
+        return None, None, "", [
+            "no AWS credentials found (the coordinator reads the input frames in S3"
+            + (" and invokes Lambda" if args.backend == "lambda" else "")
+            + "): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run "
+            "`aws configure`"
+        ]
     if args.backend == "none":
         import shlex
         from pathlib import Path
@@ -375,12 +435,14 @@ def _backend_for_run(args: argparse.Namespace) -> tuple[Any, Any, str, Callable[
             s3_endpoint_url=args.s3_endpoint_url,
             arrival_timeout=args.arrival_timeout,
         )
-        return launcher, s3, args.host_addr or args.host, credentials_ok
+        return launcher, s3, args.host_addr or args.host, []
     from backends.aws_lambda import route_address
 
-    launcher = get_backend("lambda", endpoint_url=args.endpoint_url)
-    host = args.host_addr or route_address(region, args.endpoint_url)
-    return launcher, s3, host, credentials_ok
+    launcher = get_backend("lambda", endpoint_url=args.endpoint_url, session=session)
+    try:
+        return launcher, s3, args.host_addr or route_address(region, args.endpoint_url), []
+    except ConfigError as exc:
+        return launcher, s3, "", [str(exc)]
 
 
 @subcommand

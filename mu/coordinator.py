@@ -55,11 +55,12 @@ from OpenSSL import SSL
 
 from mu.actor import Actor, Failed, Finished, HelloReceived, Lifecycle, Rejected
 from mu.config import RunConfig
-from mu.errors import LaunchError, TransportError
+from mu.errors import MuError, TransportError
 from mu.launch import Launcher, LaunchReport, LaunchSpec, WorkerPayload
 from mu.net import Admission, Pipe
 from mu.protocol import NEED_DATA, encode_text
-from mu.states import MachineState
+from mu.retry import RetryDecision, decide
+from mu.states import MachineState, TerminatedState
 from mu.tls import KeySet, server_context
 
 __all__ = ["ActorResult", "Coordinator", "RunResult", "Statistics"]
@@ -75,7 +76,11 @@ _MIN_SAMPLES = 3  # finished visits of a state before its median judges straggle
 class ActorResult:
     """How one actor (attempt) ended.
 
-    ``timestamps`` are ``(seconds since the run started, state name)``.
+    ``timestamps`` are ``(seconds since the run started, state name)``. ``state`` is the
+    state it finished in, or the state it was in when it failed (not ``ErrorState``).
+    ``attempt`` counts from 1 (0: no worker ever took the actor), the same number the
+    report, the log and the run record show. ``retry`` is the retry policy's verdict on a
+    failed attempt (:func:`mu.retry.decide`), e.g. ``"retried: the worker was lost"``.
     """
 
     actor: int
@@ -86,6 +91,7 @@ class ActorResult:
     attempt: int = 0
     peer: str = ""
     fault: str | None = None  # the rehearsal fault planned for this attempt
+    retry: str = ""
 
     def to_record(self) -> dict[str, Any]:
         """The run-record line (``-O``) for this attempt."""
@@ -99,6 +105,8 @@ class ActorResult:
         }
         if self.fault:
             record["fault"] = self.fault
+        if self.retry:
+            record["retry"] = self.retry
         return record
 
 
@@ -128,9 +136,12 @@ class RunResult:
         return [last[n] for n in sorted(last)]
 
     @property
-    def retried(self) -> int:
-        """Attempts that failed and were given to a new worker."""
-        return len(self.actors) - len(self.final)
+    def retried(self) -> list[ActorResult]:
+        """The failed attempts whose actor was given to a new worker (or whose speculative
+        twin went on), by actor and attempt."""
+        final = {id(a) for a in self.final}
+        return sorted((a for a in self.actors if id(a) not in final),
+                      key=lambda a: (a.actor, a.attempt))
 
     @property
     def done(self) -> int:
@@ -142,7 +153,7 @@ class RunResult:
 
     @property
     def failed(self) -> list[ActorResult]:
-        """The actors whose last attempt failed."""
+        """The last attempt of each actor that failed, by actor."""
         return [a for a in self.final if not a.ok]
 
     @property
@@ -467,7 +478,7 @@ class Coordinator:
         error: str | None = None
         try:
             report = self.launcher.launch(spec)
-        except LaunchError as exc:
+        except MuError as exc:  # LaunchError, or ConfigError (credentials gone meanwhile)
             error = str(exc)
             report = getattr(exc, "report", None)
         finally:
@@ -753,10 +764,18 @@ class Coordinator:
             self._running.pop(number, None)
         state = actor.state
         stamps = tuple((t - self._t0, name) for t, name in (state.timestamps if state else ()))
-        attempt = self._attempts.get(number, 1) - 1
+        attempt = self._attempts.get(number, 1)
+        where = state.name if ok and state else _failed_in(state)
+        verdict = None
+        if not ok and number in self._pending and not live:
+            verdict = decide(error or "", attempt, self.config.retries,
+                             by_coordinator=isinstance(state, TerminatedState),
+                             stopping=self._stop)
+            if verdict.retry and self.launcher is None:
+                verdict = RetryDecision(False, "not retried: no launcher to start a worker")
         self._results.append(ActorResult(
-            number, ok, state.name if state else "?", error, stamps, attempt, conn.peer,
-            conn.fault,
+            number, ok, where, error, stamps, attempt, conn.peer, conn.fault,
+            verdict.why if verdict else "",
         ))
         if ok:
             self._pending.discard(number)
@@ -764,17 +783,19 @@ class Coordinator:
                 self._learn(stamps)
             for other in list(live):  # a speculative twin: the first to finish wins
                 other.actor.send_command("quit:")
-                other.actor.terminate(f"superseded: attempt {attempt + 1} finished first")
+                other.actor.terminate(f"superseded: attempt {attempt} finished first")
                 self._events(other)
                 self._flush(other)  # sends the quit:, then closes
             return
-        if number not in self._pending or live:
+        if verdict is None:
             return  # superseded, or its twin still runs: nothing to retry
-        log.warning("actor %d failed in %s: %s", number, _failed_in(state), error)
-        if self.launcher is not None and attempt < self.config.retries and not self._stop:
+        if not self._stop:  # a run being stopped reports its actors once, in the report
+            log.warning("actor %d attempt %d failed in %s: %s (%s)", number, attempt, where,
+                        error, verdict.why)
+        if verdict.retry:
             # Back to the front of the queue, with a new worker launched for it; a spare
             # worker already on its way may take it first.
-            log.warning("retrying actor %d (attempt %d of %d)", number, attempt + 2,
+            log.warning("retrying actor %d: attempt %d of %d", number, attempt + 1,
                         self.config.retries + 1)
             self._queue.appendleft(number)
             self._start_launch(1)
@@ -934,6 +955,7 @@ class Coordinator:
         self._stop = True
 
     def _shutdown(self) -> None:
+        self._stop = True  # the loop has ended (or was interrupted): nothing is retried now
         self.close()
         for thread in self._launch_threads:
             thread.join(timeout=30)

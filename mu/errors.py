@@ -8,7 +8,8 @@
     │   └── RemoteProtocolError       the same, relabelled at the receive boundary
     │       └── FrameTooLarge         a length header above the configured maximum
     ├── ConfigError                   bad flags, files, keys or job definitions
-    ├── LaunchError                   a backend could not create or invoke functions
+    ├── LaunchError                   a backend, or the AWS service behind it (Lambda, S3),
+    │                                 could not be reached or refused a request
     ├── TransportError                sockets and TLS (handshake, EOF, timeouts)
     │   └── HandshakeTimeout
     └── WorkerFailed(actor, state, reason)
@@ -21,7 +22,7 @@ the offending value and, where there is one, the limit it broke.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 __all__ = [
     "ConfigError",
@@ -32,6 +33,7 @@ __all__ = [
     "MuError",
     "ProtocolError",
     "RemoteProtocolError",
+    "Translator",
     "TransportError",
     "WorkerFailed",
     "map_exceptions",
@@ -82,7 +84,8 @@ class ConfigError(MuError):
 
 
 class LaunchError(MuError):
-    """A launcher backend failed to create, find or invoke a function."""
+    """A launcher backend failed to create, find or invoke a function, or an AWS service
+    (Lambda, S3) could not be reached, timed out, throttled or failed (see :mod:`mu.aws`)."""
 
 
 class TransportError(MuError):
@@ -109,9 +112,13 @@ class WorkerFailed(MuError):
         self.reason = reason
 
 
+Translator = Callable[[BaseException, str], Exception]
+"""Builds our exception from a foreign one and the ``where`` text (e.g. :func:`mu.aws.translate`)."""
+
+
 @contextlib.contextmanager
 def map_exceptions(
-    mapping: Mapping[type[BaseException], type[Exception]], where: str = ""
+    mapping: Mapping[type[BaseException], type[Exception] | Translator], where: str = ""
 ) -> Iterator[None]:
     """Re-raise foreign exceptions as ours, once, at the boundary, keeping the cause.
 
@@ -119,7 +126,9 @@ def map_exceptions(
     ``mapping`` passes through unchanged.
 
     Args:
-        mapping: foreign exception class -> our exception class.
+        mapping: foreign exception class -> our exception class (built with the message
+            ``"where: original message"``) or a translator ``(exc, where) -> exception``
+            that words the message itself.
         where: a prefix naming the operation and the peer ("TLS handshake with 1.2.3.4:5").
 
     Raises:
@@ -128,7 +137,7 @@ def map_exceptions(
     try:
         yield
     except Exception as exc:
-        best: type[Exception] | None = None
+        best: type[Exception] | Translator | None = None
         best_depth = -1
         for foreign, ours in mapping.items():
             if isinstance(exc, foreign):
@@ -137,4 +146,6 @@ def map_exceptions(
                     best, best_depth = ours, depth
         if best is None:
             raise
+        if not isinstance(best, type):
+            raise best(exc, where) from exc
         raise best(f"{where}: {exc}" if where else str(exc)) from exc

@@ -79,6 +79,7 @@ __all__ = [
     "LambdaizeResult",
     "build_bundle",
     "env_defaults",
+    "find_executable",
     "function_name",
     "handler_source",
     "inspect_executable",
@@ -161,6 +162,23 @@ class ExecutableInfo:
         return self.kind == "elf" and bool(self.interpreter)
 
 
+def find_executable(path: str) -> tuple[str, bool]:
+    """Where ``path`` is: as given (relative to the current directory), else, for a relative
+    path that is not there, the same path in mu's source checkout (so the README's
+    ``mu lambdaize function/png2y4m/png2y4m ...`` works from any directory).
+
+    Returns:
+        ``(path to use, True if it was found in the checkout rather than as given)``.
+    """
+    given = Path(path)
+    if given.exists() or given.is_absolute():
+        return path, False
+    checkout = Path(str(resources.files("mu"))).parent / given
+    if checkout.is_file():
+        return str(checkout), True
+    return path, False
+
+
 def inspect_executable(path: str | os.PathLike[str], allow_dynamic: bool = False) -> ExecutableInfo:
     """Check that ``path`` can run on Lambda.
 
@@ -178,7 +196,8 @@ def inspect_executable(path: str | os.PathLike[str], allow_dynamic: bool = False
     """
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"executable {str(p)!r} does not exist")
+        where = "" if p.is_absolute() else f" (relative to {os.getcwd()})"
+        raise ConfigError(f"executable {str(p)!r} does not exist{where}")
     if not p.is_file():
         raise ConfigError(f"executable {str(p)!r} is not a regular file")
     if not os.access(p, os.X_OK):

@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-Each line of the record is one actor attempt: ``{"actor": n, "state": final_state, "ok":
-bool, "error": reason | null, "timestamps": [[seconds_since_start, state_name], ...]}``
-(an ``attempt`` number may be present when an actor was retried). A state lasts from its
+Each line of the record is one actor attempt: ``{"actor": n, "attempt": k, "state":
+final_state, "ok": bool, "error": reason | null, "timestamps": [[seconds_since_start,
+state_name], ...]}`` (attempts count from 1; a retried actor has a line per attempt; a
+failed one may say ``"retry"``: why it was or was not retried). A state lasts from its
 timestamp to the next one; the final (terminal) state is drawn as a marker at its time:
 a dot when the actor finished, a red cross when it failed. Rows are sorted by actor number
 and attempt. matplotlib comes from the ``plot`` extra and is imported only here.
@@ -120,7 +121,7 @@ def plot_timeline(
                 color="red", fontsize=7,
             )
     failed = sum(1 for a in attempts if not a.ok)
-    labels = [f"{a.actor}" + (f" #{a.attempt}" if a.attempt else "") for a in attempts]
+    labels = [f"{a.actor}" + (f" #{a.attempt}" if a.attempt > 1 else "") for a in attempts]
     ax.set_yticks(range(len(attempts)))
     ax.set_yticklabels(labels, fontsize=7 if len(attempts) > 30 else 9)
     ax.invert_yaxis()

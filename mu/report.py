@@ -3,7 +3,7 @@
 On a terminal the live view (rich) is one line of counts and a compact grid with one cell
 per actor, coloured by state (errors red, finished green); elsewhere (a log file, CI) it is
 a plain status line every few seconds. The final report names every failed actor with the
-state it failed in and the reason, then the counts.
+state it failed in, the reason and why it was not retried, then the counts.
 """
 
 from __future__ import annotations
@@ -153,29 +153,32 @@ class LiveStatus:
 
 
 def final_report(result: RunResult, stream: TextIO) -> None:
-    """Print every failed actor (number, state, reason), every failed attempt that was
-    retried, every rehearsal fault injected and what it led to, and the counts."""
-    for failed in sorted(result.failed, key=lambda a: a.actor):
-        where = failed.state
-        print(f"mu: actor {failed.actor} failed in {where}: {failed.error}", file=stream)
+    """Print every failed actor (number, attempt, the state it failed in, the reason, and
+    why it was not retried), every failed attempt that was retried and why, every rehearsal
+    fault injected and what it led to, and the counts. Attempts count from 1, as in the log
+    and the run record."""
+    for failed in result.failed:
+        nth = f" attempt {failed.attempt}" if failed.attempt else ""
+        why = f" ({failed.retry})" if failed.retry else ""
+        print(f"mu: actor {failed.actor}{nth} failed in {failed.state}: {failed.error}{why}",
+              file=stream)
     if result.launch_error:
         print(f"mu: launch: {result.launch_error}", file=stream)
-    final = {id(a) for a in result.final}
-    for attempt in result.actors:
-        if not attempt.ok and id(attempt) not in final:
-            print(f"mu: actor {attempt.actor} attempt {attempt.attempt + 1} failed in "
-                  f"{attempt.state}: {attempt.error} (retried)", file=stream)
+    for attempt in result.retried:
+        why = attempt.retry or "retried"
+        print(f"mu: actor {attempt.actor} attempt {attempt.attempt} failed in "
+              f"{attempt.state}: {attempt.error} ({why})", file=stream)
     for attempt in result.actors:
         if attempt.fault:
             outcome = "finished" if attempt.ok else f"failed in {attempt.state}: {attempt.error}"
-            print(f"mu: fault: actor {attempt.actor} attempt {attempt.attempt + 1} got "
+            print(f"mu: fault: actor {attempt.actor} attempt {attempt.attempt} got "
                   f"[{attempt.fault}] and {outcome}", file=stream)
     launched = ""
     if result.launch:
         more = result.launched - result.launch.accepted
         launched = f", launched {result.launched}" + (
             f" ({more} for retries and stragglers)" if more > 0 else "")
-    retried = f", {result.retried} retried" if result.retried else ""
+    retried = f", {len(result.retried)} retried" if result.retried else ""
     print(
         f"mu: {result.done} done, {result.errors} error, {result.rejected} rejected"
         f"{retried}{launched}; {result.wall:.2f} s",

@@ -83,7 +83,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--retries", type=int, default=2, metavar="K",
-        help="give an actor whose worker failed to a new worker, up to K times (2)",
+        help="give an actor whose attempt failed for a reason that can be transient (lost "
+        "worker, timeout, S3 5xx, throttling) to a new worker, up to K times (2)",
     )
     g.add_argument(
         "--arrival-timeout", type=float, default=300.0, metavar="SECONDS",

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mu.aws import aws_errors
 from mu.errors import ConfigError
 from mu.integrity import complete, file_digest, metadata
 from mu.protocol import Retval
@@ -198,11 +199,13 @@ def upload_inputs(s3: Any, cfg: Png2Y4MConfig, directory: str, create_bucket: bo
     if not bucket_exists(s3, cfg.bucket):
         if not create_bucket:
             raise ConfigError(f"bucket {cfg.bucket!r} does not exist")
-        s3.create_bucket(Bucket=cfg.bucket)
+        create(s3, cfg.bucket)
     for number, path in enumerate(pngs, 1):
         # A SHA-256 that S3 verifies, and the digest the workers check after downloading.
         extra = {"ChecksumAlgorithm": "SHA256", "Metadata": metadata(*file_digest(str(path)))}
-        s3.upload_file(str(path), cfg.bucket, cfg.input_key(number), ExtraArgs=extra)
+        key = cfg.input_key(number)
+        with aws_errors(s3_where(s3, f"upload {path} to s3://{cfg.bucket}/{key}")):
+            s3.upload_file(str(path), cfg.bucket, key, ExtraArgs=extra)
     return len(pngs)
 
 
@@ -224,8 +227,14 @@ def finished_chunks(s3: Any, cfg: Png2Y4MConfig, chunks: list[int]) -> list[int]
         if key not in present:
             continue
         try:
-            head = s3.head_object(Bucket=cfg.bucket, Key=key, ChecksumMode="ENABLED")
-        except ClientError:
+            with aws_errors(s3_where(s3, f"look up s3://{cfg.bucket}/{key}")):
+                try:
+                    head = s3.head_object(Bucket=cfg.bucket, Key=key, ChecksumMode="ENABLED")
+                except ClientError as exc:
+                    if _status(exc) not in (403, 404):
+                        raise
+                    continue  # gone since the listing
+        except ConfigError:
             continue  # gone since the listing
         if complete(head):
             finished.append(chunk)
@@ -233,14 +242,38 @@ def finished_chunks(s3: Any, cfg: Png2Y4MConfig, chunks: list[int]) -> list[int]
 
 
 def bucket_exists(s3: Any, bucket: str) -> bool:
-    """Whether ``bucket`` exists and is reachable with these credentials."""
+    """Whether ``bucket`` exists and is reachable with these credentials.
+
+    Raises:
+        ConfigError, LaunchError: S3 could not answer (:mod:`mu.aws`: no credentials, the
+            endpoint unreachable, ...); "no such bucket" and "forbidden" answer False.
+    """
     from botocore.exceptions import ClientError
 
-    try:
-        s3.head_bucket(Bucket=bucket)
-    except ClientError:
-        return False
+    with aws_errors(s3_where(s3, f"look up bucket {bucket!r}")):
+        try:
+            s3.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if _status(exc) in (403, 404):
+                return False
+            raise
     return True
+
+
+def create(s3: Any, bucket: str) -> None:
+    """Create ``bucket`` (local runs), translating S3's errors (:mod:`mu.aws`)."""
+    with aws_errors(s3_where(s3, f"create bucket {bucket!r}")):
+        s3.create_bucket(Bucket=bucket)
+
+
+def s3_where(s3: Any, what: str) -> str:
+    """``"S3 <what> at <endpoint>"``: the ``where`` of an S3 call's error message."""
+    return f"S3 {what} at {s3.meta.endpoint_url}"
+
+
+def _status(exc: Any) -> int | None:
+    status: int | None = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return status
 
 
 def keys_under(
@@ -307,13 +340,14 @@ def _paginate(
 ) -> set[str]:
     present: set[str] = set()
     extra = {"StartAfter": start_after} if start_after else {}
-    for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}, **extra
-    ):
-        keys = [obj["Key"] for obj in page.get("Contents", [])]
-        present.update(keys)
-        if keys and _reached(keys[-1], last):
-            break
+    with aws_errors(s3_where(s3, f"list s3://{bucket}/{prefix}")):
+        for page in s3.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}, **extra
+        ):
+            keys = [obj["Key"] for obj in page.get("Contents", [])]
+            present.update(keys)
+            if keys and _reached(keys[-1], last):
+                break
     return present
 
 
@@ -369,9 +403,12 @@ def download_outputs(s3: Any, cfg: Png2Y4MConfig, chunks: list[int], directory: 
     for chunk in chunks:
         key = cfg.output_key(chunk)
         target = out / key.rsplit("/", 1)[-1]
-        try:
-            s3.download_file(cfg.bucket, key, str(target))
-        except ClientError:
-            continue  # that chunk failed; the run report names it
+        with aws_errors(s3_where(s3, f"download s3://{cfg.bucket}/{key}")):
+            try:
+                s3.download_file(cfg.bucket, key, str(target))
+            except ClientError as exc:
+                if _status(exc) not in (403, 404):
+                    raise
+                continue  # that chunk failed; the run report names it
         written.append(str(target))
     return written

@@ -14,7 +14,9 @@ same for every backend:
    as recorded at upload, :mod:`mu.integrity`) are left alone; only the rest run.
 4. **Preflight**: every problem that can be seen before launching is collected and reported
    at once (keys unreadable, bucket or frames missing, function not deployed, no AWS
-   credentials); any problem means exit status 2 and nothing launched.
+   credentials or an unknown ``AWS_PROFILE``, an endpoint that cannot be reached, a Lambda
+   host that does not resolve, and whatever stopped steps 1-3); any problem means exit
+   status 2 and nothing launched.
 5. **Run**: the coordinator launches the workers and drives each through the job's states,
    writing the run record (``-O``) and showing live progress.
 6. **Outputs**: ``--output-dir`` downloads every chunk that was produced. Finished outputs
@@ -27,7 +29,7 @@ import argparse
 import dataclasses
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,25 +158,27 @@ def stage_local(
 
 def preflight(
     args: argparse.Namespace,
-    launcher: Launcher,
+    launcher: Launcher | None,
     s3: Any,
     cfg: Png2Y4MConfig,
     chunks: list[int],
-    credentials_ok: Callable[[], bool],
+    setup: Sequence[str] = (),
 ) -> tuple[list[str], Any]:
-    """Collect every problem visible before launch. Returns (problems, keys or None)."""
+    """Collect every problem visible before launch. Returns (problems, keys or None).
+
+    ``setup`` holds what the composition root found while building the backend (an unknown
+    AWS_PROFILE, no credentials, a Lambda host that does not resolve); without an S3 client
+    or a launcher the checks that need them are skipped.
+    """
     from mu.runopts import keys_from_args
 
-    problems: list[str] = []
+    problems: list[str] = list(setup)
     keys = None
     try:
         keys = keys_from_args(args)
     except ConfigError as exc:
         problems.append(str(exc))
-    if args.backend == "lambda" and not credentials_ok():
-        problems.append(
-            "no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile)"
-        )
+    if s3 is None or launcher is None:
         return problems, keys  # nothing below can be checked without them
     try:
         problems.extend(preflight_inputs(s3, cfg, chunks))
@@ -197,21 +201,22 @@ def preflight(
 
 def run(
     args: argparse.Namespace,
-    launcher: Launcher,
+    launcher: Launcher | None,
     s3: Any,
     host_addr: str,
-    credentials_ok: Callable[[], bool] = lambda: True,
     out: Any = None,
+    problems: Sequence[str] = (),
 ) -> Outcome:
     """Run the png2y4m job end to end (see the module docstring).
 
     Args:
         args: parsed flags (:func:`add_arguments`).
-        launcher: the backend, built by the caller.
-        s3: a boto3 S3 client for the backend's S3.
+        launcher: the backend, built by the caller (None: it could not be built).
+        s3: a boto3 S3 client for the backend's S3 (None: it could not be made).
         host_addr: the address workers dial back to.
-        credentials_ok: whether AWS credentials are available (lambda backend).
         out: where the report goes (default stderr).
+        problems: what the caller found wrong while building the backend; reported by
+            preflight with its own, before anything is staged or uploaded.
 
     Returns:
         The outcome; ``exit_status`` is 0 only if every chunk was converted.
@@ -223,27 +228,23 @@ def run(
     cfg = config_from_args(args)
     run_config = run_config_from_args(args, num_actors=args.workers, offset=args.offset)
     chunks = list(run_config.actor_numbers())
-    if args.backend == "local":
-        stage_local(args, launcher, s3, cfg)
-    if args.input_dir:
-        count = upload_inputs(s3, cfg, args.input_dir, create_bucket=args.backend == "local")
-        print(f"uploaded {count} frames to s3://{cfg.bucket}/{cfg.input_prefix}", file=out)
-    todo = chunks
-    if args.resume:
-        finished = set(finished_chunks(s3, cfg, chunks))
-        todo = [c for c in chunks if c not in finished]
-        print(f"--resume: {len(finished)} of {len(chunks)} chunks are already complete; "
-              f"{len(todo)} to run", file=out)
-        if not todo:
-            done = download_outputs(s3, cfg, chunks, args.output_dir) if args.output_dir else []
-            return Outcome(0, outputs=done)
-        run_config = dataclasses.replace(run_config, actors=todo)
-    problems, keys = preflight(args, launcher, s3, cfg, todo, credentials_ok)
     if problems:
-        print("mu: preflight found problems; nothing was launched:", file=out)
-        for problem in problems:
-            print(f"  - {problem}", file=out)
-        return Outcome(2, problems=problems)
+        found, _keys = preflight(args, launcher, s3, cfg, chunks, problems)
+        return _report(found, out)
+    assert launcher is not None
+    try:
+        todo = _prepare(args, launcher, s3, cfg, chunks, out)
+    except MuError as exc:  # S3 or the emulator unreachable, a bucket that cannot be made...
+        found, _keys = preflight(args, None, None, cfg, chunks, [str(exc)])
+        return _report(found, out)
+    if not todo:
+        done = download_outputs(s3, cfg, chunks, args.output_dir) if args.output_dir else []
+        return Outcome(0, outputs=done)
+    if todo != chunks:
+        run_config = dataclasses.replace(run_config, actors=todo)
+    found, keys = preflight(args, launcher, s3, cfg, todo)
+    if found:
+        return _report(found, out)
     regions = regions_of(args)
     coordinator = Coordinator(
         ConfigState,
@@ -265,6 +266,34 @@ def run(
         outputs = download_outputs(s3, cfg, chunks, args.output_dir)
         print(f"downloaded {len(outputs)} of {len(chunks)} chunks to {args.output_dir}/", file=out)
     return Outcome(result.exit_status, result=result, outputs=outputs)
+
+
+def _prepare(
+    args: argparse.Namespace, launcher: Launcher, s3: Any, cfg: Png2Y4MConfig,
+    chunks: list[int], out: Any,
+) -> list[int]:
+    """Stage (local backend), upload ``--input-dir``, and with ``--resume`` find the chunks
+    already complete; returns the chunks still to run."""
+    if args.backend == "local":
+        stage_local(args, launcher, s3, cfg)
+    if args.input_dir:
+        count = upload_inputs(s3, cfg, args.input_dir, create_bucket=args.backend == "local")
+        print(f"uploaded {count} frames to s3://{cfg.bucket}/{cfg.input_prefix}", file=out)
+    if not args.resume:
+        return chunks
+    finished = set(finished_chunks(s3, cfg, chunks))
+    todo = [c for c in chunks if c not in finished]
+    print(f"--resume: {len(finished)} of {len(chunks)} chunks are already complete; "
+          f"{len(todo)} to run", file=out)
+    return todo
+
+
+def _report(problems: list[str], out: Any) -> Outcome:
+    """Print preflight's one report; exit status 2, nothing launched."""
+    print("mu: preflight found problems; nothing was launched:", file=out)
+    for problem in problems:
+        print(f"  - {problem}", file=out)
+    return Outcome(2, problems=problems)
 
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:

@@ -71,11 +71,8 @@ SKIPPED = {
         "tests/e2e/test_backend_none.py runs this path with real workers",
 }
 
-XFAIL = {
+XFAIL: dict[tuple[str, str], str] = {
     # (document, the block's first command): the known bug that makes it fail today.
-    ("README.md", "mu emulator"):
-        "`mu lambdaize function/png2y4m/png2y4m ...` finds the binary only when run from "
-        "the repository root",
 }
 
 

@@ -134,8 +134,11 @@ def test_corrupt_frame_fails_only_its_worker(
     by_actor = {a.actor: a for a in outcome.result.actors}
     assert by_actor[0].ok and by_actor[2].ok and not by_actor[1].ok
     failed = by_actor[1]
-    assert failed.state == "ErrorState"
+    assert failed.state == "RetrieveAndRunState"  # where it failed, not ErrorState
     assert "00000008.png" in (failed.error or "")
+    # A corrupt frame fails the same way on any worker: one attempt, and the report says so.
+    assert [a.attempt for a in outcome.result.actors if a.actor == 1] == [1]
+    assert failed.retry.startswith("not retried: the command exited with status")
     report = outcome.report  # type: ignore[attr-defined]
     assert "1" in report and "00000008.png" in report
     # The good chunks are finished and kept.

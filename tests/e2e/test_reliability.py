@@ -60,7 +60,7 @@ RUN_TIMEOUT = 240.0  # seconds: a bound on one mu process, far above its real du
 FAULT_LINE = re.compile(
     r"^mu: fault: actor (\d+) attempt (\d+) got \[(.*)\] and (finished|failed in .*)$"
 )
-RETRY_LINE = re.compile(r"^mu: actor (\d+) attempt (\d+) failed in (\S+): (.*) \(retried\)$")
+RETRY_LINE = re.compile(r"^mu: actor (\d+) attempt (\d+) failed in (\S+): (.*) \(retried: .*\)$")
 DUPLICATE_LINE = re.compile(r"^mu: fault: (\d+) Event invocation\(s\) were delivered twice$")
 SUMMARY_LINE = re.compile(r"^mu: (\d+) done, (\d+) error, (\d+) rejected(?:, (\d+) retried)?")
 RESUME_LINE = re.compile(r"^--resume: (\d+) of (\d+) chunks are already complete; (\d+) to run$",
@@ -213,7 +213,7 @@ def test_chaos_run_loses_nothing(
     assert {actor for actor, _ in by_attempt} == set(range(WORKERS))
     for (actor, attempt), row in by_attempt.items():
         # The record names the very plan the seed draws for that attempt.
-        assert row.get("fault") == str(spec.plan(actor, attempt)), row
+        assert row.get("fault") == str(spec.plan(actor, attempt - 1)), row
         later = (actor, attempt + 1) in by_attempt
         assert row["ok"] != later, f"attempt {attempt} of actor {actor}: ok={row['ok']}"
     failed = [r for r in record if not r["ok"]]
@@ -230,7 +230,7 @@ def test_chaos_run_loses_nothing(
         (int(m[1]), int(m[2]), m[3], m[4]) for line in lines if (m := FAULT_LINE.match(line))
     )
     expected_faults = sorted(
-        (r["actor"], r["attempt"] + 1, r["fault"],
+        (r["actor"], r["attempt"], r["fault"],
          "finished" if r["ok"] else f"failed in {r['state']}: {r['error']}")
         for r in record if r.get("fault")
     )
@@ -239,7 +239,7 @@ def test_chaos_run_loses_nothing(
         (int(m[1]), int(m[2]), m[3], m[4]) for line in lines if (m := RETRY_LINE.match(line))
     )
     assert reported_retries == sorted(
-        (r["actor"], r["attempt"] + 1, r["state"], r["error"]) for r in failed
+        (r["actor"], r["attempt"], r["state"], r["error"]) for r in failed
     )
     counts = summary(ran.output)
     assert counts == {"done": WORKERS, "error": 0, "rejected": 0, "retried": len(failed)}

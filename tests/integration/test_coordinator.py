@@ -419,7 +419,7 @@ def test_worker_deadline_terminates_the_actor(keys: KeySet) -> None:
     with running(coord) as out:
         finish(workers(1, lambda: slow(coord.address, coord.token)))
     (failed,) = out["result"].failed
-    assert failed.state == "TerminatedState"
+    assert failed.state == "Small"  # the state it was in when the deadline passed
     assert "deadline of 0.3 s passed" in (failed.error or "")
 
 
@@ -577,15 +577,16 @@ def test_key_types_cipher_and_chain_sent(keys: KeySet) -> None:
 # ------------------------------------------------------------------------ retries
 
 
-def flaky_worker(addr: tuple[str, int], token: str, ctx: ssl.SSLContext) -> None:
-    """Says hello, then fails the first command it gets."""
+def flaky_worker(addr: tuple[str, int], token: str, ctx: ssl.SSLContext,
+                 fail: str = "FAIL(disk full)") -> None:
+    """Says hello, then fails the first command it gets with ``fail``."""
     with ctx.wrap_socket(socket.create_connection(addr, timeout=30)) as sock:
         sock.sendall(encode_text(f"OK:HELLO:{token}"))
         decoder = FrameDecoder()
         while (data := sock.recv(65536)):
             decoder.receive_data(data)
             if isinstance(decoder.next_frame(), bytes):
-                sock.sendall(encode_text("FAIL(disk full)"))
+                sock.sendall(encode_text(fail))
                 break
         with contextlib.suppress(OSError):
             while sock.recv(65536):
@@ -593,7 +594,8 @@ def flaky_worker(addr: tuple[str, int], token: str, ctx: ssl.SSLContext) -> None
 
 
 class ScriptedLauncher(ThreadLauncher):
-    """Each invocation starts the next worker kind of ``script`` ("good" or "flaky")."""
+    """Each invocation starts the next worker kind of ``script`` ("good", "flaky" or
+    "refusing": a FAIL that cannot change on retry)."""
 
     def __init__(self, script: list[str], keys: KeySet) -> None:
         super().__init__(None, keys)
@@ -605,8 +607,11 @@ class ScriptedLauncher(ThreadLauncher):
         addr = (payload["addr"], payload["port"])
         for _ in range(spec.count):
             kind = self.script.pop(0) if self.script else "good"
-            target = flaky_worker if kind == "flaky" else good_worker
-            t = threading.Thread(target=target, args=(addr, payload["token"], self.ctx))
+            target = flaky_worker if kind in ("flaky", "refusing") else good_worker
+            args: tuple[Any, ...] = (addr, payload["token"], self.ctx)
+            if kind == "refusing":
+                args += ("FAIL(retrieve: no bucket set)",)
+            t = threading.Thread(target=target, args=args)
             t.start()
             self.threads.append(t)
         return accepted(spec.count)
@@ -618,13 +623,14 @@ def test_a_failed_actor_is_given_to_a_new_worker(keys: KeySet) -> None:
                         launcher=launcher)
     result = coord.run()
     launcher.close()
-    assert result.exit_status == 0 and result.done == 2 and result.retried == 1
+    assert result.exit_status == 0 and result.done == 2 and len(result.retried) == 1
     assert [s.count for s in launcher.specs] == [2, 1]  # one replacement was launched
     failed = [a for a in result.actors if not a.ok]
     (first,) = failed
-    assert "disk full" in (first.error or "") and first.attempt == 0
+    assert "disk full" in (first.error or "") and first.attempt == 1
+    assert first.retry == "retried: the function's /tmp was full"
     again = [a for a in result.actors if a.actor == first.actor and a.ok]
-    assert [a.attempt for a in again] == [1]
+    assert [a.attempt for a in again] == [2]
     # The report counts the replacement among the workers launched.
     assert result.launched == 3
     out = io.StringIO()
@@ -638,11 +644,35 @@ def test_retries_are_bounded(keys: KeySet) -> None:
                         launcher=launcher)
     result = coord.run()
     launcher.close()
-    assert [a.attempt for a in result.actors] == [0, 1]
-    assert result.exit_status == 1 and result.retried == 1
+    assert [a.attempt for a in result.actors] == [1, 2]
+    assert result.exit_status == 1 and len(result.retried) == 1
     (final,) = result.failed
-    assert final.attempt == 1 and "disk full" in (final.error or "")
+    assert final.attempt == 2 and "disk full" in (final.error or "")
+    assert final.retry == "not retried (the function's /tmp was full): all 1 retries used"
     assert len(launcher.specs) == 2
+
+
+def test_a_failure_that_cannot_change_is_not_retried(keys: KeySet, tmp_path: Path) -> None:
+    launcher = ScriptedLauncher(["refusing"] * 3, keys)
+    coord = Coordinator(Small, JOB, RunConfig(num_actors=1, port=0, retries=2, **SAFE), keys,
+                        launcher=launcher)
+    result = coord.run()
+    launcher.close()
+    assert len(launcher.specs) == 1 and result.retried == []  # no replacement launched
+    (final,) = result.failed
+    assert (final.attempt, final.state) == (1, "Small")  # where it failed, not ErrorState
+    assert final.retry == (
+        "not retried: the worker refused the command, which cannot change on retry")
+    out = io.StringIO()
+    final_report(result, out)
+    assert out.getvalue().splitlines()[0] == (
+        "mu: actor 0 attempt 1 failed in Small: worker failed in Small: "
+        "FAIL(retrieve: no bucket set) (not retried: the worker refused the command, "
+        "which cannot change on retry)"
+    )
+    result.write_record(tmp_path / "run.jsonl")
+    (row,) = [json.loads(line) for line in (tmp_path / "run.jsonl").read_text().splitlines()]
+    assert (row["attempt"], row["state"], row["retry"]) == (1, "Small", final.retry)
 
 
 def test_workers_that_never_arrive_do_not_hang_the_run(keys: KeySet) -> None:

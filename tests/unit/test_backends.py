@@ -71,11 +71,16 @@ def test_aws_errors_names_code_and_message() -> None:
     error = botocore.exceptions.ClientError(
         {"Error": {"Code": "AccessDeniedException", "Message": "no way"}}, "CreateFunction"
     )
-    with pytest.raises(LaunchError) as info, aws_errors("create function", "f_1", "eu-west-1"):
+    with pytest.raises(ConfigError) as info, aws_errors("create function", "f_1", "eu-west-1"):
         raise error
-    assert str(info.value) == "create function f_1 in eu-west-1: AccessDeniedException: no way"
+    assert str(info.value) == (
+        "create function f_1 in eu-west-1: access denied (AccessDeniedException: no way): "
+        "check the credentials and that they may do this"
+    )
     assert info.value.__cause__ is error
-    with pytest.raises(LaunchError, match="NoCredentialsError"), aws_errors("x", "f", "r"):
+    with pytest.raises(ConfigError, match=r"^x f in r: no usable AWS credentials"), aws_errors(
+        "x", "f", "r"
+    ):
         raise botocore.exceptions.NoCredentialsError()
 
 

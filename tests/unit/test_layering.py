@@ -31,6 +31,7 @@ L0 = {
     "mu.config": {"mu.errors", "mu.protocol", "mu.launch", "mu.faults"},
     "mu.faults": {"mu.errors"},
     "mu.integrity": set(),
+    "mu.retry": set(),
 }
 PURE_NUMERIC = {"mu.y4m"}  # reference implementation: stdlib + numpy, nothing of ours
 

@@ -1,0 +1,190 @@
+"""AWS errors, translated once into mu's error tree (STYLE §2 rule 5).
+
+Theory of operation
+-------------------
+Every call mu makes to AWS (or to an AWS-compatible endpoint: the emulator, moto) goes
+through boto3, which raises botocore's exceptions. A user must never see one of those as a
+traceback: the boundary around each call (``with aws_errors("what, where"):``) turns it into
+one line of mu's tree, built by :func:`translate`, that names what was being done and where,
+what went wrong, and what to do about it::
+
+    S3 head bucket 'frames' at http://127.0.0.1:9: cannot connect to http://127.0.0.1:9/frames
+    (is the endpoint up? check --s3-endpoint-url/--endpoint-url and the network)
+
+The mapping, most specific first:
+
+====================================================  =============  ==========================
+botocore exception                                     mu error       says
+====================================================  =============  ==========================
+``ProfileNotFound``                                    ConfigError    unknown ``AWS_PROFILE``
+``NoCredentialsError``, partial/SSO/retrieval errors   ConfigError    no credentials
+``NoRegionError``                                      ConfigError    no region
+``EndpointConnectionError``, ``ConnectTimeoutError``   LaunchError    cannot connect
+``SSLError``, ``ProxyConnectionError``                 LaunchError    cannot connect
+``ReadTimeoutError``, ``ConnectionClosedError``, ...   LaunchError    no answer
+``ClientError`` access denied / bad keys               ConfigError    access denied
+``ClientError`` not found (bucket, function)           ConfigError    does not exist
+``ClientError`` throttling, 5xx                        LaunchError    after botocore's retries
+any other ``BotoCoreError`` / ``ClientError``          LaunchError    code and message
+====================================================  =============  ==========================
+
+Throttling and 5xx answers are retried by botocore's ``standard`` retry mode before they get
+here (``AWS_MAX_ATTEMPTS`` bounds it); what arrives here has already been retried.
+:func:`aws_errors` is :func:`mu.errors.map_exceptions` with :func:`translate` as the mapping,
+so there is one translation path for the whole of mu. botocore is imported only when a
+translation is needed, so importing this module costs nothing at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from mu.errors import ConfigError, LaunchError, MuError, map_exceptions
+
+__all__ = ["ACCESS_CODES", "NOT_FOUND_CODES", "THROTTLING_CODES", "aws_errors", "translate"]
+
+ACCESS_CODES = frozenset({
+    "AccessDenied", "AccessDeniedException", "UnrecognizedClientException",
+    "InvalidAccessKeyId", "InvalidClientTokenId", "SignatureDoesNotMatch",
+    "ExpiredToken", "ExpiredTokenException", "InvalidToken", "AuthFailure", "403",
+})
+"""Error codes meaning the credentials are wrong or lack a permission."""
+
+NOT_FOUND_CODES = frozenset({
+    "NoSuchBucket", "ResourceNotFoundException", "NoSuchKey", "404", "NotFound",
+})
+"""Error codes meaning the named bucket, key or function does not exist."""
+
+THROTTLING_CODES = frozenset({
+    "Throttling", "ThrottlingException", "ThrottledException", "TooManyRequestsException",
+    "RequestLimitExceeded", "SlowDown", "RequestThrottled", "RequestThrottledException",
+    "ProvisionedThroughputExceededException", "429",
+})
+"""Error codes meaning AWS throttled us (botocore retried them already)."""
+
+_CREDENTIALS_HINT = (
+    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run `aws configure`"
+)
+
+
+def _endpoint_hint(url: str, where: str) -> str:
+    """What to check when ``url`` cannot be reached: the flag for that service's endpoint."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.path.startswith("/2015-03-31/") or host.startswith("lambda."):
+        flag = "--endpoint-url (or AWS_ENDPOINT_URL_LAMBDA)"
+    elif where.startswith("S3") or host.startswith("s3.") or ".s3." in host:
+        flag = "--s3-endpoint-url (or AWS_ENDPOINT_URL_S3)"
+    else:
+        flag = "--endpoint-url/--s3-endpoint-url (or AWS_ENDPOINT_URL*)"
+    return f"is the endpoint up? check {flag} and the network"
+
+
+_CREDENTIAL_ERRORS = (
+    "NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+    "TokenRetrievalError", "SSOTokenLoadError", "UnauthorizedSSOTokenError",
+    "NoAuthTokenError", "SSOError",
+)
+"""botocore's credential errors, by name (older botocore versions lack some)."""
+
+
+def _endpoint(exc: BaseException) -> str:
+    return str(getattr(exc, "kwargs", {}).get("endpoint_url", "") or "the endpoint")
+
+
+def translate(exc: BaseException, where: str = "") -> MuError:
+    """The mu error for a botocore exception raised while doing ``where``, on one line.
+
+    Args:
+        exc: a ``botocore.exceptions.BotoCoreError`` or ``ClientError``.
+        where: what was being done and where ("S3 head bucket 'b' at http://...").
+
+    Returns:
+        a :class:`~mu.errors.ConfigError` (the user's setup: credentials, profile, a name
+        that does not exist) or :class:`~mu.errors.LaunchError` (the service: unreachable,
+        timing out, throttling, failing).
+    """
+    error = _translate(exc, where)
+    return type(error)(" ".join(str(error).split()))  # AWS messages may hold newlines
+
+
+def _translate(exc: BaseException, where: str) -> MuError:
+    import botocore.exceptions as bx
+
+    prefix = f"{where}: " if where else ""
+    credential_errors = tuple(
+        c for n in _CREDENTIAL_ERRORS if isinstance(c := getattr(bx, n, None), type)
+    )
+    if isinstance(exc, bx.ProfileNotFound):
+        profile = getattr(exc, "kwargs", {}).get("profile", "?")
+        return ConfigError(
+            f"{prefix}AWS profile {profile!r} (AWS_PROFILE) is not in the AWS config or "
+            "credentials files: list them with `aws configure list-profiles`, or unset "
+            "AWS_PROFILE"
+        )
+    if isinstance(exc, credential_errors):
+        return ConfigError(f"{prefix}no usable AWS credentials ({exc}): {_CREDENTIALS_HINT}")
+    if isinstance(exc, bx.NoRegionError):
+        return ConfigError(f"{prefix}no AWS region: pass -r/--regions or set AWS_DEFAULT_REGION")
+    url = _endpoint(exc)
+    hint = _endpoint_hint(url, where)
+    if isinstance(exc, bx.ConnectTimeoutError):
+        return LaunchError(f"{prefix}timed out connecting to {url} ({hint})")
+    if isinstance(exc, bx.EndpointConnectionError):
+        return LaunchError(f"{prefix}cannot connect to {url} ({hint})")
+    if isinstance(exc, bx.SSLError | bx.ProxyConnectionError):
+        return LaunchError(f"{prefix}{exc} ({hint})")
+    if isinstance(exc, bx.ReadTimeoutError | bx.ConnectionClosedError):
+        what = "timed out waiting for" if isinstance(exc, bx.ReadTimeoutError) else (
+            "connection closed without an answer from")
+        return LaunchError(f"{prefix}{what} {url} ({hint})")
+    if isinstance(exc, bx.HTTPClientError):
+        return LaunchError(f"{prefix}HTTP failure talking to {_endpoint(exc)}: {exc}")
+    if isinstance(exc, bx.ClientError):
+        return _client_error(exc, prefix)
+    return LaunchError(f"{prefix}{type(exc).__name__}: {exc}")
+
+
+def _client_error(exc: Any, prefix: str) -> MuError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code") or "Unknown")
+    message = str(error.get("Message") or "")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    said = f"{code}: {message}" if message else code
+    if code in ACCESS_CODES or status == 403:
+        return ConfigError(
+            f"{prefix}access denied ({said}): check the credentials and that they may do this"
+        )
+    if code in NOT_FOUND_CODES:
+        return ConfigError(f"{prefix}does not exist ({said})")
+    if code in THROTTLING_CODES or status == 429:
+        return LaunchError(
+            f"{prefix}throttled by AWS after retries ({said}): try again later, or ask for "
+            "a higher limit"
+        )
+    if isinstance(status, int) and status >= 500:
+        return LaunchError(f"{prefix}the service failed (HTTP {status}, {said}) after "
+                           "retries: try again later")
+    return LaunchError(f"{prefix}{said}")
+
+
+@contextlib.contextmanager
+def aws_errors(where: str) -> Iterator[None]:
+    """Translate botocore exceptions raised inside the block with :func:`translate`.
+
+    Args:
+        where: what is being done and where, e.g. ``"create function f in us-east-1"``.
+
+    Raises:
+        ConfigError, LaunchError: ``from`` the botocore exception.
+    """
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    with map_exceptions({BotoCoreError: translate, ClientError: translate, Boto3Error: translate},
+                        where):
+        yield
