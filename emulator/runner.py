@@ -433,6 +433,11 @@ class _ForkServer:
         """Whether the helper has exited (its socket is closed: no call per launch)."""
         return self._eof and self.proc.poll() is not None
 
+    def busy(self) -> bool:
+        """Whether invocations wait here for a spare (stopping it would fail them)."""
+        with self._lock:
+            return bool(self._waiting)
+
     def start(self, inv: _Invocation) -> bool:
         """Hand ``inv`` to an idle spare, or keep it until one is announced; False (and
         ``inv`` untouched) if the helper has gone (stopped meanwhile to make room)."""
@@ -955,18 +960,23 @@ class Runner:
         try:
             with self._lock:
                 server = self._servers.get(key)
-                if server is not None and not server.gone():
-                    self._servers.move_to_end(key)
-                    return server
-                if server is not None:
+                if server is not None and server.gone():
                     doomed.append(self._servers.pop(key))
-                while len(self._servers) >= self.kept_servers:
-                    doomed.append(self._servers.popitem(last=False)[1])  # used least recently
-                server = _ForkServer(
-                    code, {k: v for k, v in env.items() if k != "TMPDIR"}, self.spares,
-                    self._tmp, self.state_dir / "logs" / code.name, self._watcher.add,
-                )
-                self._servers[key] = server
+                    server = None
+                if server is None:
+                    server = _ForkServer(
+                        code, {k: v for k, v in env.items() if k != "TMPDIR"}, self.spares,
+                        self._tmp, self.state_dir / "logs" / code.name, self._watcher.add,
+                    )
+                    self._servers[key] = server
+                self._servers.move_to_end(key)
+                # Keep the cap by stopping those used least recently, but never one whose
+                # invocations still wait for a spare: they would fail with it (the cap is
+                # then exceeded until it is idle and a later start makes room).
+                for other in [k for k, v in self._servers.items() if k != key and not v.busy()]:
+                    if len(self._servers) <= self.kept_servers:
+                        break
+                    doomed.append(self._servers.pop(other))
                 return server
         finally:
             for old in doomed:

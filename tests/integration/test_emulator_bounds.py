@@ -447,6 +447,24 @@ def test_processes_kept_per_function_and_in_all_are_capped(
         assert [key[0] for key in server.runner._servers] == [names[-1], names[0]]
 
 
+def test_making_room_never_fails_an_invocation_waiting_for_a_spare(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    # One fork server kept, no spares ahead: the first function's invocation waits for its
+    # helper to fork a spare when the second function asks for a fork server of its own.
+    # Stopping the first helper then would fail that invocation ("the fork server exited").
+    with emulator_at(tmp_path, s3_server.url, spares=0, kept=1) as (server, lam):
+        names = [make(lam) for _ in range(2)]
+        ids = [lam.invoke(FunctionName=name, InvocationType="Event",
+                          Payload=json.dumps({"n": name}).encode())
+               ["ResponseMetadata"]["RequestId"] for name in names]
+        assert server.registry.wait_idle(60)
+        assert [server.registry.invocation(i).status for i in ids] == ["succeeded"] * 2
+        # The room is made later, once the first helper is idle.
+        assert invoke(lam, names[0], {"again": 1})[1]["event"] == {"again": 1}
+        assert [key[0] for key in server.runner._servers] == [names[0]]
+
+
 def test_by_default_two_fork_servers_are_kept(tmp_path: Path) -> None:
     from emulator.runner import SPARES, Runner
 
