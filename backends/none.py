@@ -127,6 +127,7 @@ class NoneLauncher:
         with self._lock:
             path = self._path()
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # a file that was there keeps its mode otherwise: the key
             with os.fdopen(fd, "wb") as f:
                 f.write(spec.payload)
             first = self._asked == 0

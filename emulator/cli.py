@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from emulator import running
 from emulator.runner import SPARE_PREFIX, SPARES
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     s3 = S3Server(port=args.s3_port)
     server: ThreadedEmulatorServer | None = None
     where = "S3"
+    previous: Any = None  # the SIGTERM handler to restore, once everything has stopped
     try:
         try:
             s3.start()
@@ -142,12 +144,13 @@ def run(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
         finally:
-            signal.signal(signal.SIGTERM, previous)
             running.unregister(record)
     finally:
         if server is not None:
             server.stop()
         s3.stop()
+        if previous is not None:  # only now: a second SIGTERM must not cut the stop short
+            signal.signal(signal.SIGTERM, previous)
     print("stopped", file=sys.stderr)
     return 0
 

@@ -433,10 +433,15 @@ class _ForkServer:
         """Whether the helper has exited (its socket is closed: no call per launch)."""
         return self._eof and self.proc.poll() is not None
 
-    def busy(self) -> bool:
-        """Whether invocations wait here for a spare (stopping it would fail them)."""
+    def retire(self) -> bool:
+        """Take no more invocations, unless some wait here for a spare (stopping it would
+        fail them): whether it was retired. A :meth:`start` that comes after returns False,
+        so its caller asks for another fork server."""
         with self._lock:
-            return bool(self._waiting)
+            if self._waiting:
+                return False
+            self._eof = True
+            return True
 
     def start(self, inv: _Invocation) -> bool:
         """Hand ``inv`` to an idle spare, or keep it until one is announced; False (and
@@ -973,10 +978,11 @@ class Runner:
                 # Keep the cap by stopping those used least recently, but never one whose
                 # invocations still wait for a spare: they would fail with it (the cap is
                 # then exceeded until it is idle and a later start makes room).
-                for other in [k for k, v in self._servers.items() if k != key and not v.busy()]:
+                for other, old in list(self._servers.items()):
                     if len(self._servers) <= self.kept_servers:
                         break
-                    doomed.append(self._servers.pop(other))
+                    if other != key and old.retire():
+                        doomed.append(self._servers.pop(other))
                 return server
         finally:
             for old in doomed:

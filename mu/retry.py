@@ -9,13 +9,14 @@ An actor's attempt fails for one of two kinds of reason:
   a crash, a killed or frozen Lambda), it ran past its ``-m`` deadline, S3 or AWS answered
   5xx, throttled, timed out or could not be reached, a transfer arrived damaged, the
   function's ``/tmp`` was full, or the command was killed by a signal.
-  A worker that broke the protocol (a malformed frame, an answer its state did not expect)
-  is one broken or hostile peer: another worker may well not be, so that is transient too.
+  A worker that broke the protocol (a malformed frame, an answer its state did not expect
+  or could not handle) is one broken or hostile peer: another worker may well not be, so
+  that is transient too.
 * **permanent**: the same commands would fail the same way on any worker: the worker
   answered ``FAIL(...)`` for a command it cannot carry out (``no such command``, ``no bucket
   set``, a bad template or argument, an object that does not exist, access denied), a
   command exited with a non-zero status of its own, or the job's states cannot go on (a
-  state with no next state, a machine that never waits).
+  state with no next state, a machine that never waits, a first state that raises).
 
 :func:`decide` turns one failed attempt into a :class:`RetryDecision`: retry only a transient
 failure, only while retries are left (``--retries K`` gives K retries, K + 1 attempts) and the
@@ -63,8 +64,15 @@ _REFUSED: Final = re.compile(r"(?:worker failed in [^:]*: )?(FAIL\(.*)", re.DOTA
 _JOB_BROKEN: Final = re.compile(r"has no next state|transitions without waiting")
 
 _RETVAL: Final = re.compile(
-    r"RETVAL\((-?\d+)\)|exit(?:ed with)? (?:status|code) (-?\d+)", re.IGNORECASE
+    r"RETVAL\((-?\d+)\)|exit(?:ed with)? (?:status|code) (-?\d+)|killed by signal (\d+)",
+    re.IGNORECASE,
 )
+
+_STATE_RAISED: Final = re.compile(r"\S+ raised \w+ (on start|handling )")
+"""A state's own exception (:mod:`mu.actor`): ``S raised E on start: ...`` or ``S raised E
+handling '<message>': ...``; the quoted message is the worker's, not the cause."""
+
+_S3_URL: Final = re.compile(r"s3://\S+")
 
 
 @dataclass(frozen=True)
@@ -104,11 +112,18 @@ def classify(reason: str, by_coordinator: bool = False) -> tuple[bool, str]:
         if status is not None:
             return status
         # Transient only if it reports one of the causes above (an S3 5xx, throttling, a
-        # timeout, a full disk), never for its own refusal.
+        # timeout, a full disk), never for its own refusal; bucket and key names are the
+        # user's words, not the cause (a video named "timeout-test" times nothing out).
+        cause = _S3_URL.sub("", answer)
         for pattern, why in _TRANSIENT[2:]:
-            if pattern.search(answer):
+            if pattern.search(cause):
                 return True, why
         return False, "the worker refused the command"
+    raised = _STATE_RAISED.match(reason)
+    if raised is not None:  # the job's own code raised: the same on any worker at start
+        if raised.group(1) == "on start":
+            return False, "the job's first state raised an error"
+        return True, "the job's states could not handle the worker's message"
     expected, got, answer = reason.partition(", got ")
     if got:  # "S expected 'E', got 'A'": an answer its state did not wait for
         if "RETVAL(" in expected and answer.startswith("'OK:RETVAL("):
@@ -131,7 +146,10 @@ def classify(reason: str, by_coordinator: bool = False) -> tuple[bool, str]:
 def _exit_status(text: str) -> tuple[bool, str] | None:
     """The verdict for a command's exit status named in ``text`` (None: none, or 0)."""
     found = _RETVAL.search(text)
-    value = int(found.group(1) or found.group(2)) if found else 0
+    if found and found.group(3):
+        value = -int(found.group(3))
+    else:
+        value = int(found.group(1) or found.group(2)) if found else 0
     if value < 0 or value > _SIGNAL_STATUS:
         return True, f"the command was killed by a signal (status {value})"
     if value:

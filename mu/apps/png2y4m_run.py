@@ -83,7 +83,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     where.add_argument("--endpoint-url", help="a Lambda-compatible endpoint (e.g. a running "
                        "`mu emulator`)")
-    where.add_argument("--s3-endpoint-url", help="S3 endpoint (with --endpoint-url)")
+    where.add_argument(
+        "--s3-endpoint-url",
+        help="S3 endpoint instead of AWS's (with --backend lambda beside --endpoint-url; with "
+        "--backend none, where the workers find S3 too)",
+    )
     where.add_argument(
         "--host-addr",
         help="address workers dial back to (AWS default: the local address that routes to "

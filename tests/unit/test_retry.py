@@ -26,6 +26,10 @@ TRANSIENT = [
     ("frame header b'x0000000000 ' is not 12 decimal digits and a space", False),
     ("FuzzJob expected 'OK:RETVAL(0)', got ''", False),
     ("FuzzJob expected 'OK:SET', got 'OK:RETVAL(0):OUTPUT():COMMAND(x)'", False),
+    ("png2y4m was killed by signal 9 converting s3://b/k: Killed", False),
+    # A state that could not handle what a worker sent: the quoted message is the worker's
+    # (its exit status or words are not the cause), and another worker may not send it.
+    ("Parse raised ValueError handling 'OK:RETVAL(1):OUTPUT(x)': invalid literal", False),
 ]
 PERMANENT = [
     "worker failed in ConfigState: FAIL(retrieve: no bucket set)",
@@ -39,6 +43,9 @@ PERMANENT = [
     "the command failed with exit code 3",
     "FinalState has no next state",
     "LoopState made 10000 transitions without waiting",
+    "ConfigState raised KeyError on start: 'bucket'",
+    # Bucket and key names are the user's words: "timeout" or "500" in them is no cause.
+    "worker failed in R: FAIL(retrieve s3://b/timeout-500-png16/00000001.png: NoSuchKey: x)",
 ]
 
 
@@ -68,6 +75,10 @@ def test_the_reasons_are_named() -> None:
         "not retried: the worker refused the command, which cannot change on retry")
     assert decide("FAIL(RETVAL(3):OUTPUT():COMMAND(x))", 1, 2).why == (
         "not retried: the command exited with status 3, which cannot change on retry")
+    assert decide("png2y4m was killed by signal 9 converting s3://b/k", 1, 2).why == (
+        "retried: the command was killed by a signal (status -9)")
+    assert decide("Parse raised ValueError handling 'OK:RETVAL(1)': x", 1, 2).why == (
+        "retried: the job's states could not handle the worker's message")
 
 
 reasons = st.one_of(
