@@ -70,7 +70,8 @@ def serve(n: int, tls: bool, keydir: str, s3_url: str) -> None:
         from mu.aws import lazy_s3
 
         s3 = lazy_s3(s3_url, "us-east-1", CREDENTIALS)  # as mu.cli makes it
-        problems, keys = preflight(args, get_backend("none", s3_endpoint_url=s3_url), s3, cfg, list(range(n)))
+        launcher = get_backend("none", s3_endpoint_url=s3_url)
+        problems, keys = preflight(args, launcher, s3, cfg, list(range(n)))
         if problems:
             raise SystemExit(f"preflight: {problems}")
     else:
