@@ -44,6 +44,7 @@ def serve(n: int, tls: bool, keydir: str, s3_url: str) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     import mu.cli  # noqa: F401  (the command's own imports, as a user's run pays them)
+    from backends import get_backend
     from mu.apps.png2y4m import ConfigState
     from mu.apps.png2y4m_run import config_from_args, parse, preflight
     from mu.config import RunConfig
@@ -66,10 +67,11 @@ def serve(n: int, tls: bool, keydir: str, s3_url: str) -> None:
     ])
     cfg = config_from_args(args)
     if s3_url:
-        import boto3
+        from mu.aws import lazy_s3
 
-        s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", **CREDENTIALS)
-        problems, keys = preflight(args, None, s3, cfg, list(range(n)), lambda: True)
+        s3 = lazy_s3(s3_url, "us-east-1", CREDENTIALS)  # as mu.cli makes it
+        launcher = get_backend("none", s3_endpoint_url=s3_url)
+        problems, keys = preflight(args, launcher, s3, cfg, list(range(n)))
         if problems:
             raise SystemExit(f"preflight: {problems}")
     else:

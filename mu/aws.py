@@ -33,17 +33,26 @@ here (``AWS_MAX_ATTEMPTS`` bounds it); what arrives here has already been retrie
 :func:`aws_errors` is :func:`mu.errors.map_exceptions` with :func:`translate` as the mapping,
 so there is one translation path for the whole of mu. botocore is imported only when a
 translation is needed, so importing this module costs nothing at start-up.
+
+:class:`LazyS3` is the run's S3 client, made on first use. Creating a boto3 client costs
+about 0.1 CPU-s (botocore decodes its JSON service model and endpoint rules) and importing
+boto3 some more; a run's start-up needs only pre-signed URLs for the preflight's few
+requests (HeadBucket, ListObjectsV2 pages), which :meth:`LazyS3.generate_presigned_url`
+signs with botocore's SigV4 signer alone when the endpoint is given and the credentials are
+known. Everything else (and every error path) goes to the boto3 client, made then.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from mu.errors import ConfigError, LaunchError, MuError, map_exceptions
 
-__all__ = ["ACCESS_CODES", "NOT_FOUND_CODES", "THROTTLING_CODES", "aws_errors", "translate"]
+__all__ = [
+    "ACCESS_CODES", "NOT_FOUND_CODES", "THROTTLING_CODES", "LazyS3", "aws_errors", "translate",
+]
 
 ACCESS_CODES = frozenset({
     "AccessDenied", "AccessDeniedException", "UnrecognizedClientException",
@@ -188,3 +197,110 @@ def aws_errors(where: str) -> Iterator[None]:
     with map_exceptions({BotoCoreError: translate, ClientError: translate, Boto3Error: translate},
                         where):
         yield
+
+
+_PRESIGNABLE = {"head_bucket": "HEAD", "list_objects_v2": "GET"}
+"""Operations :meth:`LazyS3.generate_presigned_url` signs without a boto3 client."""
+
+_LIST_PARAMS = {"Prefix": "prefix", "MaxKeys": "max-keys", "StartAfter": "start-after"}
+
+
+class LazyS3:
+    """A boto3 S3 client made on first use, that pre-signs the preflight's requests without it.
+
+    Attribute access (``head_bucket``, ``meta``, ``download_file``, ...) goes to the client,
+    made by ``factory`` the first time. :meth:`generate_presigned_url` signs
+    ``head_bucket`` and ``list_objects_v2`` itself (path-style URLs on ``endpoint_url``) while
+    the client has not been made, ``endpoint_url`` and ``region`` are given and
+    ``credentials`` (access key, secret key, token) are at hand; otherwise the client signs.
+
+    Args:
+        factory: makes the boto3 client (``boto3.client("s3", ...)``).
+        endpoint_url: the S3 endpoint the client uses (None: AWS's, which only it resolves).
+        region: the signing region.
+        credentials: ``(access_key, secret_key, token)`` (None: unknown; the client
+            resolves them).
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], Any],
+        endpoint_url: str | None,
+        region: str | None,
+        credentials: tuple[str, str, str | None] | None,
+    ) -> None:
+        self._factory = factory
+        self._client: Any = None
+        self._endpoint_url = endpoint_url
+        self._region = region
+        self._credentials = credentials
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client, made now if it was not yet."""
+        if self._client is None:
+            with aws_errors("AWS configuration"):
+                self._client = self._factory()
+        return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def generate_presigned_url(
+        self, ClientMethod: str, Params: dict[str, Any], ExpiresIn: int = 3600,
+    ) -> str:
+        """A pre-signed URL for ``ClientMethod`` (boto3's signature and meaning)."""
+        light = self._client is None and self._endpoint_url and self._region and (
+            self._credentials and ClientMethod in _PRESIGNABLE
+            and set(Params) <= {"Bucket", *_LIST_PARAMS})
+        if not light:
+            url: str = self.client.generate_presigned_url(
+                ClientMethod, Params=Params, ExpiresIn=ExpiresIn)
+            return url
+        from urllib.parse import quote, urlencode
+
+        from botocore.auth import S3SigV4QueryAuth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import ReadOnlyCredentials
+
+        assert self._endpoint_url and self._region and self._credentials  # for mypy
+        query = ""
+        if ClientMethod == "list_objects_v2":
+            query = "?" + urlencode(
+                [("list-type", "2")]
+                + [(_LIST_PARAMS[k], str(v)) for k, v in Params.items() if k != "Bucket"],
+                quote_via=quote,
+            )
+        url = f"{self._endpoint_url.rstrip('/')}/{quote(Params['Bucket'], safe='')}{query}"
+        request = AWSRequest(method=_PRESIGNABLE[ClientMethod], url=url)
+        S3SigV4QueryAuth(ReadOnlyCredentials(*self._credentials), "s3", self._region,
+                         expires=ExpiresIn).add_auth(request)
+        signed: str = request.prepare().url
+        return signed
+
+
+def lazy_s3(
+    endpoint_url: str | None,
+    region: str | None,
+    credentials: Mapping[str, str] | None = None,
+    session: Any = None,
+) -> LazyS3:
+    """The run's S3 client (:class:`LazyS3`): from ``session`` (a boto3 session whose
+    credentials are resolved now) or with ``credentials`` (``aws_access_key_id``, ...)."""
+
+    def make() -> Any:
+        if session is not None:
+            return session.client("s3", endpoint_url=endpoint_url, region_name=region)
+        import boto3
+
+        return boto3.client("s3", endpoint_url=endpoint_url, region_name=region,
+                            **(credentials or {}))
+
+    keys = None
+    if credentials:
+        keys = (credentials["aws_access_key_id"], credentials["aws_secret_access_key"],
+                credentials.get("aws_session_token"))
+    elif session is not None and (found := session.get_credentials()) is not None:
+        frozen = found.get_frozen_credentials()
+        keys = (frozen.access_key, frozen.secret_key, frozen.token)
+    return LazyS3(make, endpoint_url, region, keys)

@@ -383,12 +383,10 @@ def _backend_for_run(args: argparse.Namespace) -> tuple[Any, Any, str, list[str]
     setting them up (an unknown AWS_PROFILE, no credentials, a Lambda host that does not
     resolve), which preflight reports with its own. Launcher and client are None when the
     AWS setup itself is unusable."""
-    import boto3
-
     from backends import get_backend
     from backends.local import LOCAL_CREDENTIALS
     from mu.apps.png2y4m_run import regions_of
-    from mu.aws import aws_errors
+    from mu.aws import aws_errors, lazy_s3
 
     region = regions_of(args)[0]
     if args.backend == "local":
@@ -401,18 +399,17 @@ def _backend_for_run(args: argparse.Namespace) -> tuple[Any, Any, str, list[str]
             duplicate_rate=faults.duplicate if faults else 0.0,
             duplicate_seed=faults.seed if faults else 0,
         )
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=launcher.s3_endpoint_url,  # type: ignore[attr-defined]
-            region_name=region,
-            **LOCAL_CREDENTIALS,
+        s3 = lazy_s3(
+            launcher.s3_endpoint_url, region, LOCAL_CREDENTIALS  # type: ignore[attr-defined]
         )
         return launcher, s3, args.host_addr or "127.0.0.1", []
+    import boto3
+
     try:
         with aws_errors("AWS configuration"):
             session = boto3.session.Session()
-            s3 = session.client("s3", endpoint_url=args.s3_endpoint_url, region_name=region)
             credentials = session.get_credentials()
+            s3 = lazy_s3(args.s3_endpoint_url, region, session=session)
     except ConfigError as exc:
         return None, None, "", [str(exc)]
     if credentials is None:

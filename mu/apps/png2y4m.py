@@ -248,6 +248,18 @@ def bucket_exists(s3: Any, bucket: str) -> bool:
         ConfigError, LaunchError: S3 could not answer (:mod:`mu.aws`: no credentials, the
             endpoint unreachable, ...); "no such bucket" and "forbidden" answer False.
     """
+    import urllib.request
+    from http.client import HTTPException
+
+    # A pre-signed HEAD first (see keys_under): no boto3 client is needed when the bucket
+    # answers. Any doubt goes to the client below, which says what is wrong; the short
+    # timeout keeps an endpoint that never answers from costing much before it does.
+    try:
+        url = s3.generate_presigned_url("head_bucket", Params={"Bucket": bucket}, ExpiresIn=300)
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=5):
+            return True
+    except (OSError, HTTPException, ValueError):
+        pass
     from botocore.exceptions import ClientError
 
     with aws_errors(s3_where(s3, f"look up bucket {bucket!r}")):

@@ -3,7 +3,8 @@
 ``missing_inputs`` must name exactly the needed frames the bucket lacks, for any set of
 chunks (``-n``/``-o`` ranges and sparse ``-N`` lists), while ``keys_under`` reads no more
 than a page beyond the range it is asked for. When the fast pre-signed path cannot be used
-(here: its URL points at a closed port), boto3's paginator gives the same answer.
+(here: its URL points at a closed port), boto3's paginator gives the same answer. The run's
+lazy S3 client signs the preflight's requests itself and makes no boto3 client for them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from hypothesis import strategies as st
 
 from backends.local import LOCAL_CREDENTIALS
 from emulator.s3 import S3Server
-from mu.apps.png2y4m import Png2Y4MConfig, _runs, keys_under, missing_inputs
+from mu.apps.png2y4m import (
+    Png2Y4MConfig,
+    _runs,
+    bucket_exists,
+    keys_under,
+    missing_inputs,
+    preflight_inputs,
+)
+from mu.aws import LazyS3
 
 FRAMES = 60
 ABSENT = {7, 20, 21, 55}
@@ -61,6 +70,7 @@ class ClosedPresign:
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        self.meta = client.meta  # the endpoint, for error messages
         with socket.socket() as probe:  # bound and closed again: connections are refused
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -91,3 +101,31 @@ def test_runs_cover_the_numbers_in_maximal_consecutive_runs(numbers: list[int]) 
     covered = [n for lo, hi in runs for n in range(lo, hi + 1)]
     assert covered == sorted(set(numbers))
     assert all(hi + 1 < lo for (_, hi), (lo, _) in itertools.pairwise(runs))
+
+
+def test_the_preflight_signs_its_requests_without_making_a_boto3_client(
+    s3: Any, s3_server: S3Server
+) -> None:
+    made: list[Any] = []
+
+    def factory() -> Any:
+        made.append(s3)
+        return s3
+
+    lazy = LazyS3(factory, s3_server.url, "us-east-1", ("testing", "testing", None))
+    assert preflight_inputs(lazy, CFG, [2, 6, 18]) == preflight_inputs(s3, CFG, [2, 6, 18])
+    assert "4 of the 9 input frames are missing" in preflight_inputs(lazy, CFG, [2, 6, 18])[0]
+    assert made == []
+    assert bucket_exists(lazy, "no-such-bucket") is False  # answered by the client, made now
+    assert made == [s3]
+
+
+def test_lazily_signed_listings_quote_keys_as_boto3_does(s3: Any, s3_server: S3Server) -> None:
+    odd = ["odd/a b+c", "odd/é~(1)", "odd/x&y=z?", "odd/zz"]
+    for key in odd:
+        s3.put_object(Bucket=CFG.bucket, Key=key, Body=b"x")
+    lazy = LazyS3(lambda: s3, s3_server.url, "us-east-1", ("testing", "testing", None))
+    for first in odd:
+        assert keys_under(lazy, CFG.bucket, "odd/", first, page_size=2) == {
+            k for k in odd if k.encode() >= first.encode()}
+    assert lazy._client is None
