@@ -75,10 +75,6 @@ class ClosedPresign:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
 
-    @property
-    def meta(self) -> Any:
-        return self.client.meta
-
     def generate_presigned_url(self, *args: Any, **kwargs: Any) -> str:
         return f"http://127.0.0.1:{self.port}/listing"
 

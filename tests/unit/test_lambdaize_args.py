@@ -33,10 +33,13 @@ OPTIONS = st.lists(
 def test_positional_words_survive_exactly_wherever_options_go(
     words: list[str], options: list[tuple[str, ...]], where: list[int]
 ) -> None:
-    argv = list(words)
-    for option, position in zip(options, where + [len(argv)] * len(options), strict=False):
-        at = min(position, len(argv))
-        argv[at:at] = option
+    # Each option goes in whole (with its value) between two words, never between an
+    # earlier option and its value.
+    groups = [[word] for word in words]
+    for option, position in zip(options, where + [len(groups)] * len(options), strict=False):
+        at = min(position, len(groups))
+        groups[at:at] = [list(option)]
+    argv = [word for group in groups for word in group]
     args = parse_lambdaize_args(argv)
     assert [args.executable, args.pre_args, args.post_args, *args.extra_files][: len(words)] \
         == words
