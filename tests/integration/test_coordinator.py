@@ -79,6 +79,16 @@ def good_worker(addr: tuple[str, int], token: str, ctx: ssl.SSLContext | None) -
     return converse(addr, token, ctx, 30, answer)[1]
 
 
+def launched_worker(addr: tuple[str, int], token: str, ctx: ssl.SSLContext | None) -> list[str]:
+    """A :func:`good_worker` started by a launch: it may arrive when the run is already over
+    (a spare, no actor left), when the coordinator closes it at once; the run's result says
+    whether the workers that mattered were served."""
+    try:
+        return good_worker(addr, token, ctx)
+    except (ssl.SSLEOFError, ConnectionError):
+        return []
+
+
 @contextmanager
 def running(coord: Coordinator) -> Iterator[dict[str, Any]]:
     """Run the coordinator in a thread; the dict gets the result when it ends."""
@@ -446,7 +456,7 @@ class ThreadLauncher(FakeBackend):
         payload = json.loads(spec.payload)
         count = spec.count if self.accept is None else min(self.accept, spec.count)
         for _ in range(count):
-            t = threading.Thread(target=good_worker, args=(
+            t = threading.Thread(target=launched_worker, args=(
                 (payload["addr"], payload["port"]), payload["token"], self.ctx))
             t.start()
             self.threads.append(t)
@@ -607,7 +617,7 @@ class ScriptedLauncher(ThreadLauncher):
         addr = (payload["addr"], payload["port"])
         for _ in range(spec.count):
             kind = self.script.pop(0) if self.script else "good"
-            target = flaky_worker if kind in ("flaky", "refusing") else good_worker
+            target = flaky_worker if kind in ("flaky", "refusing") else launched_worker
             args: tuple[Any, ...] = (addr, payload["token"], self.ctx)
             if kind == "refusing":
                 args += ("FAIL(retrieve: no bucket set)",)
