@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from emulator.s3 import S3Server
 from mu.tls import KeySet, generate_keys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,3 +52,14 @@ def fresh_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     """Run the test from an empty private directory."""
     monkeypatch.chdir(tmp_path)
     yield tmp_path
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[S3Server]:
+    """The emulator's embedded S3 (moto) on 127.0.0.1, one per test module."""
+    server = S3Server()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
