@@ -15,8 +15,12 @@ nothing. :attr:`LocalLauncher.s3_endpoint_url` is where the CLI, the coordinator
 workers point their S3 clients; :attr:`LocalLauncher.host_addr` is the address workers dial
 back to (loopback).
 
-``mu emulator`` runs the emulator in the foreground through :func:`emulator_parser` and
-:func:`run_emulator`, so that ``mu.cli`` reaches the emulator only through this backend.
+:class:`LocalSite` is the :class:`~mu.launch.Site` around it: S3 clients with the dummy
+credentials, dial-back to loopback, and the coordinator on loopback with 16 handshakes at
+once. It is a rehearsal stage (``deploys_jobs``): a run deploys its own function to it.
+
+``mu emulator`` runs the emulator in the foreground through :func:`run_emulator`, so that
+``mu.cli`` reaches the emulator only through ``backends``.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ import boto3
 from backends.aws_lambda import LambdaLauncher
 from mu.errors import ConfigError, LaunchError
 from mu.launch import FunctionSpec, LaunchReport, LaunchSpec
+from mu.options import SiteOptions
 
-__all__ = ["LOCAL_CREDENTIALS", "LocalLauncher", "emulator_parser", "run_emulator"]
+__all__ = ["LOCAL_CREDENTIALS", "LocalLauncher", "LocalSite", "emulator_parser", "run_emulator"]
 
 LOCAL_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 """Dummy credentials: requests are signed as on AWS, and nothing local checks them."""
@@ -172,6 +177,68 @@ class LocalLauncher:
         if self._state_dir is not None:
             shutil.rmtree(self._state_dir, ignore_errors=True)
             self._state_dir = None
+
+
+class LocalSite:
+    """A :class:`mu.launch.Site` on this machine: the emulator and moto S3 on loopback.
+
+    Args:
+        options: ``endpoint_url``/``s3_endpoint_url`` (attach to running servers instead of
+            starting them), ``host_addr``, the first of ``regions``, ``duplicate_rate`` and
+            ``duplicate_seed``.
+
+    Raises:
+        LaunchError: the emulator or S3 server could not start.
+    """
+
+    name = "local"
+    listen_host = "127.0.0.1"
+    max_handshakes = 16
+    deploys_jobs = True
+    max_zipped: int | None
+
+    def __init__(self, options: SiteOptions) -> None:
+        from mu.lambdaize import MAX_ZIPPED
+
+        self.options = options
+        self.regions = options.regions
+        self.private = options.endpoint_url is None
+        self.max_zipped = MAX_ZIPPED
+        self._launcher: LocalLauncher | None = LocalLauncher(
+            endpoint_url=options.endpoint_url,
+            s3_endpoint_url=options.s3_endpoint_url,
+            region=options.region,
+            duplicate_rate=options.duplicate_rate,
+            duplicate_seed=options.duplicate_seed,
+        )
+
+    @property
+    def launcher(self) -> LocalLauncher:
+        if self._launcher is None:
+            raise ConfigError("the local site is closed")
+        return self._launcher
+
+    def s3_client(self, region: str) -> Any:
+        from mu.aws import lazy_s3
+
+        return lazy_s3(self.launcher.s3_endpoint_url, region, LOCAL_CREDENTIALS)
+
+    def dial_back_address(self, region: str) -> str | None:
+        return self.options.host_addr or LocalLauncher.host_addr
+
+    def check_credentials(self) -> list[str]:
+        return []
+
+    def duplicated(self) -> int:
+        return self.launcher.duplicated
+
+    def close(self) -> None:
+        if self._launcher is not None:
+            self._launcher.close()
+            self._launcher = None
+
+    def __repr__(self) -> str:
+        return f"<LocalSite {self._launcher!r}>"
 
 
 def _url_of(server: Any) -> str:

@@ -21,6 +21,10 @@ A worker is the function's handler run by path (see ``function/lambda_function.p
 
 Workers find S3 through the standard AWS environment; with ``s3_endpoint_url`` the printed
 commands set ``AWS_ENDPOINT_URL_S3`` to it.
+
+:class:`NoneSite` is the :class:`~mu.launch.Site`: the coordinator's S3 client comes from the
+standard AWS credential chain (:class:`~backends.lambda_site.AwsAccount`), and workers dial
+back to ``--host-addr``, else to the address the coordinator listens on.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mu.launch import FunctionSpec, Invocation, LaunchReport, LaunchSpec
+from mu.options import SiteOptions
 
-__all__ = ["NoneLauncher", "worker_commands"]
+__all__ = ["NoneLauncher", "NoneSite", "worker_commands"]
 
 
 def _handler_path() -> Path:
@@ -166,3 +171,48 @@ class NoneLauncher:
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
+
+
+class NoneSite:
+    """A :class:`mu.launch.Site` that launches nothing: workers are started by hand.
+
+    Args:
+        options: ``payload_out``, ``worker_command``, ``s3_endpoint_url``,
+            ``arrival_timeout`` (for the instructions) and ``host_addr``.
+    """
+
+    name = "none"
+    listen_host = "127.0.0.1"
+    max_handshakes = 16
+    deploys_jobs = False
+    private = False
+    max_zipped: int | None = None
+
+    def __init__(self, options: SiteOptions, out: TextIO | None = None) -> None:
+        from backends.lambda_site import AwsAccount
+
+        self.options = options
+        self.regions = options.regions
+        self.account = AwsAccount("the coordinator reads the input frames in S3")
+        self.launcher = NoneLauncher(
+            payload_out=options.payload_out,
+            command=options.worker_command,
+            s3_endpoint_url=options.s3_endpoint_url,
+            arrival_timeout=options.arrival_timeout,
+            out=out,
+        )
+
+    def s3_client(self, region: str) -> Any:
+        return self.account.s3_client(self.options.s3_endpoint_url, region)
+
+    def dial_back_address(self, region: str) -> str | None:
+        return self.options.host_addr
+
+    def check_credentials(self) -> list[str]:
+        return self.account.problems()
+
+    def duplicated(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.launcher.close()

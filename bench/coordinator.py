@@ -43,13 +43,13 @@ def serve(n: int, tls: bool, keydir: str, s3_url: str) -> None:
     """Child process: start as ``mu png2y4m`` does, run one coordinator, print figures."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    import mu.cli  # noqa: F401  (the command's own imports, as a user's run pays them)
+    import mu.cli  # (the command's own imports, as a user's run pays them)
     from backends import get_backend
     from mu.apps.png2y4m import ConfigState
-    from mu.apps.png2y4m_run import config_from_args, parse, preflight
+    from mu.apps.png2y4m_run import Png2Y4MJob
     from mu.config import RunConfig
     from mu.coordinator import Coordinator
-    from mu.runopts import keys_from_args
+    from mu.runopts import load_keys, preflight
     from mu.states import MachineState
 
     class BenchConfig(ConfigState):
@@ -60,22 +60,24 @@ def serve(n: int, tls: bool, keydir: str, s3_url: str) -> None:
             self.commandlist = [*self.commandlist[:-1], "set:region:us-east-1", None]
 
     key = {name: os.path.join(keydir, f"{name}.pem") for name in KEY_FILES}
-    args = parse([
+    job_options, options, where = mu.cli.parse_png2y4m([
         "--backend", "none", "-n", str(n), "-f", "6", "-v", VIDEO, "-b", BUCKET, "-t", "0",
         "-c", key["ca_cert"], "-s", key["server_cert"], "-k", key["server_key"],
         "--worker-cert", key["worker_cert"], "--worker-key", key["worker_key"],
+        *(["--s3-endpoint-url", s3_url] if s3_url else []),
     ])
-    cfg = config_from_args(args)
+    job = Png2Y4MJob(job_options)
+    cfg = job.config
     if s3_url:
         from mu.aws import lazy_s3
 
-        s3 = lazy_s3(s3_url, "us-east-1", CREDENTIALS)  # as mu.cli makes it
-        launcher = get_backend("none", s3_endpoint_url=s3_url)
-        problems, keys = preflight(args, launcher, s3, cfg, list(range(n)))
+        site = get_backend("none", where)
+        s3 = lazy_s3(s3_url, "us-east-1", CREDENTIALS)  # as the local site makes it
+        problems, keys = preflight(job, options, site, s3, list(range(n)))
         if problems:
             raise SystemExit(f"preflight: {problems}")
     else:
-        keys = keys_from_args(args)
+        keys = load_keys(options)
     config = RunConfig(num_actors=n, port=0, tls=tls, handshake_timeout=120, hello_timeout=120)
     coord = Coordinator(BenchConfig, cfg, config, keys if tls else None)
     host, port = coord.bind()

@@ -1,10 +1,14 @@
 """mu: burst-parallel jobs on AWS Lambda, driven by per-worker state machines over mutual TLS.
 
 The top level re-exports the pure core only (errors, protocol, states, actor), so importing
-``mu.worker`` inside a Lambda bundle loads nothing beyond the standard library.
+``mu.worker`` inside a Lambda bundle loads nothing beyond the standard library. The one
+exception is :func:`run_job`, the library's entry to a whole run, which imports the
+composition root (``mu.cli``) only when called.
 """
 
 from __future__ import annotations
+
+import typing
 
 from mu.actor import Actor, Lifecycle
 from mu.errors import (
@@ -34,7 +38,23 @@ from mu.states import (
     TerminatedState,
 )
 
+if typing.TYPE_CHECKING:
+    from mu.runopts import RunResult
+
 __version__ = "0.1.0"
+
+
+def run_job(first_state: typing.Any, **options: typing.Any) -> RunResult:
+    """Run a job of your own (its first state class) and return its result.
+
+    ``mu.run_job(Convert, workers=2, bucket="jobs", input_dir="in", output_dir="out")`` runs
+    ``Convert`` on 2 workers on the local backend, as ``mu run`` does; see
+    :func:`mu.cli.run_job` for every option.
+    """
+    from mu.cli import run_job as run
+
+    result: RunResult = run(first_state, **options)
+    return result
 
 __all__ = [
     "CLOSED",
@@ -67,4 +87,5 @@ __all__ = [
     "__version__",
     "encode_frame",
     "parse_message",
+    "run_job",
 ]

@@ -1,7 +1,11 @@
-"""The ``mu`` command: the composition root.
+"""The ``mu`` command and :func:`run_job`: the composition root.
 
-Each subcommand is one ``_cmd_<name>`` function registered in :func:`build_parser`. Backends
-are imported lazily inside the subcommands that need them; nothing else in mu imports them.
+Each subcommand is one ``_register_<name>`` function (its flags) and one ``_cmd_<name>``
+function, registered in :func:`build_parser`. This is the one place that sees ``argparse``:
+the job subcommands turn their flags into the typed options of :mod:`mu.options` here
+(``_run_options``, ``_site_options``, ...), build the site with ``backends.get_backend`` (the
+one module of ``backends`` imported, lazily, inside the subcommands) and hand both to
+:func:`mu.runopts.run`. :func:`run_job` (``mu.run_job``) is the same path for the library.
 Errors of the :class:`~mu.errors.MuError` tree print one line and exit 2 (bad input) or 1;
 so do botocore errors no inner boundary translated (:mod:`mu.aws`). Ctrl-C and SIGTERM unwind
 through every ``finally`` (so servers stop and temporary folders go), print one line and exit
@@ -17,12 +21,17 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mu import __version__
 from mu.errors import ConfigError, MuError
+from mu.launch import DEFAULT_MEMORY, DEFAULT_RUNTIME, DEFAULT_TIMEOUT
 
-__all__ = ["build_parser", "lambdaize_parser", "main", "parse_lambdaize_args"]
+if TYPE_CHECKING:
+    from mu.options import Png2Y4MOptions, RunOptions, SiteOptions
+    from mu.runopts import Job
+
+__all__ = ["build_parser", "lambdaize_parser", "main", "parse_lambdaize_args", "parse_png2y4m", "run_job"]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -176,15 +185,17 @@ def _register_lambdaize(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 # Options of `mu lambdaize`: (flags, keyword arguments of add_argument). Every other word on
 # its command line is positional, so a template may start with a dash ('-x').
 _LAMBDAIZE_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
-    (("--memory",), {"type": int, "help": "memory in MB (MEM_SIZE; default 1536)"}),
-    (("--timeout",), {"type": int, "help": "timeout in seconds (TIMEOUT; default 180)"}),
+    (("--memory",), {"type": int, "help": f"memory in MB (MEM_SIZE; default {DEFAULT_MEMORY})"}),
+    (("--timeout",), {
+        "type": int, "help": f"timeout in seconds (TIMEOUT; default {DEFAULT_TIMEOUT})"
+    }),
     (("--role",), {"help": "execution role ARN (AWS_ROLE; needed for AWS)"}),
     (("--region",), {
         "action": "append",
         "help": "region; repeat or comma-separate for one function per region "
         "(REGION; default us-east-1)",
     }),
-    (("--runtime",), {"default": "python3.12", "help": "Lambda runtime (python3.12)"}),
+    (("--runtime",), {"default": DEFAULT_RUNTIME, "help": f"Lambda runtime ({DEFAULT_RUNTIME})"}),
     (("--name",), {"help": "function name instead of EXECUTABLE_<random>"}),
     (("--out-dir",), {"default": ".", "help": "where NAME.zip goes (default .)"}),
     (("--skip-upload",), {"action": "store_true", "default": None, "help": "only build the zip"}),
@@ -268,18 +279,19 @@ def parse_lambdaize_args(words: Sequence[str]) -> argparse.Namespace:
 
 
 def _cmd_lambdaize(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
     import os
 
     from backends import get_backend
     from mu.lambdaize import (
-        MAX_ZIPPED,
         LambdaizeOptions,
         env_defaults,
         find_executable,
         inspect_executable,
         lambdaize,
     )
+    from mu.options import SiteOptions, split_regions
 
     args = parse_lambdaize_args(args.lambdaize_args)
     executable, in_checkout = find_executable(args.executable)
@@ -287,22 +299,24 @@ def _cmd_lambdaize(args: argparse.Namespace) -> int:
         print(f"mu: note: {args.executable} is not in {os.getcwd()}; using {executable} from "
               "mu's source checkout", file=sys.stderr)
     env = env_defaults(os.environ)
-    regions = [r.strip() for item in args.region or [] for r in item.split(",") if r.strip()]
+    site_options = SiteOptions(
+        backend=args.backend, endpoint_url=args.endpoint_url, code_bucket=args.code_bucket
+    )
     options = LambdaizeOptions(
         executable=executable,
         pre_args=args.pre_args,
         post_args=args.post_args,
         extra_files=tuple(args.extra_files),
         name=args.name,
-        memory=args.memory if args.memory is not None else env.get("memory", 1536),
-        timeout=args.timeout if args.timeout is not None else env.get("timeout", 180),
+        memory=args.memory if args.memory is not None else env.get("memory", DEFAULT_MEMORY),
+        timeout=args.timeout if args.timeout is not None else env.get("timeout", DEFAULT_TIMEOUT),
         role=args.role or env.get("role", ""),
-        regions=tuple(dict.fromkeys(regions)) or env.get("regions", ("us-east-1",)),
+        regions=split_regions(args.region, "--region") if args.region
+        else env.get("regions", SiteOptions.regions),
         runtime=args.runtime,
         skip_upload=bool(args.skip_upload or env.get("skip_upload", False)),
         allow_dynamic=bool(args.allow_dynamic or env.get("allow_dynamic", False)),
         out_dir=args.out_dir,
-        max_zipped=None if args.backend == "lambda" and args.code_bucket else MAX_ZIPPED,
     )
     options.validate()
     inspect_executable(options.executable, options.allow_dynamic)  # before starting anything
@@ -310,18 +324,18 @@ def _cmd_lambdaize(args: argparse.Namespace) -> int:
         result = lambdaize(options, None)
         print(f"wrote {result.zip_path} (function {result.name}, not uploaded)")
         return 0
-    if args.backend == "local" and not args.endpoint_url:
-        print(
-            "mu: note: no --endpoint-url: deploying to a private emulator that stops when "
-            "this command ends (start one with `mu emulator` to keep functions)",
-            file=sys.stderr,
-        )
-    options_for = {"lambda": {"code_bucket": args.code_bucket}, "local": {}}[args.backend]
-    launcher = get_backend(args.backend, endpoint_url=args.endpoint_url, **options_for)
+    site = get_backend(site_options.backend, site_options)
     try:
-        result = lambdaize(options, launcher)
+        if site.private:
+            print(
+                "mu: note: no --endpoint-url: deploying to a private emulator that stops when "
+                "this command ends (start one with `mu emulator` to keep functions)",
+                file=sys.stderr,
+            )
+        options = dataclasses.replace(options, max_zipped=site.max_zipped)
+        result = lambdaize(options, site.launcher)
     finally:
-        launcher.close()
+        site.close()
     print(f"wrote {result.zip_path}", file=sys.stderr)
     for conf in result.functions.values():
         print(json.dumps(conf, indent=4, sort_keys=True, default=str))
@@ -344,15 +358,208 @@ def _register_emulator(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _cmd_emulator(args: argparse.Namespace) -> int:
-    from backends.local import emulator_parser, run_emulator
+    from backends import run_emulator
 
-    parser = emulator_parser("mu emulator")
-    return run_emulator(parser.parse_args(args.emulator_args))
+    return run_emulator(args.emulator_args, "mu emulator")
+
+
+# -- the job subcommands: flags -> typed options ----------------------------------------
+
+
+def _parse_actors(text: str) -> tuple[int, ...]:
+    """Parse ``-N a,b,c`` (ranges ``a-b`` allowed)."""
+    actors: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise argparse.ArgumentTypeError(f"{part!r} is not an actor number or range a-b")
+        actors.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+    return tuple(actors)
+
+
+def _parse_faults(text: str) -> Any:
+    from mu.faults import parse
+
+    try:
+        return parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_site_arguments(parser: argparse.ArgumentParser, regions: bool) -> None:
+    from mu.options import SiteOptions
+
+    where = parser.add_argument_group("where it runs")
+    if regions:
+        where.add_argument(
+            "-r", "--regions", default=",".join(SiteOptions.regions),
+            help=f"comma-separated regions ('{','.join(SiteOptions.regions)}')",
+        )
+    where.add_argument(
+        "--backend",
+        choices=("local", "lambda", "none"),
+        default=SiteOptions.backend,
+        help="local: embedded emulator + S3 (default); lambda: AWS; none: launch nothing, "
+        "write the payload (--payload-out), print how to start workers by hand with it and "
+        "wait for them (--arrival-timeout)",
+    )
+    where.add_argument("--endpoint-url", help="a Lambda-compatible endpoint (e.g. a running "
+                       "`mu emulator`)")
+    where.add_argument(
+        "--s3-endpoint-url",
+        help="S3 endpoint instead of AWS's (with --backend lambda beside --endpoint-url; with "
+        "--backend none, where the workers find S3 too)",
+    )
+    where.add_argument(
+        "--host-addr",
+        help="address workers dial back to (AWS default: the local address that routes to "
+        "the region's Lambda endpoint; local: 127.0.0.1)",
+    )
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The coordinator's flags (the 2016 ``-t -D -O -P -m -N -X`` and mu's own) and the keys'."""
+    from mu.options import SPECULATE_FACTOR, RunOptions
+
+    defaults = RunOptions()
+    g = parser.add_argument_group("coordinator")
+    g.add_argument(
+        "-t", "--port", type=int, default=defaults.port,
+        help=f"listen on this port ({defaults.port}; 0 picks a free one)",
+    )
+    g.add_argument(
+        "--host", default=None,
+        help="listen address (default 127.0.0.1 for local runs, 0.0.0.0 for AWS)",
+    )
+    g.add_argument("-D", "--debug", action="store_true", help="debug logging")
+    g.add_argument("-O", "--record", metavar="FILE", help="write the run record (JSON lines)")
+    g.add_argument("-P", "--profile", metavar="FILE", help="write cProfile stats")
+    g.add_argument(
+        "-m", "--deadline", type=float, metavar="SECONDS",
+        help="fail a worker that takes longer than this",
+    )
+    g.add_argument(
+        "--run-deadline", type=float, metavar="SECONDS", help="end the whole run after this long"
+    )
+    g.add_argument(
+        "-X", "--extra", type=int, default=defaults.extra, metavar="N",
+        help=f"launch N spare workers ({defaults.extra})",
+    )
+    g.add_argument(
+        "--retries", type=int, default=defaults.retries, metavar="K",
+        help="give an actor whose attempt failed for a reason that can be transient (lost "
+        "worker, timeout, S3 5xx, throttling) to a new worker, up to K times "
+        f"({defaults.retries})",
+    )
+    g.add_argument(
+        "--arrival-timeout", type=float, default=defaults.arrival_timeout, metavar="SECONDS",
+        help="fail actors whose launched workers have not connected this long after the "
+        f"launch ({defaults.arrival_timeout:g})",
+    )
+    g.add_argument(
+        "--speculate", type=float, nargs="?", const=SPECULATE_FACTOR, default=None,
+        metavar="FACTOR",
+        help="launch a backup worker for an actor whose current state has lasted FACTOR "
+        f"times ({SPECULATE_FACTOR:g}) that state's median among finished workers; the first "
+        "to finish wins",
+    )
+    g.add_argument(
+        "--max-handshakes", type=int, default=None, metavar="N",
+        help="TLS handshakes in progress at once (16; 128 with --backend lambda, where each "
+        "waits a round trip for its worker)",
+    )
+    g.add_argument(
+        "--resume", action="store_true",
+        help="skip actors whose output already exists complete (size and SHA-256 as "
+        "recorded at upload); run only the rest",
+    )
+    g.add_argument(
+        "--faults", type=_parse_faults, metavar="SPEC",
+        help="rehearsals: inject faults, e.g. crash=0.1,hang=0.02,drop=0.05,s3-error=0.02,"
+        "duplicate=0.05,seed=7 (a hang needs -m to end it; duplicate: local backend only)",
+    )
+    g.add_argument(
+        "-N", "--actors", type=_parse_actors, metavar="A,B,C",
+        help="run exactly these actor numbers",
+    )
+    g.add_argument(
+        "--no-tls", action="store_true",
+        help="plain TCP between coordinator and workers (debugging only)",
+    )
+    g.add_argument(
+        "--payload-out", metavar="FILE",
+        help="backend none: write the invocation payload here (default: a private temporary "
+        "file, removed when the run ends); the run prints how to start workers with it",
+    )
+    k = parser.add_argument_group("keys (default: ephemeral keys made for this run)")
+    k.add_argument("-c", "--ca-cert", metavar="FILE", help="CA certificate (env CA_CERT)")
+    k.add_argument(
+        "-s", "--server-cert", metavar="FILE", help="coordinator certificate (env SRV_CERT)"
+    )
+    k.add_argument("-k", "--server-key", metavar="FILE", help="coordinator key (env SRV_KEY)")
+    k.add_argument(
+        "--worker-cert", metavar="FILE",
+        help="worker certificate (env WORKER_CERT; default with -c/-s/-k: worker_cert.pem "
+        "beside -s, else one made for the run from ca_key.pem beside -c)",
+    )
+    k.add_argument("--worker-key", metavar="FILE", help="worker key (env WORKER_KEY)")
+
+
+def _run_options(args: argparse.Namespace) -> RunOptions:
+    """The typed :class:`~mu.options.RunOptions` of the parsed flags."""
+    from mu.options import KeyOptions, RunOptions
+
+    return RunOptions(
+        port=args.port, host=args.host, debug=args.debug, record=args.record,
+        profile=args.profile, deadline=args.deadline, run_deadline=args.run_deadline,
+        extra=args.extra, retries=args.retries, arrival_timeout=args.arrival_timeout,
+        speculate=args.speculate, max_handshakes=args.max_handshakes, resume=args.resume,
+        faults=args.faults, actors=args.actors, tls=not args.no_tls,
+        keys=KeyOptions(
+            ca_cert=args.ca_cert, server_cert=args.server_cert, server_key=args.server_key,
+            worker_cert=args.worker_cert, worker_key=args.worker_key,
+        ),
+    )
+
+
+def _site_options(args: argparse.Namespace, worker_command: str = "") -> SiteOptions:
+    """The typed :class:`~mu.options.SiteOptions` of the parsed flags."""
+    from mu.options import SiteOptions, split_regions
+
+    faults = args.faults
+    return SiteOptions(
+        backend=args.backend,
+        endpoint_url=args.endpoint_url,
+        s3_endpoint_url=args.s3_endpoint_url,
+        host_addr=args.host_addr,
+        regions=split_regions(args.regions) if getattr(args, "regions", None) is not None
+        else SiteOptions.regions,
+        payload_out=args.payload_out,
+        worker_command=worker_command,
+        arrival_timeout=args.arrival_timeout,
+        duplicate_rate=faults.duplicate if faults else 0.0,
+        duplicate_seed=faults.seed if faults else 0,
+    )
+
+
+def _run_on_site(job: Job, run_options: RunOptions, site_options: SiteOptions) -> int:
+    """Build the site, run the job on it, close it; the exit status."""
+    from backends import get_backend
+    from mu.runopts import run
+
+    site = get_backend(site_options.backend, site_options)
+    try:
+        return run(job, run_options, site).exit_status
+    finally:
+        site.close()
 
 
 @subcommand
 def _register_png2y4m(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from mu.apps.png2y4m_run import add_arguments
+    from mu.options import Png2Y4MOptions, SiteOptions
 
     p = sub.add_parser(
         "png2y4m",
@@ -362,84 +569,178 @@ def _register_png2y4m(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "(the default) everything runs on this machine: an embedded Lambda emulator and S3, "
         "ephemeral keys, the binary built from function/png2y4m.",
     )
-    add_arguments(p)
+    d = Png2Y4MOptions()
+    job = p.add_argument_group("job")
+    job.add_argument("-n", "--workers", type=int, default=d.workers,
+                     help=f"number of workers/chunks ({d.workers})")
+    job.add_argument("-f", "--frames", type=int, default=d.frames,
+                     help=f"frames per chunk ({d.frames})")
+    job.add_argument("-o", "--offset", type=int, default=d.offset,
+                     help=f"skip this many chunks ({d.offset})")
+    job.add_argument("-v", "--video", default=d.video, help=f"video name ('{d.video}')")
+    job.add_argument("-b", "--bucket", default=d.bucket, help=f"S3 bucket ('{d.bucket}')")
+    job.add_argument("-i", "--informat", default=d.informat,
+                     help=f"input format, the key infix ('{d.informat}')")
+    job.add_argument("-l", "--function", default=d.function,
+                     help=f"Lambda function ('{d.function}')")
+    job.add_argument(
+        "-r", "--regions", default=",".join(SiteOptions.regions),
+        help=f"comma-separated regions ('{','.join(SiteOptions.regions)}')",
+    )
+    _add_site_arguments(p, regions=False)
+    files = p.add_argument_group("files")
+    files.add_argument("--input-dir", help="upload DIR/*.png as the input frames first")
+    files.add_argument("--output-dir", help="download every output chunk here after the run")
+    files.add_argument(
+        "--binary",
+        default=d.binary,
+        help="local backend: the png2y4m binary to lambdaize; none: the one a worker started "
+        "from a checkout runs (default: the one built from function/png2y4m)",
+    )
+    _add_run_arguments(p)
     p.set_defaults(func=_cmd_png2y4m)
 
 
+def _png2y4m_options(
+    args: argparse.Namespace,
+) -> tuple[Png2Y4MOptions, RunOptions, SiteOptions]:
+    from mu.apps.png2y4m_run import worker_command
+    from mu.options import Png2Y4MOptions
+
+    job = Png2Y4MOptions(
+        workers=args.workers, offset=args.offset, bucket=args.bucket, function=args.function,
+        input_dir=args.input_dir, output_dir=args.output_dir, frames=args.frames,
+        video=args.video, informat=args.informat, binary=args.binary,
+    )
+    return job, _run_options(args), _site_options(args, worker_command(args.binary))
+
+
+def parse_png2y4m(argv: Sequence[str]) -> tuple[Png2Y4MOptions, RunOptions, SiteOptions]:
+    """The typed options of ``mu png2y4m ARGV`` (for tools and tests that run the job
+    themselves through :func:`mu.runopts.run`).
+
+    Raises:
+        ConfigError: a bad value (workers < 1, no region...).
+        SystemExit: argparse's own refusals (an unknown flag), as on the command line.
+    """
+    args = build_parser().parse_args(["png2y4m", *argv])
+    return _png2y4m_options(args)
+
+
 def _cmd_png2y4m(args: argparse.Namespace) -> int:
-    from mu.apps.png2y4m_run import run
+    from mu.apps.png2y4m_run import Png2Y4MJob
 
-    launcher, s3, host_addr, problems = _backend_for_run(args)
-    try:
-        outcome = run(args, launcher, s3, host_addr, problems=problems)
-    finally:
-        if launcher is not None:
-            launcher.close()
-    return outcome.exit_status
+    job, run_options, site_options = _png2y4m_options(args)
+    return _run_on_site(Png2Y4MJob(job), run_options, site_options)
 
 
-def _backend_for_run(args: argparse.Namespace) -> tuple[Any, Any, str, list[str]]:
-    """The launcher, an S3 client for its S3, the dial-back address, and the problems found
-    setting them up (an unknown AWS_PROFILE, no credentials, a Lambda host that does not
-    resolve), which preflight reports with its own. Launcher and client are None when the
-    AWS setup itself is unusable."""
+@subcommand
+def _register_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from mu.options import JobOptions
+
+    p = sub.add_parser(
+        "run",
+        help="run a job of your own: MODULE:StartState on N workers",
+        description="Run the job whose first state is the class StartState in the Python "
+        "module MODULE (found in the current directory or on the Python path), one actor per "
+        "worker, with -b BUCKET in every worker's payload. With --backend local (the "
+        "default) the function is the worker runtime alone, deployed to the embedded "
+        "emulator: the states' run: commands carry their own command lines.",
+    )
+    d = JobOptions()
+    p.add_argument("state", metavar="MODULE:StartState", help="the job's first state class")
+    job = p.add_argument_group("job")
+    job.add_argument("-n", "--workers", type=int, default=d.workers,
+                     help=f"number of workers/actors ({d.workers})")
+    job.add_argument("-o", "--offset", type=int, default=d.offset,
+                     help=f"first actor number ({d.offset})")
+    job.add_argument("-b", "--bucket", required=True, help="the workers' S3 bucket")
+    job.add_argument("-l", "--function", default=d.function,
+                     help=f"Lambda function ('{d.function}'; deployed for you on the local "
+                     "backend)")
+    _add_site_arguments(p, regions=True)
+    files = p.add_argument_group("files")
+    files.add_argument("--input-dir", help="upload every file under DIR first (key: its path "
+                       "below DIR)")
+    files.add_argument("--output-dir", help="download the objects the run wrote here after "
+                       "the run (key: path below DIR)")
+    files.add_argument("--output-prefix", default="", help="only the objects under this "
+                       "prefix (default: every object not uploaded from --input-dir)")
+    _add_run_arguments(p)
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mu.apps.custom import StateJob, load_state
+    from mu.options import JobOptions
+
+    job = StateJob(load_state(args.state), JobOptions(
+        workers=args.workers, offset=args.offset, bucket=args.bucket, function=args.function,
+        input_dir=args.input_dir, output_dir=args.output_dir,
+    ), output_prefix=args.output_prefix)
+    return _run_on_site(job, _run_options(args), _site_options(args))
+
+
+def run_job(
+    first_state: Any,
+    *,
+    workers: int = 1,
+    bucket: str,
+    backend: str = "local",
+    input_dir: str | None = None,
+    output_dir: str | None = None,
+    output_prefix: str = "",
+    function: str | None = None,
+    regions: Sequence[str] | None = None,
+    run: Any = None,
+    site: Any = None,
+    out: Any = None,
+) -> Any:
+    """Run a job of your own, as ``mu run`` does, and return its :class:`~mu.runopts.RunResult`.
+
+    Args:
+        first_state: the job's first state class (it receives each worker's hello).
+        workers: actors, one worker each.
+        bucket: the workers' S3 bucket (made on the local backend if missing).
+        backend: ``"local"`` (emulator and S3 on this machine), ``"lambda"`` or ``"none"``.
+        input_dir: upload every file under it first (key: its path below it).
+        output_dir: download the objects the run wrote here afterwards.
+        output_prefix: only those under this prefix.
+        function: the Lambda function (default ``mu-runtime``, deployed for you locally).
+        regions: where to invoke (default ``us-east-1``).
+        run: :class:`~mu.options.RunOptions` (deadlines, retries, keys...), else defaults.
+        site: :class:`~mu.options.SiteOptions` (endpoints...), else defaults for ``backend``.
+        out: where progress and the report go (default stderr).
+
+    Returns:
+        the run's :class:`~mu.runopts.RunResult` (``exit_status`` 0 if every actor finished;
+        ``run`` the coordinator's account; ``outputs`` the files downloaded).
+
+    Raises:
+        ConfigError: a bad option (a bucket missing, workers < 1, an unknown backend).
+
+    >>> result = mu.run_job(Convert, workers=2, bucket="jobs", input_dir="in", output_dir="out")
+    >>> result.exit_status
+    0
+    """
+    import dataclasses
+
     from backends import get_backend
-    from backends.local import LOCAL_CREDENTIALS
-    from mu.apps.png2y4m_run import regions_of
-    from mu.aws import aws_errors, lazy_s3
+    from mu.apps.custom import StateJob
+    from mu.options import JobOptions, RunOptions, SiteOptions, split_regions
+    from mu.runopts import run as run_path
 
-    region = regions_of(args)[0]
-    if args.backend == "local":
-        faults = args.faults
-        launcher = get_backend(
-            "local",
-            endpoint_url=args.endpoint_url,
-            s3_endpoint_url=args.s3_endpoint_url,
-            region=region,
-            duplicate_rate=faults.duplicate if faults else 0.0,
-            duplicate_seed=faults.seed if faults else 0,
-        )
-        s3 = lazy_s3(
-            launcher.s3_endpoint_url, region, LOCAL_CREDENTIALS  # type: ignore[attr-defined]
-        )
-        return launcher, s3, args.host_addr or "127.0.0.1", []
-    import boto3
-
+    options = JobOptions(workers=workers, bucket=bucket, input_dir=input_dir,
+                         output_dir=output_dir, function=function or JobOptions.function)
+    where = dataclasses.replace(site or SiteOptions(), backend=backend)
+    if regions is not None:
+        where = dataclasses.replace(where, regions=split_regions(regions))
+    job = StateJob(first_state, options, output_prefix=output_prefix)
+    built = get_backend(where.backend, where)
     try:
-        with aws_errors("AWS configuration"):
-            session = boto3.session.Session()
-            credentials = session.get_credentials()
-            s3 = lazy_s3(args.s3_endpoint_url, region, session=session)
-    except ConfigError as exc:
-        return None, None, "", [str(exc)]
-    if credentials is None:
-        return None, None, "", [
-            "no AWS credentials found (the coordinator reads the input frames in S3"
-            + (" and invokes Lambda" if args.backend == "lambda" else "")
-            + "): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run "
-            "`aws configure`"
-        ]
-    if args.backend == "none":
-        import shlex
-        from pathlib import Path
-
-        from mu.apps.png2y4m import COMMAND
-
-        launcher = get_backend(
-            "none",
-            payload_out=args.payload_out,
-            command=f"{shlex.quote(str(Path(args.binary).resolve()))} {COMMAND}",
-            s3_endpoint_url=args.s3_endpoint_url,
-            arrival_timeout=args.arrival_timeout,
-        )
-        return launcher, s3, args.host_addr or args.host, []
-    from backends.aws_lambda import route_address
-
-    launcher = get_backend("lambda", endpoint_url=args.endpoint_url, session=session)
-    try:
-        return launcher, s3, args.host_addr or route_address(region, args.endpoint_url), []
-    except ConfigError as exc:
-        return launcher, s3, "", [str(exc)]
+        return run_path(job, run or RunOptions(port=0), built, out)
+    finally:
+        built.close()
 
 
 @subcommand
@@ -456,23 +757,14 @@ def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import boto3
-
     from backends import get_backend
-    from backends.local import LOCAL_CREDENTIALS
     from mu.demo import run_demo
 
-    launcher = get_backend("local")
+    site = get_backend("local")
     try:
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=launcher.s3_endpoint_url,  # type: ignore[attr-defined]
-            region_name="us-east-1",
-            **LOCAL_CREDENTIALS,
-        )
-        return run_demo(args.out, launcher, s3)
+        return run_demo(args.out, site)
     finally:
-        launcher.close()
+        site.close()
 
 
 @subcommand

@@ -4,11 +4,14 @@ Theory of operation
 -------------------
 1. Write 24 frames of 1280x720 16-bit moving content (:mod:`mu.frames`) into
    ``OUT/frames/``.
-2. Run ``mu png2y4m`` on the local backend (embedded emulator and moto S3, ephemeral keys,
-   the static binary): 4 workers x 6 frames, inputs uploaded from ``OUT/frames``, the four
-   Y4M chunks downloaded to ``OUT/``, the run record written to ``OUT/run.jsonl``.
+2. Run the png2y4m job through the typed run path (:func:`mu.runopts.run`, as
+   ``mu png2y4m`` does) on the local site it is given (embedded emulator and moto S3,
+   ephemeral keys, the static binary): 4 workers x 6 frames, inputs uploaded from
+   ``OUT/frames``, the four Y4M chunks downloaded to ``OUT/``, the run record written to
+   ``OUT/run.jsonl``.
 3. Verify each chunk against the Python reference conversion of its PNG frames (frame
-   count, size, PSNR of Y, Cb and Cr), draw ``OUT/timeline.png`` and print a summary.
+   count, size, PSNR of Y, Cb and Cr), draw ``OUT/timeline.png`` and print a summary (the
+   time per state comes from the run's result in hand).
 
 The exit status is 0 only if the run succeeded and every chunk verified.
 """
@@ -22,14 +25,19 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import png
 
-from mu.apps.png2y4m_run import Outcome, parse, run
+from mu.apps.png2y4m_run import Png2Y4MJob
 from mu.frames import write_frames
-from mu.launch import Launcher
+from mu.launch import Site
+from mu.options import Png2Y4MOptions, RunOptions
+from mu.runopts import RunResult, run
+
+if TYPE_CHECKING:
+    from mu.coordinator import RunResult as CoordinatorResult
 
 __all__ = ["MIN_PSNR", "ChunkCheck", "run_demo", "verify_chunk"]
 
@@ -88,12 +96,10 @@ def verify_chunk(path: Path, pngs: list[Path]) -> ChunkCheck:
     return ChunkCheck(str(path), len(video.frames), size, (worst[0], worst[1], worst[2]), problem)
 
 
-def time_per_state(record: Path) -> dict[str, float]:
-    """Mean seconds a worker spent in each state, from the run record."""
-    from mu.plot import read_record
-
+def time_per_state(result: CoordinatorResult) -> dict[str, float]:
+    """Mean seconds a worker spent in each state, over every attempt of the run."""
     spent: dict[str, list[float]] = defaultdict(list)
-    for attempt in read_record(record):
+    for attempt in result.actors:
         totals: dict[str, float] = defaultdict(float)
         for (start, name), (stop, _) in zip(attempt.timestamps, attempt.timestamps[1:], strict=False):
             totals[name] += stop - start
@@ -104,12 +110,11 @@ def time_per_state(record: Path) -> dict[str, float]:
 
 def run_demo(
     out_dir: str,
-    launcher: Launcher,
-    s3: Any,
+    site: Site,
     stream: TextIO | None = None,
     frame_writer: Callable[..., list[Path]] = write_frames,
 ) -> int:
-    """Run the demo into ``out_dir`` with a local ``launcher`` and its ``s3`` client.
+    """Run the demo into ``out_dir`` on ``site`` (the local one; the caller closes it).
 
     Returns:
         0 if every chunk was produced and verified, else 1.
@@ -122,15 +127,14 @@ def run_demo(
           f"{frames_dir}/", file=say)
     pngs = frame_writer(frames_dir, WORKERS * FRAMES, WIDTH, HEIGHT, DEPTH)
     record = out / "run.jsonl"
-    args = parse([
-        "--backend", "local", "-n", str(WORKERS), "-f", str(FRAMES), "-v", VIDEO,
-        "-b", BUCKET, "--input-dir", str(frames_dir), "--output-dir", str(out),
-        "-O", str(record), "-t", "0",
-    ])
+    job = Png2Y4MJob(Png2Y4MOptions(
+        workers=WORKERS, frames=FRAMES, video=VIDEO, bucket=BUCKET,
+        input_dir=str(frames_dir), output_dir=str(out),
+    ))
     print(f"[2/4] running png2y4m: {WORKERS} workers x {FRAMES} frames on the local "
           "emulator", file=say)
     run_started = time.monotonic()
-    outcome: Outcome = run(args, launcher, s3, "127.0.0.1", out=say)
+    outcome: RunResult = run(job, RunOptions(port=0, record=str(record)), site, out=say)
     run_wall = time.monotonic() - run_started
 
     print("[3/4] verifying chunks against the Python reference", file=say)
@@ -149,7 +153,7 @@ def run_demo(
 
     print("[4/4] drawing the timeline", file=say)
     timeline = None
-    if record.exists():
+    if outcome.run is not None:
         from mu.plot import plot_timeline
 
         timeline = plot_timeline(record, out / "timeline.png", "mu demo: png2y4m, local backend")
@@ -158,8 +162,8 @@ def run_demo(
     print("", file=say)
     print(f"{'PASSED' if ok else 'FAILED'}: {WORKERS * FRAMES} frames, {WORKERS} workers, "
           f"run {run_wall:.1f} s, demo {total:.1f} s", file=say)
-    if record.exists():
-        per_state = time_per_state(record)
+    if outcome.run is not None:
+        per_state = time_per_state(outcome.run)
         print("  mean time per state: " + ", ".join(
             f"{name} {seconds:.2f} s" for name, seconds in per_state.items()), file=say)
     print(f"  outputs: {out}/*.y4m, run record {record}"

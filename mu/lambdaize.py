@@ -26,6 +26,10 @@ settings come from ``MEM_SIZE``, ``TIMEOUT``, ``AWS_ROLE``, ``SKIP_UPLOAD``, ``A
 3. **Deploy** (:func:`lambdaize`) through a :class:`~mu.launch.Launcher` passed in by the
    caller (this module never imports a backend), once per region.
 
+A job whose ``run:`` commands carry their own command line needs no executable:
+:func:`build_runtime_bundle` zips the handler and the runtime alone, and
+:func:`deploy_runtime` deploys it (``mu run`` on the local backend does).
+
 Where the handler comes from: the runtime files are read with :mod:`importlib.resources`
 from the installed ``mu`` package. The handler is looked up first as
 ``mu/worker/lambda_function.py`` (package data, works from an installed package), then as
@@ -59,7 +63,8 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import InterpSegment
 
 from mu.errors import ConfigError
-from mu.launch import FunctionSpec, Launcher
+from mu.launch import DEFAULT_MEMORY, DEFAULT_RUNTIME, DEFAULT_TIMEOUT, FunctionSpec, Launcher
+from mu.options import DEFAULT_REGION, split_regions
 
 if TYPE_CHECKING:
     if sys.version_info >= (3, 11):
@@ -78,6 +83,8 @@ __all__ = [
     "LambdaizeOptions",
     "LambdaizeResult",
     "build_bundle",
+    "build_runtime_bundle",
+    "deploy_runtime",
     "env_defaults",
     "find_executable",
     "function_name",
@@ -88,9 +95,6 @@ __all__ = [
     "runtime_files",
 ]
 
-DEFAULT_MEMORY = 1536
-DEFAULT_TIMEOUT = 180
-DEFAULT_RUNTIME = "python3.12"
 LOCAL_ROLE = "arn:aws:iam::000000000000:role/mu-local"
 """Role given to functions on a local endpoint when none is set (the emulator ignores it)."""
 
@@ -549,6 +553,42 @@ def build_bundle(
     return Bundle(_zip(files), command, info.architecture, tuple(sorted(files)))
 
 
+def build_runtime_bundle() -> Bundle:
+    """The reproducible zip of the worker runtime alone: no executable, no command.
+
+    For a job whose states give every ``run:`` its own command line (``run:wc -l < ...``),
+    so the function needs nothing but the handler and the runtime.
+    """
+    files = {"lambda_function.py": (handler_source(), MODE_FILE)}
+    files.update((arcname, (data, MODE_FILE)) for arcname, data in runtime_files().items())
+    return Bundle(_zip(files), "", "x86_64", tuple(sorted(files)))
+
+
+def deploy_runtime(
+    launcher: Launcher, name: str, regions: Sequence[str], role: str = ""
+) -> dict[str, dict[str, Any]]:
+    """Create (or update) the runtime-only function ``name`` in each region.
+
+    Args:
+        launcher: the backend.
+        name: the function name.
+        regions: where.
+        role: the execution role (default: the local stand-in, for backends that check none).
+
+    Returns:
+        region -> the create-function response.
+
+    Raises:
+        LaunchError: the backend refused the function.
+    """
+    bundle = build_runtime_bundle()
+    spec = FunctionSpec(
+        name=name, zip_bytes=bundle.zip_bytes, role=role or LOCAL_ROLE,
+        architecture=bundle.architecture, description="mu worker runtime",
+    )
+    return {region: launcher.create_function(spec, region) for region in regions}
+
+
 def function_name(executable: str | os.PathLike[str], name: str | None = None) -> str:
     """``name``, or the executable's basename + ``_`` + 8 random letters/digits.
 
@@ -610,9 +650,9 @@ def env_defaults(environ: Mapping[str, str]) -> dict[str, Any]:
         out["skip_upload"] = True
     if _env_flag(environ, "ALLOW_LD"):
         out["allow_dynamic"] = True
-    regions = tuple(r.strip() for r in environ.get("REGION", "").split(",") if r.strip())
-    if regions:
-        out["regions"] = regions
+    regions = environ.get("REGION", "")
+    if regions.replace(",", "").strip():
+        out["regions"] = split_regions(regions, "REGION")
     return out
 
 
@@ -628,7 +668,7 @@ class LambdaizeOptions:
     memory: int = DEFAULT_MEMORY
     timeout: int = DEFAULT_TIMEOUT
     role: str = ""
-    regions: tuple[str, ...] = ("us-east-1",)
+    regions: tuple[str, ...] = (DEFAULT_REGION,)
     runtime: str = DEFAULT_RUNTIME
     skip_upload: bool = False
     allow_dynamic: bool = False

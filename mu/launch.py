@@ -2,10 +2,13 @@
 
 Theory of operation
 -------------------
-mu never imports a backend. The composition root (``mu.cli``) picks one by name from
-``backends.BACKENDS`` and passes the instance to whatever needs it (the coordinator,
-``lambdaize``). A backend is any object with the methods of :class:`Launcher`; tests pass a
-fake one. Every worker of a run receives the same JSON payload (:class:`WorkerPayload`), so a
+mu never imports a backend. The composition root (``mu.cli``) asks ``backends.get_backend``
+for a :class:`Site` by name and passes it (or its launcher) to whatever needs it (the run
+path in :mod:`mu.runopts`, the coordinator, ``lambdaize``). A site is everything a run needs
+from where it happens: a :class:`Launcher` (any object with its methods; tests pass a fake
+one), an S3 client, the address workers dial back to, what is wrong with the credentials,
+and the coordinator's defaults there (listen address, handshake bound). Nobody asks which
+backend a site is. Every worker of a run receives the same JSON payload (:class:`WorkerPayload`), so a
 launch is "invoke function F, N times, with these bytes", spread over one or more regions.
 
 The payload carries the CA certificate, the worker's own certificate and key, and the run
@@ -23,14 +26,27 @@ from typing import Any, Protocol
 from mu.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_MEMORY",
+    "DEFAULT_RUNTIME",
+    "DEFAULT_TIMEOUT",
     "MAX_PAYLOAD",
     "FunctionSpec",
     "Invocation",
     "LaunchReport",
     "LaunchSpec",
     "Launcher",
+    "Site",
     "WorkerPayload",
 ]
+
+DEFAULT_MEMORY = 1536
+"""A function's memory in MB unless told (``mu lambdaize --memory``, ``MEM_SIZE``)."""
+
+DEFAULT_TIMEOUT = 180
+"""A function's timeout in seconds unless told (``mu lambdaize --timeout``, ``TIMEOUT``)."""
+
+DEFAULT_RUNTIME = "python3.12"
+"""A function's Lambda runtime unless told (``mu lambdaize --runtime``)."""
 
 MAX_PAYLOAD = 1024 * 1024
 """Largest asynchronous (Event) invocation payload Lambda accepts, in bytes."""
@@ -99,10 +115,10 @@ class FunctionSpec:
     name: str
     zip_bytes: bytes
     handler: str = "lambda_function.lambda_handler"
-    runtime: str = "python3.12"
+    runtime: str = DEFAULT_RUNTIME
     role: str = ""
-    memory: int = 1536
-    timeout: int = 180
+    memory: int = DEFAULT_MEMORY
+    timeout: int = DEFAULT_TIMEOUT
     architecture: str = "x86_64"
     environment: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
@@ -219,5 +235,96 @@ class Launcher(Protocol):
         """Release connections and stop anything the backend started.
 
         >>> launcher.close()
+        """
+        ...
+
+
+class Site(Protocol):
+    """Where a run happens: a backend with everything a run needs from it.
+
+    ``backends.get_backend(name, options)`` builds one; call :meth:`close` when done (it
+    stops what the site started). Nothing outside ``backends`` asks which site it is: what
+    differs between sites is one of these members.
+
+    Attributes:
+        name: the backend's name (for messages).
+        listen_host: where the coordinator listens unless told (``--host``): loopback for
+            sites on this machine, every interface for workers on AWS.
+        max_handshakes: TLS handshakes in progress at once unless told: a few dozen over
+            loopback, more where each waits a long round trip (see ``RunConfig``).
+        deploys_jobs: the site is a rehearsal stage: each run deploys its own function to it
+            and makes the bucket it names.
+        private: the site was started for this command and stops with it (its functions
+            go with it).
+        max_zipped: the largest bundle it takes (None: bigger ones go through S3).
+        regions: where functions are deployed and invoked, round-robin; the first also
+            signs S3 requests.
+    """
+
+    name: str
+    regions: tuple[str, ...]
+    listen_host: str
+    max_handshakes: int
+    deploys_jobs: bool
+    private: bool
+
+    @property
+    def max_zipped(self) -> int | None: ...
+
+    @property
+    def launcher(self) -> Launcher:
+        """The site's launcher (made on first use).
+
+        Raises:
+            ConfigError: the backend cannot be set up (an unknown ``AWS_PROFILE``).
+
+        >>> site.launcher.function_exists("png2y4m", "us-east-1")
+        True
+        """
+        ...
+
+    def s3_client(self, region: str) -> Any:
+        """A boto3-compatible S3 client for the site's S3, signing for ``region``.
+
+        >>> site.s3_client("us-east-1").head_bucket(Bucket="frames")
+        {...}
+        """
+        ...
+
+    def dial_back_address(self, region: str) -> str | None:
+        """The address workers launched in ``region`` connect back to (None: the
+        coordinator's listening address).
+
+        Raises:
+            ConfigError: it cannot be found (a Lambda host that does not resolve).
+
+        >>> site.dial_back_address("us-east-1")
+        '127.0.0.1'
+        """
+        ...
+
+    def check_credentials(self) -> list[str]:
+        """What is wrong with the site's credentials, one line each (empty: nothing).
+
+        A run's preflight reports these with its own; with any, nothing that needs the
+        launcher or S3 is tried.
+
+        >>> site.check_credentials()
+        []
+        """
+        ...
+
+    def duplicated(self) -> int:
+        """Invocations the site delivered twice (rehearsal faults; 0 elsewhere).
+
+        >>> site.duplicated()
+        0
+        """
+        ...
+
+    def close(self) -> None:
+        """Stop what the site started and close its clients; calling it again is harmless.
+
+        >>> site.close()
         """
         ...

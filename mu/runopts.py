@@ -1,146 +1,121 @@
-"""The coordinator's command-line flags, shared by every job subcommand.
+"""The typed run path: one entry, :func:`run`, for every job on every site.
 
-:func:`add_run_arguments` adds the 2016 server flags (``-t -D -O -P -m -c -s -k``, ``-X``,
-``-N``) and mu's own; :func:`keys_from_args` and :func:`run_config_from_args` turn them into a
-:class:`~mu.tls.KeySet` and a :class:`~mu.config.RunConfig`; :func:`execute` runs a
-coordinator with the live view, the run record (``-O``), profiling (``-P``) and the final
-report that those flags ask for.
+Theory of operation
+-------------------
+The composition root (``mu.cli``, or :func:`mu.run_job` in the library) parses what the
+user asked for into :mod:`mu.options` and builds a :class:`~mu.launch.Site`; then
+``run(job, options, site)`` does the rest, the same for every job and every backend:
+
+1. **Site**: what the site found wrong with its credentials, and the address workers dial
+   back to (a Lambda host that does not resolve is a problem, reported with the others).
+2. **Stage** (a site that ``deploys_jobs``, the local one): the job deploys its function
+   there (:meth:`Job.deploy`), and the bucket is made if it is missing.
+3. **Inputs**: the job uploads its input directory, if it has one.
+4. **Resume** (``--resume``): actors whose output already exists complete are left alone.
+5. **Preflight**: every problem that can be seen before launching is collected and reported
+   at once (keys unreadable, bucket or inputs missing, function not deployed, no
+   credentials, an endpoint that cannot be reached, and whatever stopped steps 1-4); any
+   problem means exit status 2 and nothing launched.
+6. **Run**: a :class:`~mu.coordinator.Coordinator` launches the workers through the site's
+   launcher and drives each through the job's states (:func:`execute`: the live view, the
+   run record ``-O``, profiling ``-P`` and the final report).
+7. **Outputs**: the job downloads what was produced, whatever happened to the rest.
+
+A job is anything with the members of :class:`Job` (:class:`mu.apps.png2y4m_run.Png2Y4MJob`,
+:class:`mu.apps.custom.StateJob`). :func:`load_keys` turns the key options into a
+:class:`~mu.tls.KeySet`, :func:`run_config` the run options into a
+:class:`~mu.config.RunConfig` (the listen address and handshake bound default to the
+site's). Nothing here sees ``argparse``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from mu.config import DEFAULT_PORT, RunConfig
-from mu.errors import ConfigError
-from mu.faults import FaultSpec
-from mu.faults import parse as parse_faults
+from mu.config import RunConfig
+from mu.errors import ConfigError, MuError
+from mu.launch import Launcher, Site
+from mu.options import RunOptions
 
 if TYPE_CHECKING:  # the coordinator and TLS (pyOpenSSL) load only when a run starts
-    from mu.coordinator import Coordinator, RunResult
+    from mu.coordinator import Coordinator
+    from mu.coordinator import RunResult as CoordinatorResult
+    from mu.states import MachineState
     from mu.tls import KeySet
 
-__all__ = ["add_run_arguments", "execute", "keys_from_args", "parse_actors", "run_config_from_args"]
+__all__ = ["Job", "RunResult", "execute", "load_keys", "preflight", "run", "run_config"]
 
 
-def parse_actors(text: str) -> list[int]:
-    """Parse ``-N a,b,c`` (ranges ``a-b`` allowed)."""
-    actors: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, dash, hi = part.partition("-")
-        if not lo.isdigit() or (dash and not hi.isdigit()):
-            raise argparse.ArgumentTypeError(f"{part!r} is not an actor number or range a-b")
-        actors.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
-    return actors
+class Job(Protocol):
+    """What :func:`run` needs from a job.
+
+    Attributes:
+        first_state: the state class that receives each worker's hello.
+        config: the job's frozen configuration, handed to every state.
+        function: the function the workers run in.
+        bucket: the S3 bucket the workers use (in their payload).
+        workers: how many actors.
+        offset: the first actor number.
+    """
+
+    @property
+    def first_state(self) -> Callable[..., MachineState]: ...
+    @property
+    def config(self) -> Any: ...
+    @property
+    def function(self) -> str: ...
+    @property
+    def bucket(self) -> str: ...
+    @property
+    def workers(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+
+    def deploy(self, launcher: Launcher, regions: Sequence[str]) -> None:
+        """Deploy the job's function on a site that ``deploys_jobs`` (the local one)."""
+        ...
+
+    def upload_inputs(self, s3: Any, create_bucket: bool, out: TextIO) -> None:
+        """Upload the job's input files, if it has any (saying what on ``out``)."""
+        ...
+
+    def preflight(self, s3: Any, actors: list[int]) -> list[str]:
+        """What is missing in S3 for these actors (inputs, bucket), one line each."""
+        ...
+
+    def finished(self, s3: Any, actors: list[int]) -> list[int]:
+        """The actors whose output already exists complete (``--resume``)."""
+        ...
+
+    def download_outputs(self, s3: Any, actors: list[int], out: TextIO) -> list[str]:
+        """Download what the actors produced, if the job was asked to; the local paths."""
+        ...
 
 
-def _faults(text: str) -> FaultSpec:
-    try:
-        return parse_faults(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+@dataclass(frozen=True)
+class RunResult:
+    """What a run did.
+
+    Attributes:
+        exit_status: 0 only if every actor finished; 2 when preflight found problems.
+        run: the coordinator's account of the run (None: nothing was launched).
+        outputs: the files downloaded.
+        problems: what preflight found (then nothing was launched).
+    """
+
+    exit_status: int
+    run: CoordinatorResult | None = None
+    outputs: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the coordinator flags to ``parser``."""
-    g = parser.add_argument_group("coordinator")
-    g.add_argument(
-        "-t",
-        "--port",
-        type=int,
-        default=DEFAULT_PORT,
-        help=f"listen on this port ({DEFAULT_PORT}; 0 picks a free one)",
-    )
-    g.add_argument(
-        "--host",
-        default=None,
-        help="listen address (default 127.0.0.1 for local runs, 0.0.0.0 for AWS)",
-    )
-    g.add_argument("-D", "--debug", action="store_true", help="debug logging")
-    g.add_argument("-O", "--record", metavar="FILE", help="write the run record (JSON lines)")
-    g.add_argument("-P", "--profile", metavar="FILE", help="write cProfile stats")
-    g.add_argument(
-        "-m",
-        "--deadline",
-        type=float,
-        metavar="SECONDS",
-        help="fail a worker that takes longer than this",
-    )
-    g.add_argument(
-        "--run-deadline", type=float, metavar="SECONDS", help="end the whole run after this long"
-    )
-    g.add_argument(
-        "-X", "--extra", type=int, default=0, metavar="N", help="launch N spare workers (0)"
-    )
-    g.add_argument(
-        "--retries", type=int, default=2, metavar="K",
-        help="give an actor whose attempt failed for a reason that can be transient (lost "
-        "worker, timeout, S3 5xx, throttling) to a new worker, up to K times (2)",
-    )
-    g.add_argument(
-        "--arrival-timeout", type=float, default=300.0, metavar="SECONDS",
-        help="fail actors whose launched workers have not connected this long after the "
-        "launch (300)",
-    )
-    g.add_argument(
-        "--speculate", type=float, nargs="?", const=3.0, default=None, metavar="FACTOR",
-        help="launch a backup worker for an actor whose current state has lasted FACTOR "
-        "times (3) that state's median among finished workers; the first to finish wins",
-    )
-    g.add_argument(
-        "--max-handshakes", type=int, default=None, metavar="N",
-        help="TLS handshakes in progress at once (16; 128 with --backend lambda, where each "
-        "waits a round trip for its worker)",
-    )
-    g.add_argument(
-        "--resume", action="store_true",
-        help="skip actors whose output already exists complete (size and SHA-256 as "
-        "recorded at upload); run only the rest",
-    )
-    g.add_argument(
-        "--faults", type=_faults, metavar="SPEC",
-        help="rehearsals: inject faults, e.g. crash=0.1,hang=0.02,drop=0.05,s3-error=0.02,"
-        "duplicate=0.05,seed=7 (a hang needs -m to end it; duplicate: local backend only)",
-    )
-    g.add_argument(
-        "-N", "--actors", type=parse_actors, metavar="A,B,C", help="run exactly these actor numbers"
-    )
-    g.add_argument(
-        "--no-tls",
-        action="store_true",
-        help="plain TCP between coordinator and workers (debugging only)",
-    )
-    g.add_argument(
-        "--payload-out", metavar="FILE",
-        help="backend none: write the invocation payload here (default: a private temporary "
-        "file, removed when the run ends); the run prints how to start workers with it",
-    )
-    k = parser.add_argument_group("keys (default: ephemeral keys made for this run)")
-    k.add_argument("-c", "--ca-cert", metavar="FILE", help="CA certificate (env CA_CERT)")
-    k.add_argument(
-        "-s", "--server-cert", metavar="FILE", help="coordinator certificate (env SRV_CERT)"
-    )
-    k.add_argument("-k", "--server-key", metavar="FILE", help="coordinator key (env SRV_KEY)")
-    k.add_argument(
-        "--worker-cert", metavar="FILE",
-        help="worker certificate (env WORKER_CERT; default with -c/-s/-k: worker_cert.pem "
-        "beside -s, else one made for the run from ca_key.pem beside -c)",
-    )
-    k.add_argument("--worker-key", metavar="FILE", help="worker key (env WORKER_KEY)")
-
-
-def keys_from_args(
-    args: argparse.Namespace, environ: Mapping[str, str] = os.environ
-) -> KeySet | None:
+def load_keys(options: RunOptions, environ: Mapping[str, str] = os.environ) -> KeySet | None:
     """The run's keys: from flags, else the 2016 environment variables, else ephemeral.
 
     Given the coordinator's identity (``-c/-s/-k``) without a worker pair, the workers get
@@ -148,19 +123,20 @@ def keys_from_args(
     ``mu genkeys`` writes them), else a certificate minted for this run from ``ca_key.pem``
     beside the CA certificate; the coordinator's own key never serves as theirs.
 
-    Returns None for ``--no-tls``.
+    Returns None without TLS (``--no-tls``).
 
     Raises:
         ConfigError: a key file is missing or unreadable, only some were given, or there
             is no worker pair and no CA key to make one.
     """
-    if getattr(args, "no_tls", False):
+    if not options.tls:
         return None
-    ca = args.ca_cert or environ.get("CA_CERT")
-    cert = args.server_cert or environ.get("SRV_CERT")
-    key = args.server_key or environ.get("SRV_KEY")
-    wcert = args.worker_cert or environ.get("WORKER_CERT")
-    wkey = args.worker_key or environ.get("WORKER_KEY")
+    files = options.keys
+    ca = files.ca_cert or environ.get("CA_CERT")
+    cert = files.server_cert or environ.get("SRV_CERT")
+    key = files.server_key or environ.get("SRV_KEY")
+    wcert = files.worker_cert or environ.get("WORKER_CERT")
+    wkey = files.worker_key or environ.get("WORKER_KEY")
     given = {"-c/CA_CERT": ca, "-s/SRV_CERT": cert, "-k/SRV_KEY": key}
     if not any(given.values()):
         from mu.tls import generate_keys
@@ -198,32 +174,159 @@ def keys_from_args(
     return dataclasses.replace(keys, worker_cert=worker_cert, worker_key=worker_key)
 
 
-def run_config_from_args(args: argparse.Namespace, num_actors: int, offset: int) -> RunConfig:
-    """The RunConfig the flags describe."""
-    remote = getattr(args, "backend", "local") == "lambda"
-    host = args.host or ("0.0.0.0" if remote else "127.0.0.1")
-    handshakes = getattr(args, "max_handshakes", None) or (128 if remote else 16)
+def run_config(options: RunOptions, site: Site, num_actors: int, offset: int) -> RunConfig:
+    """The RunConfig the options describe; the listen address and the handshake bound are
+    the site's unless given."""
     return RunConfig(
         num_actors=num_actors,
         offset=offset,
-        actors=args.actors,
-        extra_workers=args.extra,
-        host=host,
-        port=args.port,
-        worker_deadline=args.deadline,
-        run_deadline=args.run_deadline,
-        tls=not args.no_tls,
-        retries=args.retries,
-        arrival_timeout=args.arrival_timeout,
-        faults=getattr(args, "faults", None),
-        speculate=getattr(args, "speculate", None),
-        max_handshakes=handshakes,
+        actors=options.actors,
+        extra_workers=options.extra,
+        host=options.host or site.listen_host,
+        port=options.port,
+        worker_deadline=options.deadline,
+        run_deadline=options.run_deadline,
+        tls=options.tls,
+        retries=options.retries,
+        arrival_timeout=options.arrival_timeout,
+        faults=options.faults,
+        speculate=options.speculate,
+        max_handshakes=options.max_handshakes or site.max_handshakes,
     )
 
 
+def run(job: Job, options: RunOptions, site: Site, out: TextIO | None = None) -> RunResult:
+    """Run ``job`` on ``site`` end to end (see the module docstring).
+
+    Args:
+        job: what the workers do, and its inputs and outputs.
+        options: how the coordinator runs.
+        site: where (its launcher, S3, dial-back address); the caller closes it.
+        out: where progress and the report go (default stderr).
+
+    Returns:
+        the outcome; ``exit_status`` is 0 only if every actor finished.
+    """
+    from mu.coordinator import Coordinator
+
+    out = out or sys.stderr
+    config = run_config(options, site, num_actors=job.workers, offset=job.offset)
+    actors = list(config.actor_numbers())
+    region = site.regions[0]
+    setup = site.check_credentials()
+    usable = not setup
+    s3 = site.s3_client(region) if usable else None
+    host_addr = None
+    if usable:
+        try:
+            host_addr = site.dial_back_address(region)
+        except ConfigError as exc:
+            setup.append(str(exc))
+    if setup:
+        found, _keys = preflight(job, options, site if usable else None, s3, actors, setup)
+        return _report(found, out)
+    try:
+        todo = _prepare(job, options, site, s3, actors, out)
+    except MuError as exc:  # S3 or the emulator unreachable, a bucket that cannot be made...
+        found, _keys = preflight(job, options, None, None, actors, [str(exc)])
+        return _report(found, out)
+    if not todo:
+        return RunResult(0, outputs=tuple(job.download_outputs(s3, actors, out)))
+    if todo != actors:
+        config = dataclasses.replace(config, actors=todo)
+    found, keys = preflight(job, options, site, s3, todo)
+    if found:
+        return _report(found, out)
+    coordinator = Coordinator(
+        job.first_state,
+        job.config,
+        config,
+        keys,
+        launcher=site.launcher,
+        function_name=job.function,
+        regions=site.regions,
+        payload_fields={"bucket": job.bucket, "region": region},
+        host_addr=host_addr,
+    )
+    result = execute(coordinator, options, out)
+    duplicated = site.duplicated()
+    if duplicated:
+        print(f"mu: fault: {duplicated} Event invocation(s) were delivered twice", file=out)
+    outputs = job.download_outputs(s3, actors, out)
+    return RunResult(result.exit_status, run=result, outputs=tuple(outputs))
+
+
+def _prepare(
+    job: Job, options: RunOptions, site: Site, s3: Any, actors: list[int], out: TextIO
+) -> list[int]:
+    """Stage (a site that deploys jobs), upload the inputs, and with ``--resume`` find the
+    actors already complete; returns the actors still to run."""
+    if site.deploys_jobs:
+        job.deploy(site.launcher, site.regions)
+        from mu.apps.png2y4m import bucket_exists
+
+        if not bucket_exists(s3, job.bucket):
+            s3.create_bucket(Bucket=job.bucket)
+    job.upload_inputs(s3, site.deploys_jobs, out)
+    if not options.resume:
+        return actors
+    finished = set(job.finished(s3, actors))
+    todo = [a for a in actors if a not in finished]
+    print(f"--resume: {len(finished)} of {len(actors)} chunks are already complete; "
+          f"{len(todo)} to run", file=out)
+    return todo
+
+
+def preflight(
+    job: Job,
+    options: RunOptions,
+    site: Site | None,
+    s3: Any,
+    actors: list[int],
+    setup: Sequence[str] = (),
+) -> tuple[list[str], KeySet | None]:
+    """Collect every problem visible before launch. Returns (problems, keys or None).
+
+    ``setup`` holds what was found while setting up the site; without a site or an S3
+    client the checks that need them are skipped.
+    """
+    problems: list[str] = list(setup)
+    keys = None
+    try:
+        keys = load_keys(options)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if s3 is None or site is None:
+        return problems, keys  # nothing below can be checked without them
+    try:
+        problems.extend(job.preflight(s3, actors))
+    except MuError as exc:
+        problems.append(str(exc))
+    for region in site.regions:
+        try:
+            found = site.launcher.function_exists(job.function, region)
+        except MuError as exc:
+            problems.append(str(exc))
+            continue
+        if not found:
+            problems.append(
+                f"function {job.function!r} not found in {region} "
+                "(deploy it with `mu lambdaize`, or pass -l)"
+            )
+    return problems, keys
+
+
+def _report(problems: list[str], out: TextIO) -> RunResult:
+    """Print preflight's one report; exit status 2, nothing launched."""
+    print("mu: preflight found problems; nothing was launched:", file=out)
+    for problem in problems:
+        print(f"  - {problem}", file=out)
+    return RunResult(2, problems=tuple(problems))
+
+
 def execute(
-    coordinator: Coordinator, args: argparse.Namespace, out: TextIO | None = None
-) -> RunResult:
+    coordinator: Coordinator, options: RunOptions, out: TextIO | None = None
+) -> CoordinatorResult:
     """Run ``coordinator`` with the live view, ``-P`` profiling, ``-O`` record and the report."""
     from mu.report import LiveStatus, final_report
 
@@ -237,17 +340,17 @@ def execute(
     live = LiveStatus(stream, coordinator.config.actor_numbers())
     coordinator.status = live.update
     try:
-        if args.profile:
+        if options.profile:
             import cProfile
 
             profiler = cProfile.Profile()
             result = profiler.runcall(coordinator.run)
-            profiler.dump_stats(args.profile)
+            profiler.dump_stats(options.profile)
         else:
             result = coordinator.run()
     finally:
         live.close()
-    if args.record:
-        result.write_record(args.record)
+    if options.record:
+        result.write_record(options.record)
     final_report(result, stream)
     return result

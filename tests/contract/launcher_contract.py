@@ -3,12 +3,16 @@
 :func:`check_launcher` drives a fresh launcher through the whole :class:`mu.launch.Launcher`
 interface: create a function (twice: the second time is an update with the same code), invoke
 it N times and get exactly N accepted invocations, fail clearly on an unknown function name,
-delete idempotently. ``test_contract.py`` runs it against each backend.
+delete idempotently. :func:`check_site` drives a fresh :class:`mu.launch.Site` through its
+interface (credentials, an S3 round trip, the dial-back address, the coordinator's defaults,
+close twice) and, for a site that launches, runs the launcher contract on its launcher.
+``test_contract.py`` runs them against each backend.
 """
 
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import secrets
 import zipfile
@@ -17,7 +21,7 @@ from collections.abc import Callable
 import pytest
 
 from mu.errors import LaunchError
-from mu.launch import FunctionSpec, Launcher, LaunchSpec
+from mu.launch import FunctionSpec, Launcher, LaunchSpec, Site
 
 HANDLER = b"def lambda_handler(event, context):\n    return None\n"
 
@@ -77,3 +81,44 @@ def check_launcher(
         assert not launcher.function_exists(name, region)
     finally:
         launcher.close()
+
+
+def check_site(make_site: Callable[[], Site], role: str | None) -> None:
+    """Run the site contract.
+
+    Args:
+        make_site: builds a fresh site (closed by this function), with usable credentials.
+        role: the execution role for the launcher contract; None for a site that launches
+            nothing (its launcher accepts every launch and knows every function).
+    """
+    site = make_site()
+    try:
+        assert isinstance(site.name, str) and site.name
+        assert site.regions and all(isinstance(r, str) and r for r in site.regions)
+        region = site.regions[0]
+        assert ipaddress.ip_address(site.listen_host)
+        assert isinstance(site.max_handshakes, int) and site.max_handshakes >= 1
+        assert isinstance(site.deploys_jobs, bool) and isinstance(site.private, bool)
+        assert site.max_zipped is None or site.max_zipped > 0
+        assert site.check_credentials() == []
+        assert site.duplicated() == 0
+
+        s3 = site.s3_client(region)
+        bucket = f"mu-contract-{secrets.token_hex(4)}"
+        s3.create_bucket(Bucket=bucket)
+        s3.put_object(Bucket=bucket, Key="k", Body=b"v")
+        listed = s3.list_objects_v2(Bucket=bucket)
+        assert [o["Key"] for o in listed["Contents"]] == ["k"]
+
+        address = site.dial_back_address(region)
+        assert address is None or ipaddress.ip_address(address)
+
+        if role is None:
+            assert site.launcher.function_exists("anything", region)
+            report = site.launcher.launch(LaunchSpec("anything", b"{}", 2, (region,)))
+            assert report.accepted == 2
+        else:
+            check_launcher(lambda: site.launcher, role=role, region=region)
+    finally:
+        site.close()
+        site.close()  # harmless the second time

@@ -4,6 +4,9 @@
   Docker; with ``use_docker`` off it uses its Docker-less Lambda model, which accepts Event
   invokes (202) without running anything, which is all the contract needs.
 - ``local``: the emulator and its moto S3 on loopback, through ``backends.local``.
+
+Each backend's :class:`mu.launch.Site` meets :func:`check_site` too; ``none`` launches
+nothing, so it meets only the site part (its S3 is moto's here).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from backends import get_backend
-from tests.contract.launcher_contract import check_launcher
+from mu.options import SiteOptions
+from tests.contract.launcher_contract import check_launcher, check_site
 
 
 @pytest.fixture
@@ -57,9 +61,32 @@ def test_lambda_backend_against_moto(moto_url: str) -> None:
     iam = boto3.client("iam", endpoint_url=moto_url, region_name="us-east-1")
     role = iam.create_role(RoleName="mu-contract", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
     iam.close()
-    check_launcher(lambda: get_backend("lambda", endpoint_url=moto_url), role=role)
+    check_launcher(
+        lambda: get_backend("lambda", SiteOptions(endpoint_url=moto_url)).launcher, role=role
+    )
 
 
 def test_local_backend(aws_env: None) -> None:
     pytest.importorskip("emulator.server", reason="the emulator package is not there yet")
-    check_launcher(lambda: get_backend("local"), role="arn:aws:iam::000000000000:role/mu-local")
+    check_launcher(lambda: get_backend("local").launcher, role=LOCAL_ROLE)
+
+
+LOCAL_ROLE = "arn:aws:iam::000000000000:role/mu-local"
+
+
+def test_lambda_site_against_moto(moto_url: str) -> None:
+    iam = boto3.client("iam", endpoint_url=moto_url, region_name="us-east-1")
+    role = iam.create_role(RoleName="mu-site", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    iam.close()
+    options = SiteOptions(backend="lambda", endpoint_url=moto_url, s3_endpoint_url=moto_url)
+    check_site(lambda: get_backend("lambda", options), role=role)
+
+
+def test_local_site(aws_env: None) -> None:
+    pytest.importorskip("emulator.server", reason="the emulator package is not there yet")
+    check_site(lambda: get_backend("local"), role=LOCAL_ROLE)
+
+
+def test_none_site(moto_url: str) -> None:
+    options = SiteOptions(backend="none", s3_endpoint_url=moto_url)
+    check_site(lambda: get_backend("none", options), role=None)

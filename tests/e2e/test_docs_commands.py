@@ -19,6 +19,10 @@ to the docs is tested without touching this file. A block is one of:
   endpoints and its ``export`` lines, those lines are pasted in front of the rest of the
   block, as its output tells a user to do; it is stopped when the block ends.
 
+A fenced ``python`` block whose first line is a comment naming a file (``# myjob.py``) is
+that file: it is written into its document's directory before the document's first block
+runs, so the ``sh`` blocks that follow use it as a reader who saved it would.
+
 A block that fails today because of a known bug is listed in :data:`XFAIL` with the
 reason, and is marked ``xfail(strict=True)``: when the bug is fixed, the test says so.
 A block that needs something else running beside it (say ``--backend none``, which waits
@@ -48,6 +52,7 @@ from mu.cli import build_parser, parse_lambdaize_args
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```sh[ \t]*\n(.*?)^```", re.M | re.S)
+PYTHON_FILE = re.compile(r"^```python[ \t]*\n# ([\w.-]+\.py)[ \t]*\n(.*?)^```", re.M | re.S)
 BLOCK_TIMEOUT = 600.0  # seconds: a bound on one block, far above its real duration
 EMULATOR_READY = 60.0  # seconds: a bound on `mu emulator` printing its endpoints
 
@@ -168,11 +173,19 @@ def workdirs() -> dict[str, Path]:
     return {}
 
 
+def python_files(doc: str) -> dict[str, str]:
+    """The files a document gives as ``python`` blocks opening with ``# NAME.py``."""
+    text = (ROOT / doc).read_text()
+    return {m.group(1): f"# {m.group(1)}\n{m.group(2)}" for m in PYTHON_FILE.finditer(text)}
+
+
 def workdir_for(doc: str, workdirs: dict[str, Path], factory: pytest.TempPathFactory) -> Path:
     if doc not in workdirs:
         work = factory.mktemp("doc")
         (work / ".venv").symlink_to(ROOT / ".venv")
         (work / "home").mkdir()
+        for name, source in python_files(doc).items():
+            (work / name).write_text(source)
         workdirs[doc] = work
     return workdirs[doc]
 

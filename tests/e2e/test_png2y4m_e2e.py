@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +19,34 @@ import boto3
 import numpy as np
 import pytest
 
+from backends import get_backend
 from backends.local import LOCAL_CREDENTIALS, LocalLauncher
-from mu.apps.png2y4m_run import Outcome, parse, run
+from mu.apps.png2y4m_run import Png2Y4MJob
+from mu.cli import parse_png2y4m
+from mu.coordinator import RunResult as CoordinatorResult
 from mu.demo import read_png
 from mu.frames import write_frames
+from mu.launch import Site
+from mu.runopts import run
 from mu.y4m import convert_frame, psnr, read_y4m
 
 W, H = 96, 64
 
 
 @pytest.fixture(scope="module")
-def local(png2y4m_binary: Path) -> Iterator[LocalLauncher]:
-    launcher = LocalLauncher()
+def local(png2y4m_binary: Path) -> Iterator[Site]:
+    site = get_backend("local")
     try:
-        yield launcher
+        yield site
     finally:
-        launcher.close()
+        site.close()
 
 
 @pytest.fixture(scope="module")
-def s3(local: LocalLauncher) -> Any:
-    return boto3.client(
-        "s3", endpoint_url=local.s3_endpoint_url, region_name="us-east-1", **LOCAL_CREDENTIALS
-    )
+def s3(local: Site) -> Any:
+    assert isinstance(local.launcher, LocalLauncher)
+    return boto3.client("s3", endpoint_url=local.launcher.s3_endpoint_url,
+                        region_name="us-east-1", **LOCAL_CREDENTIALS)
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +54,23 @@ def frames(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return write_frames(tmp_path_factory.mktemp("frames"), 24, W, H, depth=16)
 
 
-def go(local: LocalLauncher, s3: Any, argv: list[str], binary: Path) -> Outcome:
-    args = parse(["--backend", "local", "-t", "0", "--binary", str(binary), *argv])
+@dataclass(frozen=True)
+class Ran:
+    """A run's result and its report (what a user sees on stderr)."""
+
+    exit_status: int
+    result: CoordinatorResult | None
+    outputs: tuple[str, ...]
+    problems: tuple[str, ...]
+    report: str
+
+
+def go(local: Site, s3: Any, argv: list[str], binary: Path) -> Ran:
+    job, options, _where = parse_png2y4m(
+        ["--backend", "local", "-t", "0", "--binary", str(binary), *argv])
     stream = io.StringIO()
-    outcome = run(args, local, s3, "127.0.0.1", out=stream)
-    outcome.report = stream.getvalue()  # type: ignore[attr-defined]
-    return outcome
+    done = run(Png2Y4MJob(job), options, local, out=stream)
+    return Ran(done.exit_status, done.run, done.outputs, done.problems, stream.getvalue())
 
 
 def check_chunk(path: Path, pngs: list[Path]) -> None:
@@ -68,14 +85,14 @@ def check_chunk(path: Path, pngs: list[Path]) -> None:
 
 
 def test_four_workers_convert_24_frames(
-    local: LocalLauncher, s3: Any, frames: list[Path], png2y4m_binary: Path, tmp_path: Path
+    local: Site, s3: Any, frames: list[Path], png2y4m_binary: Path, tmp_path: Path
 ) -> None:
     record = tmp_path / "run.jsonl"
     outcome = go(local, s3, [
         "-n", "4", "-f", "6", "-v", "clip", "-b", "e2e-basic", "--input-dir",
         str(frames[0].parent), "--output-dir", str(tmp_path / "out"), "-O", str(record),
     ], png2y4m_binary)
-    assert outcome.exit_status == 0, outcome.report  # type: ignore[attr-defined]
+    assert outcome.exit_status == 0, outcome.report
     assert sorted(Path(p).name for p in outcome.outputs) == [f"{c:08d}.y4m" for c in range(4)]
     for chunk in range(4):
         check_chunk(tmp_path / "out" / f"{chunk:08d}.y4m", frames[chunk * 6 : chunk * 6 + 6])
@@ -101,23 +118,24 @@ def test_four_workers_convert_24_frames(
 
 
 def test_offset_and_extra_workers(
-    local: LocalLauncher, s3: Any, frames: list[Path], png2y4m_binary: Path, tmp_path: Path
+    local: Site, s3: Any, frames: list[Path], png2y4m_binary: Path, tmp_path: Path
 ) -> None:
     outcome = go(local, s3, [
         "-n", "2", "-f", "4", "-o", "3", "-X", "2", "-v", "off", "-b", "e2e-offset",
         "--input-dir", str(frames[0].parent), "--output-dir", str(tmp_path),
     ], png2y4m_binary)
-    assert outcome.exit_status == 0, outcome.report  # type: ignore[attr-defined]
+    assert outcome.exit_status == 0, outcome.report
     # Chunks 3 and 4 are frames 13..16 and 17..20.
     check_chunk(tmp_path / "00000003.y4m", frames[12:16])
     check_chunk(tmp_path / "00000004.y4m", frames[16:20])
     assert not (tmp_path / "00000000.y4m").exists()
     result = outcome.result
+    assert result is not None
     assert sorted(a.actor for a in result.actors) == [3, 4]
 
 
 def test_corrupt_frame_fails_only_its_worker(
-    local: LocalLauncher, s3: Any, frames: list[Path], png2y4m_binary: Path, tmp_path: Path
+    local: Site, s3: Any, frames: list[Path], png2y4m_binary: Path, tmp_path: Path
 ) -> None:
     bad_dir = tmp_path / "frames"
     bad_dir.mkdir()
@@ -131,6 +149,7 @@ def test_corrupt_frame_fails_only_its_worker(
         "--output-dir", str(tmp_path / "out"),
     ], png2y4m_binary)
     assert outcome.exit_status != 0
+    assert outcome.result is not None
     by_actor = {a.actor: a for a in outcome.result.actors}
     assert by_actor[0].ok and by_actor[2].ok and not by_actor[1].ok
     failed = by_actor[1]
@@ -139,7 +158,7 @@ def test_corrupt_frame_fails_only_its_worker(
     # A corrupt frame fails the same way on any worker: one attempt, and the report says so.
     assert [a.attempt for a in outcome.result.actors if a.actor == 1] == [1]
     assert failed.retry.startswith("not retried: the command exited with status")
-    report = outcome.report  # type: ignore[attr-defined]
+    report = outcome.report
     assert "1" in report and "00000008.png" in report
     # The good chunks are finished and kept.
     check_chunk(tmp_path / "out" / "00000000.y4m", frames[0:4])
@@ -148,7 +167,7 @@ def test_corrupt_frame_fails_only_its_worker(
 
 
 def test_preflight_reports_every_problem_and_launches_nothing(
-    local: LocalLauncher, s3: Any, png2y4m_binary: Path, tmp_path: Path
+    local: Site, s3: Any, png2y4m_binary: Path, tmp_path: Path
 ) -> None:
     s3.create_bucket(Bucket="e2e-empty")
     outcome = go(local, s3, [
@@ -164,7 +183,7 @@ def test_preflight_reports_every_problem_and_launches_nothing(
 
 
 def test_cli_through_lambda_backend_against_the_emulator(
-    local: LocalLauncher, s3: Any, frames: list[Path], png2y4m_binary: Path, tmp_path: Path
+    local: Site, s3: Any, frames: list[Path], png2y4m_binary: Path, tmp_path: Path
 ) -> None:
     """The AWS code path (`--backend lambda`) pointed at the emulator, as a real process."""
     # Stage through the local backend once (deploy + inputs), then run with --backend lambda.
@@ -173,6 +192,7 @@ def test_cli_through_lambda_backend_against_the_emulator(
         str(frames[0].parent),
     ], png2y4m_binary)
     assert staged.exit_status == 0
+    assert isinstance(local.launcher, LocalLauncher)
     env = {
         "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["aws_access_key_id"],
@@ -180,7 +200,8 @@ def test_cli_through_lambda_backend_against_the_emulator(
     }
     done = subprocess.run(
         [sys.executable, "-m", "mu.cli", "png2y4m", "--backend", "lambda",
-         "--endpoint-url", local.endpoint_url, "--s3-endpoint-url", str(local.s3_endpoint_url),
+         "--endpoint-url", local.launcher.endpoint_url,
+         "--s3-endpoint-url", str(local.launcher.s3_endpoint_url),
          "--host-addr", "127.0.0.1", "-t", "0", "-n", "2", "-f", "3", "-v", "aws",
          "-b", "e2e-aws", "--output-dir", str(tmp_path / "out")],
         capture_output=True, text=True, env=env, timeout=240, check=False,

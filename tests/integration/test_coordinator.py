@@ -847,8 +847,14 @@ def test_a_handshake_bound_of_one_still_admits_everyone(keys: KeySet) -> None:
      (["--backend", "lambda", "--max-handshakes", "7"], 7)],
 )
 def test_handshake_bound_from_the_flags(argv: list[str], expected: int) -> None:
-    from mu.apps.png2y4m_run import parse
-    from mu.runopts import run_config_from_args
+    from backends import get_backend
+    from mu.cli import parse_png2y4m
+    from mu.runopts import run_config
 
-    config = run_config_from_args(parse(argv), num_actors=1, offset=0)
+    _job, options, where = parse_png2y4m(argv)
+    site = get_backend(where.backend, where)
+    try:
+        config = run_config(options, site, num_actors=1, offset=0)
+    finally:
+        site.close()
     assert config.max_handshakes == expected

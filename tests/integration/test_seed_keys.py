@@ -9,7 +9,7 @@ key never serves as the workers'.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -22,7 +22,8 @@ from cryptography.hazmat.primitives import serialization
 
 from mu.errors import ConfigError
 from mu.frames import write_frames
-from mu.runopts import keys_from_args
+from mu.options import RunOptions
+from mu.runopts import load_keys
 from mu.tls import KeySet
 
 SEED = ("ca_cert.pem", "server_cert.pem", "server_key.pem")
@@ -40,10 +41,10 @@ def seed_flags(where: Path) -> list[str]:
     return ["-c", str(where / SEED[0]), "-s", str(where / SEED[1]), "-k", str(where / SEED[2])]
 
 
-def parsed(where: Path) -> argparse.Namespace:
-    from mu.apps.png2y4m_run import parse
+def parsed(where: Path) -> RunOptions:
+    from mu.cli import parse_png2y4m
 
-    return parse(seed_flags(where))
+    return parse_png2y4m(seed_flags(where))[1]
 
 
 def public(pem: str) -> bytes:
@@ -56,7 +57,7 @@ def test_the_worker_pair_beside_the_server_certificate_is_used(
     key_dir: Path, keys: KeySet, tmp_path: Path
 ) -> None:
     where = seed_dir(key_dir, tmp_path / "k", "worker_cert.pem", "worker_key.pem", "ca_key.pem")
-    got = keys_from_args(parsed(where), environ={})
+    got = load_keys(parsed(where), environ={})
     assert got is not None
     assert (got.worker_cert, got.worker_key) == (keys.worker_cert, keys.worker_key)
     assert got.server_key == keys.server_key != got.worker_key
@@ -66,7 +67,7 @@ def test_a_worker_certificate_is_minted_from_the_ca_key(
     key_dir: Path, keys: KeySet, tmp_path: Path
 ) -> None:
     where = seed_dir(key_dir, tmp_path / "k", "ca_key.pem")
-    got = keys_from_args(parsed(where), environ={})
+    got = load_keys(parsed(where), environ={})
     assert got is not None
     assert got.worker_cert not in (keys.worker_cert, keys.server_cert)
     assert public(got.worker_key) not in (public(keys.server_key), public(keys.worker_key))
@@ -85,14 +86,15 @@ def test_a_ca_key_of_another_ca_is_refused(key_dir: Path, tmp_path: Path) -> Non
     where = seed_dir(key_dir, tmp_path / "k")
     (where / "ca_key.pem").write_text(generate_keys(days=1).ca_key)
     with pytest.raises(ConfigError, match="CA key does not belong to the CA certificate"):
-        keys_from_args(parsed(where), environ={})
+        load_keys(parsed(where), environ={})
 
 
 def test_half_a_worker_pair_is_refused(key_dir: Path, tmp_path: Path) -> None:
     args = parsed(key_dir)
-    args.worker_cert = str(key_dir / "worker_cert.pem")
+    half = dataclasses.replace(args, keys=dataclasses.replace(
+        args.keys, worker_cert=str(key_dir / "worker_cert.pem")))
     with pytest.raises(ConfigError, match="give both --worker-cert and --worker-key"):
-        keys_from_args(args, environ={})
+        load_keys(half, environ={})
 
 
 # ------------------------------------------------------------ as the user types it

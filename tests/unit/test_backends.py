@@ -20,6 +20,7 @@ from backends.aws_lambda import (
     route_address,
 )
 from mu.errors import ConfigError, LaunchError, MuError
+from mu.options import SiteOptions
 
 
 def test_table_names() -> None:
@@ -33,18 +34,28 @@ def test_unknown_backend_lists_the_choices() -> None:
         get_backend("fargate")
 
 
-def test_unknown_option_is_named() -> None:
-    with pytest.raises(ConfigError, match=r"does not take option.*warp_speed"):
-        get_backend("lambda", warp_speed=9)
-
-
-def test_none_options_are_dropped() -> None:
-    launcher = get_backend("lambda", endpoint_url="http://127.0.0.1:9", code_bucket=None)
+def test_site_options_reach_the_launcher() -> None:
+    site = get_backend("lambda", SiteOptions(endpoint_url="http://127.0.0.1:9",
+                                             code_bucket="big-zips"))
     try:
-        assert launcher.name == "lambda"
-        assert isinstance(launcher, LambdaLauncher) and launcher.code_bucket is None
+        launcher = site.launcher
+        assert site.name == launcher.name == "lambda"
+        assert isinstance(launcher, LambdaLauncher) and launcher.code_bucket == "big-zips"
+        assert launcher.endpoint_url == "http://127.0.0.1:9"
+        assert site.max_zipped is None  # big bundles go through the code bucket
     finally:
-        launcher.close()
+        site.close()
+
+
+def test_the_lambda_site_dials_back_on_the_route_to_its_endpoint() -> None:
+    site = get_backend("lambda", SiteOptions(endpoint_url="http://127.0.0.1:5000"))
+    assert site.dial_back_address("us-east-1") == "127.0.0.1"
+    told = get_backend("lambda", SiteOptions(endpoint_url="http://127.0.0.1:5000",
+                                             host_addr="10.1.2.3"))
+    assert told.dial_back_address("us-east-1") == "10.1.2.3"
+    with pytest.raises(ConfigError, match="--host-addr"):
+        get_backend("lambda", SiteOptions(endpoint_url="http://no-such-host.invalid:1")
+                    ).dial_back_address("us-east-1")
 
 
 def test_bad_launcher_settings() -> None:

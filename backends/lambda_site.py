@@ -1,0 +1,138 @@
+"""The ``lambda`` site: AWS Lambda (or a Lambda-compatible endpoint) and AWS's S3.
+
+Theory of operation
+-------------------
+:class:`AwsAccount` is the standard AWS credential chain, looked at once: the boto3 session
+(an unknown ``AWS_PROFILE`` is found here), whether it has credentials, and S3 clients that
+sign with them. A problem is kept, not raised, so that a run's preflight reports it beside
+its own (:meth:`LambdaSite.check_credentials`); the ``none`` site uses the same account.
+
+:class:`LambdaSite` adds the launcher (:class:`~backends.aws_lambda.LambdaLauncher`, made on
+first use) and the dial-back address: the local address that routes to the region's Lambda
+endpoint (:func:`~backends.aws_lambda.route_address`), unless ``--host-addr`` names one.
+The coordinator listens on every interface and admits 128 handshakes at once, since each
+waits a round trip to AWS. boto3 and botocore are imported only when the session is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mu.errors import ConfigError
+from mu.launch import Launcher
+from mu.options import SiteOptions
+
+__all__ = ["AwsAccount", "LambdaSite"]
+
+
+class AwsAccount:
+    """The standard AWS credential chain, for a site that talks to AWS.
+
+    Args:
+        needs: what the credentials are for, in the "no credentials" line.
+    """
+
+    def __init__(self, needs: str) -> None:
+        self._needs = needs
+        self._session: Any = None
+        self._problems: list[str] | None = None
+
+    @property
+    def session(self) -> Any:
+        """The boto3 session, made on first use.
+
+        Raises:
+            ConfigError: it could not be made (an unknown ``AWS_PROFILE``).
+        """
+        if self._session is None:
+            import boto3
+
+            from mu.aws import aws_errors
+
+            with aws_errors("AWS configuration"):
+                self._session = boto3.session.Session()
+        return self._session
+
+    def problems(self) -> list[str]:
+        """What is wrong (an unknown profile, no credentials); empty when usable."""
+        if self._problems is None:
+            from mu.aws import aws_errors
+
+            try:
+                with aws_errors("AWS configuration"):
+                    found = self.session.get_credentials()
+            except ConfigError as exc:
+                self._problems = [str(exc)]
+            else:
+                self._problems = [] if found is not None else [
+                    f"no AWS credentials found ({self._needs}): set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run `aws configure`"
+                ]
+        return list(self._problems)
+
+    def s3_client(self, endpoint_url: str | None, region: str) -> Any:
+        """The run's S3 client (:func:`mu.aws.lazy_s3`) with the session's credentials."""
+        from mu.aws import lazy_s3
+
+        return lazy_s3(endpoint_url, region, session=self.session)
+
+
+class LambdaSite:
+    """A :class:`mu.launch.Site` on AWS Lambda, or on a Lambda-compatible endpoint.
+
+    Args:
+        options: ``endpoint_url``, ``s3_endpoint_url``, ``host_addr``, ``code_bucket``.
+    """
+
+    name = "lambda"
+    listen_host = "0.0.0.0"
+    max_handshakes = 128
+    deploys_jobs = False
+    private = False
+
+    def __init__(self, options: SiteOptions) -> None:
+        self.options = options
+        self.regions = options.regions
+        self.account = AwsAccount("the coordinator reads the input frames in S3 and invokes "
+                                  "Lambda")
+        self._launcher: Any = None
+
+    @property
+    def max_zipped(self) -> int | None:
+        from mu.lambdaize import MAX_ZIPPED
+
+        return None if self.options.code_bucket else MAX_ZIPPED
+
+    @property
+    def launcher(self) -> Launcher:
+        if self._launcher is None:
+            from backends.aws_lambda import LambdaLauncher
+
+            self._launcher = LambdaLauncher(
+                endpoint_url=self.options.endpoint_url,
+                session=self.account.session,
+                code_bucket=self.options.code_bucket,
+            )
+        launcher: Launcher = self._launcher
+        return launcher
+
+    def s3_client(self, region: str) -> Any:
+        return self.account.s3_client(self.options.s3_endpoint_url, region)
+
+    def dial_back_address(self, region: str) -> str | None:
+        if self.options.host_addr:
+            return self.options.host_addr
+        from backends.aws_lambda import route_address
+
+        return route_address(region, self.options.endpoint_url)
+
+    def check_credentials(self) -> list[str]:
+        return self.account.problems()
+
+    def duplicated(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        if self._launcher is not None:
+            self._launcher.close()
+            self._launcher = None
