@@ -89,6 +89,7 @@ class LambdaSite:
     max_handshakes = 128
     deploys_jobs = False
     private = False
+    default_role = ""
 
     def __init__(self, options: SiteOptions) -> None:
         self.options = options

@@ -11,9 +11,9 @@ requests as on AWS. Credentials are fixed dummies (nothing checks them locally).
 
 What it started it stops, in reverse order, in :meth:`LocalLauncher.close` (also on
 ``with`` exit); attaching to an already running emulator (``endpoint_url=``) starts and stops
-nothing. :attr:`LocalLauncher.s3_endpoint_url` is where the CLI, the coordinator and the
-workers point their S3 clients; :attr:`LocalLauncher.host_addr` is the address workers dial
-back to (loopback).
+nothing. :attr:`LocalLauncher.s3_endpoint_url` is where the run's S3 client
+(:meth:`LocalSite.s3_client`) and the workers point; :attr:`LocalLauncher.host_addr` is the
+address workers dial back to (loopback).
 
 :class:`LocalSite` is the :class:`~mu.launch.Site` around it: S3 clients with the dummy
 credentials, dial-back to loopback, and the coordinator on loopback with 16 handshakes at
@@ -196,14 +196,16 @@ class LocalSite:
     max_handshakes = 16
     deploys_jobs = True
     max_zipped: int | None
+    default_role: str
 
     def __init__(self, options: SiteOptions) -> None:
-        from mu.lambdaize import MAX_ZIPPED
+        from mu.lambdaize import LOCAL_ROLE, MAX_ZIPPED
 
         self.options = options
         self.regions = options.regions
         self.private = options.endpoint_url is None
         self.max_zipped = MAX_ZIPPED
+        self.default_role = LOCAL_ROLE
         self._launcher: LocalLauncher | None = LocalLauncher(
             endpoint_url=options.endpoint_url,
             s3_endpoint_url=options.s3_endpoint_url,

@@ -186,6 +186,7 @@ class NoneSite:
     max_handshakes = 16
     deploys_jobs = False
     private = False
+    default_role = ""
     max_zipped: int | None = None
 
     def __init__(self, options: SiteOptions, out: TextIO | None = None) -> None:

@@ -332,7 +332,9 @@ def _cmd_lambdaize(args: argparse.Namespace) -> int:
                 "this command ends (start one with `mu emulator` to keep functions)",
                 file=sys.stderr,
             )
-        options = dataclasses.replace(options, max_zipped=site.max_zipped)
+        options = dataclasses.replace(
+            options, max_zipped=site.max_zipped, role=options.role or site.default_role
+        )
         result = lambdaize(options, site.launcher)
     finally:
         site.close()

@@ -96,7 +96,7 @@ __all__ = [
 ]
 
 LOCAL_ROLE = "arn:aws:iam::000000000000:role/mu-local"
-"""Role given to functions on a local endpoint when none is set (the emulator ignores it)."""
+"""Role of functions on the local site when none is set (the emulator checks none)."""
 
 # The pure core that the worker runtime imports (STYLE §1, L0), shipped with mu/worker/.
 CORE_MODULES = (
@@ -565,7 +565,7 @@ def build_runtime_bundle() -> Bundle:
 
 
 def deploy_runtime(
-    launcher: Launcher, name: str, regions: Sequence[str], role: str = ""
+    launcher: Launcher, name: str, regions: Sequence[str], role: str
 ) -> dict[str, dict[str, Any]]:
     """Create (or update) the runtime-only function ``name`` in each region.
 
@@ -573,7 +573,7 @@ def deploy_runtime(
         launcher: the backend.
         name: the function name.
         regions: where.
-        role: the execution role (default: the local stand-in, for backends that check none).
+        role: the execution role.
 
     Returns:
         region -> the create-function response.
@@ -583,7 +583,7 @@ def deploy_runtime(
     """
     bundle = build_runtime_bundle()
     spec = FunctionSpec(
-        name=name, zip_bytes=bundle.zip_bytes, role=role or LOCAL_ROLE,
+        name=name, zip_bytes=bundle.zip_bytes, role=role,
         architecture=bundle.architecture, description="mu worker runtime",
     )
     return {region: launcher.create_function(spec, region) for region in regions}
@@ -716,7 +716,7 @@ def lambdaize(options: LambdaizeOptions, launcher: Launcher | None) -> Lambdaize
         the name, the zip's path, the bundle and each region's function configuration.
 
     Raises:
-        ConfigError: bad options or executable; no role for AWS (``AWS_ROLE``/``--role``);
+        ConfigError: bad options or executable; no role (``AWS_ROLE``/``--role``, or the site's default);
             the bundle is above Lambda's limits (``max_unzipped``, ``max_zipped``).
         LaunchError: the backend refused the function.
     """
@@ -727,12 +727,10 @@ def lambdaize(options: LambdaizeOptions, launcher: Launcher | None) -> Lambdaize
         if launcher is None:
             raise ConfigError("no backend to deploy to (pass one, or skip the upload)")
         if not role:
-            if launcher.name == "lambda":
-                raise ConfigError(
-                    "no IAM role for the function: set AWS_ROLE or pass --role "
-                    "arn:aws:iam::ACCOUNT:role/NAME (a Lambda execution role)"
-                )
-            role = LOCAL_ROLE
+            raise ConfigError(
+                "no IAM role for the function: set AWS_ROLE or pass --role "
+                "arn:aws:iam::ACCOUNT:role/NAME (a Lambda execution role)"
+            )
     bundle = build_bundle(
         options.executable,
         options.pre_args,

@@ -259,10 +259,13 @@ class Site(Protocol):
         max_zipped: the largest bundle it takes (None: bigger ones go through S3).
         regions: where functions are deployed and invoked, round-robin; the first also
             signs S3 requests.
+        default_role: the execution role a function deployed there gets unless one is
+            given ("": one must be given, as on AWS).
     """
 
     name: str
     regions: tuple[str, ...]
+    default_role: str
     listen_host: str
     max_handshakes: int
     deploys_jobs: bool

@@ -77,8 +77,9 @@ class Job(Protocol):
     @property
     def offset(self) -> int: ...
 
-    def deploy(self, launcher: Launcher, regions: Sequence[str]) -> None:
-        """Deploy the job's function on a site that ``deploys_jobs`` (the local one)."""
+    def deploy(self, launcher: Launcher, regions: Sequence[str], role: str) -> None:
+        """Deploy the job's function on a site that ``deploys_jobs`` (the local one), with
+        the site's default execution ``role``."""
         ...
 
     def upload_inputs(self, s3: Any, create_bucket: bool, out: TextIO) -> None:
@@ -262,7 +263,7 @@ def _prepare(
     """Stage (a site that deploys jobs), upload the inputs, and with ``--resume`` find the
     actors already complete; returns the actors still to run."""
     if site.deploys_jobs:
-        job.deploy(site.launcher, site.regions)
+        job.deploy(site.launcher, site.regions, site.default_role)
         from mu.apps.png2y4m import bucket_exists
 
         if not bucket_exists(s3, job.bucket):

@@ -89,10 +89,10 @@ class StateJob:
         self.output_prefix = output_prefix
         self._inputs: set[str] = set()
 
-    def deploy(self, launcher: Launcher, regions: Sequence[str]) -> None:
+    def deploy(self, launcher: Launcher, regions: Sequence[str], role: str) -> None:
         from mu.lambdaize import deploy_runtime
 
-        deploy_runtime(launcher, self.function, regions)
+        deploy_runtime(launcher, self.function, regions, role)
 
     def upload_inputs(self, s3: Any, create_bucket: bool, out: TextIO) -> None:
         if not self.options.input_dir:

@@ -66,7 +66,7 @@ class Png2Y4MJob:
         self.workers = options.workers
         self.offset = options.offset
 
-    def deploy(self, launcher: Launcher, regions: Sequence[str]) -> None:
+    def deploy(self, launcher: Launcher, regions: Sequence[str], role: str) -> None:
         """Lambdaize ``--binary`` into a private temp dir and create the function."""
         from mu.lambdaize import LambdaizeOptions, lambdaize
 
@@ -82,6 +82,7 @@ class Png2Y4MJob:
                     executable=str(binary),
                     post_args=COMMAND,
                     name=self.function,
+                    role=role,
                     regions=tuple(regions),
                     out_dir=tmp,
                 ),

@@ -100,6 +100,8 @@ def check_site(make_site: Callable[[], Site], role: str | None) -> None:
         assert isinstance(site.max_handshakes, int) and site.max_handshakes >= 1
         assert isinstance(site.deploys_jobs, bool) and isinstance(site.private, bool)
         assert site.max_zipped is None or site.max_zipped > 0
+        assert isinstance(site.default_role, str)
+        assert not site.deploys_jobs or site.default_role  # it deploys without being told one
         assert site.check_credentials() == []
         assert site.duplicated() == 0
 

@@ -40,3 +40,19 @@ def test_the_runtime_bundle_holds_the_handler_and_runtime_only(tmp_path: Path) -
         cwd=tmp_path, capture_output=True, text=True, check=False, timeout=60,
     )
     assert done.returncode == 0 and done.stdout.strip() == "lambda_function", done.stderr
+
+
+def test_the_worker_imports_what_its_docstring_names() -> None:
+    code = (
+        "import sys, mu.worker.session\n"
+        "print(' '.join(sorted(m for m in sys.modules if m == 'mu' or m.startswith('mu.'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=60)
+    core = {m for m in done.stdout.split() if not m.startswith("mu.worker")}
+    assert core == {"mu", "mu.actor", "mu.errors", "mu.faults", "mu.integrity", "mu.protocol",
+                    "mu.states"}
+    import mu.worker
+
+    for name in sorted(core - {"mu"}):
+        assert f"``{name}``" in (mu.worker.__doc__ or ""), name
