@@ -21,7 +21,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from mu import __version__
 from mu.errors import ConfigError, MuError
@@ -29,7 +29,8 @@ from mu.launch import DEFAULT_MEMORY, DEFAULT_RUNTIME, DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
     from mu.options import Png2Y4MOptions, RunOptions, SiteOptions
-    from mu.runopts import Job
+    from mu.runopts import Job, RunResult
+    from mu.states import MachineState
 
 __all__ = ["build_parser", "lambdaize_parser", "main", "parse_lambdaize_args", "parse_png2y4m", "run_job"]
 
@@ -684,7 +685,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def run_job(
-    first_state: Any,
+    first_state: Callable[..., MachineState],
     *,
     workers: int = 1,
     bucket: str,
@@ -694,10 +695,10 @@ def run_job(
     output_prefix: str = "",
     function: str | None = None,
     regions: Sequence[str] | None = None,
-    run: Any = None,
-    site: Any = None,
-    out: Any = None,
-) -> Any:
+    run: RunOptions | None = None,
+    site: SiteOptions | None = None,
+    out: TextIO | None = None,
+) -> RunResult:
     """Run a job of your own, as ``mu run`` does, and return its :class:`~mu.runopts.RunResult`.
 
     Args:
