@@ -50,7 +50,7 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -63,7 +63,7 @@ from botocore.credentials import ReadOnlyCredentials
 from botocore.httpsession import get_cert_path
 
 from mu.aws import aws_errors as _aws_errors
-from mu.errors import ConfigError, LaunchError, map_exceptions
+from mu.errors import ConfigError, LaunchError
 from mu.launch import FunctionSpec, Invocation, LaunchReport, LaunchSpec
 
 __all__ = [
@@ -74,7 +74,6 @@ __all__ = [
     "aws_errors",
     "code_sha256",
     "known_regions",
-    "map_exceptions",
     "route_address",
 ]
 
@@ -1000,9 +999,3 @@ class LambdaLauncher:
                 client.close()
         self._clients.clear()
 
-
-def regions_arg(value: str | Sequence[str]) -> tuple[str, ...]:
-    """Split ``"us-east-1,us-west-2"`` (or a list of such) into distinct region names."""
-    items = [value] if isinstance(value, str) else list(value)
-    out = [r.strip() for item in items for r in item.split(",") if r.strip()]
-    return tuple(dict.fromkeys(out))

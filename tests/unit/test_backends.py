@@ -15,11 +15,9 @@ from backends.aws_lambda import (
     _parse_response,
     aws_errors,
     code_sha256,
-    map_exceptions,
-    regions_arg,
     route_address,
 )
-from mu.errors import ConfigError, LaunchError, MuError
+from mu.errors import ConfigError, LaunchError, MuError, map_exceptions
 from mu.options import SiteOptions
 
 
@@ -97,14 +95,6 @@ def test_aws_errors_names_code_and_message() -> None:
 
 def test_code_sha256_matches_lambda_format() -> None:
     assert code_sha256(b"") == "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
-
-
-def test_regions_arg() -> None:
-    assert regions_arg(["us-east-1,eu-west-1", " us-east-1 ", "ap-south-1"]) == (
-        "us-east-1",
-        "eu-west-1",
-        "ap-south-1",
-    )
 
 
 def test_unknown_region_only_checked_for_aws() -> None:
