@@ -538,8 +538,7 @@ def _site_options(args: argparse.Namespace, worker_command: str = "") -> SiteOpt
         endpoint_url=args.endpoint_url,
         s3_endpoint_url=args.s3_endpoint_url,
         host_addr=args.host_addr,
-        regions=split_regions(args.regions) if getattr(args, "regions", None) is not None
-        else SiteOptions.regions,
+        regions=split_regions(args.regions),
         payload_out=args.payload_out,
         worker_command=worker_command,
         arrival_timeout=args.arrival_timeout,
