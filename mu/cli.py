@@ -346,8 +346,42 @@ def _register_emulator(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 def _cmd_emulator(args: argparse.Namespace) -> int:
     from backends.local import emulator_parser, run_emulator
 
+    if args.emulator_args[:1] == ["logs"]:  # the older spelling of `mu logs`
+        from mu.logs import emulator_logs_parser
+
+        return _cmd_logs(emulator_logs_parser("mu emulator logs").parse_args(
+            args.emulator_args[1:]))
     parser = emulator_parser("mu emulator")
     return run_emulator(parser.parse_args(args.emulator_args))
+
+
+@subcommand
+def _register_logs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from mu.logs import add_arguments
+
+    p = sub.add_parser(
+        "logs",
+        help="print a function's Lambda logs (CloudWatch Logs), local or on AWS",
+        description="Print the logs of FUNCTION's invocations from CloudWatch Logs (log "
+        "group /aws/lambda/FUNCTION), invocation by invocation, oldest first: from a running "
+        "`mu emulator` (--backend local, the default) or from AWS (--backend lambda).",
+    )
+    add_arguments(p)
+    p.set_defaults(func=_cmd_logs)
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from backends.local import LOCAL_CREDENTIALS
+    from mu.logs import Emulator, run
+
+    def emulators() -> list[Emulator]:
+        from emulator import running
+
+        # The embedded moto server serves every AWS API, CloudWatch Logs included, on the
+        # port it serves S3 on.
+        return [Emulator(r.s3_url, str(r.state_dir)) for r in running.running()]
+
+    return run(args, emulators, LOCAL_CREDENTIALS)
 
 
 @subcommand
