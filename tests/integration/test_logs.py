@@ -302,3 +302,15 @@ def test_follow_prints_new_events_until_ctrl_c(
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0 and err == ""
+
+
+def test_a_reader_that_stops_early_ends_it_quietly(logs: Any, s3_server: S3Server) -> None:
+    """``mu logs f | head -1``: the pipe closes while mu writes; no traceback, status 0."""
+    fn, t = function_name(), now_ms() - 60_000
+    put(logs, fn, stream_of("long", t), [(t + i, f"line {i}\n") for i in range(3000)])
+    done = subprocess.run(
+        f"{sys.executable} -m mu.cli logs {fn} --endpoint-url {s3_server.endpoint_url}"
+        " | head -1; echo \"status ${PIPESTATUS[0]}\"",
+        shell=True, executable="/bin/bash", cwd=ROOT, capture_output=True, text=True,
+        timeout=120)
+    assert done.stdout == "line 0\nstatus 0\n" and done.stderr == "", done.stderr
