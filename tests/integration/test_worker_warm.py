@@ -25,6 +25,7 @@ import select
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -307,8 +308,7 @@ class RuntimeAPI:
                 self.send_response(200)
                 for name, value in (
                     ("Lambda-Runtime-Aws-Request-Id", request_id),
-                    ("Lambda-Runtime-Deadline-Ms", str(int((__import__("time").time() + 300)
-                                                           * 1000))),
+                    ("Lambda-Runtime-Deadline-Ms", str(int((time.time() + 300) * 1000))),
                     ("Lambda-Runtime-Invoked-Function-Arn",
                      "arn:aws:lambda:us-east-1:123456789012:function:warm"),
                     ("Lambda-Runtime-Trace-Id", "Root=1-00000000-000000000000000000000000"),
