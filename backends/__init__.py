@@ -27,7 +27,7 @@ from mu.errors import ConfigError
 from mu.launch import Site
 from mu.options import SiteOptions
 
-__all__ = ["BACKENDS", "get_backend", "run_emulator"]
+__all__ = ["BACKENDS", "get_backend", "local_credentials", "run_emulator", "running_emulators"]
 
 
 def _lambda(options: SiteOptions) -> Site:
@@ -93,3 +93,21 @@ def run_emulator(argv: Sequence[str], prog: str = "mu emulator") -> int:
     from backends.local import run_emulator as run
 
     return run(emulator_parser(prog).parse_args(list(argv)))
+
+
+def running_emulators() -> list[tuple[str, str]]:
+    """(endpoint URL, state folder) of every ``mu emulator`` running on this machine, newest
+    first; none when the emulator package is not installed. The embedded moto server serves
+    every AWS API on one port, CloudWatch Logs included."""
+    try:
+        from emulator import running
+    except ImportError:
+        return []
+    return [(r.s3_url, str(r.state_dir)) for r in running.running()]
+
+
+def local_credentials() -> dict[str, str]:
+    """The fixed credentials the local backend's services accept (boto3 keyword names)."""
+    from backends.local import LOCAL_CREDENTIALS
+
+    return dict(LOCAL_CREDENTIALS)

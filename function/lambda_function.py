@@ -5,6 +5,15 @@ Deliberately thin. The command this function runs (``./png2y4m -i -d -o ##OUTFIL
 lambdaize; without that file the command is empty (commands can still come with ``run:cmd``).
 Everything else is :func:`mu.worker.session.run`, which returns a JSON-able summary.
 
+Lambda imports this module once per execution environment (Init) and calls
+:func:`lambda_handler` for every invocation the environment serves while it stays warm. So
+what is made here at module level is made once and reused: the boto3 S3 client
+(:func:`mu.worker.s3.warm_up`, for the environment's ``AWS_REGION``). Nothing else an
+invocation makes outlives it: :func:`mu.worker.session.run` removes its private directory,
+ends its jobs, threads, processes, peer link and sockets, and sets no environment variable.
+The handler reads from ``context`` only ``get_remaining_time_in_millis()``, which every
+Lambda context has (AWS's runtime interface client's included).
+
 Started by hand (``mu png2y4m --backend none`` prints the exact line), it serves one
 invocation with the payload in a file and prints the summary as JSON: in an unpacked bundle,
 ``python3 lambda_function.py payload.json``; in a checkout of mu, give the command the bundle
@@ -22,10 +31,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from mu.worker import session
+from mu.worker import s3, session
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COMMAND_FILE = "mu_command.json"
+
+if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):  # Init of a Lambda execution environment
+    s3.warm_up()
 
 
 def load_command(directory: str = HERE) -> str:

@@ -363,6 +363,11 @@ def _register_emulator(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 def _cmd_emulator(args: argparse.Namespace) -> int:
     from backends import run_emulator
 
+    if args.emulator_args[:1] == ["logs"]:  # the older spelling of `mu logs`
+        from mu.logs import emulator_logs_parser
+
+        return _cmd_logs(emulator_logs_parser("mu emulator logs").parse_args(
+            args.emulator_args[1:]))
     return run_emulator(args.emulator_args, "mu emulator")
 
 
@@ -557,6 +562,31 @@ def _run_on_site(job: Job, run_options: RunOptions, site_options: SiteOptions) -
         return run(job, run_options, site).exit_status
     finally:
         site.close()
+
+
+@subcommand
+def _register_logs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from mu.logs import add_arguments
+
+    p = sub.add_parser(
+        "logs",
+        help="print a function's Lambda logs (CloudWatch Logs), local or on AWS",
+        description="Print the logs of FUNCTION's invocations from CloudWatch Logs (log "
+        "group /aws/lambda/FUNCTION), invocation by invocation, oldest first: from a running "
+        "`mu emulator` (--backend local, the default) or from AWS (--backend lambda).",
+    )
+    add_arguments(p)
+    p.set_defaults(func=_cmd_logs)
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from backends import local_credentials, running_emulators
+    from mu.logs import Emulator, run
+
+    def emulators() -> list[Emulator]:
+        return [Emulator(url, state_dir) for url, state_dir in running_emulators()]
+
+    return run(args, emulators, local_credentials())
 
 
 @subcommand

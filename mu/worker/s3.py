@@ -2,10 +2,23 @@
 
 Theory of operation
 -------------------
-One boto3 S3 client per invocation, made on first use (:class:`S3`), configured only by the
-standard environment (credentials, ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, which
-boto3 honours by itself) and the region from the invocation. Local runs point the worker at a
-moto server through that environment; nothing here knows about it.
+The boto3 S3 client is made once per process and reused by every invocation a warm Lambda
+execution environment serves (:func:`shared_client`): making one costs about 0.1 CPU-s
+(botocore decodes its service model and endpoint rules), and its connection pool keeps the
+connections to S3 open from one invocation to the next. The handler module makes it at Init
+(:func:`warm_up`, for the environment's ``AWS_REGION``); an invocation that names another
+region gets one more, made on first use. A client is configured only by the standard
+environment (credentials, ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, which boto3
+honours by itself) and the region; the clients are kept per region *and* per those
+environment variables, so a process whose environment changes (tests, a handler run by hand)
+never gets a client made for another endpoint or other credentials. At most
+:data:`MAX_CLIENTS` are kept; the oldest is closed. Local runs point the worker at a moto
+server through that environment; nothing here knows about it.
+
+:class:`S3` is one invocation's view: it holds no client of its own, except in a rehearsal
+with injected S3 errors, where the hook that injects them goes on a private client (a hook
+on the shared one would outlive the invocation and fire in the next); :meth:`S3.close`
+closes that one at the end of the invocation.
 
 Downloads stream ``get_object`` into the file and uploads use ``put_object`` with the open
 file, so a missing key or bucket fails with S3's own error code (``NoSuchKey``,
@@ -26,26 +39,91 @@ and its message; the command layer turns it into ``FAIL(...)`` and keeps serving
 
 from __future__ import annotations
 
+import collections
+import logging
 import os
 import random
 import threading
-from typing import Any
+from typing import Any, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mu.integrity import SHA256_KEY, file_digest, metadata
 
-__all__ = ["S3", "TransferError"]
+__all__ = ["MAX_CLIENTS", "S3", "TransferError", "shared_client", "warm_up"]
+
+log = logging.getLogger("mu.worker")
 
 _CHUNK = 1024 * 1024
+
+MAX_CLIENTS: Final = 4
+"""Shared clients kept at most (one per region and AWS environment in use)."""
+
+_ENVIRONMENT: Final = (
+    "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+)
+"""What boto3 reads from the environment to make an S3 client: part of a client's key."""
+
+_clients: collections.OrderedDict[tuple[str | None, ...], Any] = collections.OrderedDict()
+_clients_lock = threading.Lock()
 
 
 class TransferError(Exception):
     """A transfer failed; ``str()`` is the text that goes into ``FAIL(...)``."""
 
 
+def _make_client(region: str) -> Any:
+    try:
+        import boto3
+
+        return boto3.client("s3", region_name=region or None)
+    except Exception as exc:  # boto3 raises several unrelated types here
+        raise TransferError(
+            f"cannot make an S3 client for region {region!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def shared_client(region: str) -> Any:
+    """The process's S3 client for ``region`` and the current AWS environment, made now
+    if there is none yet (safe from several threads).
+
+    Raises:
+        TransferError: boto3 could not make a client (bad region, missing package).
+    """
+    # boto3 takes an empty region from the environment: the same client as that region's.
+    region = region or os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION", "")
+    key = (region, *(os.environ.get(name) for name in _ENVIRONMENT))
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = _make_client(region)
+            while len(_clients) > MAX_CLIENTS:
+                _, old = _clients.popitem(last=False)
+                old.close()
+        _clients.move_to_end(key)
+        return client
+
+
+def warm_up(region: str | None = None) -> bool:
+    """Make the shared client at Init, for ``region`` (default: ``AWS_REGION``, the
+    environment's). Never raises: a client that cannot be made now is reported by the
+    first transfer that needs it.
+
+    Returns:
+        Whether the client is ready.
+    """
+    try:
+        shared_client(os.environ.get("AWS_REGION", "") if region is None else region)
+    except TransferError as exc:
+        log.warning("no S3 client at Init: %s", exc)
+        return False
+    return True
+
+
 class S3:
-    """The invocation's S3 client, made lazily (creating a client costs ~100 ms).
+    """One invocation's S3 transfers, through the process's shared client.
 
     Args:
         region: the region passed to ``boto3.client``.
@@ -78,24 +156,26 @@ class S3:
         return AWSResponse(request.url if request else "", 503, {}, _Body(body))
 
     def client(self) -> Any:
-        """The boto3 S3 client (made on the first call; safe from several threads).
+        """The boto3 S3 client: the shared one, or this invocation's own once rehearsal
+        errors are armed (safe from several threads).
 
         Raises:
             TransferError: boto3 could not make a client (bad region, missing package).
         """
         with self._lock:
+            if not self._error_rate:
+                return shared_client(self.region)
             if self._client is None:
-                try:
-                    import boto3
-
-                    self._client = boto3.client("s3", region_name=self.region or None)
-                    self._client.meta.events.register("before-send.s3", self._maybe_fail)
-                except Exception as exc:  # boto3 raises several unrelated types here
-                    raise TransferError(
-                        f"cannot make an S3 client for region {self.region!r}: "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from exc
+                self._client = _make_client(self.region)
+                self._client.meta.events.register("before-send.s3", self._maybe_fail)
             return self._client
+
+    def close(self) -> None:
+        """End of the invocation: close its own client, if it made one."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     def download(self, bucket: str, key: str, path: str) -> None:
         """Write ``s3://bucket/key`` to ``path``.

@@ -39,6 +39,14 @@ peer reader call :meth:`Session.send`, which appends to a queue and wakes the se
 ``select()`` through a socket pair; the session thread frames and writes the queue. Writes are
 therefore serialised and responses leave in the order they were queued.
 
+The private directory is ``mu-worker-<pid>-<random>`` in the temporary folder (``/tmp`` on
+Lambda). A Lambda execution environment is reused while warm, and its ``/tmp`` with it,
+also after a runtime that died mid-invocation (a timeout, a crash) was started again; so an
+invocation that owns its process first removes the directories that no running invocation
+can own: those of a pid that no longer runs, and those of this very process that no
+invocation of it uses now (:func:`sweep_stale`). Directories of live processes, and
+anything not named so or not ours, are left alone.
+
 At the end every background job is stopped (:meth:`mu.worker.jobs.JobSet.close` kills the
 process groups and joins the threads, then every process a command left, detached or not:
 :mod:`mu.worker.reaper`), the peer link and socket are closed, and the private directory is
@@ -63,10 +71,12 @@ import itertools
 import logging
 import os
 import random
+import re
 import select
 import shutil
 import socket
 import ssl
+import stat
 import tempfile
 import threading
 import time
@@ -81,7 +91,10 @@ from mu.worker.jobs import JobSet
 from mu.worker.peer import PeerLink, open_link
 from mu.worker.s3 import S3
 
-__all__ = ["DEFAULT_TIMEOUT", "EventError", "Session", "client_context", "run"]
+__all__ = [
+    "DEFAULT_TIMEOUT", "TMP_PREFIX", "EventError", "Session", "client_context", "run",
+    "sweep_stale",
+]
 
 log = logging.getLogger("mu.worker")
 
@@ -122,15 +135,20 @@ def run(
             function's directory).
         own_process: the process runs nothing but worker invocations (the Lambda handler):
             it becomes the child subreaper of what commands start, and at the end every
-            process left in its tree is killed, marked or not (:mod:`mu.worker.reaper`).
+            process left in its tree is killed, marked or not (:mod:`mu.worker.reaper`);
+            and private directories left by earlier invocations are removed first
+            (:func:`sweep_stale`).
 
     Returns:
         A JSON-able summary dict. Failures are reported in it, never raised.
     """
-    tmpdir = tempfile.mkdtemp(prefix="mu-worker-")
     summary: dict[str, Any]
     if own_process:
         reaper.become_subreaper()
+        sweep_stale()
+    tmpdir = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-")
+    with _in_use_lock:
+        _in_use.add(tmpdir)
     try:
         mode = _int(event, "mode", 1)
         if mode == 0:
@@ -146,8 +164,65 @@ def run(
         summary = _summary(event, "bad_event", str(exc))
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+        with _in_use_lock:
+            _in_use.discard(tmpdir)
     summary["tmpdir"] = tmpdir
     return summary
+
+
+TMP_PREFIX: Final = "mu-worker-"
+"""Start of every private directory's name, followed by ``<pid>-``."""
+_STALE = re.compile(re.escape(TMP_PREFIX) + r"(\d+)-[A-Za-z0-9_]+")
+_in_use: set[str] = set()  # the private directories of this process's running invocations
+_in_use_lock = threading.Lock()
+
+
+def sweep_stale(parent: str | None = None) -> list[str]:
+    """Remove the private directories no running invocation owns (module docstring).
+
+    Args:
+        parent: the temporary folder (default: :func:`tempfile.gettempdir`).
+
+    Returns:
+        The directories removed.
+    """
+    parent = parent or tempfile.gettempdir()
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []
+    removed = []
+    me, uid = os.getpid(), os.getuid()
+    for name in names:
+        found = _STALE.fullmatch(name)
+        if not found:
+            continue
+        path = os.path.join(parent, name)
+        pid = int(found.group(1))
+        with _in_use_lock:
+            if path in _in_use:
+                continue
+        if pid != me and _running(pid):
+            continue
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(info.st_mode) and info.st_uid == uid:
+            log.warning("removing %s, left by an earlier invocation", path)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _int(event: Mapping[str, Any], name: str, default: int) -> int:
@@ -522,6 +597,7 @@ class Session:
         peer, self.worker.peer = self.worker.peer, None
         if peer is not None:
             peer.close()
+        self.worker.s3.close()
         if sock is not None:
             _close(sock)
         self._wake_r.close()

@@ -1,6 +1,7 @@
-"""``mu emulator logs FUNCTION`` finds the logs of a running emulator started with
-``--state-dir`` (each serving emulator records where it lives), and, when there are none,
-says every place it looked and how to point it elsewhere."""
+"""``mu emulator logs FUNCTION`` (and ``mu logs FUNCTION``) find a running emulator, one
+started with ``--state-dir`` included (each serving emulator records where it lives and its
+endpoints), and read the function's CloudWatch Logs from its embedded moto server; once it
+has stopped, they say so in one line."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import boto3
 
-from tests.integration.test_emulator import CREDS, invoke, make
+from tests.integration.test_logs import invocation, put, stream_of
+
+CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
 def mu(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -28,20 +32,24 @@ def test_logs_finds_an_emulator_started_with_state_dir(tmp_path: Path) -> None:
         [sys.executable, "-m", "mu.cli", "emulator", "--state-dir", str(state)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
     )
+    name = "logged"
     try:
         assert proc.stdout is not None
-        url = proc.stdout.readline().split()[-1]  # readiness: the Lambda API's endpoint
-        for _ in range(7):  # the S3 endpoint and the export lines: printed after registering
-            proc.stdout.readline()
-        lam = boto3.client("lambda", endpoint_url=url, **CREDS)
-        name = make(lam)
-        _, out = invoke(lam, name, {})
+        proc.stdout.readline()  # readiness: the Lambda API's endpoint
+        s3_url = proc.stdout.readline().split()[-1]  # moto: S3, CloudWatch Logs, ...
+        while not proc.stdout.readline().startswith("export AWS_DEFAULT_REGION"):
+            pass  # the export lines: printed as it registers
+        logs = boto3.client("logs", endpoint_url=s3_url, region_name="us-east-1", **CREDS)
+        t = int(time.time() * 1000) - 1000
+        put(logs, name, stream_of("e1", t), invocation("req-1", t, ["hello from the handler"]))
         found = mu(["emulator", "logs", name], env, tmp_path)  # no --state-dir
         assert found.returncode == 0, found.stderr
         assert "hello from the handler" in found.stdout
-        assert f"START RequestId: {out['request']}" in found.stdout
-        one = mu(["emulator", "logs", name, out["request"]], env, tmp_path)
-        assert one.returncode == 0 and "hello from the handler" in one.stdout
+        assert "START RequestId: req-1 Version: $LATEST" in found.stdout
+        one = mu(["emulator", "logs", name, "req-1", "--state-dir", str(state)], env, tmp_path)
+        assert one.returncode == 0 and "hello from the handler" in one.stdout, one.stderr
+        new = mu(["logs", name, "--request-id", "req-1"], env, tmp_path)
+        assert new.stdout == one.stdout
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:
@@ -53,7 +61,4 @@ def test_logs_finds_an_emulator_started_with_state_dir(tmp_path: Path) -> None:
     assert list((cache / "mu" / "emulators").glob("*.json")) == []  # it deregistered
     missing = mu(["emulator", "logs", name], env, tmp_path)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
-    assert str(cache / "mu" / "emulator" / "logs" / name) in missing.stderr
-    assert "pass the same --state-dir DIR" in missing.stderr
-    again = mu(["emulator", "logs", name, "--state-dir", str(state)], env, tmp_path)
-    assert again.returncode == 0 and "hello from the handler" in again.stdout
+    assert missing.stderr.startswith("mu: error: no emulator is running")
