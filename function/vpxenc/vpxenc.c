@@ -43,6 +43,7 @@
 #define HEADER_MAX 1024 /* the longest Y4M stream or frame header line accepted */
 #define MAX_SIDE 65535u /* libvpx's bound on a VP9 frame side (16 bits) */
 #define VP8_MAX_SIDE 16383u /* VP8 stores 14 bits of width and height */
+#define MAX_RATE 1000000000 /* libvpx's bound on either number of the time base */
 #define DEFAULT_MAX_PIXELS (7680ull * 4320ull) /* 8K UHD, as png2y4m */
 
 struct options {
@@ -170,6 +171,9 @@ static void read_header(FILE *in, const char *name, struct y4m *y) {
     }
     if (!y->width || !y->height) fail(name, "the Y4M header gives no width (W) or height (H)");
     if (!y->fps_n) fail(name, "the Y4M header gives no frame rate (F)");
+    if (y->fps_n > MAX_RATE || y->fps_d > MAX_RATE) /* libvpx's bound on the time base */
+        fail(name, "frame rate F%d:%d is out of range (each number at most %d)", y->fps_n,
+             y->fps_d, MAX_RATE);
 }
 
 /* Read the "FRAME[ params]\n" line before frame `index`. Returns 0 at a clean end. */

@@ -324,6 +324,7 @@ BAD_INPUTS = [
     ("no-size", y4m("YUV4MPEG2 F25:1"), "no width (W) or height (H)"),
     ("no-rate", y4m("YUV4MPEG2 W8 H8"), "no frame rate (F)"),
     ("zero-rate", y4m("YUV4MPEG2 W8 H8 F0:1"), "bad frame rate 'F0:1'"),
+    ("huge-rate", y4m("YUV4MPEG2 W8 H8 F1:2000000000"), "F1:2000000000 is out of range"),
     ("control-byte", b"YUV4MPEG2 W8 H8 F25:1\x00\n", "non-printable byte (0x00)"),
     (
         "too-many-pixels",
