@@ -12,6 +12,7 @@ naming the problem, and leaves the output file as it was.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -403,3 +404,30 @@ def test_output_mode_follows_umask(vpxenc_binary: Path, source: Path, tmp_path: 
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@needs_vpxdec
+def test_docs_block_runs_from_the_checkout(
+    vpxenc_binary: Path, png2y4m_binary: Path, tmp_path: Path
+) -> None:
+    """docs/vpxenc.md's commands, run as a user runs them in the checkout (a directory with
+    the checkout's function/ and .venv, so nothing is written into the real one)."""
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "docs" / "vpxenc.md").read_text()
+    blocks = re.findall(r"^```sh[ \t]*\n(.*?)^```", text, re.M | re.S)
+    assert len(blocks) == 1
+    for name in ("function", ".venv"):
+        (tmp_path / name).symlink_to(root / name)
+    env = {
+        "PATH": f"{root / '.venv' / 'bin'}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+    }
+    done = subprocess.run(
+        ["bash", "-e", "-x", "-c", blocks[0]], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(decode(tmp_path / "clip.ivf").frames) == 24
+    assert read_ivf(tmp_path / "clip8.ivf").fourcc == b"VP80"
+    assert read_y4m(tmp_path / "decoded.y4m").width == 320
