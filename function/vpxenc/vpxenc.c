@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -55,8 +56,15 @@ struct options {
     unsigned long long max_pixels;
 };
 
-/* The temporary output, removed by fail() so an error leaves nothing behind. */
-static char *tmp_output;
+/* The temporary output, removed by fail() (and on SIGINT, SIGTERM, SIGHUP) so an error
+ * leaves nothing behind. */
+static char *volatile tmp_output;
+
+static void on_signal(int sig) {
+    if (tmp_output) unlink(tmp_output); /* async-signal-safe */
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
 
 static void fail(const char *file, const char *fmt, ...) {
     va_list ap;
@@ -76,9 +84,9 @@ struct y4m {
     int fps_n, fps_d;
 };
 
-/* Read one '\n'-terminated line of at most HEADER_MAX bytes into buf (NUL-terminated,
- * without the newline). Returns its length, -1 at end of input before any byte, -2 for end
- * of input inside the line, -3 when the line is too long. */
+/* Read one '\n'-terminated line of at most HEADER_MAX bytes into buf (HEADER_MAX + 1 bytes;
+ * always NUL-terminated, without the newline). Returns its length, -1 at end of input before
+ * any byte, -2 for end of input inside the line, -3 when the line is too long. */
 static int read_line(FILE *in, char *buf) {
     int n = 0, c;
     while ((c = getc(in)) != EOF) {
@@ -86,9 +94,13 @@ static int read_line(FILE *in, char *buf) {
             buf[n] = 0;
             return n;
         }
-        if (n == HEADER_MAX) return -3;
+        if (n == HEADER_MAX) {
+            buf[n] = 0;
+            return -3;
+        }
         buf[n++] = (char)c;
     }
+    buf[n] = 0;
     return n ? -2 : -1;
 }
 
@@ -345,7 +357,9 @@ int main(int argc, char **argv) {
     if (!o.vp8 && (o.cpu_used < -9 || o.cpu_used > 9))
         fail("--cpu-used", "'%d' is out of range for VP9 (-9 to 9)", o.cpu_used);
     const char *input = argv[optind];
-    if (!strcmp(input, o.output) && strcmp(input, "-"))
+    struct stat st_in, st_out;
+    if (strcmp(input, "-") && !stat(input, &st_in) && !stat(o.output, &st_out) &&
+        st_in.st_dev == st_out.st_dev && st_in.st_ino == st_out.st_ino)
         fail("options", "the output may not be the input ('%s')", input);
 
     FILE *in = strcmp(input, "-") ? fopen(input, "rb") : stdin;
@@ -395,16 +409,16 @@ int main(int argc, char **argv) {
     /* The temporary output is created beside the output, so the final rename stays on one
      * file system, with the mode a plain create would give. */
     size_t len = strlen(o.output);
-    tmp_output = malloc(len + 16);
-    if (!tmp_output) fail(o.output, "out of memory");
-    snprintf(tmp_output, len + 16, "%s.tmpXXXXXX", o.output);
-    int fd = mkstemp(tmp_output);
-    if (fd < 0) {
-        int e = errno;
-        free(tmp_output);
-        tmp_output = NULL;
-        fail(o.output, "cannot open for writing: %s", strerror(e));
-    }
+    char *name = malloc(len + 16);
+    if (!name) fail(o.output, "out of memory");
+    snprintf(name, len + 16, "%s.tmpXXXXXX", o.output);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    for (int i = 0; i < 3; i++) sigaction((int[]){SIGINT, SIGTERM, SIGHUP}[i], &sa, NULL);
+    int fd = mkstemp(name);
+    if (fd < 0) fail(o.output, "cannot open for writing: %s", strerror(errno));
+    tmp_output = name;
     mode_t mask = umask(0);
     umask(mask);
     if (fchmod(fd, 0666 & ~mask)) fail(o.output, "cannot set the mode: %s", strerror(errno));
@@ -439,8 +453,8 @@ int main(int argc, char **argv) {
     write_all(out, o.output, h, sizeof h);
     if (fclose(out)) fail(o.output, "write failed: %s", strerror(errno));
     if (rename(tmp_output, o.output)) fail(o.output, "cannot rename into place: %s", strerror(errno));
-    free(tmp_output);
     tmp_output = NULL;
+    free(name);
     vpx_img_free(&img);
     if (vpx_codec_destroy(&codec)) fail(input, "cannot close the encoder");
     if (in != stdin) fclose(in);

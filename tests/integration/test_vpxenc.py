@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from PIL import Image
 from mu.frames import make_frame
 from mu.lambdaize import build_bundle, inspect_executable
 from mu.y4m import Video, psnr, read_y4m
+from tests.integration.test_emulator import wait_for
 
 VPXDEC = shutil.which("vpxdec")
 DEBIAN_VPXENC = Path("/usr/bin/vpxenc")
@@ -396,6 +398,43 @@ def test_missing_input_and_unwritable_output(
     assert "-o/--output is required" in assert_one_error_line(result, "options")
     result = encode(vpxenc_binary, source, source, check=False)
     assert "the output may not be the input" in assert_one_error_line(result, "options")
+
+
+def test_output_may_not_be_the_input_by_another_name(
+    vpxenc_binary: Path, source: Path, tmp_path: Path
+) -> None:
+    link = tmp_path / "link.y4m"
+    link.symlink_to(source)
+    before = source.read_bytes()
+    result = encode(vpxenc_binary, source, link, check=False)
+    assert "the output may not be the input" in assert_one_error_line(result, "options")
+    assert source.read_bytes() == before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_leaves_no_temporary_file(
+    vpxenc_binary: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """Killed while it waits for input (a Lambda timeout, a ^C), it removes its temporary
+    output and dies of the signal."""
+    out = tmp_path / "o.ivf"
+    proc = subprocess.Popen(
+        [str(vpxenc_binary), "-o", str(out), "-"], stdin=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(y4m(GOOD, 1) + b"FRAME\n")
+        proc.stdin.flush()
+        assert wait_for(lambda: any(p.name.startswith("o.ivf.tmp") for p in tmp_path.iterdir()))
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == -sig
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        if proc.stderr:
+            proc.stderr.close()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_output_mode_follows_umask(vpxenc_binary: Path, source: Path, tmp_path: Path) -> None:
