@@ -211,10 +211,14 @@ static void read_frame(FILE *in, const char *name, long index, vpx_image_t *img)
     for (int p = 0; p < 3; p++) {
         unsigned w = p ? (img->d_w + 1) / 2 : img->d_w;
         unsigned h = p ? (img->d_h + 1) / 2 : img->d_h;
-        for (unsigned r = 0; r < h; r++) {
-            size_t n = fread(img->planes[p] + (size_t)r * (size_t)img->stride[p], 1, w, in);
+        /* A plane whose rows are contiguous is read in one call (glibc then reads large
+         * requests straight into it, bypassing the stdio buffer), others row by row. */
+        int whole = (size_t)img->stride[p] == w;
+        for (unsigned r = 0; r < (whole ? 1 : h); r++) {
+            size_t len = whole ? (size_t)w * h : w;
+            size_t n = fread(img->planes[p] + (size_t)r * (size_t)img->stride[p], 1, len, in);
             got += n;
-            if (n != w) {
+            if (n != len) {
                 if (ferror(in)) fail(name, "read failed: %s", strerror(errno));
                 fail(name, "frame %ld is truncated: %zu of its %zu bytes", index, got, want);
             }
@@ -364,7 +368,6 @@ int main(int argc, char **argv) {
 
     FILE *in = strcmp(input, "-") ? fopen(input, "rb") : stdin;
     if (!in) fail(input, "%s", strerror(errno));
-    setvbuf(in, NULL, _IOFBF, 1 << 20);
     struct y4m y;
     read_header(in, input, &y);
     unsigned long long pixels = (unsigned long long)y.width * y.height;
