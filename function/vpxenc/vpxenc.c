@@ -282,7 +282,8 @@ static void usage(FILE *to) {
           "      --good               good-quality deadline (the default)\n"
           "      --rt                 realtime deadline\n"
           "      --cpu-used N         speed/quality trade-off, higher is faster (default 4;\n"
-          "                           VP9 -9..9, VP8 -16..16)\n"
+          "                           VP9 -9..9, VP8 -16..16; VP8 with --rt: a fixed\n"
+          "                           speed |N|, 1..16)\n"
           "      --target-bitrate K   variable bitrate, K kbit/s\n"
           "      --cq-level N         constant quality, 0 (best) to 63 (default 32, used\n"
           "                           unless --target-bitrate is given)\n"
@@ -360,6 +361,14 @@ int main(int argc, char **argv) {
     if (!o.target_bitrate && !cq_set) o.cq_level = 32;
     if (!o.vp8 && (o.cpu_used < -9 || o.cpu_used > 9))
         fail("--cpu-used", "'%d' is out of range for VP9 (-9 to 9)", o.cpu_used);
+    /* VP8 in realtime mode takes a positive cpu-used as leave to choose the speed itself from
+     * the time each frame took, so its output would follow the machine's load; a negative
+     * one is a fixed speed. Ours is always fixed: N (or -N) is libvpx's -|N|. */
+    if (o.vp8 && o.realtime && o.cpu_used == 0)
+        fail("--cpu-used", "VP8 with --rt needs a speed from 1 to 16 (0 would let libvpx pick "
+             "the speed from the time each frame takes, so the output would depend on the "
+             "machine's load)");
+    int cpu_used = o.vp8 && o.realtime ? -abs(o.cpu_used) : o.cpu_used;
     const char *input = argv[optind];
     struct stat st_in, st_out;
     if (strcmp(input, "-") && !stat(input, &st_in) && !stat(o.output, &st_out) &&
@@ -400,7 +409,7 @@ int main(int argc, char **argv) {
 
     vpx_codec_ctx_t codec;
     if (vpx_codec_enc_init(&codec, iface, &cfg, 0)) codec_fail(&codec, input, "cannot start the encoder");
-    if (vpx_codec_control(&codec, VP8E_SET_CPUUSED, o.cpu_used))
+    if (vpx_codec_control(&codec, VP8E_SET_CPUUSED, cpu_used))
         codec_fail(&codec, "--cpu-used", "refused");
     if (o.cq_level >= 0 && vpx_codec_control(&codec, VP8E_SET_CQ_LEVEL, (unsigned)o.cq_level))
         codec_fail(&codec, "--cq-level", "refused");
@@ -432,7 +441,15 @@ int main(int argc, char **argv) {
     ivf_header(h, o.vp8, &cfg, 0);
     write_all(out, o.output, h, sizeof h);
 
-    unsigned long deadline = o.realtime ? VPX_DL_REALTIME : VPX_DL_GOOD_QUALITY;
+    /* libvpx picks good quality only when the deadline (us) is longer than the frame's
+     * duration, so at 1 fps or slower VPX_DL_GOOD_QUALITY (1 s) would silently mean realtime
+     * (and, for VP8, a speed chosen from the clock); a longer deadline keeps --good. */
+    unsigned long deadline = VPX_DL_REALTIME;
+    if (!o.realtime) {
+        unsigned long long frame_us = 1000000ull * (unsigned)y.fps_d / (unsigned)y.fps_n;
+        deadline = frame_us < VPX_DL_GOOD_QUALITY ? VPX_DL_GOOD_QUALITY
+                                                  : (unsigned long)(2 * frame_us + 1000000);
+    }
     uint32_t written = 0;
     long index = 0;
     do {

@@ -230,7 +230,8 @@ def test_quality_and_bitrate_settings_take_effect(
         ([], ["--codec=vp9", "--good", "--cpu-used=4", "--end-usage=q", "--cq-level=32"]),
         (
             ["--codec", "vp8", "--rt", "--cpu-used", "8", "--target-bitrate", "300"],
-            ["--codec=vp8", "--rt", "--cpu-used=8", "--end-usage=vbr", "--target-bitrate=300"],
+            # VP8 realtime: our speed is fixed, which is vpxenc's negative --cpu-used.
+            ["--codec=vp8", "--rt", "--cpu-used=-8", "--end-usage=vbr", "--target-bitrate=300"],
         ),
         (
             ["--threads", "2", "--target-bitrate", "500", "--kf-max-dist", "5"],
@@ -254,14 +255,33 @@ def test_same_bytes_as_debian_vpxenc(
     assert (tmp_path / "ours.ivf").read_bytes() == (tmp_path / "theirs.ivf").read_bytes()
 
 
-def test_same_bytes_every_run(vpxenc_binary: Path, source: Path, tmp_path: Path) -> None:
-    for codec in ("vp9", "vp8"):
-        runs = []
-        for i in range(3):
-            out = tmp_path / f"{codec}{i}.ivf"
-            encode(vpxenc_binary, source, out, "--codec", codec, "--threads", "2")
-            runs.append(out.read_bytes())
-        assert runs[0] == runs[1] == runs[2]
+@pytest.mark.parametrize("codec", ["vp9", "vp8"])
+@pytest.mark.parametrize("deadline", ["--good", "--rt"])
+def test_same_bytes_every_run(
+    vpxenc_binary: Path, source: Path, tmp_path: Path, codec: str, deadline: str
+) -> None:
+    runs = []
+    for i in range(3):
+        out = tmp_path / f"{i}.ivf"
+        encode(vpxenc_binary, source, out, "--codec", codec, deadline, "--threads", "2")
+        runs.append(out.read_bytes())
+    assert runs[0] == runs[1] == runs[2]
+
+
+@pytest.mark.parametrize("codec", ["vp9", "vp8"])
+def test_good_stays_good_at_one_frame_per_second(
+    vpxenc_binary: Path, source: Path, tmp_path: Path, codec: str
+) -> None:
+    """libvpx takes a deadline no longer than a frame's duration as realtime; at F1:1 the
+    standard good-quality deadline (1 s) is exactly that, so --good must pass a longer one."""
+    slow = tmp_path / "slow.y4m"
+    slow.write_bytes(source.read_bytes().replace(b" F24:1 ", b" F1:1 ", 1))
+    outputs = {}
+    for deadline in ("--good", "--rt"):
+        encode(vpxenc_binary, slow, tmp_path / "o.ivf", "--codec", codec, deadline)
+        outputs[deadline] = (tmp_path / "o.ivf").read_bytes()
+    assert read_ivf(tmp_path / "o.ivf").rate == 1
+    assert outputs["--good"] != outputs["--rt"]
 
 
 def test_kf_max_dist_places_keyframes(vpxenc_binary: Path, source: Path, tmp_path: Path) -> None:
@@ -368,6 +388,7 @@ def test_vp8_size_limit(vpxenc_binary: Path, tmp_path: Path) -> None:
         (["--cpu-used", "12"], "--cpu-used", "'12' is out of range for VP9 (-9 to 9)"),
         (["--cpu-used", "x"], "--cpu-used", "'x' is not an integer"),
         (["--threads", "0"], "--threads", "'0' is not an integer from 1 to 64"),
+        (["--codec", "vp8", "--rt", "--cpu-used", "0"], "--cpu-used", "a speed from 1 to 16"),
         (["--bogus"], "options", "unknown option '--bogus'"),
         (["--threads"], "options", "needs a value"),
     ],
