@@ -15,12 +15,16 @@
  * the Y4M frame rate as the time base (so the IVF rate/scale are the Y4M F numbers), and the
  * packets libvpx returns are written as IVF frames. The first frame is forced to be a
  * keyframe. End-of-stream flushes the encoder's lag buffer. Everything else is libvpx's
- * default configuration, so the same settings given to Debian's vpxenc (with --passes=1)
- * give the same bytes.
+ * default configuration, so the same settings given to Debian's vpxenc (with --passes=1,
+ * and a negative --cpu-used for VP8 realtime) give the same bytes.
  *
- * The output is the same bytes for the same input and settings: libvpx's one-pass encoder is
- * deterministic (row-based multithreading, which is not, is never enabled), and nothing
- * else (time, paths) goes into the file.
+ * The output is the same bytes for the same input and settings, whatever the machine's load:
+ * libvpx's one-pass encoder is deterministic except where it reads the clock, and those
+ * paths are kept shut. Row-based multithreading is never enabled; VP8 realtime always runs
+ * at a fixed speed (a negative cpu-used to libvpx; a positive one lets it pick the speed
+ * from the time each frame took); and --good passes a deadline longer than a frame's
+ * duration (libvpx takes a shorter one as realtime, which at 1 fps or slower the standard
+ * one-second good-quality deadline is). Nothing else (time, paths) goes into the file.
  *
  * The IVF is written to a temporary file next to the output and renamed over it only once
  * the last frame is flushed and the header holds the frame count: a failed run leaves no
