@@ -10,7 +10,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BINARY := function/png2y4m/png2y4m
-SYSPKGS := gcc make libc6-dev libpng-dev zlib1g-dev libdeflate-dev valgrind
+SYSPKGS := gcc make libc6-dev libpng-dev zlib1g-dev libdeflate-dev valgrind libvpx-dev vpx-tools
 
 .PHONY: all test demo lint type pytest sysdeps venv binary tox coverage clean
 
@@ -43,6 +43,7 @@ venv: $(STAMP)
 
 binary: sysdeps
 	$(MAKE) -C function/png2y4m
+	$(MAKE) -C function/vpxenc
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mu backends emulator tests bench function/lambda_function.py
@@ -69,4 +70,5 @@ coverage: $(STAMP)
 
 clean:
 	$(MAKE) -C function/png2y4m clean
+	$(MAKE) -C function/vpxenc clean
 	rm -rf .tox build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-out

@@ -47,6 +47,15 @@ def png2y4m_binary() -> Path:
     return binary
 
 
+@pytest.fixture(scope="session")
+def vpxenc_binary() -> Path:
+    """The static vpxenc binary, built (incrementally) from function/vpxenc."""
+    subprocess.run(["make", "-s", "-C", str(ROOT / "function" / "vpxenc")], check=True)
+    binary = ROOT / "function" / "vpxenc" / "vpxenc"
+    assert binary.is_file(), f"build did not produce {binary}"
+    return binary
+
+
 @pytest.fixture
 def fresh_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Run the test from an empty private directory."""

@@ -74,6 +74,9 @@ SKIPPED = {
                     "http://127.0.0.1:5000"):
         "needs an S3 at that address and workers started by hand in a second terminal: "
         "tests/e2e/test_backend_none.py runs this path with real workers",
+    ("docs/vpxenc.md", "mu frames --count 24 --size 320x180 --out frames"):
+        "runs from the checkout (function/...): tests/integration/test_vpxenc.py::"
+        "test_docs_block_runs_from_the_checkout runs it there",
 }
 
 XFAIL: dict[tuple[str, str], str] = {
