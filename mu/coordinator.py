@@ -71,7 +71,7 @@ from mu.scheduler import (
     Action,
     Assign,
     Dismiss,
-    Fail,
+    FailActor,
     Launch,
     Record,
     Scheduler,
@@ -549,7 +549,7 @@ class Coordinator:
                 if action.why:
                     log.warning("%s", action.why)
                 self._start_launch(action.count)
-            elif isinstance(action, Fail):
+            elif isinstance(action, FailActor):
                 self._results.append(ActorResult(action.actor, False, "NotStarted",
                                                  action.reason, ()))
             elif isinstance(action, Stop):

@@ -7,15 +7,15 @@ scheduler owns no socket, no thread and no clock: the loop tells it what happene
 time as a number, and applies the actions it returns, in order. A worker is an opaque handle
 (the coordinator passes its connection objects; the tests pass integers)::
 
-    events in                                  actions out
-    start(now)           the run begins        Launch(count, why)   invoke count workers
-    launched(...)        a launch call ended   Assign(worker, actor, attempt, fault)
-    hello(worker, now)   a worker is in        Dismiss(worker)      no work: tell it quit:
-    finished(worker, ..) its actor finished    Terminate(worker, reason, quit)
-    failed(worker, ..)   its attempt failed    Record(worker, actor, attempt, ok, error,
-    tick(now, ...)       time passed                  verdict)      an attempt ended
-    stop(reason)         stop from outside     Fail(actor, reason)  no worker ran the actor
-                                               Stop()               every actor has ended
+    events in                                 actions out
+    start(now)            the run begins        Launch(count, why)      invoke workers
+    launched(...)         a launch call ended   Assign(worker, actor, attempt, fault)
+    hello(worker, now)    a worker is in        Dismiss(worker)         no work: quit:
+    finished(worker, ..)  its actor finished    Terminate(worker, reason, quit)
+    failed(worker, ..)    its attempt failed    Record(worker, actor, attempt, ok, error,
+    tick(now, ...)        time passed                  verdict)         an attempt ended
+    stop(reason)          stop from outside     FailActor(actor, reason)  no worker has it
+                                                Stop()                  every actor ended
 
 Rule 1, the work queue. Actors wait in order (``-n``/``-o``, or exactly ``-N``; ``--resume``
 is a ``-N`` list the job computed). A worker that says hello takes the front of the queue;
@@ -84,7 +84,7 @@ __all__ = [
     "Action",
     "Assign",
     "Dismiss",
-    "Fail",
+    "FailActor",
     "Launch",
     "Record",
     "Scheduler",
@@ -151,7 +151,7 @@ class Record(Generic[W]):
 
 
 @dataclass(frozen=True, slots=True)
-class Fail:
+class FailActor:
     """``actor`` ended without a worker ever taking it (or the last time), for ``reason``."""
 
     actor: int
@@ -163,7 +163,9 @@ class Stop:
     """Every actor has ended: the run is over."""
 
 
-Action = Union[Launch, Assign[W], Dismiss[W], Terminate[W], Record[W], Fail, Stop]  # noqa: UP007
+Action = Union[  # noqa: UP007
+    Launch, Assign[W], Dismiss[W], Terminate[W], Record[W], FailActor, Stop
+]
 """What the loop is told to do (a generic alias: ``Action[W]``)."""
 
 Progress = Callable[[W], Union[tuple[float, str], None]]  # noqa: UP007
@@ -411,7 +413,7 @@ class Scheduler(Generic[W]):
                 actions.append(Terminate(worker, live_reason))
                 actions += self._fail_attempt(worker, live_reason, True)
         for actor in sorted(self._pending):
-            actions.append(Fail(actor, unstarted_reason))
+            actions.append(FailActor(actor, unstarted_reason))
             actions += self._ended(actor)
         self._queue.clear()
         return actions
@@ -432,7 +434,7 @@ class Scheduler(Generic[W]):
         while queue:
             actor = queue.popleft()
             if actor in self._pending and actor not in self._running:
-                actions.append(Fail(actor, f"no worker came for it ({why})"))
+                actions.append(FailActor(actor, f"no worker came for it ({why})"))
                 actions += self._ended(actor)
             # else: ended meanwhile, or a twin that never came for an actor that runs on
         return actions

@@ -31,7 +31,7 @@ from mu.scheduler import (
     Action,
     Assign,
     Dismiss,
-    Fail,
+    FailActor,
     Launch,
     Record,
     Scheduler,
@@ -115,7 +115,7 @@ def test_workers_that_come_before_their_launch_returns_are_not_owed() -> None:
     run.s.launched(2, 1, None, 0.0)  # one came already; one could not be started
     assert run.s.owed == 0
     fails = run.tick(0.1)
-    assert fails == [Fail(1, "no worker came for it (the launch started 1 worker(s))")]
+    assert fails == [FailActor(1, "no worker came for it (the launch started 1 worker(s))")]
 
 
 # ----------------------------------------------------------------------------- rule 3
@@ -205,7 +205,7 @@ def test_at_the_run_deadline_everything_ends_and_nothing_is_retried() -> None:
     assert all(r.verdict is not None
                and r.verdict.why == "not retried (a timeout): the run was ending"
                for r in records(actions))
-    assert actions[-2:] == [Fail(2, "the run deadline passed"), Stop()]
+    assert actions[-2:] == [FailActor(2, "the run deadline passed"), Stop()]
     assert run.s.stopping and run.s.over and run.tick(120.0) == []
 
 
@@ -216,7 +216,7 @@ def test_stop_ends_every_attempt_and_every_actor_left() -> None:
     assert actions[0] == Terminate(0, "the run was stopped")
     assert records(actions)[0].verdict is not None
     assert "the run was ending" in records(actions)[0].verdict.why  # type: ignore[union-attr]
-    assert actions[-2:] == [Fail(1, "the run was stopped"), Stop()]
+    assert actions[-2:] == [FailActor(1, "the run was stopped"), Stop()]
     assert run.hello()[1] == [Dismiss(1)]
 
 
@@ -302,7 +302,7 @@ def test_workers_that_never_arrive_fail_their_actors_after_the_arrival_timeout()
     run.s.launched(2, 2, None, 5.0)
     assert run.tick(5.5) == []
     reason = "no worker came for it (2 launched worker(s) never arrived within 0.5 s)"
-    assert run.tick(5.6) == [Fail(0, reason), Fail(1, reason), Stop()]
+    assert run.tick(5.6) == [FailActor(0, reason), FailActor(1, reason), Stop()]
 
 
 @pytest.mark.parametrize(("error", "why"), [
@@ -314,7 +314,7 @@ def test_a_launch_that_started_nobody_fails_the_actors_once_no_connection_is_ope
     run = Run(num_actors=1)
     run.s.launched(1, 0, error, 0.0)
     assert run.tick(1.0, connections=1) == []  # a worker may be in its handshake
-    assert run.tick(1.0) == [Fail(0, f"no worker came for it ({why})"), Stop()]
+    assert run.tick(1.0) == [FailActor(0, f"no worker came for it ({why})"), Stop()]
 
 
 # ----------------------------------------------------------------------------- rule 7
@@ -418,7 +418,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert self.s.failed(action.worker, "connection closed", by_coordinator=True) == ()
             elif isinstance(action, Record):
                 self.recorded(action)
-            elif isinstance(action, Fail):
+            elif isinstance(action, FailActor):
                 assert action.reason
                 assert action.actor not in self.won and action.actor not in self.lost
                 assert all(a != action.actor for a, _, _ in self.running.values())
