@@ -2,9 +2,12 @@
 
 Theory of operation
 -------------------
-The coordinator listens, launches the workers through an injected
-:class:`~mu.launch.Launcher` (in a helper thread, so accepting starts at once), and drives
-each worker connection through its :class:`~mu.actor.Actor`:
+The coordinator is the pump around two sans-IO objects: each worker connection's
+:class:`~mu.actor.Actor` (bytes in, state machine, bytes out) and the run's
+:class:`~mu.scheduler.Scheduler` (who works on what, retries, deadlines, stragglers,
+starvation, fault plans). It owns the sockets, TLS, the selector, the launch threads and
+the clock; it feeds the scheduler what happened and applies the actions it returns. It
+decides nothing about the work itself.
 
 1. **Accept** connections at each wake-up (a batch at most); the listener never pauses.
    Each gets a :class:`~mu.net.Pipe` (TLS, mutual, unless disabled), a ClientHello deadline
@@ -17,16 +20,22 @@ each worker connection through its :class:`~mu.actor.Actor`:
    selector for a moment (no busy loop on ``EMFILE``).
 2. **Hello.** After the handshake the worker must say ``OK:HELLO:<token>`` before the hello
    deadline. A failed handshake, a wrong or missing token, or silence closes the connection
-   and counts it as *rejected*, never as a worker.
-3. **Work.** An accepted worker takes the next actor number from the work queue and the
-   job's first state; then every message it sends advances that actor's state machine and the
-   commands that come out are written back. A worker beyond the work left is told ``quit:``.
-4. **End.** An actor ends finished (terminal state), failed (error state, protocol error,
-   disconnect, or its ``-m`` deadline), or — if no worker can arrive for it any more —
-   failed with that reason. The run ends when every actor has ended, or at the run deadline.
+   and counts it as *rejected*, never as a worker. A worker that is in goes to the
+   scheduler (``hello``), which assigns it an actor (its fault plan goes first, then the
+   job's first state starts) or dismisses it (``quit:``).
+3. **Work.** Every message a worker sends advances its actor's state machine and the
+   commands that come out are written back. When an actor finishes or fails (an error
+   state, a protocol error, a disconnect, a worker that stops reading) the scheduler is
+   told, and answers with a record of the attempt and what follows (a retry's launch, a
+   twin told to quit).
+4. **Launches** run in helper threads (accepting starts at once); each call's outcome is
+   handed to the loop, which tells the scheduler (``launched``).
+5. **Time.** Each turn of the loop ends with the scheduler's ``tick(now)``: ``-m`` and run
+   deadlines, starvation and stragglers come back as actions. The run ends when the
+   scheduler says :class:`~mu.scheduler.Stop` (every actor has ended), or on :meth:`stop`.
 
 Costs per message do not grow with N: readiness comes from the selector, and deadlines sit
-in a heap whose stale entries are skipped when they surface (nothing scans all workers).
+in heaps whose stale entries are skipped when they surface (nothing scans all workers).
 Everything a peer can make the coordinator hold is bounded: frame size, handshake and hello
 time, queued output (a worker that stops reading is dropped), and open connections.
 A peer's misbehaviour ends that peer's connection only.
@@ -34,7 +43,6 @@ A peer's misbehaviour ends that peer's connection only.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import errno
 import heapq
@@ -59,7 +67,17 @@ from mu.errors import MuError, TransportError
 from mu.launch import Launcher, LaunchReport, LaunchSpec, WorkerPayload
 from mu.net import Admission, Pipe
 from mu.protocol import NEED_DATA, encode_text
-from mu.retry import RetryDecision, decide
+from mu.scheduler import (
+    Action,
+    Assign,
+    Dismiss,
+    FailActor,
+    Launch,
+    Record,
+    Scheduler,
+    Stop,
+    Terminate,
+)
 from mu.states import MachineState, TerminatedState
 from mu.tls import KeySet, server_context
 
@@ -68,8 +86,6 @@ __all__ = ["ActorResult", "Coordinator", "RunResult", "Statistics"]
 log = logging.getLogger(__name__)
 
 _STATUS_EVERY = 0.25  # seconds between status callbacks
-_STRAGGLER_EVERY = 1.0  # seconds between straggler checks (--speculate)
-_MIN_SAMPLES = 3  # finished visits of a state before its median judges stragglers
 
 
 @dataclass(frozen=True)
@@ -217,7 +233,6 @@ class _Conn:
         "peer",
         "pipe",
         "slot",
-        "started_at",
         "tls_begun",
         "tls_done",
     )
@@ -233,7 +248,6 @@ class _Conn:
         self.slot = False  # holds one of the max_handshakes places
         self.hello_whole = False  # a whole ClientHello was seen waiting
         self.closing = False
-        self.started_at = 0.0
         self.counted_out = 0
         self.events = selectors.EVENT_READ  # what the selector watches for
         self.fault: str | None = None
@@ -301,36 +315,24 @@ class Coordinator:
         self._sel = selectors.DefaultSelector()
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
-        self._queue: deque[int] = deque(run_config.actor_numbers())
-        self._pending = set(self._queue)  # actors not yet ended
-        self._running: dict[int, list[_Conn]] = {}  # actor -> its live attempts (2: speculating)
-        self._speculated: set[int] = set()  # actors given a backup worker
-        self._durations: dict[str, list[float]] = {}  # state -> sorted durations (speculate)
-        self._next_straggler_check = 0.0
-        faults = run_config.faults
-        self._faults = faults if faults is not None and faults.for_workers else None
+        self._sched: Scheduler[_Conn] = Scheduler(run_config, can_launch=launcher is not None)
         self._conns: dict[int, _Conn] = {}
-        self._heap: list[tuple[float, int, int, str]] = []
+        self._heap: list[tuple[float, int, int, str]] = []  # connection deadlines
         self._ids = itertools.count()
         self._seq = itertools.count()
         self._results: list[ActorResult] = []
         self._rejected = 0
         self._rejections: deque[str] = deque(maxlen=100)
-        self._owed = 0  # workers asked for (from the launch call on) not yet arrived, never < 0
-        self._attempts: dict[int, int] = {}  # actor -> workers it was given so far
         self._payload = b""
         self._launch: LaunchReport | None = None  # the first (main) launch
-        self._launch_error: str | None = None
-        self._accepted = 0  # invocations accepted by every launch so far
-        self._launches_running = 0
-        self._last_launch_end = 0.0
-        self._launch_lock = threading.Lock()
+        # Launch calls that returned, (count, report, error), for the loop to hand on.
+        self._landed: deque[tuple[int, LaunchReport | None, str | None]] = deque()
         self._launch_threads: list[threading.Thread] = []
         self._t0 = clock()
         self._messages_in = 0
         self._messages_out = 0
-        self._stop = False
-        self._deadline_passed = False
+        self._stop = False  # asked from outside (stop())
+        self._over = False  # the scheduler said Stop
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -374,7 +376,8 @@ class Coordinator:
         host, port = self.address
         keys = self.keys if self.config.tls else None
         fields = dict(self.payload_fields)
-        if self._faults is not None:
+        faults = self.config.faults
+        if faults is not None and faults.for_workers:
             fields["faults"] = 1  # lets the workers accept the fault: command
         known = {k: fields.pop(k) for k in list(fields) if k in WorkerPayload.__dataclass_fields__}
         return WorkerPayload(
@@ -397,26 +400,27 @@ class Coordinator:
 
     def statistics(self) -> Statistics:
         """Counts for status displays; cheap enough to call a few times a second."""
+        sched = self._sched
         done = sum(1 for r in self._results if r.ok)
-        errors = sum(1 for r in self._results if not r.ok and r.actor not in self._pending)
+        errors = sum(1 for r in self._results if not r.ok and not sched.is_pending(r.actor))
         states = {
             n: (c[0].actor.state.name if c[0].actor.state else "?")
-            for n, c in self._running.items()
+            for n, c in sched.running.items()
         }
         for r in self._results:
             states[r.actor] = r.state
         return Statistics(
             elapsed=self.clock() - self._t0,
             total=len(self.config.actor_numbers()),
-            waiting=len(self._queue),
-            active=len(self._running),
+            waiting=sched.waiting,
+            active=len(sched.running),
             done=done,
             errors=errors,
             rejected=self._rejected,
             connections=len(self._conns),
             messages_in=self._messages_in,
             messages_out=self._messages_out,
-            launched=self._accepted if self._launch else None,
+            launched=sched.accepted if self._launch else None,
             states=states,
             drops=dict(self._drops),
         )
@@ -428,10 +432,7 @@ class Coordinator:
         self.bind()
         self._t0 = self.clock()
         self._payload = self.payload_json()
-        if self.launcher is not None:
-            self._start_launch(self.config.workers_to_launch)
-        if self.config.run_deadline:
-            self._at(self.config.run_deadline, -1, "run")
+        self._apply(self._sched.start(self._t0))
         try:
             self._loop()
         finally:
@@ -441,11 +442,11 @@ class Coordinator:
             rejected=self._rejected,
             rejections=list(self._rejections),
             launch=self._launch,
-            launch_error=self._launch_error,
+            launch_error=self._sched.launch_error,
             wall=self.clock() - self._t0,
             messages_in=self._messages_in,
             messages_out=self._messages_out,
-            launched=self._accepted,
+            launched=self._sched.accepted,
         )
 
     def stop(self) -> None:
@@ -462,10 +463,6 @@ class Coordinator:
     def _start_launch(self, count: int) -> None:
         """Launch ``count`` workers from a helper thread (the loop keeps serving)."""
         spec = LaunchSpec(self.function_name, self._payload, count, self.regions)
-        with self._launch_lock:
-            self._launches_running += 1
-            # Owed from now on: its workers may say hello before the launch call returns.
-            self._owed += count
         thread = threading.Thread(
             target=self._launch_workers, args=(spec,), name="mu-launch", daemon=True
         )
@@ -482,26 +479,31 @@ class Coordinator:
             error = str(exc)
             report = getattr(exc, "report", None)
         finally:
-            with self._launch_lock:
-                if self._launch is None:
-                    self._launch = report
-                if error:
-                    self._launch_error = error
-                accepted = report.accepted if report else 0
-                self._accepted += accepted
-                self._owed = max(0, self._owed - (spec.count - accepted))  # never coming
-                self._launches_running -= 1
-                self._last_launch_end = self.clock()
+            self._landed.append((spec.count, report, error))  # the loop hands it on
             self._wake()
+
+    def _land(self) -> None:
+        """Tell the scheduler about the launch calls that returned."""
+        now = self.clock()
+        while self._landed:
+            count, report, error = self._landed.popleft()
+            if self._launch is None:
+                self._launch = report
+            self._sched.launched(count, report.accepted if report else 0, error, now)
 
     def _loop(self) -> None:
         select = self._sel.select
+        sched = self._sched
+        progress = _progress
         next_status = 0.0
-        while self._pending and not self._stop:
+        while not self._over and not self._stop:
             now = self.clock()
             timeout = _STATUS_EVERY if self.status else 1.0
-            if self._heap:
-                timeout = max(0.0, min(timeout, self._heap[0][0] - now))
+            wake_at = sched.wake_at
+            if self._heap and (wake_at is None or self._heap[0][0] < wake_at):
+                wake_at = self._heap[0][0]
+            if wake_at is not None:
+                timeout = max(0.0, min(timeout, wake_at - now))
             for key, mask in select(timeout):
                 data = key.data
                 if data is None:
@@ -512,18 +514,16 @@ class Coordinator:
                     self._service(data, mask)
             if self._queued:
                 self._dequeue()
+            if self._landed:
+                self._land()
             now = self.clock()
             self._expire(now)
-            self._check_starved()
-            if self.config.speculate and now >= self._next_straggler_check:
-                self._next_straggler_check = now + _STRAGGLER_EVERY
-                self._check_stragglers(now)
+            self._apply(sched.tick(now, connections=len(self._conns), progress=progress))
             if self.status and now >= next_status:
                 next_status = now + _STATUS_EVERY
                 self.status(self.statistics())
-        reason = "the run deadline passed" if self._deadline_passed else "the run was stopped"
-        for number in list(self._pending):
-            self._end_unstarted(number, reason)
+        if not self._over:  # stopped from outside
+            self._apply(sched.stop("the run was stopped"))
         if self.status:
             self.status(self.statistics())
 
@@ -532,27 +532,69 @@ class Coordinator:
         with contextlib.suppress(BlockingIOError):
             self._wake_r.recv(4096)
 
-    def _check_starved(self) -> None:
-        """Fail actors no worker can come for any more (the launch is over, none is left)."""
-        if self.launcher is None or not self._queue:
-            return
-        with self._launch_lock:
-            if self._launches_running:
-                return
-            accepted = self._accepted
-            owed = self._owed
-            since = self.clock() - self._last_launch_end
-        limit = self.config.arrival_timeout
-        # Owed, not "arrivals < launches": a duplicated or re-sent invocation is an arrival
-        # beyond its launch, and must not stand in for a retry's worker still on its way.
-        if owed and since > limit:
-            why = f"{owed} launched worker(s) never arrived within {limit:g} s"
-        elif owed or self._conns:
-            return
+    # -- applying the scheduler's actions -------------------------------------------------
+
+    def _apply(self, actions: Sequence[Action[_Conn]]) -> None:
+        for action in actions:
+            if isinstance(action, Assign):
+                self._assign(action)
+            elif isinstance(action, Record):
+                self._record(action)
+            elif isinstance(action, Terminate):
+                self._terminate(action)
+            elif isinstance(action, Dismiss):
+                action.worker.actor.dismiss()
+                action.worker.closing = True
+            elif isinstance(action, Launch):
+                if action.why:
+                    log.warning("%s", action.why)
+                self._start_launch(action.count)
+            elif isinstance(action, FailActor):
+                self._results.append(ActorResult(action.actor, False, "NotStarted",
+                                                 action.reason, ()))
+            elif isinstance(action, Stop):
+                self._over = True
+
+    def _assign(self, action: Assign[_Conn]) -> None:
+        conn = action.worker
+        fault = action.fault
+        if fault is not None:
+            conn.out += encode_text(fault.command())  # before the job's first command
+            if fault.kind or fault.s3_error:
+                conn.fault = str(fault)
+        actor = conn.actor
+        before = actor.messages_in
+        actor.start(action.actor, self.first_state, self.job_config)
+        self._messages_in += actor.messages_in - before
+        self._events(conn)
+
+    def _record(self, action: Record[_Conn]) -> None:
+        """An attempt ended: its result, from the actor's state and the scheduler's verdict."""
+        conn = action.worker
+        state = conn.actor.state
+        stamps = tuple((t - self._t0, name) for t, name in (state.timestamps if state else ()))
+        where = state.name if action.ok and state else _failed_in(state)
+        verdict = action.verdict
+        self._results.append(ActorResult(
+            action.actor, action.ok, where, action.error, stamps, action.attempt, conn.peer,
+            conn.fault, verdict.why if verdict else "",
+        ))
+        if verdict is not None and not self._sched.stopping:
+            # a run being stopped reports its actors once, in the report
+            log.warning("actor %d attempt %d failed in %s: %s (%s)", action.actor,
+                        action.attempt, where, action.error, verdict.why)
+
+    def _terminate(self, action: Terminate[_Conn]) -> None:
+        """End an attempt the scheduler has ended (and records itself)."""
+        conn = action.worker
+        if action.quit:  # a twin that lost: a healthy worker, told to go
+            conn.actor.send_command("quit:")
+        conn.actor.terminate(action.reason)
+        self._events(conn)
+        if action.quit:
+            self._flush(conn)  # sends the quit:, then closes
         else:
-            why = self._launch_error or f"the launch started {accepted} worker(s)"
-        while self._queue:
-            self._end_unstarted(self._queue.popleft(), f"no worker came for it ({why})")
+            self._close(conn)
 
     # -- connections ---------------------------------------------------------------------
 
@@ -703,147 +745,25 @@ class Coordinator:
 
     def _events(self, conn: _Conn, override: str | None = None) -> None:
         actor = conn.actor
+        sched = self._sched
         while (event := actor.next_event()) is not NEED_DATA:
             if isinstance(event, HelloReceived):
                 self._admission.forget(conn.id)
-                with self._launch_lock:
-                    self._owed = max(0, self._owed - 1)
-                self._assign(conn)
+                self._apply(sched.hello(conn, self.clock()))
             elif isinstance(event, Rejected):
                 self._close(conn, rejected=override or event.reason)
                 return
             elif isinstance(event, Finished):
-                self._record(conn, True, None)
+                self._apply(sched.finished(conn, event.state.timestamps))
                 conn.closing = True
             elif isinstance(event, Failed):
                 reason = event.reason
                 if override and "connection closed" in reason:
                     reason = override
-                if self._live(conn):
-                    self._record(conn, False, reason)
+                # Ignored for an attempt the scheduler ended itself (it recorded it).
+                self._apply(sched.failed(conn, reason, by_coordinator=isinstance(
+                    actor.state, TerminatedState)))
                 conn.closing = True
-
-    def _live(self, conn: _Conn) -> bool:
-        """Whether ``conn`` carries a running attempt of its actor."""
-        number = conn.actor.actorNum
-        return number is not None and conn in self._running.get(number, ())
-
-    def _assign(self, conn: _Conn) -> None:
-        actor = conn.actor
-        while self._queue and self._queue[0] not in self._pending:
-            self._queue.popleft()  # finished meanwhile (a speculative backup came too late)
-        if not self._queue:
-            actor.dismiss()
-            conn.closing = True
-            return
-        number = self._queue.popleft()
-        attempt = self._attempts.get(number, 0)
-        self._attempts[number] = attempt + 1
-        self._running.setdefault(number, []).append(conn)
-        conn.started_at = self.clock()
-        if self.config.worker_deadline:
-            self._at(self.config.worker_deadline, conn.id, "worker")
-        if self._faults is not None:
-            fault = self._faults.plan(number, attempt)
-            conn.out += encode_text(fault.command())  # before the job's first command
-            if fault.kind or fault.s3_error:
-                conn.fault = str(fault)
-        before = actor.messages_in
-        actor.start(number, self.first_state, self.job_config)
-        self._messages_in += actor.messages_in - before
-        self._events(conn)
-
-    def _record(self, conn: _Conn, ok: bool, error: str | None) -> None:
-        actor = conn.actor
-        number = actor.actorNum
-        assert number is not None
-        live = self._running.get(number, [])
-        if conn in live:
-            live.remove(conn)
-        if not live:
-            self._running.pop(number, None)
-        state = actor.state
-        stamps = tuple((t - self._t0, name) for t, name in (state.timestamps if state else ()))
-        attempt = self._attempts.get(number, 1)
-        where = state.name if ok and state else _failed_in(state)
-        verdict = None
-        if not ok and number in self._pending and not live:
-            verdict = decide(error or "", attempt, self.config.retries,
-                             by_coordinator=isinstance(state, TerminatedState),
-                             stopping=self._stop)
-            if verdict.retry and self.launcher is None:
-                verdict = RetryDecision(False, "not retried: no launcher to start a worker")
-        self._results.append(ActorResult(
-            number, ok, where, error, stamps, attempt, conn.peer, conn.fault,
-            verdict.why if verdict else "",
-        ))
-        if ok:
-            self._pending.discard(number)
-            if self.config.speculate:
-                self._learn(stamps)
-            for other in list(live):  # a speculative twin: the first to finish wins
-                other.actor.send_command("quit:")
-                other.actor.terminate(f"superseded: attempt {attempt} finished first")
-                self._events(other)
-                self._flush(other)  # sends the quit:, then closes
-            return
-        if verdict is None:
-            return  # superseded, or its twin still runs: nothing to retry
-        if not self._stop:  # a run being stopped reports its actors once, in the report
-            log.warning("actor %d attempt %d failed in %s: %s (%s)", number, attempt, where,
-                        error, verdict.why)
-        if verdict.retry:
-            # Back to the front of the queue, with a new worker launched for it; a spare
-            # worker already on its way may take it first.
-            log.warning("retrying actor %d: attempt %d of %d", number, attempt + 1,
-                        self.config.retries + 1)
-            self._queue.appendleft(number)
-            self._start_launch(1)
-        else:
-            self._pending.discard(number)
-
-    # -- stragglers (--speculate) --------------------------------------------------------
-
-    def _learn(self, stamps: tuple[tuple[float, str], ...]) -> None:
-        """Add a finished attempt's state durations to the samples stragglers are judged by."""
-        for (start, name), (end, _next) in itertools.pairwise(stamps):
-            bisect.insort(self._durations.setdefault(name, []), end - start)
-
-    def _check_stragglers(self, now: float) -> None:
-        """Give a backup worker to each actor whose current state has lasted much longer
-        than that state's median among finished attempts (a pass once a second)."""
-        factor = self.config.speculate
-        assert factor is not None
-        for number, live in list(self._running.items()):
-            if number in self._speculated or len(live) != 1:
-                continue
-            state = live[0].actor.state
-            if state is None or not state.timestamps:
-                continue
-            entered, name = state.timestamps[-1]
-            samples = self._durations.get(name)
-            if not samples or len(samples) < _MIN_SAMPLES:
-                continue
-            median = samples[len(samples) // 2]
-            lasted = now - entered
-            if lasted > max(factor * median, self.config.speculate_after):
-                self._speculated.add(number)
-                log.warning("actor %d has been in %s for %.1f s (median %.2f s): launching a "
-                            "backup worker", number, name, lasted, median)
-                self._queue.appendleft(number)
-                if self.launcher is not None:
-                    self._start_launch(1)
-
-    def _end_unstarted(self, number: int, reason: str) -> None:
-        live = self._running.get(number)
-        if live:
-            for conn in list(live):
-                conn.actor.terminate(reason)
-                self._events(conn)
-                self._close(conn)
-            return
-        self._pending.discard(number)
-        self._results.append(ActorResult(number, False, "NotStarted", reason, ()))
 
     def _flush(self, conn: _Conn) -> None:
         actor = conn.actor
@@ -864,7 +784,7 @@ class Coordinator:
                 sent = conn.pipe.send(memoryview(out))
                 del out[:sent]
         except TransportError as exc:
-            if self._live(conn):
+            if self._sched.is_running(conn):
                 conn.actor.terminate(str(exc))
                 self._events(conn)
             self._close(conn)
@@ -897,9 +817,10 @@ class Coordinator:
             self._reject_count(f"{conn.peer}: {rejected}")
         self._admission.forget(conn.id)
         self._release(conn)
-        if self._live(conn):
+        if self._sched.is_running(conn):
             # Ended without an event (should not happen): record it rather than lose it.
-            self._record(conn, False, "connection closed")
+            self._apply(self._sched.failed(conn, "connection closed", by_coordinator=isinstance(
+                conn.actor.state, TerminatedState)))
         with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(conn.pipe.sock)
         conn.pipe.close()
@@ -918,9 +839,6 @@ class Coordinator:
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, _, cid, kind = heapq.heappop(heap)
-            if kind == "run":
-                self._stop_for_deadline()
-                continue
             if kind == "listen":
                 if self._accept_paused and self._listener is not None:
                     self._sel.register(self._listener, selectors.EVENT_READ, None)
@@ -940,25 +858,16 @@ class Coordinator:
             elif kind == "hello" and actor.lifecycle is Lifecycle.AWAIT_HELLO:
                 actor.terminate(f"no hello within {self.config.hello_timeout:g} s")
                 self._events(conn)
-            elif kind == "worker" and actor.lifecycle is Lifecycle.RUNNING:
-                actor.terminate(f"deadline of {self.config.worker_deadline:g} s passed")
-                self._events(conn)
-                self._close(conn)
-
-    def _stop_for_deadline(self) -> None:
-        self._stop = True  # nothing is retried past the run deadline
-        self._deadline_passed = True
-        for conn in [c for live in self._running.values() for c in live]:
-            conn.actor.terminate(f"run deadline of {self.config.run_deadline:g} s passed")
-            self._events(conn)
-            self._close(conn)
-        self._stop = True
 
     def _shutdown(self) -> None:
-        self._stop = True  # the loop has ended (or was interrupted): nothing is retried now
-        self.close()
+        try:
+            if not self._over:  # an exception ended the loop: end what runs, retry nothing
+                self._apply(self._sched.stop("the run was stopped"))
+        finally:
+            self.close()
         for thread in self._launch_threads:
             thread.join(timeout=30)
+        self._land()  # launch calls that returned after the last actor ended
 
     def close(self) -> None:
         """Close every connection and the listening socket (``run()`` does this itself)."""
@@ -969,6 +878,12 @@ class Coordinator:
             if sock is not None:
                 sock.close()
         self._listener = self._wake_r = self._wake_w = None
+
+
+def _progress(conn: _Conn) -> tuple[float, str] | None:
+    """The state ``conn``'s actor is in, and since when (what straggler checks compare)."""
+    state = conn.actor.state
+    return state.timestamps[-1] if state is not None and state.timestamps else None
 
 
 def _failed_in(state: MachineState | None) -> str:
