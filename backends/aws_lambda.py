@@ -22,16 +22,19 @@ up to ``pipeline`` requests in flight (1 means no pipelining, the safe choice fo
 boto3's own ``invoke`` spends about 1.5 ms of CPU per call; this path spends a few tens of
 microseconds.
 
-Accounting: each invocation has an index, a region (round-robin over the regions) and a
-record. A connection answers its requests in order, so a response is matched with the oldest
-request in flight on that connection. 2xx accepts the invocation. 429 (throttled; the body's
-``retryAfterSeconds`` or a ``Retry-After`` header is honoured, capped) and 5xx are retried
-with bounded exponential backoff and jitter, up to ``max_attempts`` sends. A request still in
-flight when its connection closes or breaks was not answered: it is sent again on another
-connection (at-least-once; counted in :attr:`LambdaLauncher.last_stats` as ``resent``). Any
-other 4xx (unknown function, bad credentials, payload too large) would hit every invocation
-alike, so the launch stops with :class:`LaunchAborted`, which carries the partial report.
-Every invocation ends accepted or failed exactly once; nothing is counted twice.
+Accounting is not done here: :class:`backends.ledger.InvokeLedger` keeps it, pure and
+clock-free. The pump (``_EventPump``) asks the ledger which invocation to send next, matches
+each response with the oldest request in flight on its connection (a connection answers in
+order) and tells the ledger what came back or that a connection was lost; the ledger decides
+retries (429, whose ``retryAfterSeconds`` or ``Retry-After`` is honoured, capped, and 5xx, with
+bounded exponential backoff and jitter, up to ``max_attempts`` sends), resends what a lost
+connection had in flight (at-least-once; counted in :attr:`LambdaLauncher.last_stats` as
+``resent``), and when to give up. Any other 4xx (unknown function, bad credentials, payload
+too large) would hit every invocation alike, so the launch stops with
+:class:`LaunchAborted`, which carries the partial report. The pump takes its settings as one
+frozen object (``_PumpSettings``) and the signer, resolver and clock as functions, never the
+launcher itself. Every invocation ends accepted or failed exactly once; nothing is counted
+twice.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ import base64
 import contextlib
 import errno
 import hashlib
-import heapq
 import json
 import logging
 import os
@@ -50,8 +52,8 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -62,9 +64,10 @@ from botocore.config import Config
 from botocore.credentials import ReadOnlyCredentials
 from botocore.httpsession import get_cert_path
 
+from backends.ledger import Backoff, InvokeLedger
 from mu.aws import aws_errors as _aws_errors
 from mu.errors import ConfigError, LaunchError
-from mu.launch import FunctionSpec, Invocation, LaunchReport, LaunchSpec
+from mu.launch import FunctionSpec, LaunchReport, LaunchSpec
 
 __all__ = [
     "DIRECT_UPLOAD_LIMIT",
@@ -86,7 +89,6 @@ DIRECT_UPLOAD_LIMIT = 50 * 1024 * 1024
 """Largest zip sent inline with CreateFunction; bigger ones go through an S3 bucket."""
 
 _INVOKE_PATH = "/2015-03-31/functions/{name}/invocations"
-_CONNECT_FAILURES_PER_REGION = 8  # consecutive failed connects before a region gives up
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,20 +211,18 @@ def _error_code(headers: Mapping[str, str], body: bytes) -> tuple[str, str, floa
 
 
 # --------------------------------------------------------------------------------------------
-# The fast Event sender
+# The fast Event sender: a thin HTTP pump; the ledger (backends.ledger) keeps the account
 
 
-@dataclass
-class _Record:
-    region: str
-    attempts: int = 0
-    throttled: int = 0
-    status: int | None = None
-    error: str | None = None
-    sent_at: float = 0.0
-    done_at: float = 0.0
-    done: bool = False
-    accepted: bool = False
+@dataclass(frozen=True)
+class _PumpSettings:
+    """What the pump takes from the launcher (see :class:`LambdaLauncher`'s arguments)."""
+
+    connections: int
+    pipeline: int
+    io_timeout: float
+    verify: bool | str
+    resign_after: float = RESIGN_AFTER
 
 
 @dataclass
@@ -234,10 +234,7 @@ class _Target:
     port: int
     tls: bool
     request: bytes = b""
-    signed_at: float = -1e9
-    ready: deque[int] = field(default_factory=deque)
-    connect_failures: int = 0
-    last_connect_error: str = ""
+    signed_at: float | None = None
 
 
 _CONNECTING, _HANDSHAKING, _READY = "connecting", "handshaking", "ready"
@@ -248,7 +245,7 @@ class _Conn:
 
     __slots__ = ("events", "inflight", "last_io", "outbuf", "rbuf", "sock", "state", "target")
 
-    def __init__(self, target: _Target, sock: socket.socket, state: str) -> None:
+    def __init__(self, target: _Target, sock: socket.socket, state: str, now: float) -> None:
         self.target = target
         self.sock = sock
         self.state = state
@@ -256,7 +253,17 @@ class _Conn:
         self.outbuf = bytearray()
         self.rbuf = bytearray()
         self.events = 0
-        self.last_io = time.monotonic()
+        self.last_io = now
+
+
+def _ssl_context(verify: bool | str) -> ssl.SSLContext:
+    """The client context for https endpoints (``verify``: True, False or a CA file)."""
+    if verify is False:
+        context = ssl._create_unverified_context()
+    else:
+        context = ssl.create_default_context(cafile=get_cert_path(verify))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 @dataclass(frozen=True)
@@ -315,63 +322,71 @@ def _parse_response(buf: bytearray) -> tuple[_Response, int]:
     return _Response(status, headers, bytes(buf[start : start + length]), close), start + length
 
 
-class _EventLaunch:
-    """One launch: the selectors loop that sends, retries and accounts for N invocations."""
+class _EventPump:
+    """One launch's selectors loop: connections, TLS and HTTP/1.1 for an :class:`InvokeLedger`.
 
-    def __init__(self, launcher: LambdaLauncher, spec: LaunchSpec, targets: list[_Target]) -> None:
-        self.launcher = launcher
-        self.spec = spec
+    The pump owns the sockets and the clock and decides nothing about invocations: it asks the
+    ledger what to send (``take``), tells it what came back (``answered``, ``lost``,
+    ``connect_failed``) and raises :class:`LaunchAborted` when the ledger says so.
+
+    Args:
+        settings: connections per region, pipeline depth, silence limit, TLS verification.
+        ledger: the launch's account.
+        targets: one endpoint per region of the ledger.
+        sign: the signed Invoke request for a region (called again every ``resign_after``).
+        resolve: ``(host, port)`` -> the address to connect to (raises ``OSError``).
+        clock: the monotonic clock.
+    """
+
+    def __init__(
+        self,
+        settings: _PumpSettings,
+        ledger: InvokeLedger,
+        targets: Sequence[_Target],
+        *,
+        sign: Callable[[str], bytes],
+        resolve: Callable[[str, int], tuple[str, int]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
         self.targets = targets
-        self.by_region = {t.region: t for t in targets}
-        self.records = [
-            _Record(region=spec.regions[i % len(spec.regions)]) for i in range(spec.count)
-        ]
-        for index, record in enumerate(self.records):
-            self.by_region[record.region].ready.append(index)
-        self.retries: list[tuple[float, int]] = []  # heap of (due time, index)
-        self.remaining = spec.count
+        self.sign = sign
+        self.resolve = resolve
+        self.clock = clock
         self.selector = selectors.DefaultSelector()
         self.conns: list[_Conn] = []
-        self.stats = {"connections": 0, "reconnects": 0, "resent": 0, "resigned": 0}
         self.ssl_context: ssl.SSLContext | None = None
-        self.started = time.monotonic()
+        self._stats = {"connections": 0, "reconnects": 0, "resigned": 0}
+
+    def statistics(self) -> dict[str, int]:
+        """Connections opened, reopened after a loss, requests resent, re-signings."""
+        return {**self._stats, "resent": self.ledger.resent}
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def run(self) -> LaunchReport:
+        """Send until every invocation has ended; the ledger's report.
+
+        Raises:
+            LaunchAborted: the ledger saw an answer no retry can change, or a region could
+                not be reached.
+        """
         try:
-            per_region = max(1, self.launcher.connections)
-            depth = max(1, self.launcher.pipeline)
+            depth = self.settings.pipeline
             for target in self.targets:
-                wanted = min(per_region, -(-len(target.ready) // depth))
+                wanted = min(self.settings.connections, -(-self.ledger.ready(target.region) // depth))
                 for _ in range(wanted):
                     self._open(target)
             self._loop()
-            return self._report()
+            return self.ledger.report(self.clock())
         finally:
             for conn in list(self.conns):
                 self._close(conn)
             self.selector.close()
 
-    def _report(self) -> LaunchReport:
-        invocations = tuple(
-            Invocation(
-                index=i,
-                region=r.region,
-                accepted=r.accepted,
-                status=r.status,
-                error=r.error if r.done else (r.error or "not sent: launch aborted"),
-                attempts=r.attempts,
-                throttled=r.throttled,
-                sent_at=r.sent_at,
-                done_at=r.done_at,
-            )
-            for i, r in enumerate(self.records)
-        )
-        return LaunchReport(invocations, started=self.started, finished=time.monotonic())
-
     def _abort(self, message: str) -> None:
-        raise LaunchAborted(message, self._report())
+        raise LaunchAborted(message, self.ledger.report(self.clock()))
 
     # -- connections --------------------------------------------------------------------
 
@@ -380,7 +395,7 @@ class _EventLaunch:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setblocking(False)
         try:
-            addr = self.launcher._resolve(target.host, target.port)
+            addr = self.resolve(target.host, target.port)
             err = sock.connect_ex(addr)
         except OSError as exc:
             sock.close()
@@ -392,15 +407,13 @@ class _EventLaunch:
                 target, f"connect to {target.host}:{target.port}: {os.strerror(err)}"
             )
             return
-        conn = _Conn(target, sock, _CONNECTING)
+        conn = _Conn(target, sock, _CONNECTING, self.clock())
         self.conns.append(conn)
-        self.stats["connections"] += 1
+        self._stats["connections"] += 1
         self._watch(conn, selectors.EVENT_WRITE)
 
     def _connect_failed(self, target: _Target, reason: str) -> None:
-        target.connect_failures += 1
-        target.last_connect_error = reason
-        if target.connect_failures >= _CONNECT_FAILURES_PER_REGION:
+        if self.ledger.connect_failed(target.region):
             self._abort(
                 f"cannot connect to the Lambda endpoint {target.host}:{target.port} "
                 f"for region {target.region}: {reason}"
@@ -424,22 +437,17 @@ class _EventLaunch:
             self.conns.remove(conn)
 
     def _lost(self, conn: _Conn, reason: str) -> None:
-        """A connection closed or broke: resend what it had in flight, open another."""
+        """A connection closed or broke: what it had in flight goes back; open another."""
         target = conn.target
         was_ready = conn.state == _READY
         self._close(conn)
-        for index in reversed(conn.inflight):
-            self.stats["resent"] += 1
-            record = self.records[index]
-            if record.attempts >= self.launcher.max_attempts:
-                self._finish(index, None, f"no response after {record.attempts} attempts: {reason}")
-            else:
-                target.ready.appendleft(index)
-        conn.inflight.clear()
+        if conn.inflight:
+            self.ledger.lost(conn.inflight, reason, self.clock())
+            conn.inflight.clear()
         if not was_ready:
             self._connect_failed(target, reason)
-        if target.ready or any(self.records[i].region == target.region for _, i in self.retries):
-            self.stats["reconnects"] += 1
+        if self.ledger.has_work(target.region):
+            self._stats["reconnects"] += 1
             self._open(target)
 
     def _connected(self, conn: _Conn) -> None:
@@ -451,7 +459,7 @@ class _EventLaunch:
             return
         if conn.target.tls:
             if self.ssl_context is None:
-                self.ssl_context = self.launcher._ssl_context()
+                self.ssl_context = _ssl_context(self.settings.verify)
             self._unwatch_for_wrap(conn)
             conn.sock = self.ssl_context.wrap_socket(
                 conn.sock, server_hostname=conn.target.host, do_handshake_on_connect=False
@@ -460,7 +468,7 @@ class _EventLaunch:
             self._handshake(conn)
         else:
             conn.state = _READY
-            conn.target.connect_failures = 0
+            self.ledger.connected(conn.target.region)
 
     def _unwatch_for_wrap(self, conn: _Conn) -> None:
         if conn.events:
@@ -481,49 +489,48 @@ class _EventLaunch:
             self._lost(conn, f"TLS handshake with {conn.target.host}: {exc}")
             return
         conn.state = _READY
-        conn.target.connect_failures = 0
+        self.ledger.connected(conn.target.region)
         self._watch(conn, selectors.EVENT_READ)
 
     # -- the loop -----------------------------------------------------------------------
 
     def _loop(self) -> None:
-        depth = max(1, self.launcher.pipeline)
-        io_timeout = self.launcher.io_timeout
-        while self.remaining:
-            now = time.monotonic()
-            while self.retries and self.retries[0][0] <= now:
-                _, index = heapq.heappop(self.retries)
-                self.by_region[self.records[index].region].ready.append(index)
+        ledger = self.ledger
+        depth = self.settings.pipeline
+        io_timeout = self.settings.io_timeout
+        resign_after = self.settings.resign_after
+        while not ledger.finished:
+            now = self.clock()
+            ledger.release(now)
             for target in self.targets:
-                if target.ready and now - target.signed_at > RESIGN_AFTER:
-                    if target.signed_at > 0:
-                        self.stats["resigned"] += 1
-                    target.request = self.launcher._signed_invoke(
-                        target, self.spec.function_name, self.spec.payload
-                    )
+                if not ledger.ready(target.region):
+                    continue
+                if target.signed_at is None or now - target.signed_at > resign_after:
+                    if target.signed_at is not None:
+                        self._stats["resigned"] += 1
+                    target.request = self.sign(target.region)
                     target.signed_at = now
-                if target.ready and not any(c.target is target for c in self.conns):
+                if not any(c.target is target for c in self.conns):
                     self._open(target)
             for conn in list(self.conns):
                 if conn.state != _READY:
                     continue
-                ready = conn.target.ready
-                if ready and len(conn.inflight) < depth:
-                    request = conn.target.request
-                    while ready and len(conn.inflight) < depth:
-                        index = ready.popleft()
-                        record = self.records[index]
-                        record.attempts += 1
-                        if not record.sent_at:
-                            record.sent_at = now
-                        conn.inflight.append(index)
+                inflight = conn.inflight
+                if len(inflight) < depth:
+                    region, request = conn.target.region, conn.target.request
+                    while len(inflight) < depth:
+                        index = ledger.take(region, now)
+                        if index is None:
+                            break
+                        inflight.append(index)
                         conn.outbuf += request
-                    conn.last_io = now
+                        conn.last_io = now
                 if conn.outbuf:
                     self._flush(conn)
             timeout = 1.0
-            if self.retries:
-                timeout = max(0.0, min(timeout, self.retries[0][0] - time.monotonic()))
+            due = ledger.next_due()
+            if due is not None:
+                timeout = max(0.0, min(timeout, due - self.clock()))
             for key, events in self.selector.select(timeout):
                 conn = key.data
                 if conn not in self.conns:
@@ -537,7 +544,7 @@ class _EventLaunch:
                         self._flush(conn)
                     if events & selectors.EVENT_READ and conn in self.conns:
                         self._read(conn)
-            now = time.monotonic()
+            now = self.clock()
             for conn in list(self.conns):
                 if (conn.inflight or conn.state != _READY) and now - conn.last_io > io_timeout:
                     self._lost(conn, f"no answer from {conn.target.host} in {io_timeout:g} s")
@@ -558,6 +565,7 @@ class _EventLaunch:
 
     def _read(self, conn: _Conn) -> None:
         eof = False
+        received = False
         while True:
             try:
                 chunk = conn.sock.recv(262144)
@@ -570,9 +578,12 @@ class _EventLaunch:
                 eof = True
                 break
             conn.rbuf += chunk
-            conn.last_io = time.monotonic()
+            received = True
             if not (isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending()):
                 break
+        if received:
+            conn.last_io = self.clock()
+        now = conn.last_io
         while conn.rbuf:
             try:
                 response, used = _parse_response(conn.rbuf)
@@ -585,49 +596,22 @@ class _EventLaunch:
             if not conn.inflight:
                 self._lost(conn, f"unsolicited response {response.status} from {conn.target.host}")
                 return
-            self._answered(conn.inflight.popleft(), response)
+            self._answered(conn.inflight.popleft(), response, now)
             if response.close:
                 self._lost(conn, "server closed the connection")
                 return
         if eof:
             self._lost(conn, f"{conn.target.host} closed the connection")
 
-    # -- accounting ---------------------------------------------------------------------
-
-    def _finish(self, index: int, status: int | None, error: str | None) -> None:
-        record = self.records[index]
-        if record.done:  # pragma: no cover - guarded by the in-flight bookkeeping
-            raise AssertionError(f"invocation {index} answered twice")
-        record.done = True
-        record.status = status
-        record.error = error
-        record.accepted = error is None
-        record.done_at = time.monotonic()
-        self.remaining -= 1
-
-    def _answered(self, index: int, response: _Response) -> None:
-        record = self.records[index]
+    def _answered(self, index: int, response: _Response, now: float) -> None:
         status = response.status
         if 200 <= status < 300:
-            self._finish(index, status, None)
+            self.ledger.answered(index, status, now)
             return
         code, message, retry_after = _error_code(response.headers, response.body)
-        reason = f"{status} {code}: {message}".strip()
-        retryable = status == 429 or status >= 500
-        if not retryable:
-            record.status = status
-            self._finish(index, status, reason)
-            self._abort(
-                f"invoke {self.spec.function_name} in {record.region}: {code or status}: {message}"
-            )
-        if status == 429:
-            record.throttled += 1
-        if record.attempts >= self.launcher.max_attempts:
-            self._finish(index, status, f"gave up after {record.attempts} attempts: {reason}")
-            return
-        record.status = status
-        delay = self.launcher._backoff(record.attempts, retry_after)
-        heapq.heappush(self.retries, (time.monotonic() + delay, index))
+        abort = self.ledger.answered(index, status, now, code, message, retry_after)
+        if abort is not None:
+            self._abort(abort)
 
 
 # --------------------------------------------------------------------------------------------
@@ -924,12 +908,32 @@ class LambdaLauncher:
         if spec.count == 0:
             now = time.monotonic()
             return LaunchReport((), started=now, finished=now)
-        targets = [self._target(region) for region in regions]
-        run = _EventLaunch(self, spec, targets)
+        ledger = InvokeLedger(
+            spec.function_name,
+            spec.count,
+            spec.regions,
+            now=time.monotonic(),
+            max_attempts=self.max_attempts,
+            backoff=Backoff(self.backoff_base, self.backoff_cap),
+            rng=self._random,
+        )
+        settings = _PumpSettings(
+            connections=max(1, self.connections),
+            pipeline=max(1, self.pipeline),
+            io_timeout=self.io_timeout,
+            verify=self.verify,
+        )
+        pump = _EventPump(
+            settings,
+            ledger,
+            [self._target(region) for region in regions],
+            sign=lambda region: self._signed_invoke(region, spec.function_name, spec.payload),
+            resolve=self._resolve,
+        )
         try:
-            return run.run()
+            return pump.run()
         finally:
-            self.last_stats = dict(run.stats)
+            self.last_stats = pump.statistics()
 
     def _target(self, region: str) -> _Target:
         url = self.endpoint_url or f"https://lambda.{region}.amazonaws.com"
@@ -950,9 +954,9 @@ class LambdaLauncher:
         frozen: ReadOnlyCredentials = creds.get_frozen_credentials()
         return frozen
 
-    def _signed_invoke(self, target: _Target, function_name: str, payload: bytes) -> bytes:
-        """The raw bytes of one signed Event Invoke request for ``target``."""
-        base = self.endpoint_url or f"https://lambda.{target.region}.amazonaws.com"
+    def _signed_invoke(self, region: str, function_name: str, payload: bytes) -> bytes:
+        """The raw bytes of one signed Event Invoke request to ``region``."""
+        base = self.endpoint_url or f"https://lambda.{region}.amazonaws.com"
         path = _INVOKE_PATH.format(name=quote(function_name, safe=""))
         request = AWSRequest(
             method="POST",
@@ -960,7 +964,7 @@ class LambdaLauncher:
             data=payload,
             headers={"X-Amz-Invocation-Type": "Event", "Content-Type": "application/json"},
         )
-        SigV4Auth(self._credentials(), "lambda", target.region).add_auth(request)
+        SigV4Auth(self._credentials(), "lambda", region).add_auth(request)
         netloc = urlsplit(base).netloc
         lines = [f"POST {path} HTTP/1.1", f"Host: {netloc}"]
         lines += [f"{k}: {v}" for k, v in request.headers.items() if k.lower() != "host"]
@@ -977,20 +981,6 @@ class LambdaLauncher:
             address = info[0][4]
             self._addresses[key] = (str(address[0]), int(address[1]))
         return self._addresses[key]
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        if self.verify is False:
-            context = ssl._create_unverified_context()
-        else:
-            context = ssl.create_default_context(cafile=get_cert_path(self.verify))
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        return context
-
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(self.backoff_cap, max(0.0, retry_after))
-        ceiling = min(self.backoff_cap, self.backoff_base * 2.0 ** (attempt - 1))
-        return ceiling / 2 + self._random.uniform(0, ceiling / 2)
 
     def close(self) -> None:
         """Forget the boto3 clients (their connection pools close with them)."""

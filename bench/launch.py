@@ -9,8 +9,10 @@ Three endpoints, one run:
 - ``emulator``: the local backend (emulator + moto S3 on loopback) with a handler that
   returns at once, if the emulator package is present.
 
-For each N the launch is repeated ``--repeat`` times and the median rate is kept. Prints one
-JSON document, then a one-line summary. Usage: ``python3 bench/launch.py [--sizes 1000,5000]``.
+For each N the launch is repeated ``--repeat`` times and the median rate is kept, with the
+median CPU time the launching process spent per invocation (``cpu_us_per_invocation``: on a
+shared machine the steadier figure, as it does not count the time other processes held the
+cores). Prints one JSON document, then a one-line summary. Usage: ``python3 bench/launch.py [--sizes 1000,5000]``.
 """
 
 from __future__ import annotations
@@ -52,18 +54,20 @@ PAYLOAD = json.dumps(
 
 
 def rate(launcher: Launcher, name: str, n: int, repeat: int) -> dict[str, Any]:
-    rates = []
+    rates, cpus = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
+        cpu0, start = time.process_time(), time.perf_counter()
         report = launcher.launch(LaunchSpec(name, PAYLOAD, n))
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu0
         if report.accepted != n:
             raise SystemExit(f"only {report.accepted} of {n} accepted: {report.by_region()}")
         rates.append(n / elapsed)
+        cpus.append(cpu / n * 1e6)
     return {
         "n": n,
         "per_second": round(statistics.median(rates)),
         "runs": [round(r) for r in rates],
+        "cpu_us_per_invocation": round(statistics.median(cpus), 1),
     }
 
 
@@ -166,7 +170,8 @@ def main() -> None:
     default = results["instant"]["connections=48,pipeline=1"]
     fast = {r["n"]: r["per_second"] for r in default}
     plain = results["boto3"]["per_second"]
-    parts = [f"instant endpoint {fast[n]:,}/s (N={n})" for n in sizes]
+    cpu = {r["n"]: r["cpu_us_per_invocation"] for r in default}
+    parts = [f"instant endpoint {fast[n]:,}/s (N={n}, {cpu[n]:g} us CPU each)" for n in sizes]
     line = f"launch: {', '.join(parts)}; plain boto3 {plain:,}/s"
     line += f" -> {min(fast.values()) / plain:.1f}x"
     emulator = results.get("emulator", {})

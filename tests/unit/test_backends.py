@@ -147,10 +147,3 @@ def test_error_code_from_headers_and_body() -> None:
     assert (code, message, retry) == ("TooManyRequestsException", "Rate exceeded", 2.0)
     code, message, retry = _error_code({"retry-after": "1.5"}, b"not json")
     assert (code, message, retry) == ("", "not json", 1.5)
-
-
-def test_backoff_is_bounded() -> None:
-    launcher = LambdaLauncher(backoff_base=0.1, backoff_cap=1.0)
-    delays = [launcher._backoff(attempt, None) for attempt in range(1, 30)]
-    assert all(0 < d <= 1.0 for d in delays)
-    assert launcher._backoff(3, 600.0) == 1.0  # retryAfterSeconds is capped too
