@@ -259,9 +259,7 @@ class LazyS3:
             return url
         from urllib.parse import quote, urlencode
 
-        from botocore.auth import S3SigV4QueryAuth
-        from botocore.awsrequest import AWSRequest
-        from botocore.credentials import ReadOnlyCredentials
+        from mu.sigv4 import presign_url
 
         assert self._endpoint_url and self._region and self._credentials  # for mypy
         query = ""
@@ -272,11 +270,10 @@ class LazyS3:
                 quote_via=quote,
             )
         url = f"{self._endpoint_url.rstrip('/')}/{quote(Params['Bucket'], safe='')}{query}"
-        request = AWSRequest(method=_PRESIGNABLE[ClientMethod], url=url)
-        S3SigV4QueryAuth(ReadOnlyCredentials(*self._credentials), "s3", self._region,
-                         expires=ExpiresIn).add_auth(request)
-        signed: str = request.prepare().url
-        return signed
+        access_key, secret_key, token = self._credentials
+        return presign_url(_PRESIGNABLE[ClientMethod], url, region=self._region,
+                           access_key=access_key, secret_key=secret_key, token=token,
+                           expires=ExpiresIn)
 
 
 def lazy_s3(
