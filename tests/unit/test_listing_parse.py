@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from mu.apps.png2y4m import listing_keys
 
 xml_chars = st.characters(
-    exclude_categories=("Cs",),
+    exclude_categories=["Cs"],
     exclude_characters=[chr(c) for c in range(0x20) if chr(c) not in "\t\n\r"] + [
         "\ufffe", "\uffff"],
 )
@@ -40,7 +40,7 @@ def referee(body: bytes) -> tuple[list[str], bool]:
 @st.composite
 def escaped(draw: st.DrawFn, text: str) -> str:
     """``text`` as XML character data, each character escaped one of the ways XML allows."""
-    out = []
+    out: list[str] = []
     for char in text:
         ways = [f"&#{ord(char)};", f"&#x{ord(char):x};", f"&#x{ord(char):X};"]
         # A raw \r would be read as \n (line-end normalisation); "]]>" may not appear raw.
