@@ -38,8 +38,8 @@ translation is needed, so importing this module costs nothing at start-up.
 about 0.1 CPU-s (botocore decodes its JSON service model and endpoint rules) and importing
 boto3 some more; a run's start-up needs only pre-signed URLs for the preflight's few
 requests (HeadBucket, ListObjectsV2 pages), which :meth:`LazyS3.generate_presigned_url`
-signs itself (:mod:`mu.sigv4`, stdlib only) when the endpoint is given and the credentials
-are known. Everything else (and every error path) goes to the boto3 client, made then.
+signs itself (:mod:`mu.sigv4`, stdlib only) when the credentials are known and the
+endpoint is given or is AWS's usual one (:func:`aws_s3_host`). Everything else (and every error path) goes to the boto3 client, made then.
 
 :func:`plain_credentials` finds the credentials botocore's default chain would find when they
 are plain keys in the environment or in the default profile of the shared files, without
@@ -57,8 +57,8 @@ from typing import Any
 from mu.errors import ConfigError, LaunchError, MuError, map_exceptions
 
 __all__ = [
-    "ACCESS_CODES", "NOT_FOUND_CODES", "THROTTLING_CODES", "LazyS3", "aws_errors", "lazy_s3",
-    "plain_credentials", "translate",
+    "ACCESS_CODES", "NOT_FOUND_CODES", "THROTTLING_CODES", "AwsSetup", "LazyS3", "aws_errors",
+    "aws_s3_host", "lazy_s3", "plain_credentials", "translate",
 ]
 
 ACCESS_CODES = frozenset({
@@ -217,9 +217,11 @@ class LazyS3:
 
     Attribute access (``head_bucket``, ``meta``, ``download_file``, ...) goes to the client,
     made by ``factory`` the first time. :meth:`generate_presigned_url` signs
-    ``head_bucket`` and ``list_objects_v2`` itself (path-style URLs on ``endpoint_url``) while
-    the client has not been made, ``endpoint_url`` and ``region`` are given and
-    ``credentials`` (access key, secret key, token) are at hand; otherwise the client signs.
+    ``head_bucket`` and ``list_objects_v2`` itself (:mod:`mu.sigv4`; path-style URLs on
+    ``endpoint_url``, or virtual-hosted ones on AWS's regional endpoint when
+    :func:`aws_s3_host` vouches for it) while the client has not been made, ``region`` is
+    given and ``credentials`` (access key, secret key, token) are at hand; otherwise the
+    client signs.
 
     Args:
         factory: makes the boto3 client (``boto3.client("s3", ...)``).
@@ -257,10 +259,13 @@ class LazyS3:
         self, ClientMethod: str, Params: dict[str, Any], ExpiresIn: int = 3600,
     ) -> str:
         """A pre-signed URL for ``ClientMethod`` (boto3's signature and meaning)."""
-        light = self._client is None and self._endpoint_url and self._region and (
-            self._credentials and ClientMethod in _PRESIGNABLE
-            and set(Params) <= {"Bucket", *_LIST_PARAMS})
-        if not light:
+        bucket = Params.get("Bucket")
+        base = None
+        if self._client is None and self._region and self._credentials and isinstance(
+                bucket, str) and ClientMethod in _PRESIGNABLE and set(Params) <= {
+                "Bucket", *_LIST_PARAMS}:
+            base = self._bucket_url(bucket)
+        if base is None:
             url: str = self.client.generate_presigned_url(
                 ClientMethod, Params=Params, ExpiresIn=ExpiresIn)
             return url
@@ -268,7 +273,7 @@ class LazyS3:
 
         from mu.sigv4 import presign_url
 
-        assert self._endpoint_url and self._region and self._credentials  # for mypy
+        assert self._region and self._credentials  # for mypy
         query = ""
         if ClientMethod == "list_objects_v2":
             query = "?" + urlencode(
@@ -276,11 +281,57 @@ class LazyS3:
                 + [(_LIST_PARAMS[k], str(v)) for k, v in Params.items() if k != "Bucket"],
                 quote_via=quote,
             )
-        url = f"{self._endpoint_url.rstrip('/')}/{quote(Params['Bucket'], safe='')}{query}"
         access_key, secret_key, token = self._credentials
-        return presign_url(_PRESIGNABLE[ClientMethod], url, region=self._region,
+        return presign_url(_PRESIGNABLE[ClientMethod], base + query, region=self._region,
                            access_key=access_key, secret_key=secret_key, token=token,
                            expires=ExpiresIn)
+
+    def _bucket_url(self, bucket: str) -> str | None:
+        """The bucket's URL: path-style on the given endpoint; on AWS's own, virtual-hosted
+        (``https://BUCKET.s3.REGION.amazonaws.com/``) when nothing could make botocore
+        choose another endpoint (:func:`aws_s3_host`); else None (the client knows)."""
+        from urllib.parse import quote
+
+        if self._endpoint_url:
+            return f"{self._endpoint_url.rstrip('/')}/{quote(bucket, safe='')}"
+        if self._region and (host := aws_s3_host(self._region, bucket)):
+            return f"https://{host}/"
+        return None
+
+
+_ENDPOINT_VARIABLES = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_USE_FIPS_ENDPOINT",
+    "AWS_USE_DUALSTACK_ENDPOINT", "AWS_S3_US_EAST_1_REGIONAL_ENDPOINT", "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE", "AWS_S3_DISABLE_MULTIREGION_ACCESS_POINTS",
+)
+"""Variables that can change the S3 endpoint botocore uses (or the profile that does)."""
+
+
+def aws_s3_host(region: str, bucket: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """AWS's virtual-hosted S3 host for ``bucket`` in ``region``, or None when botocore
+    might use another endpoint or the name does not fit a host name.
+
+    Only the commercial and GovCloud partitions' usual regions (``xx-name-N``), bucket names
+    that are one DNS label (no dots: they would not match the certificate), no endpoint,
+    FIPS or dual-stack setting in the environment, and a default profile in the config file
+    that holds no more than keys, region and output. A wrong guess costs one failed request:
+    the callers then ask the boto3 client.
+    """
+    import os
+    import re
+
+    env = os.environ if environ is None else environ
+    if not re.fullmatch(r"(?:us|eu|ap|ca|sa|me|af|il|mx)-(?:gov-)?[a-z]+-[0-9]{1,2}", region):
+        return None
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]", bucket) or "--" in bucket:
+        return None  # dots, upper case, or the reserved ``--`` suffixes (xn--, --x-s3, ...)
+    if any(env.get(name) is not None for name in _ENDPOINT_VARIABLES):
+        return None
+    path = env.get("AWS_CONFIG_FILE", "~/.aws/config")
+    profile = path and _default_profile(os.path.expanduser(os.path.expandvars(path)), True)
+    if profile is None or profile == "" or set(profile) - _PLAIN_PROFILE_KEYS:
+        return None
+    return f"{bucket}.s3.{region}.amazonaws.com"
 
 
 def lazy_s3(

@@ -9,11 +9,15 @@ parameters, equal what botocore's ``S3SigV4QueryAuth`` makes of the same request
 from __future__ import annotations
 
 import datetime
+import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from unittest import mock
 from urllib.parse import quote, urlencode
 
 import botocore.auth
+import pytest
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from hypothesis import given, settings
@@ -134,3 +138,64 @@ def test_lazy_s3_signs_as_botocore_would(
         ours = s3.generate_presigned_url(client_method, Params=params, ExpiresIn=expires)
     assert ours == botocore_presign(method, unsigned, region, (access_key, secret, token),
                                     expires, now)
+
+
+class NoClient:
+    """A LazyS3 factory that records being called (the client is not wanted)."""
+
+    def __init__(self) -> None:
+        self.made = 0
+
+    def __call__(self) -> Any:
+        self.made += 1
+        return self
+
+    def generate_presigned_url(self, *args: Any, **kwargs: Any) -> str:
+        return "from the client"
+
+
+@pytest.fixture
+def clean_aws_env(tmp_path: Path) -> Iterator[None]:
+    env = {"HOME": str(tmp_path), "AWS_CONFIG_FILE": str(tmp_path / "config")}
+    with mock.patch.dict(os.environ, env, clear=True):
+        yield
+
+
+@pytest.mark.usefixtures("clean_aws_env")
+@pytest.mark.parametrize("region", ["us-east-1", "eu-west-1", "us-gov-west-1", "ap-southeast-7"])
+def test_without_an_endpoint_the_bucket_is_signed_on_awss_regional_host(region: str) -> None:
+    factory = NoClient()
+    s3 = LazyS3(factory, None, region, ("AKIDEXAMPLE", "secret", "token"))
+    now = datetime.datetime(2026, 12, 2, 18, 0, 0)
+    with mock.patch("mu.sigv4.datetime") as fake:
+        fake.datetime.now.return_value = now
+        ours = s3.generate_presigned_url(
+            "list_objects_v2", Params={"Bucket": "frames-01", "Prefix": "v-png16/"})
+    unsigned = f"https://frames-01.s3.{region}.amazonaws.com/?list-type=2&prefix=v-png16%2F"
+    assert ours == botocore_presign("GET", unsigned, region, ("AKIDEXAMPLE", "secret", "token"),
+                                    3600, now)
+    assert factory.made == 0
+
+
+@pytest.mark.usefixtures("clean_aws_env")
+@pytest.mark.parametrize(("region", "bucket", "env", "config"), [
+    ("eu-west-1", "dotted.bucket", {}, None),
+    ("cn-north-1", "frames", {}, None),
+    ("us-iso-east-1", "frames", {}, None),
+    ("eu-west-1", "frames", {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}, None),
+    ("eu-west-1", "frames", {"AWS_USE_FIPS_ENDPOINT": "true"}, None),
+    ("eu-west-1", "frames", {"AWS_PROFILE": "p"}, None),
+    ("eu-west-1", "frames", {}, "[default]\ns3 =\n  use_accelerate_endpoint = true\n"),
+    ("eu-west-1", "frames", {}, "[default]\nendpoint_url = http://127.0.0.1:9\n"),
+])
+def test_anything_that_may_move_the_endpoint_leaves_the_url_to_the_client(
+    tmp_path: Path, region: str, bucket: str, env: dict[str, str], config: str | None
+) -> None:
+    os.environ.update(env)
+    if config is not None:
+        (tmp_path / "config").write_text(config)
+    factory = NoClient()
+    s3 = LazyS3(factory, None, region, ("AKIDEXAMPLE", "secret", None))
+    assert s3.generate_presigned_url("head_bucket", Params={"Bucket": bucket}) == (
+        "from the client")
+    assert factory.made == 1
