@@ -46,6 +46,8 @@ are plain keys in the environment or in the default profile of the shared files,
 importing botocore (0.15 CPU-s with boto3's session); in every other case (a named profile,
 SSO, assume-role, web identity, a credential process, container or instance credentials,
 an unreadable file) it answers None and the boto3 session resolves them, as before.
+:class:`AwsSetup` puts the two together for a run: credentials found now, the boto3 session
+made only when something needs it, and the run's :class:`LazyS3`.
 """
 
 from __future__ import annotations
