@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-:class:`AwsAccount` is the standard AWS credential chain, looked at once: the boto3 session
-(an unknown ``AWS_PROFILE`` is found here), whether it has credentials, and S3 clients that
-sign with them. A problem is kept, not raised, so that a run's preflight reports it beside
+:class:`AwsAccount` is the standard AWS credential chain, looked at once
+(:class:`mu.aws.AwsSetup`: plain keys read without botocore, anything else through the boto3
+session; an unknown ``AWS_PROFILE`` is found here), whether it has credentials, and S3 clients
+that pre-sign with them. A problem is kept, not raised, so that a run's preflight reports it beside
 its own (:meth:`LambdaSite.check_credentials`); the ``none`` site uses the same account.
 
 :class:`LambdaSite` adds the launcher (:class:`~backends.aws_lambda.LambdaLauncher`, made on
@@ -16,17 +17,21 @@ waits a round trip to AWS. boto3 and botocore are imported only when the session
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mu.errors import ConfigError
+from mu.errors import ConfigError, LaunchError
 from mu.launch import Launcher
 from mu.options import SiteOptions
+
+if TYPE_CHECKING:
+    from mu.aws import AwsSetup
 
 __all__ = ["AwsAccount", "LambdaSite"]
 
 
 class AwsAccount:
-    """The standard AWS credential chain, for a site that talks to AWS.
+    """The standard AWS credential chain, for a site that talks to AWS
+    (:class:`mu.aws.AwsSetup`, made on first use), with its problems kept, not raised.
 
     Args:
         needs: what the credentials are for, in the "no credentials" line.
@@ -34,8 +39,18 @@ class AwsAccount:
 
     def __init__(self, needs: str) -> None:
         self._needs = needs
-        self._session: Any = None
-        self._problems: list[str] | None = None
+        self._setup: AwsSetup | None = None
+        self._problem = ""
+
+    def _aws(self) -> AwsSetup | None:
+        if self._setup is None and not self._problem:
+            from mu.aws import AwsSetup
+
+            try:
+                self._setup = AwsSetup()
+            except (ConfigError, LaunchError) as exc:
+                self._problem = str(exc)
+        return self._setup
 
     @property
     def session(self) -> Any:
@@ -44,37 +59,34 @@ class AwsAccount:
         Raises:
             ConfigError: it could not be made (an unknown ``AWS_PROFILE``).
         """
-        if self._session is None:
-            import boto3
-
-            from mu.aws import aws_errors
-
-            with aws_errors("AWS configuration"):
-                self._session = boto3.session.Session()
-        return self._session
+        aws = self._aws()
+        if aws is None:
+            raise ConfigError(self._problem)
+        return aws.session
 
     def problems(self) -> list[str]:
         """What is wrong (an unknown profile, no credentials); empty when usable."""
-        if self._problems is None:
-            from mu.aws import aws_errors
-
-            try:
-                with aws_errors("AWS configuration"):
-                    found = self.session.get_credentials()
-            except ConfigError as exc:
-                self._problems = [str(exc)]
-            else:
-                self._problems = [] if found is not None else [
-                    f"no AWS credentials found ({self._needs}): set AWS_ACCESS_KEY_ID and "
-                    "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run `aws configure`"
-                ]
-        return list(self._problems)
+        aws = self._aws()
+        if aws is None:
+            return [self._problem]
+        if aws.credentials is None:
+            return [
+                f"no AWS credentials found ({self._needs}): set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run `aws configure`"
+            ]
+        return []
 
     def s3_client(self, endpoint_url: str | None, region: str) -> Any:
-        """The run's S3 client (:func:`mu.aws.lazy_s3`) with the session's credentials."""
-        from mu.aws import lazy_s3
+        """The run's S3 client (:class:`mu.aws.LazyS3`): it pre-signs the preflight's
+        requests with the credentials found, and makes a boto3 client only when needed.
 
-        return lazy_s3(endpoint_url, region, session=self.session)
+        Raises:
+            ConfigError: the credential chain could not be read (see :meth:`problems`).
+        """
+        aws = self._aws()
+        if aws is None:
+            raise ConfigError(self._problem)
+        return aws.s3(endpoint_url, region)
 
 
 class LambdaSite:

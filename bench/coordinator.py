@@ -14,8 +14,18 @@ from the process's start, is reported as ``startup_cpu_s``; the CPU of the run t
 ``messages_per_cpu_s_whole``. ``--no-inputs`` skips the S3 server and the preflight.
 Prints one JSON object per configuration, then a summary line.
 
+The start-up is its own figure, made robust against a busy machine: ``--startup-only``
+runs only it (the coordinator process stops after binding, no load), ``--repeat K`` times
+per configuration, and the summary gives the median and range over the K processes. One
+discarded start-up before the measured ones makes sure no process pays for compiling
+bytecode. The credentials come from the environment (``AWS_ACCESS_KEY_ID``, ...; the
+shared files are pointed at nothing), resolved as ``--credentials`` says: ``plain``
+(:class:`mu.aws.AwsSetup`: plain keys read without botocore), ``session`` (a boto3 session
+resolves them) or ``static`` (the keys handed to the client, as for the local backend).
+
 Usage: python bench/coordinator.py [--n 100,1000,2000,5000] [--tls on,off] [--quick]
-       [--repeat K] [--no-inputs | --s3-endpoint-url URL]
+       [--repeat K] [--startup-only] [--credentials plain|session|static]
+       [--no-inputs | --s3-endpoint-url URL]
 """
 
 from __future__ import annotations
@@ -39,7 +49,32 @@ BUCKET, VIDEO = "bench", "bench"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
-def serve(n: int, tls: bool, keydir: str, s3_url: str) -> None:
+def child_environment(keydir: str) -> dict[str, str]:
+    """The coordinator's environment: the bench's credentials, no AWS files of the user's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_CONFIG_FILE=os.path.join(keydir, "no-aws-config"),
+               AWS_SHARED_CREDENTIALS_FILE=os.path.join(keydir, "no-aws-credentials"))
+    return env
+
+
+def run_s3(s3_url: str, credentials: str) -> Any:
+    """The run's S3 client, with the credentials resolved as ``credentials`` says."""
+    from mu.aws import lazy_s3
+
+    if credentials == "static":
+        return lazy_s3(s3_url, "us-east-1", CREDENTIALS)
+    if credentials == "session":
+        import boto3
+
+        return lazy_s3(s3_url, "us-east-1", session=boto3.session.Session())
+    from mu.aws import AwsSetup
+
+    return AwsSetup().s3(s3_url, "us-east-1")
+
+
+def serve(n: int, tls: bool, keydir: str, s3_url: str, credentials: str = "plain",
+          startup_only: bool = False) -> None:
     """Child process: start as ``mu png2y4m`` does, run one coordinator, print figures."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -69,10 +104,8 @@ def serve(n: int, tls: bool, keydir: str, s3_url: str) -> None:
     job = Png2Y4MJob(job_options)
     cfg = job.config
     if s3_url:
-        from mu.aws import lazy_s3
-
         site = get_backend("none", where)
-        s3 = lazy_s3(s3_url, "us-east-1", CREDENTIALS)  # as the local site makes it
+        s3 = run_s3(s3_url, credentials)  # as the none site makes it, with --credentials
         problems, keys = preflight(job, options, site, s3, list(range(n)))
         if problems:
             raise SystemExit(f"preflight: {problems}")
@@ -82,7 +115,12 @@ def serve(n: int, tls: bool, keydir: str, s3_url: str) -> None:
     coord = Coordinator(BenchConfig, cfg, config, keys if tls else None)
     host, port = coord.bind()
     before = resource.getrusage(resource.RUSAGE_SELF)  # start-up: everything until now
-    print(json.dumps({"host": host, "port": port, "token": coord.token}), flush=True)
+    startup = before.ru_utime + before.ru_stime
+    print(json.dumps({"host": host, "port": port, "token": coord.token, "startup": startup}),
+          flush=True)
+    if startup_only:
+        coord.close()
+        return
     if os.environ.get("MU_BENCH_PROFILE"):  # write cProfile stats of the coordinator there
         import cProfile
 
@@ -118,13 +156,22 @@ def fill_inputs(s3_url: str, frames: int) -> None:
         list(pool.map(put, range(1, 2 * frames + 1)))
 
 
-def measure(n: int, tls: bool, keydir: str, s3_url: str) -> dict[str, Any]:
+def measure(n: int, tls: bool, keydir: str, s3_url: str, credentials: str = "plain",
+            startup_only: bool = False) -> dict[str, Any]:
     coord = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(n), "on" if tls else "off", keydir, s3_url],
-        stdout=subprocess.PIPE, text=True,
+        [sys.executable, __file__, "--serve", str(n), "on" if tls else "off", keydir, s3_url,
+         credentials, "startup" if startup_only else "run"],
+        stdout=subprocess.PIPE, text=True, env=child_environment(keydir),
     )
     assert coord.stdout is not None
     where = json.loads(coord.stdout.readline())
+    common = {
+        "workers": n, "tls": tls, "startup_cpu_s": round(where["startup"], 3),
+        "startup_preflight": bool(s3_url), "credentials": credentials,
+    }
+    if startup_only:
+        ok = coord.wait() == 0
+        return {**common, "ok": ok, "load_average_1min": round(os.getloadavg()[0], 1)}
     sim_args = [sys.executable, str(HERE / "sim_workers.py"), where["host"], str(where["port"]),
                 where["token"], str(n)] + ([keydir] if tls else [])
     started = time.monotonic()
@@ -134,10 +181,8 @@ def measure(n: int, tls: bool, keydir: str, s3_url: str) -> dict[str, Any]:
     wall = time.monotonic() - started
     whole = figures["cpu"] + figures["startup"]
     return {
-        "workers": n, "tls": tls, "ok": figures["done"] == n and sim.returncode == 0,
+        **common, "ok": figures["done"] == n and sim.returncode == 0,
         "messages": figures["messages"], "expected_messages": n * MESSAGES_PER_WORKER,
-        "startup_cpu_s": round(figures["startup"], 3),
-        "startup_preflight": bool(s3_url),
         "coordinator_cpu_s": round(figures["cpu"], 3),
         "coordinator_user_s": round(figures["user"], 3),
         "coordinator_system_s": round(figures["system"], 3),
@@ -148,9 +193,27 @@ def measure(n: int, tls: bool, keydir: str, s3_url: str) -> dict[str, Any]:
     }
 
 
+def startup_summary(rows: list[dict[str, Any]]) -> str:
+    """Median and range of the start-up CPU per configuration, over its repeats."""
+    import statistics
+
+    groups: dict[tuple[int, bool], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["workers"], r["tls"]), []).append(r["startup_cpu_s"])
+    how = "without the preflight"
+    if rows and rows[0]["startup_preflight"]:
+        how = f"with the preflight, credentials {rows[0]['credentials']}"
+    return "; ".join(
+        f"N={n} {'TLS' if tls else 'TCP'}: {statistics.median(v):.3f} CPU-s median "
+        f"({min(v):.3f}-{max(v):.3f}, {len(v)} processes)"
+        for (n, tls), v in groups.items()
+    ) + f" ({how})"
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
-        serve(int(sys.argv[2]), sys.argv[3] == "on", sys.argv[4], sys.argv[5])
+        serve(int(sys.argv[2]), sys.argv[3] == "on", sys.argv[4], sys.argv[5], sys.argv[6],
+              sys.argv[7] == "startup")
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", default="100,1000,2000,5000")
@@ -162,6 +225,10 @@ def main() -> int:
     parser.add_argument("--s3-endpoint-url", default="",
                         help=f"an S3 whose bucket {BUCKET!r} already holds the inputs "
                         "(instead of starting and filling one)")
+    parser.add_argument("--startup-only", action="store_true",
+                        help="measure only the start-up (no workers, no load)")
+    parser.add_argument("--credentials", choices=("plain", "session", "static"), default="plain",
+                        help="how the coordinator resolves its AWS credentials (plain)")
     args = parser.parse_args()
     sizes = [100] if args.quick else [int(x) for x in args.n.split(",")]
     modes = [m == "on" for m in args.tls.split(",")]
@@ -182,12 +249,16 @@ def main() -> int:
             fill_inputs(s3_url, 6 * max(sizes))
         keydir = stack.enter_context(tempfile.TemporaryDirectory())
         generate_keys().write(keydir)
+        measure(sizes[0], modes[0], keydir, s3_url, args.credentials, True)  # warm-up
         for _ in range(args.repeat):
             for tls in modes:
                 for n in sizes:
-                    row = measure(n, tls, keydir, s3_url)
+                    row = measure(n, tls, keydir, s3_url, args.credentials, args.startup_only)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
+    if args.startup_only:
+        print(f"coordinator start-up: {startup_summary(rows)}")
+        return 0 if all(r["ok"] for r in rows) else 1
     summary = "; ".join(
         f"N={r['workers']} {'TLS' if r['tls'] else 'TCP'}: {r['messages_per_cpu_s']} msg/CPU-s "
         f"(whole process {r['messages_per_cpu_s_whole']}), start-up {r['startup_cpu_s']} "
@@ -196,6 +267,7 @@ def main() -> int:
         for r in rows
     )
     print(f"coordinator: {summary}")
+    print(f"coordinator start-up: {startup_summary(rows)}")
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -27,6 +27,7 @@ The worker's private tmpdir is the only place anything is written or deleted.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -332,19 +333,77 @@ def _list_page(
 ) -> tuple[list[str], bool]:
     """One page of keys (in S3's order) and whether more follow."""
     import urllib.request
-    from xml.etree import ElementTree
 
     params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": page_size}
     if start_after:
         params["StartAfter"] = start_after
     url = s3.generate_presigned_url("list_objects_v2", Params=params, ExpiresIn=300)
     with urllib.request.urlopen(url, timeout=60) as response:
-        root = ElementTree.fromstring(response.read())
-    namespace = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
-    if root.tag != f"{namespace}ListBucketResult":
-        raise ValueError(f"not a listing: {root.tag}")
-    keys = [element.text or "" for element in root.iterfind(f"{namespace}Contents/{namespace}Key")]
-    return keys, root.findtext(f"{namespace}IsTruncated") == "true"
+        return listing_keys(response.read())
+
+
+_XML_DECLARATION = re.compile(rb'<\?xml version="1\.[0-9]"(?: encoding="(?i:utf-8)")?'
+                              rb'(?: standalone="(?:yes|no)")?\s*\?>\s*')
+_ROOT = re.compile(r'<ListBucketResult(?: xmlns="[^"<&]*")?\s*>')
+_ENTRY_KEY = re.compile(r"<Contents>\s*<Key>([^<]*)</Key>")
+_TRUNCATED = re.compile(r"<IsTruncated>([^<]*)</IsTruncated>")
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_REFERENCE = re.compile(r"&(?:#x([0-9a-fA-F]+)|#([0-9]+)|(amp|lt|gt|quot|apos));")
+_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
+
+
+def _unescape(text: str) -> str:
+    """XML character data with its five entities and character references resolved."""
+    if "&" not in text:
+        return text
+
+    def resolve(match: re.Match[str]) -> str:
+        hexadecimal, decimal, name = match.groups()
+        if name:
+            return _ENTITIES[name]
+        code = int(hexadecimal, 16) if hexadecimal else int(decimal)
+        if not (code in (0x9, 0xA, 0xD) or 0x20 <= code <= 0xD7FF
+                or 0xE000 <= code <= 0xFFFD or 0x10000 <= code <= 0x10FFFF):
+            raise ValueError(f"not an XML character: &#{code};")
+        return chr(code)
+
+    resolved = _REFERENCE.sub(resolve, text)
+    if "&" in _REFERENCE.sub("", text):
+        raise ValueError("an undefined entity or a bare '&' in a key")
+    return resolved
+
+
+def listing_keys(body: bytes) -> tuple[list[str], bool]:
+    """The ``Contents/Key`` values of a ListObjectsV2 answer (in order), and whether it is
+    truncated: what ElementTree reads from it, without importing it.
+
+    Only the shape S3 sends is read: an optional UTF-8 XML declaration, the
+    ``ListBucketResult`` root in S3's default namespace, each ``Contents`` starting with its
+    one ``Key`` and no ``Key`` elsewhere, text with the five entities and character
+    references, XML's line-end normalisation. Anything else (CDATA, comments, processing
+    instructions, another encoding, characters XML does not allow, a truncated body, keys
+    and entries that do not pair up) raises ValueError, and the caller falls back to
+    botocore's parser.
+    """
+    declaration = _XML_DECLARATION.match(body)
+    document = body[declaration.end() if declaration else 0:].decode("utf-8")
+    if "<!" in document or "<?" in document or _NOT_XML.search(document):
+        raise ValueError("not a plain listing (CDATA, a comment, a processing instruction "
+                         "or a character XML does not allow)")
+    if "\r" in document:
+        document = document.replace("\r\n", "\n").replace("\r", "\n")
+    document = document.strip()
+    if not _ROOT.match(document) or not document.endswith("</ListBucketResult>"):
+        raise ValueError(f"not a listing: {document[:60]!r}")
+    found = _ENTRY_KEY.findall(document)
+    entries = document.count("<Contents>")
+    if not (len(found) == entries == document.count("</Contents>") == document.count("<Key>")):
+        raise ValueError(f"{len(found)} keys do not pair up with {entries} entries")
+    keys = [_unescape(key) if "&" in key else key for key in found]
+    truncated = _TRUNCATED.findall(document)
+    if len(truncated) > 1:
+        raise ValueError("more than one IsTruncated")
+    return keys, bool(truncated) and _unescape(truncated[0]) == "true"
 
 
 def _paginate(

@@ -125,3 +125,18 @@ def test_lazily_signed_listings_quote_keys_as_boto3_does(s3: Any, s3_server: S3S
         assert keys_under(lazy, CFG.bucket, "odd/", first, page_size=2) == {
             k for k in odd if k.encode() >= first.encode()}
     assert lazy._client is None
+
+
+def test_lazily_signed_requests_with_a_session_token_read_hostile_keys(
+    s3: Any, s3_server: S3Server
+) -> None:
+    """Temporary credentials (a token full of characters to encode), another region, and
+    keys that S3 escapes in its XML: the stdlib signer's URLs and parser get them all."""
+    hostile = ["hostile/<a>&b", "hostile/\"q\" 'a'", "hostile/tab\there", "hostile/日本 ~*"]
+    for key in hostile:
+        s3.put_object(Bucket=CFG.bucket, Key=key, Body=b"x")
+    lazy = LazyS3(lambda: s3, s3_server.url, "eu-west-1",
+                  ("ASIAEXAMPLEEXAMPLE", "secret/+=key", "token/with+and=and%"))
+    assert bucket_exists(lazy, CFG.bucket) is True
+    assert keys_under(lazy, CFG.bucket, "hostile/", page_size=2) == set(hostile)
+    assert lazy._client is None
