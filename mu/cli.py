@@ -552,14 +552,16 @@ def _site_options(args: argparse.Namespace, worker_command: str = "") -> SiteOpt
     )
 
 
-def _run_on_site(job: Job, run_options: RunOptions, site_options: SiteOptions) -> int:
-    """Build the site, run the job on it, close it; the exit status."""
+def _run_on_site(
+    job: Job, run_options: RunOptions, site_options: SiteOptions, out: TextIO | None = None,
+) -> RunResult:
+    """Build the site, run the job on it, close it; the run's result."""
     from backends import get_backend
     from mu.runopts import run
 
     site = get_backend(site_options.backend, site_options)
     try:
-        return run(job, run_options, site).exit_status
+        return run(job, run_options, site, out)
     finally:
         site.close()
 
@@ -663,7 +665,7 @@ def _cmd_png2y4m(args: argparse.Namespace) -> int:
     from mu.apps.png2y4m_run import Png2Y4MJob
 
     job, run_options, site_options = _png2y4m_options(args)
-    return _run_on_site(Png2Y4MJob(job), run_options, site_options)
+    return _run_on_site(Png2Y4MJob(job), run_options, site_options).exit_status
 
 
 @subcommand
@@ -710,7 +712,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         workers=args.workers, offset=args.offset, bucket=args.bucket, function=args.function,
         input_dir=args.input_dir, output_dir=args.output_dir,
     ), output_prefix=args.output_prefix)
-    return _run_on_site(job, _run_options(args), _site_options(args))
+    return _run_on_site(job, _run_options(args), _site_options(args)).exit_status
 
 
 def run_job(
@@ -757,10 +759,8 @@ def run_job(
     """
     import dataclasses
 
-    from backends import get_backend
     from mu.apps.custom import StateJob
     from mu.options import JobOptions, RunOptions, SiteOptions, split_regions
-    from mu.runopts import run as run_path
 
     options = JobOptions(workers=workers, bucket=bucket, input_dir=input_dir,
                          output_dir=output_dir, function=function or JobOptions.function)
@@ -768,11 +768,7 @@ def run_job(
     if regions is not None:
         where = dataclasses.replace(where, regions=split_regions(regions))
     job = StateJob(first_state, options, output_prefix=output_prefix)
-    built = get_backend(where.backend, where)
-    try:
-        return run_path(job, run or RunOptions(port=0), built, out)
-    finally:
-        built.close()
+    return _run_on_site(job, run or RunOptions(port=0), where, out)
 
 
 @subcommand
