@@ -800,8 +800,7 @@ class Runner:
             env.partial = b""
         inv, env.inv = env.inv, None
         if inv is not None:
-            if error is None or (error.get("errorType") == "Runtime.ExitError"
-                                 and env.init_error is not None):
+            if error is None:  # it exited: after an Init error, that error
                 error = dict(env.init_error or _error(
                     f"RequestId: {inv.request_id} Error: Runtime exited without providing a "
                     "reason", "Runtime.ExitError"))
@@ -831,7 +830,7 @@ class Runner:
         self._returning.get(env.key, set()).discard(env)
 
     def _exited(self, env: _Env) -> None:
-        self._destroy(env, _error("", "Runtime.ExitError"))
+        self._destroy(env, None)
 
     def _forget(self, name: str, reason: str | None) -> None:
         for key in [k for k in self._zygotes if k[0] == name]:
