@@ -5,7 +5,9 @@ Theory of operation
 :meth:`LogWriter.put` (called from the runner's loop for every line) only appends to a
 queue: it never blocks, never raises, and beyond ``LIMIT`` lines waiting it drops the line
 (counted in :attr:`LogWriter.dropped`), so a slow or absent log service never slows or
-breaks an invocation. One thread takes everything queued at once, groups it by log stream
+breaks an invocation. One thread waits for a pause in the lines (50 ms, or at most 1 s, so
+that a burst's lines are written after it, each stream's in one call), takes everything
+queued at once, groups it by log stream
 and sends it with boto3's ``logs`` client (``PutLogEvents``, creating the group and the
 stream the first time each is seen) to the embedded moto server, which serves CloudWatch
 Logs on the same port as S3. So ``aws logs`` and boto3 read the logs unchanged: group
@@ -27,6 +29,8 @@ __all__ = ["LIMIT", "LogWriter"]
 LIMIT = 100_000  # lines waiting at most
 _BATCH = 5_000  # events per PutLogEvents call (AWS allows 10,000 and 1 MiB)
 _BATCH_BYTES = 900_000
+_QUIET = 0.05  # seconds without a new line before writing what is queued,
+_HOLD_MAX = 1.0  # or at most this long after the first
 
 
 class LogWriter:
@@ -42,6 +46,8 @@ class LogWriter:
         self._queued = 0  # lines put so far
         self._written = 0  # lines handled so far (written, or failed)
         self._closed = False
+        self._flushing = False
+        self._last_put = 0.0
         self._thread: threading.Thread | None = None
         if endpoint_url:
             self._thread = threading.Thread(target=self._run, name="mu-emulator-logs",
@@ -56,6 +62,7 @@ class LogWriter:
             self.dropped += 1
             return
         text = line.decode("utf-8", "replace").rstrip("\n") or " "
+        self._last_put = time.monotonic()
         self._queue.append((group, stream, int(time.time() * 1000), text))
         self._queued += 1
         if len(self._queue) == 1:
@@ -68,6 +75,7 @@ class LogWriter:
             return True
         target = self._queued
         with self._wake:
+            self._flushing = True
             self._wake.notify()
             return self._wake.wait_for(lambda: self._written >= target, timeout)
 
@@ -96,6 +104,15 @@ class LogWriter:
                 self._wake.wait_for(lambda: bool(self._queue) or self._closed, 1.0)
                 if self._closed and not self._queue:
                     return
+            # While lines keep coming (a burst of invocations), wait for a pause (or
+            # _HOLD_MAX): each stream's lines then go in one call, after the burst, rather
+            # than one call per line competing with it.
+            since = time.monotonic()
+            while not (self._closed or self._flushing) and (
+                    time.monotonic() - self._last_put < _QUIET
+                    and time.monotonic() - since < _HOLD_MAX):
+                time.sleep(_QUIET)
+            self._flushing = False
             batch: list[tuple[str, str, int, str]] = []
             while self._queue:
                 batch.append(self._queue.popleft())
