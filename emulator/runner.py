@@ -808,7 +808,7 @@ class Runner:
                     error["requestId"] = inv.request_id
             if env.init_ms is None:
                 env.idle_since = 0.0  # a cold start's report
-            self._complete(inv, Result(False, error=error), env if env.delivered else None)
+            self._complete(inv, Result(False, error=error), env)
         if env.parked is not None and not env.parked.done():
             env.parked.set_result(None)
         for fd in (env.log_r, env.pidfd):

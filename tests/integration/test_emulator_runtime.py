@@ -8,6 +8,7 @@ through the CloudWatch Logs API; a handler cannot write outside its ``/tmp``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
@@ -168,8 +169,12 @@ def test_an_import_failure_is_an_init_error(lam: Any) -> None:
     assert out["errorType"] == "Runtime.ImportModuleError"
     assert out["errorMessage"] == ("Unable to import module 'handler': No module named "
                                    "'no_such_module'")
-    # The environment is gone; the next invocation tries Init again, and fails the same.
-    assert call(lam, name, {})[1]["errorType"] == "Runtime.ImportModuleError"
+    # The environment is gone; the next invocation tries Init again, and fails the same,
+    # and awslambdaric's report of the failure is in the invocation's log.
+    again = lam.invoke(FunctionName=name, Payload=b"{}", LogType="Tail")
+    assert json.loads(again["Payload"].read())["errorType"] == "Runtime.ImportModuleError"
+    tail = base64.b64decode(again["LogResult"]).decode()
+    assert "[ERROR] Runtime.ImportModuleError: Unable to import module 'handler'" in tail
 
 
 def test_a_zip_without_the_handler_and_a_missing_function_are_init_errors(lam: Any) -> None:
@@ -249,8 +254,6 @@ def test_a_warm_pool_is_made_ahead_and_its_first_invocation_has_no_init(
         resp = client.invoke(FunctionName=name, Payload=b"{}", LogType="Tail")
         assert json.loads(resp["Payload"].read())["count"] == 1
         assert set(server.runner.environments()) == made
-        import base64
-
         report = base64.b64decode(resp["LogResult"]).decode()
         assert "REPORT RequestId:" in report and "Init Duration" not in report
 
