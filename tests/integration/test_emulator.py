@@ -597,9 +597,12 @@ def test_mu_emulator_serves_in_the_foreground_and_stops_on_sigterm(tmp_path: Pat
         name = make(client, Timeout=60)
         client.invoke(FunctionName=name, InvocationType="Event",
                       Payload=json.dumps({"action": "sleep", "seconds": 60}).encode())
-        exports = "".join(proc.stdout.readline() for _ in range(6))
+        exports = "".join(proc.stdout.readline() for _ in range(8))
+        s3_url = lines[1].split()[-1]
         assert f"export AWS_ENDPOINT_URL_LAMBDA={url}" in exports
-        # The fork server and the invocation it forked are both running.
+        assert f"Logs:       {s3_url}" in exports  # moto serves CloudWatch Logs too
+        assert f"export AWS_ENDPOINT_URL_LOGS={s3_url}" in exports
+        # The zygote and the environment it forked are both running.
         assert wait_for(lambda: len(descendants(proc.pid)) >= 2)
         kids = descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)
