@@ -972,11 +972,16 @@ def _error_body(body: bytes, headers: dict[str, str], request_id: str) -> dict[s
         error = None
     if not isinstance(error, dict):
         error = {"errorMessage": body.decode(errors="replace")}
-    error.setdefault("errorMessage", "")
-    error.setdefault("errorType", kind or "Unhandled")
+    if not isinstance(error.get("errorMessage"), str):
+        error["errorMessage"] = "" if error.get("errorMessage") is None else json.dumps(
+            error["errorMessage"])
+    if not isinstance(error.get("errorType"), str) or not error["errorType"]:
+        error["errorType"] = kind or "Unhandled"
     if "requestId" in error or request_id:
-        error["requestId"] = error.get("requestId") or request_id
-    error.setdefault("stackTrace", [])
+        posted = error.get("requestId")
+        error["requestId"] = posted if isinstance(posted, str) and posted else request_id
+    if not isinstance(error.get("stackTrace"), list):
+        error["stackTrace"] = []
     return error
 
 
