@@ -641,6 +641,10 @@ class Runner:
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError,
                 ValueError):
             return
+        except asyncio.CancelledError:
+            # Stopping: end normally (asyncio 3.11's stream callback asks a cancelled
+            # task for its exception, and logs the CancelledError that raises).
+            return
         finally:
             writer.close()
 
