@@ -492,7 +492,6 @@ class Runner:
             AWS_DEFAULT_REGION=self.region,
             AWS_EXECUTION_ENV=f"AWS_Lambda_{code.runtime}",
             LAMBDA_TASK_ROOT=task_root,
-            LAMBDA_RUNTIME_DIR=os.path.dirname(os.path.dirname(__file__)),
             _HANDLER=code.handler,
             AWS_ACCESS_KEY_ID="testing",
             AWS_SECRET_ACCESS_KEY="testing",
