@@ -406,6 +406,8 @@ class Runner:
         for task in tasks:
             task.cancel()
         self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        for env in list(self._envs.values()):  # made while stopping
+            self._destroy(env, _error("the emulator is stopping", "Runtime.Stopped"))
         self._loop.run_until_complete(asyncio.sleep(0))  # transports closing
         self._loop.close()
 
@@ -447,9 +449,13 @@ class Runner:
         env.inv = inv
         self._envs[env_id] = env
         try:
-            env.server = await asyncio.start_server(
+            server = await asyncio.start_server(
                 lambda r, w: self._serve(env, r, w), "127.0.0.1", 0)
-            env.port = env.server.sockets[0].getsockname()[1]
+            if env.dead:  # destroyed meanwhile (the emulator stopping, the function deleted)
+                server.close()
+                return
+            env.server = server
+            env.port = server.sockets[0].getsockname()[1]
             spec = self._spec(env)
             log_r, log_w = os.pipe2(os.O_CLOEXEC)
             env.log_r = log_r
