@@ -3,11 +3,12 @@
 Theory of operation
 -------------------
 ``serve`` (the default action) starts the embedded S3 first and the Lambda API second, both
-on 127.0.0.1, then prints the two endpoints on the first two lines of standard output (a
-script can read them as a readiness signal), followed by ``export`` lines for a shell. The
-main thread then waits on an event that SIGTERM sets (Ctrl-C arrives as KeyboardInterrupt);
-either way both servers are stopped in reverse order, which kills and reaps every invocation
-and fork server, before ``run`` returns 0.
+on 127.0.0.1, then prints the Lambda and S3 endpoints on the first two lines of standard
+output (a script can read them as a readiness signal), the Logs endpoint (moto's, the same
+as S3's) on the third, followed by ``export`` lines for a shell. The main thread then waits
+on an event that SIGTERM sets (Ctrl-C arrives as KeyboardInterrupt); either way both servers
+are stopped in reverse order, which kills and reaps every execution environment and zygote,
+before ``run`` returns 0.
 
 ``logs FUNCTION [REQUEST_ID]`` prints the log files the runner wrote under
 ``STATE_DIR/logs/FUNCTION/``: one invocation's, or all of them, oldest first. Without

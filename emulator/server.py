@@ -2,7 +2,7 @@
 
 ``start()`` binds (port 0 by default), starts the serving thread and returns once it
 serves; ``.url`` and ``.address`` give the real port. ``stop()`` stops accepting, kills
-every running invocation and fork server, and joins the serving and watcher threads (a
+every execution environment and zygote, and joins the serving and runner threads (a
 request still being handled in a thread of its own ends with its invocation).
 
 Theory of operation
@@ -567,7 +567,7 @@ class ThreadedEmulatorServer:
     url = endpoint_url
 
     def stop(self) -> None:
-        """Stop serving, kill invocations and fork servers, join (also after a failed
+        """Stop serving, kill execution environments and zygotes, join (also after a failed
         :meth:`start`: the runner's temp folder is removed either way)."""
         if self._httpd is not None:
             self._httpd.shutdown()
