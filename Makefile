@@ -10,7 +10,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 BINARY := function/png2y4m/png2y4m
-SYSPKGS := gcc make libc6-dev libpng-dev zlib1g-dev libdeflate-dev valgrind libvpx-dev vpx-tools
+SYSPKGS := gcc make libc6-dev libpng-dev zlib1g-dev libdeflate-dev valgrind libvpx-dev vpx-tools bubblewrap
 
 .PHONY: all test demo lint type pytest sysdeps venv binary tox coverage clean
 

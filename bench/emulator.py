@@ -1,25 +1,23 @@
-"""Emulator start latency: time from sending an Event invoke to the handler starting.
+"""Emulator start latency, cold and warm, idle environment memory, and CPU per invocation.
 
 Theory of operation
 -------------------
 The emulator runs in its own process (``python -m emulator``), as under ``mu emulator``, so
 that the load generator does not share its interpreter. The handler imports boto3 (like a mu
-worker) and, when it starts, appends its index and ``time.time()`` to one shared file.
+worker) and, when it starts, sends its index and ``time.time()`` in one UDP datagram to the
+load generator (a sandboxed handler cannot write the generator's files).
 
 The load generator signs every Invoke request (SigV4, the way mu's launcher does) before the
 clock starts, then writes them over 16 keep-alive HTTP/1.1 connections, pipelined, and notes
 the wall-clock time just before each request's bytes go out. A request's latency is its
-handler's start time minus that send time. For 1, 100 and 500 concurrent Event invocations,
-with the fork server and with plain spawn, it prints one JSON line per run (p50, p99, and
-the time from the first send until every handler had started), then a one-line summary.
+handler's start time minus that send time. For each size N: one warm-up invocation (the
+zygote), then N concurrent Event invocations, each in a new execution environment (*cold*:
+fork, Init under awslambdaric, the first invocation), then, once all have ended, N more,
+which run in those environments (*warm*). Between the two waves it reads the proportional
+set size (Pss) of each idle environment, and over each wave the CPU time of the emulator
+process and of the environments, per invocation. One JSON line per run, then a summary.
 
-After the warm-up invocation it waits (up to 30 s) until the fork server has forked its
-spares, so that every run starts from the same state.
-
-Usage: python bench/emulator.py [--n 1,100,500] [--modes fork,spawn] [--spawn-max N]
-                                [--spares N]
-Plain spawn pays a full boto3 import per invocation (~0.4 s of CPU), so it is measured up to
-100 concurrent by default; pass --spawn-max to go further.
+Usage: python bench/emulator.py [--n 1,100] [--modes fork,spawn] [--spawn-max N]
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ import argparse
 import io
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -50,7 +49,6 @@ from botocore.awsrequest import AWSRequest  # noqa: E402
 from botocore.config import Config  # noqa: E402
 from botocore.credentials import ReadOnlyCredentials  # noqa: E402
 
-from emulator.runner import SPARES  # noqa: E402
 from emulator.runner import _children as children  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,16 +56,14 @@ CONNECTIONS = 16
 CREDS = ReadOnlyCredentials("testing", "testing", None)
 
 HANDLER = b'''
-import os, time
-import boto3  # what a mu worker imports; the fork server has it loaded already
+import socket, time
+import boto3  # what a mu worker imports; the zygote has it loaded already
+
+OUT = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
 def handler(event, context):
     started = time.time()
-    # One short O_APPEND write to a file that exists: no file created or renamed per
-    # invocation, so the recording does not queue later starts on a directory's lock.
-    fd = os.open(event["log"], os.O_WRONLY | os.O_APPEND)
-    os.write(fd, ("%s %r\\n" % (event["i"], started)).encode())
-    os.close(fd)
+    OUT.sendto(("%s %r" % (event["i"], started)).encode(), ("127.0.0.1", event["port"]))
     return {}
 '''
 
@@ -127,12 +123,10 @@ def read_responses(sock: socket.socket, count: int) -> list[int]:
 class Emulator:
     """``python -m emulator`` in a child process; ``url`` once it serves."""
 
-    def __init__(self, state_dir: Path, fork: bool, spares: int | None = None) -> None:
+    def __init__(self, state_dir: Path, fork: bool) -> None:
         cmd = [sys.executable, "-m", "emulator", "--state-dir", str(state_dir)]
         if not fork:
             cmd.append("--no-fork-server")
-        if spares is not None:
-            cmd += ["--spares", str(spares)]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline()  # "Lambda API: http://127.0.0.1:PORT"
@@ -141,16 +135,16 @@ class Emulator:
             raise RuntimeError(f"the emulator did not start: {first!r}")
         self.url = first.split()[-1]
 
-    def wait_spares(self, count: int, timeout: float = 30.0) -> int:
-        """Wait until the fork server has ``count`` idle children (or ``timeout``); how many."""
-        deadline, found = time.monotonic() + timeout, 0
-        while time.monotonic() < deadline:
-            helpers = [p for p in children(self.proc.pid) if b"serve" in cmdline(p)]
-            found = sum(len(children(p)) for p in helpers)
-            if found >= count:
-                break
-            time.sleep(0.05)
-        time.sleep(0.2)  # the last spares finish their idle-time preparation
+    def environments(self) -> list[int]:
+        """The environments' processes: descendants running the environment module that
+        have no child (a zygote, and bubblewrap, have one)."""
+        found, todo = [], list(children(self.proc.pid))
+        while todo:
+            pid = todo.pop()
+            kids = children(pid)
+            todo.extend(kids)
+            if not kids and b"emulator.environment" in cmdline(pid):
+                found.append(pid)
         return found
 
     def stop(self) -> None:
@@ -168,18 +162,85 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
-def starts_in(log: Path) -> dict[str, float]:
-    """The start times recorded so far: invocation index (or "warm") -> time.time()."""
-    found = {}
-    for line in log.read_text().splitlines():
-        index, _, started = line.partition(" ")
-        found[index] = float(started)
-    return found
+def pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
-def measure(n: int, fork: bool, tmp: Path, spares: int | None = None) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` (its threads), in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def run_seconds(pid: int) -> float:
+    """Time ``pid`` (a single-threaded process) has run on a CPU, in seconds, to the
+    nanosecond (``/proc/PID/schedstat``; ``stat`` counts in 10 ms ticks)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def wave(emulator: Emulator, requests: list[bytes], inbox: socket.socket, n: int
+         ) -> tuple[list[float], float, float]:
+    """Send ``requests`` at once; (latencies, seconds until all started, accepted)."""
+    host, port = urlsplit(emulator.url).hostname, urlsplit(emulator.url).port
+    socks = [socket.create_connection((host or "127.0.0.1", port or 80))
+             for _ in range(min(CONNECTIONS, n))]
+    sent: list[float] = [0.0] * n
+    statuses: list[int] = []
+    lock = threading.Lock()
+    go = threading.Barrier(len(socks))
+
+    def fire(k: int, sock: socket.socket) -> None:
+        mine = range(k, n, len(socks))
+        go.wait()
+        for i in mine:
+            sent[i] = time.time()
+            sock.sendall(requests[i])
+        got = read_responses(sock, len(mine))
+        with lock:
+            statuses.extend(got)
+
+    threads = [threading.Thread(target=fire, args=(k, s)) for k, s in enumerate(socks)]
+    for t in threads:
+        t.start()
+    starts: dict[int, float] = {}
+    inbox.settimeout(120)
+    while len(starts) < n:
+        try:
+            data = inbox.recv(256)
+        except TimeoutError:
+            break
+        index, _, started = data.decode().partition(" ")
+        starts[int(index)] = float(started)
+    for t in threads:
+        t.join()
+    for s in socks:
+        s.close()
+    latencies = [starts[i] - sent[i] for i in starts]
+    return latencies, max(starts.values(), default=0.0) - min(sent), statuses.count(202)
+
+
+def measure(n: int, fork: bool, tmp: Path) -> dict[str, Any]:
     tag = f"{n}-{'fork' if fork else 'spawn'}"
-    emulator = Emulator(tmp / f"state-{tag}", fork, spares)
+    emulator = Emulator(tmp / f"state-{tag}", fork)
+    inbox = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    inbox.bind(("127.0.0.1", 0))
+    inbox.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    port = inbox.getsockname()[1]
     try:
         client = boto3.client(
             "lambda", endpoint_url=emulator.url, region_name="us-east-1",
@@ -190,66 +251,58 @@ def measure(n: int, fork: bool, tmp: Path, spares: int | None = None) -> dict[st
                                Role="arn:aws:iam::123456789012:role/r",
                                Handler="handler.handler", Code={"ZipFile": bundle()},
                                Timeout=300, MemorySize=1024)
-        log = tmp / f"starts-{tag}"
-        log.touch()
-        # Warm up: the first invocation starts the fork server (a one-time cost per function).
-        client.invoke(FunctionName="bench", Payload=json.dumps({"log": str(log), "i": "warm"}))
+        # Warm up: the zygote (a one-time cost per function) and one environment.
+        client.invoke(FunctionName="bench", Payload=json.dumps({"port": port, "i": -1}))
+        inbox.recv(256)
+        row: dict[str, Any] = {"mode": "fork-server" if fork else "spawn", "concurrent": n}
+        for phase in ("cold", "warm"):
+            if phase == "cold":  # the warm-up's environment would serve one warm: end it
+                for pid in emulator.environments():
+                    os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 30
+                while emulator.environments() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            requests = [signed_event(emulator.url, "bench",
+                                     json.dumps({"port": port, "i": i}).encode())
+                        for i in range(n)]
+            envs_before = {p: run_seconds(p) for p in emulator.environments()}
+            cpu_before = cpu_seconds(emulator.proc.pid)
+            latencies, all_started, accepted = wave(emulator, requests, inbox, n)
+            deadline = time.monotonic() + 60
+            while len(emulator.environments()) < min(n, len(latencies)) and (
+                    time.monotonic() < deadline):
+                time.sleep(0.05)
+            time.sleep(0.5)  # the last ones answer and park: their CPU counts
+            envs = emulator.environments()
+            env_cpu = sum(run_seconds(p) - envs_before.get(p, 0.0) for p in envs)
+            row[phase] = {
+                "started": len(latencies), "accepted": accepted,
+                "p50_ms": round(statistics.median(latencies) * 1000, 1),
+                "p99_ms": round(percentile(latencies, 99) * 1000, 1),
+                "all_started_s": round(all_started, 2),
+                "emulator_cpu_ms_per_invocation": round(
+                    (cpu_seconds(emulator.proc.pid) - cpu_before) / n * 1000, 2),
+                "environment_cpu_ms_per_invocation": round(env_cpu / n * 1000, 2),
+            }
+            if phase == "cold":
+                sizes = [pss_kib(p) for p in envs]
+                row["environments"] = len(envs)
+                row["idle_pss_mib_median"] = round(statistics.median(sizes) / 1024, 2) if (
+                    sizes) else None
+        row["load_average_1min"] = round(os.getloadavg()[0], 1)
         client.close()
-        ready = emulator.wait_spares(SPARES if spares is None else spares) if fork else 0
-        requests = [signed_event(emulator.url, "bench",
-                                 json.dumps({"log": str(log), "i": str(i)}).encode())
-                    for i in range(n)]
-        host, port = urlsplit(emulator.url).hostname, urlsplit(emulator.url).port
-        socks = [socket.create_connection((host or "127.0.0.1", port or 80))
-                 for _ in range(min(CONNECTIONS, n))]
-        sent: list[float] = [0.0] * n
-        statuses: list[int] = []
-        lock = threading.Lock()
-        go = threading.Barrier(len(socks))
-
-        def fire(k: int, sock: socket.socket) -> None:
-            mine = range(k, n, len(socks))
-            go.wait()
-            for i in mine:
-                sent[i] = time.time()
-                sock.sendall(requests[i])
-            got = read_responses(sock, len(mine))
-            with lock:
-                statuses.extend(got)
-
-        threads = [threading.Thread(target=fire, args=(k, s)) for k, s in enumerate(socks)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for s in socks:
-            s.close()
-        first = min(sent)
-        deadline = time.monotonic() + 600
-        while len(starts_in(log)) < n + 1 and time.monotonic() < deadline:
-            time.sleep(0.05)  # the handlers are separate processes: watch their records
-        starts = {int(i): t for i, t in starts_in(log).items() if i != "warm"}
-        latencies = [starts[i] - sent[i] for i in starts]
-        return {
-            "mode": "fork-server" if fork else "spawn", "concurrent": n,
-            "accepted": statuses.count(202), "started": len(starts),
-            "p50_ms": round(statistics.median(latencies) * 1000, 1),
-            "p99_ms": round(percentile(latencies, 99) * 1000, 1),
-            "all_started_s": round(max(starts.values()) - first, 2), "spares": ready,
-            "load_average_1min": round(os.getloadavg()[0], 1),
-        }
+        return row
     finally:
+        inbox.close()
         emulator.stop()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--n", default="1,100,500", help="concurrent invocations per run")
+    parser.add_argument("--n", default="1,100", help="concurrent invocations per run")
     parser.add_argument("--modes", default="fork,spawn", help="fork and/or spawn")
     parser.add_argument("--spawn-max", type=int, default=100,
                         help="largest run measured with plain spawn")
-    parser.add_argument("--spares", type=int, default=None,
-                        help=f"the emulator's --spares (default: its own, {SPARES})")
     args = parser.parse_args()
     sizes = [int(x) for x in args.n.split(",")]
     rows = []
@@ -258,13 +311,15 @@ def main() -> int:
             for n in sizes:
                 if mode == "spawn" and n > args.spawn_max:
                     continue
-                row = measure(n, mode == "fork", Path(tmp), args.spares)
+                row = measure(n, mode == "fork", Path(tmp))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print("emulator: " + "; ".join(
-        f"{r['mode']} x{r['concurrent']}: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-        f"all started in {r['all_started_s']} s (load {r['load_average_1min']})" for r in rows))
-    return 0 if all(r["started"] == r["concurrent"] == r["accepted"] for r in rows) else 1
+        f"{r['mode']} x{r['concurrent']}: cold p50 {r['cold']['p50_ms']} ms, warm p50 "
+        f"{r['warm']['p50_ms']} ms, idle Pss {r['idle_pss_mib_median']} MiB "
+        f"(load {r['load_average_1min']})" for r in rows))
+    return 0 if all(r[p]["started"] == r["concurrent"] == r[p]["accepted"]
+                    for r in rows for p in ("cold", "warm")) else 1
 
 
 if __name__ == "__main__":

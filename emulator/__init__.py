@@ -3,9 +3,11 @@
 Layout follows moto's services: :mod:`emulator.models` keeps state and raises
 :class:`~emulator.errors.EmulatorError`; :mod:`emulator.responses` turns requests into model
 calls and is the only place errors become HTTP; :mod:`emulator.urls` is the route table;
-:mod:`emulator.runner` runs each invocation in a fresh process (through a fork server or a
-plain spawn). :mod:`emulator.server` and :mod:`emulator.s3` are the two servers, both on
-127.0.0.1. This package imports nothing from mu.
+:mod:`emulator.runner` runs invocations in execution environments under AWS's runtime
+client, through the Lambda Runtime API (:mod:`emulator.environment` is what runs inside
+them; :mod:`emulator.cloudwatch` writes their logs). :mod:`emulator.server` and
+:mod:`emulator.s3` are the two servers (the second is moto's: S3 and CloudWatch Logs), both
+on 127.0.0.1. This package imports nothing from mu.
 
 Start both servers together for one run (``s3.S3Server`` is imported when needed, so
 importing this package does not load moto)::

@@ -3,11 +3,12 @@
 Theory of operation
 -------------------
 ``serve`` (the default action) starts the embedded S3 first and the Lambda API second, both
-on 127.0.0.1, then prints the two endpoints on the first two lines of standard output (a
-script can read them as a readiness signal), followed by ``export`` lines for a shell. The
-main thread then waits on an event that SIGTERM sets (Ctrl-C arrives as KeyboardInterrupt);
-either way both servers are stopped in reverse order, which kills and reaps every invocation
-and fork server, before ``run`` returns 0.
+on 127.0.0.1, then prints the Lambda and S3 endpoints on the first two lines of standard
+output (a script can read them as a readiness signal), the Logs endpoint (moto's, the same
+as S3's) on the third, followed by ``export`` lines for a shell. The main thread then waits
+on an event that SIGTERM sets (Ctrl-C arrives as KeyboardInterrupt); either way both servers
+are stopped in reverse order, which kills and reaps every execution environment and zygote,
+before ``run`` returns 0.
 
 ``logs FUNCTION [REQUEST_ID]`` prints the log files the runner wrote under
 ``STATE_DIR/logs/FUNCTION/``: one invocation's, or all of them, oldest first. Without
@@ -29,7 +30,7 @@ from types import FrameType
 from typing import Any
 
 from emulator import running
-from emulator.runner import SPARE_PREFIX, SPARES
+from emulator.runner import IDLE_TIMEOUT, KEPT
 from emulator.server import DEFAULT_STATE_DIR, ThreadedEmulatorServer
 
 __all__ = ["add_arguments", "run"]
@@ -50,11 +51,16 @@ def _serve_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument("--concurrency", type=_at_least(1), default=default(1000),
                         help="invocations running at once (default 1000)")
     parser.add_argument("--no-fork-server", action="store_true", default=default(False),
-                        help="start each invocation with a plain spawn")
-    parser.add_argument("--spares", type=_at_least(0), default=default(SPARES),
-                        help="idle pre-forked children per function, about 2 MiB each: "
-                        f"a burst of that many starts without forking (default {SPARES}); "
-                        "kept for the two functions invoked most recently")
+                        help="spawn each execution environment (default: fork it from a "
+                        "zygote per function that has imported the runtime)")
+    parser.add_argument("--warm-pool", type=_at_least(0), default=default(0),
+                        help="execution environments made per function when its code is "
+                        "set, ahead of its invocations, never reaped (default 0)")
+    parser.add_argument("--idle-timeout", type=_seconds, default=default(IDLE_TIMEOUT),
+                        help="seconds an idle execution environment is kept for warm starts "
+                        f"(default {IDLE_TIMEOUT:g})")
+    parser.add_argument("--kept", type=_at_least(0), default=default(KEPT),
+                        help=f"idle execution environments kept in all (default {KEPT})")
 
 
 def _port(text: str) -> int:
@@ -65,6 +71,17 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535)") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535)")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds for argparse: 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a number of seconds >= 0")
     return value
 
 
@@ -119,16 +136,19 @@ def run(args: argparse.Namespace) -> int:
             server = ThreadedEmulatorServer(
                 state_dir=args.state_dir, s3_endpoint_url=s3.endpoint_url,
                 concurrency_limit=args.concurrency, fork_server=not args.no_fork_server,
-                port=args.port, spares=args.spares,
+                port=args.port, warm_pool=args.warm_pool, idle_timeout=args.idle_timeout,
+                kept=args.kept,
             )
             server.start()
         except OSError as exc:  # a port taken, a state dir that cannot be made
             print(f"{args.prog}: cannot start {where}: {exc}", file=sys.stderr)
             return 1
-        print(f"Lambda API: {server.endpoint_url}\nS3:         {s3.endpoint_url}\n")
+        print(f"Lambda API: {server.endpoint_url}\nS3:         {s3.endpoint_url}\n"
+              f"Logs:       {s3.endpoint_url}\n")
         print("# paste into a shell to use the aws CLI or boto3 against it:")
         print(f"export AWS_ENDPOINT_URL_LAMBDA={server.endpoint_url}")
         print(f"export AWS_ENDPOINT_URL_S3={s3.endpoint_url}")
+        print(f"export AWS_ENDPOINT_URL_LOGS={s3.endpoint_url}")
         print("export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing")
         print("export AWS_DEFAULT_REGION=us-east-1", flush=True)
         record = running.register(Path(args.state_dir), server.endpoint_url, s3.endpoint_url)
@@ -181,27 +201,16 @@ def _logs(state_dir: str, function: str | None, request_id: str | None) -> int:
 
 def _log_files(folder: Path, request_id: str | None) -> list[Path]:
     """The non-empty log files in ``folder`` (of one request, if given), oldest first."""
-    # A running invocation of a fork server writes a spare's log, named when it ends; its
-    # first line names the request.
     found = []
     for path in folder.glob("*.log"):
         try:
             info = path.stat()
         except OSError:
-            continue  # renamed (a spare's log at its end) or removed meanwhile
-        if info.st_size:  # an idle spare's log is empty
+            continue  # removed meanwhile
+        if info.st_size:
             found.append((info.st_mtime, path))
     files = [path for _, path in sorted(found)]
     if request_id:
-        start = f"START RequestId: {request_id} "
-        files = [p for p in files if p.name == f"{request_id}.log" or (
-            p.name.startswith(SPARE_PREFIX) and _first_line(p).startswith(start))]
+        files = [p for p in files if p.name == f"{request_id}.log"]
     return files
 
-
-def _first_line(path: Path) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return f.readline()
-    except OSError:
-        return ""

@@ -154,6 +154,10 @@ def _settings(params: dict[str, Any], creating: bool) -> dict[str, Any]:
         out["Architectures"] = list(arch)
     if "Environment" in params:
         out["Environment"] = _environment(params["Environment"])
+    if params.get("EphemeralStorage") is not None:
+        storage = params["EphemeralStorage"]
+        size = storage.get("Size") if isinstance(storage, dict) else None
+        out["EphemeralStorage"] = {"Size": _integer("EphemeralStorage.Size", size, 512, 10240)}
     return out
 
 
@@ -254,6 +258,7 @@ class Function:
     published: int = 0  # versions published so far (they all run the current code)
     MaximumRetryAttempts: int | None = None  # None: no event-invoke config (AWS default 2)
     MaximumEventAgeInSeconds: int | None = None
+    EphemeralStorage: dict[str, int] = field(default_factory=lambda: {"Size": 512})
     code_dir: str = ""
 
     def arn(self, region: str) -> str:
@@ -278,7 +283,8 @@ class Function:
             name=self.FunctionName, version=self.Version, arn=self.arn(region),
             code_dir=self.code_dir, handler=self.Handler, memory=self.MemorySize,
             timeout=float(self.Timeout), environment=dict(self.Environment),
-            sha=self.CodeSha256,
+            sha=self.CodeSha256, runtime=self.Runtime,
+            tmp_mb=int(self.EphemeralStorage.get("Size", 512)),
         )
 
 
@@ -423,6 +429,7 @@ class FunctionRegistry:
                 self._save(fn)
         finally:
             shutil.rmtree(unpacked, ignore_errors=True)  # gone once stored
+        self.runner.warm(fn.code(self.region))
         return fn
 
     def update_code(self, name: str, params: dict[str, Any]) -> Function:
@@ -440,6 +447,7 @@ class FunctionRegistry:
         finally:
             shutil.rmtree(unpacked, ignore_errors=True)
         self.runner.forget(fn.FunctionName)
+        self.runner.warm(fn.code(self.region))
         return fn
 
     def delete(self, name: str) -> None:
@@ -627,8 +635,7 @@ class FunctionRegistry:
     def _answer(result: Result, tail: bool, request_id: str) -> InvokeResult:
         log = base64.b64encode(result.log_tail()) if tail else None
         if result.ok:
-            body = json.dumps(result.payload).encode()
-            return InvokeResult(200, body, None, log, request_id)
+            return InvokeResult(200, result.body, None, log, request_id)
         return InvokeResult(200, json.dumps(result.error).encode(), "Unhandled", log, request_id)
 
     def _dispatch(self) -> None:

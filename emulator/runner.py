@@ -1,68 +1,50 @@
-"""Running one invocation: a fresh process with a Lambda-like environment, bounded and reaped.
+"""Execution environments: AWS's runtime client, the Lambda Runtime API, Lambda's lifecycle.
 
 Theory of operation
 -------------------
-Each invocation gets its own process, its own process group, a private temporary directory
-(``TMPDIR``, removed afterwards) and its own log file. The process runs a small bootstrap
-(:data:`BOOTSTRAP`) that puts the function's unpacked code first on ``sys.path``, builds a
-context object and calls the handler. The invocation and the process talk over one socket
-pair, its *channel*: the runner writes the invocation (one JSON line: the event, the
-environment, the context's fields) and the process writes its outcome back (one JSON line)
-just before it exits. So starting and ending an invocation touch no control file.
+An invocation runs in an *execution environment*: a process group that runs AWS's runtime
+interface client, ``awslambdaric`` (see :mod:`emulator.environment`), which imports the
+function's handler once (Init) and then asks this runner for invocations through the
+documented **Runtime API** (``/2018-06-01/runtime/invocation/next``, ``.../{id}/response``,
+``.../{id}/error``, ``/init/error``). Each environment has its endpoint of its own on
+127.0.0.1 (``AWS_LAMBDA_RUNTIME_API``), so a request names its environment by the port it
+comes to.
 
-Two ways to start that process, with identical results:
+All the runner's work happens in one thread running an ``asyncio`` loop: the Runtime API
+endpoints, every environment's log pipe and pidfd, the timers of deadlines, the memory
+checks and idle reaping. :meth:`Runner.launch` (any thread) hands an invocation to that loop.
+There it goes to an idle environment of its function, the one used most recently (a *warm*
+start: module globals and ``/tmp`` are as the last invocation left them), or else a new
+environment is made for it (a *cold* start, whose ``REPORT`` line carries an
+``Init Duration``). One invocation at a time per environment: an environment is idle again
+once it has answered and asked for the next. A timeout, a memory kill, an exit or a crash
+destroys the environment (its whole process group), so the next invocation is cold; idle
+environments are reaped after ``idle_timeout`` seconds, and beyond ``kept`` idle ones in
+all, the one idle longest goes first. ``warm_pool`` environments per function are made when
+its code is set, and never reaped (like provisioned concurrency).
 
-* **fork server** (default): one single-threaded helper process per function has already
-  imported the Python runtime, boto3 and the handler's module, and forks *spares* ahead of
-  demand, up to ``spares`` (``SPARES`` by default). A spare is a child in its own process group
-  that makes its ``TMPDIR`` and its log file under placeholder names in idle time, runs the
-  invocation path's Python once on a dummy invocation (so the pages it writes are copied
-  before a burst, not during one), and blocks reading its channel. The helper passes the
-  channel's other end to the runner (``SCM_RIGHTS``) with the spare's pid and placeholder
-  names, so an invocation is handed by the runner itself to the oldest spare: one write,
-  no round trip through the helper and no file created, renamed or opened while a burst
-  starts. When no spare is left the invocation waits for the next one announced, and the
-  helper forks at once (it is told how many wait); otherwise it refills only after
-  requests have paused for 0.1 s, or when a quarter of the spares is left, so that refills
-  do not compete with a burst. A spare serves one invocation and exits, so every
-  invocation still runs in a process nobody used before; spares whose runner or helper
-  goes away read end-of-file and exit unused. Fork servers are kept for the functions
-  invoked most recently, as many as ``kept`` idle processes allow (two by default); the one
-  used least recently is stopped to make room;
-* **plain spawn**: ``python -I -c BOOTSTRAP spawn FD`` per invocation, which reads the
-  invocation from its channel and makes its ``TMPDIR`` and log itself.
+Environments are forked by a *zygote* per function version (the one used least recently
+is stopped beyond ``KEPT_ZYGOTES``), or spawned one by one (``fork_server=False``). With
+bubblewrap (``sandbox``), the zygote or the spawned process runs with every file system
+read-only, the code at ``/var/task``, and each environment has a private ``tmpfs`` at
+``/tmp`` of its ``EphemeralStorage``; without it, a private ``TMPDIR`` per environment
+(removed when the environment is destroyed) and a warning, once.
 
-Once the handler has returned, the process drops to ``SCHED_IDLE`` to write its outcome and
-exit, so its teardown never competes with starts.
-
-One watcher thread per runner waits for every invocation at once (each process's pidfd and
-channel in one ``selectors`` set, epoll on Linux), so no thread is started per invocation.
-It enforces the function's ``Timeout`` (a heap of deadlines) and ``MemorySize`` (the
-resident size of the process tree, read from ``/proc`` every ``_POLL`` seconds, or in turn
-when more than ``_CHECKS`` run) by killing
-the whole process group, with Lambda's messages, and an outcome complete by the deadline
-counts even if the exit was slow. When an invocation ends, whatever it left running in its group is killed,
-its log gets its final name (``logs/FUNCTION/REQUEST_ID.log``, appended to if an earlier
-attempt wrote one) and Lambda's ``END``/``REPORT`` lines, its ``TMPDIR`` is removed, and the
-caller's ``on_done`` is called with the :class:`Result`, from the watcher thread. While
-invocations are starting, the watcher's own work (watching the new ones, ending those
-done) waits until none has started for ``_SETTLE``, or for at most ``_SETTLE_MAX``, so that
-a burst's starts do not compete with it; so do the counts the helper is told.
-An invocation that cannot be started (``Popen`` refuses its environment) ends at once with
-``Runtime.StartError``; a function deleted while it runs has its invocations killed, each
-ending with ``Runtime.FunctionDeleted``. :meth:`Runner.close` kills every invocation, spare
-and helper.
+What an environment writes to its standard output and error is read from its pipe by the
+loop: it goes, with Lambda's ``START``, ``END`` and ``REPORT`` lines, to CloudWatch Logs
+(:class:`~emulator.cloudwatch.LogWriter`, group ``/aws/lambda/FUNCTION``, stream
+``YYYY/MM/DD/[$LATEST]ENVIRONMENT_ID``) and to a file per request
+(``STATE_DIR/logs/FUNCTION/REQUEST_ID.log``, whose tail ``LogType=Tail`` answers).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import heapq
-import itertools
+import datetime
 import json
 import math
 import os
-import selectors
 import shutil
 import signal
 import socket
@@ -72,244 +54,25 @@ import tempfile
 import threading
 import time
 import traceback
+import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BOOTSTRAP", "KEPT_SERVERS", "SPARES", "Code", "Result", "Runner"]
+from emulator.cloudwatch import LogWriter
 
-_POLL = 0.05  # seconds between the watcher's memory checks
-_CHECKS = 64  # memory checks per tick at most: more running ones are checked in turn
-_TELL_EVERY = 16  # spares taken per report to the helper while a burst starts
-_SETTLE = 0.003  # ends are cleaned up once no invocation has started for this long,
-_SETTLE_MAX = 0.2  # or once they have waited this long
-SPARES = 128  # idle pre-forked children per fork server (each costs about 2 MiB: page
-# tables and the pages it has written; the rest is shared with the helper, copy-on-write)
-KEPT_SERVERS = 2  # fork servers kept by default (each with its spares)
-_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+__all__ = ["IDLE_TIMEOUT", "KEPT", "KEPT_ZYGOTES", "Code", "Result", "Runner", "sandbox_problem"]
+
+IDLE_TIMEOUT = 300.0  # seconds an idle environment is kept
+KEPT = 256  # idle environments kept in all
+KEPT_ZYGOTES = 2  # zygotes kept (for the functions invoked most recently)
+INIT_TIMEOUT = 10.0  # seconds Init may take, as on Lambda
+_POLL = 0.05  # seconds between memory checks of busy environments
 _BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "SSL_CERT_FILE", "SSL_CERT_DIR")
-SPARE_PREFIX = ".spare-"  # placeholder names of spares' logs and TMPDIRs
-
-# The bootstrap runs inside the invocation's process, with nothing of ours importable.
-BOOTSTRAP = r'''
-import importlib, json, os, sys, time, traceback
-
-class Context:
-    def __init__(self, spec):
-        self.function_name = spec["name"]
-        self.function_version = spec["version"]
-        self.memory_limit_in_mb = int(spec["memory"])
-        self.aws_request_id = spec["request_id"]
-        self.invoked_function_arn = spec["arn"]
-        self.log_group_name = "/aws/lambda/" + spec["name"]
-        self.log_stream_name = spec["request_id"]
-        self._deadline = float(spec["deadline"])
-    def get_remaining_time_in_millis(self):
-        return max(0, int((self._deadline - time.time()) * 1000))
-
-def load(spec):
-    if spec["code_dir"] not in sys.path:
-        sys.path.insert(0, spec["code_dir"])
-    module, _, name = spec["handler"].rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-def read_line(fd):
-    # One JSON line from the channel; None at end-of-file (the runner went away).
-    parts = []
-    while True:
-        chunk = os.read(fd, 1 << 20)
-        if not chunk:
-            return None
-        parts.append(chunk)
-        if chunk.endswith(b"\n"):
-            return json.loads(b"".join(parts))
-
-def invoke(spec, chan, handler=None):
-    try:
-        raw = spec["event"].encode("utf-8", "surrogateescape")
-        event = json.loads(raw) if raw.strip() else {}
-        handler = handler or load(spec)
-        result = handler(event, Context(spec))
-        out = {"ok": True, "result": result}
-    except Exception as exc:
-        traceback.print_exc()
-        out = {"ok": False, "errorMessage": str(exc), "errorType": type(exc).__name__,
-               "stackTrace": traceback.format_exc().splitlines()}
-    sys.stdout.flush()
-    sys.stderr.flush()
-    idle()  # the handler is done: writing its outcome and exiting can wait for idle CPU
-    view = memoryview(json.dumps(out, default=str).encode() + b"\n")
-    while view:
-        view = view[os.write(chan, view):]
-
-def idle():
-    if not policy("SCHED_IDLE"):
-        try:
-            os.nice(19)
-        except OSError:
-            pass
-
-def policy(name):
-    try:
-        os.sched_setscheduler(0, getattr(os, name), os.sched_param(0))
-        return True
-    except (AttributeError, OSError):
-        return False
-
-def child(spec, chan, handler=None, log_fd=-1):
-    # log_fd: the log a spare opened in idle time (its TMPDIR is made too); otherwise
-    # both are made here. spec["env"] and spec["unset"]: how the invocation's environment
-    # differs from the one this process has (a spare's is its helper's: only TMPDIR,
-    # unless the function's configuration changed since).
-    os.chdir(spec["code_dir"])
-    for key in spec["unset"]:
-        os.environ.pop(key, None)
-    for key, value in spec["env"].items():
-        if os.environ.get(key) != value:  # a spare has set its TMPDIR already
-            os.environ[key] = value
-    if log_fd < 0:
-        try:
-            os.mkdir(os.environ["TMPDIR"], 0o700)
-        except FileExistsError:
-            pass
-        log_fd = os.open(spec["log_path"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.write(log_fd, spec["start_line"].encode())
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    os.close(log_fd)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    import tempfile
-    tempfile.tempdir = None
-    invoke(spec, chan, handler)
-
-def rehearse():
-    # Run the invocation path's Python once on a dummy spec, in a spare, in idle time: the
-    # pages it writes (reference counts, specialised bytecode) are copied now, not when a
-    # burst starts.
-    spec = {"name": "x", "version": "1", "memory": 128, "request_id": "x", "arn": "x",
-            "deadline": time.time(), "code_dir": ".", "handler": "a.b", "event": "{}",
-            "env": {"TMPDIR": "x"}, "unset": [], "log_path": "x", "start_line": "x"}
-    spec = json.loads(json.dumps(spec).encode() + b"\n")
-    json.loads(spec["event"].encode("utf-8", "surrogateescape"))
-    Context(spec).get_remaining_time_in_millis()
-    json.dumps({"ok": True, "result": {}}, default=str).encode()
-
-def spare(chan, tmp, log, handler):
-    os.mkdir(tmp, 0o700)
-    os.environ["TMPDIR"] = tmp  # in idle time: adding a variable costs 0.1 ms in a fresh fork
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    rehearse()
-    spec = read_line(chan)
-    if spec is None:  # the runner is gone before handing us an invocation: exit unused
-        os.rmdir(tmp)
-        os.unlink(log)
-        return
-    policy("SCHED_OTHER")  # the invocation runs under the normal policy
-    child(spec, chan, handler, fd)
-
-def serve(sock_fd, code_dir, handler_name, pool_size, tmp_root, log_dir):
-    import array, select, signal, socket
-    # SCHED_BATCH, inherited by the spares: a process woken by a message from the runner
-    # does not preempt the runner's thread (it takes a free core, or waits its turn), so a
-    # burst of hand-overs is not interrupted by each spare it wakes.
-    policy("SCHED_BATCH")
-    sock = socket.socket(fileno=sock_fd)
-    sys.path.insert(0, code_dir)
-    try:
-        import boto3  # noqa: F401  (what makes a cold start slow; done once here)
-    except ImportError:
-        pass
-    try:
-        handler = load({"code_dir": code_dir, "handler": handler_name})
-    except Exception:
-        handler = None  # reported per invocation by the child's own import attempt
-    def reap(signum, frame):
-        while True:
-            try:
-                done, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if done == 0:
-                return
-
-    signal.signal(signal.SIGCHLD, reap)
-    # Move everything imported so far out of the collector's reach: a child's collections
-    # then never walk (and copy-on-write fault in) the pages of boto3's objects.
-    import gc
-    gc.collect()
-    gc.freeze()
-    forked = 0
-
-    def placeholders(pid):
-        # A spare's TMPDIR and log, named by pid and count: never reused.
-        name = "%s%d-%d" % (PREFIX, pid, forked)
-        return os.path.join(tmp_root, name), os.path.join(log_dir, name + ".log")
-
-    def fork_spare():
-        # The other end of the spare's channel goes to the runner, which hands the spare
-        # its invocation itself.
-        nonlocal forked
-        forked += 1
-        ours, theirs = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                sock.close()
-                theirs.close()
-                # A process group of its own (killed whole at the end), in the helper's
-                # session: so, with autogroup scheduling, all invocations together share
-                # the CPU fairly with the emulator, rather than each as much as it.
-                os.setpgid(0, 0)
-                spare(ours.detach(), *placeholders(os.getpid()), handler)
-            finally:
-                os._exit(0)
-        ours.close()
-        tmp, log = placeholders(pid)
-        line = json.dumps({"spare": pid, "tmp": tmp, "log": log}).encode() + b"\n"
-        sock.sendmsg([line], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                               array.array("i", [theirs.fileno()]))])
-        theirs.close()
-
-    idle = 0  # spares announced to the runner and not yet reported taken
-    need = 0  # invocations the runner has waiting for a spare
-    quiet = 0.0  # no lazy refill before this time
-    poller = select.poll()  # not select(): the socket's descriptor may be above 1024
-    poller.register(sock, select.POLLIN)
-    buf = b""
-    while True:
-        while b"\n" not in buf:
-            free = idle - need  # spares no waiting invocation will take
-            if free < pool_size:
-                urgent = free < pool_size // 4  # also when invocations wait (free < 0)
-                wait = 0.0 if urgent else max(0.0, quiet - time.monotonic())
-                if not poller.poll(wait * 1000):
-                    if urgent or time.monotonic() >= quiet:
-                        fork_spare()
-                        idle += 1
-                    continue
-            data = sock.recv(65536)
-            if not data:
-                return
-            buf += data
-        line, _, buf = buf.partition(b"\n")
-        news = json.loads(line)  # {"taken": SPARES_USED, "need": INVOCATIONS_WAITING}
-        idle -= news.get("taken", 0)
-        need = news.get("need", need)
-        quiet = time.monotonic() + 0.1
-
-if __name__ == "__main__":
-    if sys.argv[1] == "spawn":
-        chan = int(sys.argv[2])
-        child(read_line(chan), chan)
-    else:
-        serve(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6],
-              sys.argv[7])
-'''.replace("PREFIX", repr(SPARE_PREFIX))
+_API = "/2018-06-01/runtime"
+_MAX_BODY = 6 * 1024 * 1024 + 1024
 
 
 @dataclass(frozen=True)
@@ -325,18 +88,25 @@ class Code:
     timeout: float
     environment: dict[str, str] = field(default_factory=dict)
     sha: str = ""
+    runtime: str = "python3.12"
+    tmp_mb: int = 512
 
 
 @dataclass
 class Result:
-    """How an invocation ended."""
+    """How an invocation ended: ``body`` (the handler's JSON) or ``error`` (Lambda's shape)."""
 
     ok: bool
-    payload: Any = None
+    body: bytes = b"null"
     error: dict[str, Any] | None = None
     log_path: str = ""
     duration: float = 0.0
     pid: int = 0
+
+    @property
+    def payload(self) -> Any:
+        """The handler's result, decoded."""
+        return json.loads(self.body) if self.body else None
 
     def log_tail(self, limit: int = 4096) -> bytes:
         try:
@@ -350,68 +120,114 @@ class Result:
 
 @dataclass(eq=False)
 class _Invocation:
-    """One invocation between its launch and its end (owned by the watcher once started)."""
-
     code: Code
     request_id: str
-    started: float
-    spec: dict[str, Any]
-    log_path: Path  # its final name
+    payload: bytes
     on_done: Callable[[Result], None]
+    started: float = 0.0  # time.time() when delivered to its environment
+    log: bytearray = field(default_factory=bytearray)
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class _Env:
+    id: str
+    key: tuple[str, str]
+    code: Code
+    made: float  # monotonic
+    stream: str
     tmpdir: str = ""
-    log_temp: str = ""  # a spare's placeholder log, renamed at the end
+    port: int = 0
+    server: asyncio.Server | None = None
     pid: int = 0
-    chan: socket.socket | None = None
-    proc: subprocess.Popen[bytes] | None = None  # plain spawn only
+    proc: subprocess.Popen[bytes] | None = None
     pidfd: int = -1
-    out: list[bytes] = field(default_factory=list)  # what the channel brought
-    error: dict[str, Any] | None = None  # set: it ended (or never started) this way
+    log_r: int = -1
+    partial: bytes = b""
+    init_ms: float | None = None
+    init_log: bytearray = field(default_factory=bytearray)
+    init_error: dict[str, Any] | None = None
+    inv: _Invocation | None = None
+    delivered: bool = False
+    parked: asyncio.Future[_Invocation | None] | None = None
+    idle_since: float = 0.0
+    provisioned: bool = False
+    retiring: bool = False  # destroyed once its invocation ends (code updated)
+    dead: bool = False
+    init_timer: asyncio.TimerHandle | None = None
 
 
-@dataclass
-class _Spare:
-    pid: int
-    chan: socket.socket
-    tmp: str
-    log: str
+def _error(message: str, kind: str, request_id: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {"errorMessage": message, "errorType": kind}
+    if request_id:
+        out["requestId"] = request_id
+    return out
 
 
-class _ForkServer:
-    """One helper process for one function version, and the spares it forks.
+_SANDBOX: tuple[str | None] | None = None
 
-    The runner takes the oldest idle spare for each invocation (:meth:`start`) and writes
-    the invocation into its channel. With none idle, the invocation waits for the next spare
-    announced, which the reader thread hands it. The helper forks by what it is told:
-    ``{"taken": SPARES_USED, "need": INVOCATIONS_WAITING}`` (batched while a burst starts,
-    see :meth:`_tell`).
-    """
 
-    def __init__(
-        self, code: Code, env: dict[str, str], spares: int, tmp_root: str, log_dir: Path,
-        started: Callable[[_Invocation], None],
-    ) -> None:
+def sandbox_problem() -> str | None:
+    """Why environments cannot run under bubblewrap here (None: they can). Tried once."""
+    global _SANDBOX
+    if _SANDBOX is None:
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            _SANDBOX = ("bubblewrap (bwrap) is not installed",)
+        else:
+            try:
+                probe = subprocess.run(
+                    [*_bwrap_args(bwrap, None), sys.executable, "-I", "-c",
+                     "from emulator.environment import _private_tmp; _private_tmp(1)"],
+                    capture_output=True, timeout=30, check=False)
+                _SANDBOX = (None,) if probe.returncode == 0 else (
+                    "bubblewrap cannot make a sandbox here: "
+                    + (probe.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1],)
+            except (OSError, subprocess.SubprocessError) as exc:
+                _SANDBOX = (f"bubblewrap cannot run: {exc}",)
+    return _SANDBOX[0]
+
+
+def _bwrap_args(bwrap: str, task_root: str | None, tmp_mb: int = 0) -> list[str]:
+    """bubblewrap's command line: every file system read-only, ``task_root`` at /var/task;
+    with ``tmp_mb`` a ``tmpfs`` of that size at /tmp (spawn), else the zygote's children
+    make their own (it keeps the capability to mount, in its own user namespace)."""
+    args = [bwrap, "--die-with-parent", "--unshare-user", "--unshare-ipc", "--unshare-uts"]
+    for entry in sorted(os.listdir("/")):
+        path = "/" + entry
+        if entry in ("proc", "dev", "tmp", "var") or not os.path.exists(path):
+            continue
+        args += ["--ro-bind", path, path]
+    args += ["--tmpfs", "/var"]
+    if os.path.isdir("/var"):
+        for entry in sorted(os.listdir("/var")):
+            if entry not in ("task", "tmp"):
+                args += ["--ro-bind", "/var/" + entry, "/var/" + entry]
+    if task_root is not None:
+        args += ["--ro-bind", task_root, "/var/task"]
+    args += ["--remount-ro", "/var", "--dev", "/dev", "--proc", "/proc"]
+    if tmp_mb:
+        args += ["--size", str(tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]
+    else:
+        args += ["--tmpfs", "/tmp", "--cap-add", "CAP_SYS_ADMIN"]
+    return args
+
+
+class _Zygote:
+    """A process that has imported the runtime and forks environments of one function."""
+
+    def __init__(self, code: Code, sandbox: str | None, env: dict[str, str]) -> None:
         parent, child = socket.socketpair()
         self.sock = parent
-        self.env = env
-        self._started = started  # hands a started (or failed) invocation to the watcher
-        self._send_lock = threading.Lock()
-        self._lock = threading.Lock()
-        self._idle: deque[_Spare] = deque()
-        self._waiting: deque[_Invocation] = deque()
-        self._pool = spares
-        self._untold = 0  # spares taken and not yet reported to the helper
-        self._told_need = 0  # the number waiting, as last reported
-        self._eof = False
+        self.waiting: deque[_Env] = deque()  # forks asked for, answered in order
+        self.buf = b""
+        prefix = _bwrap_args(sandbox, code.code_dir) if sandbox else []
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", BOOTSTRAP, "serve", str(child.fileno()),
-                 code.code_dir, code.handler, str(spares), tmp_root, str(log_dir)],
-                pass_fds=(child.fileno(),),
-                cwd=code.code_dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                [*prefix, sys.executable, "-I", "-m", "emulator.environment", "zygote",
+                 str(child.fileno())],
+                pass_fds=(child.fileno(),), cwd=code.code_dir, env=env,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
         except BaseException:
@@ -419,367 +235,33 @@ class _ForkServer:
             raise
         finally:
             child.close()
-        self._reader = threading.Thread(target=self._read, name="mu-fork-server-reader",
-                                        daemon=True)
-        self._reader.start()
+        parent.setblocking(False)
 
-    def changes(self, env: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-        """How ``env`` differs from the helper's (which its spares inherit): what to set,
-        what to unset. Setting 30 variables in a fresh fork costs about 0.5 ms."""
-        return ({k: v for k, v in env.items() if self.env.get(k) != v},
-                [k for k in self.env if k not in env])
-
-    def gone(self) -> bool:
-        """Whether the helper has exited (its socket is closed: no call per launch)."""
-        return self._eof and self.proc.poll() is not None
-
-    def retire(self) -> bool:
-        """Take no more invocations, unless some wait here for a spare (stopping it would
-        fail them): whether it was retired. A :meth:`start` that comes after returns False,
-        so its caller asks for another fork server."""
-        with self._lock:
-            if self._waiting:
-                return False
-            self._eof = True
-            return True
-
-    def start(self, inv: _Invocation) -> bool:
-        """Hand ``inv`` to an idle spare, or keep it until one is announced; False (and
-        ``inv`` untouched) if the helper has gone (stopped meanwhile to make room)."""
-        taken = 0
-        while True:
-            with self._lock:
-                if self._eof:
-                    if not taken:
-                        return False
-                    inv.error = _error("the fork server exited", "Runtime.StartError")
-                    break
-                if not self._idle:
-                    self._waiting.append(inv)
-                    need = len(self._waiting)
-                    break
-                spare = self._idle.popleft()
-            taken += 1
-            if self._hand_over(spare, inv):
-                with self._lock:
-                    need = len(self._waiting)
-                break
-        if inv.error is not None:
-            self._started(inv)
-        else:
-            self._tell(taken, need)
-        return True
-
-    def _hand_over(self, spare: _Spare, inv: _Invocation) -> bool:
-        """Write ``inv`` into ``spare``'s channel; False if that spare has died."""
-        inv.spec["env"]["TMPDIR"] = spare.tmp
-        try:
-            spare.chan.sendall(json.dumps(inv.spec).encode() + b"\n")
-        except OSError:
-            spare.chan.close()
-            return False
-        inv.pid, inv.chan, inv.tmpdir, inv.log_temp = spare.pid, spare.chan, spare.tmp, spare.log
-        self._started(inv)
-        return True
-
-    def _tell(self, taken: int, need: int, flush: bool = False) -> None:
-        """Report ``taken`` more spares used and ``need`` invocations waiting. While a burst
-        starts, the counts are sent in batches (each message wakes the helper, which shares
-        the CPU with the spares starting): when the number waiting changes, every
-        ``_TELL_EVERY`` spares, at each one once a quarter of the spares or fewer is left
-        (the helper then forks at once), and at the end (:meth:`flush`)."""
-        with self._send_lock:
-            self._untold += taken
-            if not (flush or need != self._told_need or self._untold >= _TELL_EVERY
-                    or len(self._idle) <= self._pool // 4):
-                return
-            if not self._untold and need == self._told_need:
-                return
-            message = b'{"taken": %d, "need": %d}\n' % (self._untold, need)
-            self._untold, self._told_need = 0, need
-            with contextlib.suppress(OSError):
-                self.sock.sendall(message)
-
-    def flush(self) -> None:
-        """Send the counts held back (a burst is over)."""
-        self._tell(0, len(self._waiting), flush=True)
-
-    def _read(self) -> None:
-        buf = b""
-        fds: deque[int] = deque()  # spares' channels, in the order their lines come
-        try:
-            while True:
-                data, got, _, _ = socket.recv_fds(self.sock, 65536, 64, _CLOEXEC)
-                fds.extend(got)
-                if not data:
-                    return
-                buf += data
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    news = json.loads(line)
-                    if not fds:  # its channel did not arrive (out of descriptors)
-                        self._tell(1, len(self._waiting))  # the spare reads EOF and exits
-                        continue
-                    spare = _Spare(int(news["spare"]), socket.socket(fileno=fds.popleft()),
-                                   news["tmp"], news["log"])
-                    with self._lock:
-                        inv = self._waiting.popleft() if self._waiting else None
-                        if inv is None:
-                            self._idle.append(spare)
-                            continue
-                    if self._hand_over(spare, inv):
-                        self._tell(1, len(self._waiting))
-                    else:
-                        self._tell(1, len(self._waiting) + 1)
-                        with self._lock:
-                            self._waiting.appendleft(inv)
-        except (OSError, ValueError):
-            return
-        finally:
-            with self._lock:
-                self._eof = True
-                waiting, self._waiting = list(self._waiting), deque()
-                idle, self._idle = list(self._idle), deque()
-            for inv in waiting:
-                inv.error = _error("the fork server exited", "Runtime.StartError")
-                self._started(inv)
-            for spare in idle:
-                spare.chan.close()  # a spare still alive reads end-of-file and exits unused
-            for fd in fds:
-                os.close(fd)
-
-    def close(self, kill_children: bool = False) -> None:
-        """Stop the helper; with ``kill_children``, also every process it forked.
-
-        Its children are not in its process group (each has a group of its own), and once
-        it is dead they belong to init and cannot be found; so it is frozen first (no more forks),
-        its children's groups are killed, and only then the helper itself. Without
-        ``kill_children`` (code updated or deleted) running invocations finish under the
-        watcher; idle spares exit on their own.
-        """
+    def close(self) -> None:
         with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the reader
-        if kill_children:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGSTOP)
-                for pid in _children(self.proc.pid):
-                    _kill_group(pid)
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
+            self.sock.close()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-        self._reader.join()
-        self.sock.close()
-
-
-class _Watcher:
-    """The one thread that waits for every started invocation and ends it.
-
-    Started invocations come in through :meth:`add` (any thread); the thread polls their
-    pidfds and channels, a wake-up pipe, the deadline heap and the memory tick.
-    """
-
-    def __init__(self, end: Callable[[_Invocation], None], quiet: Callable[[], None]) -> None:
-        self._end = end  # finishes one invocation: files, Result, on_done
-        self._quiet = quiet  # called once what a burst left has been handled
-        self._inbox: deque[_Invocation] = deque()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._woken = False  # a wake-up byte is on its way: adders need not write another
-        self._selector = selectors.DefaultSelector()  # epoll: the cost is per ready descriptor
-        self._selector.register(self._wake_r, selectors.EVENT_READ)  # its data: None
-        self.running: dict[str, _Invocation] = {}  # request id -> invocation
-        self._deadlines: list[tuple[float, int, _Invocation]] = []
-        self._turns: deque[_Invocation] = deque()  # running ones, in the order of checks
-        self._order = itertools.count()
-        self._ended: deque[tuple[float, _Invocation]] = deque()  # (when, what), to be ended
-        self._last_add = 0.0  # when an invocation last started
-        self._inbox_since = math.inf  # when the oldest invocation not yet watched started
-        self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="mu-emulator-watcher",
-                                        daemon=True)
-        self._thread.start()
-
-    def add(self, inv: _Invocation) -> None:
-        self._last_add = time.monotonic()
-        if not self._inbox:
-            self._inbox_since = self._last_add
-        self._inbox.append(inv)
-        if not self._woken:
-            self._woken = True
-            with contextlib.suppress(BlockingIOError):
-                os.write(self._wake_w, b"x")
-
-    def kill(self, which: Callable[[_Invocation], bool], error: dict[str, Any]) -> None:
-        """Kill the started invocations ``which`` selects; each ends with ``error``
-        (called from any thread: the watcher finds them ended by their pidfd or tick)."""
-        for inv in list(self.running.values()) + list(self._inbox):
-            if which(inv) and inv.pid and inv.error is None:
-                inv.error = error
-                _kill_group(inv.pid)
-
-    def stop(self) -> None:
-        """Return once every invocation added so far has ended (the caller killed them)."""
-        self._stopping = True
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._wake_w, b"x")
-        self._thread.join(timeout=60)
-        self._selector.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-
-    def _loop(self) -> None:
-        # SCHED_BATCH for this thread only: woken by an end or a start, it does not preempt
-        # the threads starting invocations (it waits for its turn).
-        with contextlib.suppress(AttributeError, OSError):
-            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-        next_tick = time.monotonic() + _POLL
-        while not (self._stopping and not self.running and not self._inbox and not self._ended):
-            timeout: float | None = None
-            if self.running:
-                timeout = next_tick - time.monotonic()
-                if self._deadlines:
-                    timeout = min(timeout, self._deadlines[0][0] - time.time())
-            if self._ended or self._inbox:
-                timeout = min(timeout if timeout is not None else _SETTLE, _SETTLE)
-            for key, _ in self._selector.select(None if timeout is None else max(0.0, timeout)):
-                fd, inv = key.fd, key.data  # a pidfd or a channel, and its invocation
-                if inv is None:
-                    with contextlib.suppress(BlockingIOError):
-                        os.read(self._wake_r, 4096)
-                    # Only now, with no byte left: an add from here on writes one again.
-                    # (Reset before the read, an add in between had its byte read with
-                    # the others and the flag stayed set: the next add woke nobody.) An
-                    # add that saw the flag still set is in the inbox, seen below.
-                    self._woken = False
-                    continue
-                if not self._is_running(inv):
-                    continue  # ended by an earlier event of this same batch
-                if fd == inv.pidfd:
-                    self._finish(inv)
-                elif not self._drain(inv):
-                    self._selector.unregister(fd)  # end-of-file: it may still be running
-            now = time.time()
-            while self._deadlines and self._deadlines[0][0] <= now:
-                _, _, inv = heapq.heappop(self._deadlines)
-                if self._is_running(inv):
-                    _kill_group(inv.pid)
-                    self._drain(inv)
-                    if not _outcome(inv.out):  # an outcome complete by the deadline counts
-                        inv.error = _error(
-                            f"Task timed out after {inv.code.timeout:.2f} seconds",
-                            "Sandbox.Timedout")
-                    self._finish(inv)
-            if time.monotonic() >= next_tick:
-                next_tick = time.monotonic() + _POLL
-                self._tick()
-            self._settle()
-
-    def _settle(self) -> None:
-        """Watch the invocations started and end those ended, unless invocations are
-        starting: while a burst starts, this work (for each new one a pidfd and two
-        registrations; for each ended one its log, TMPDIR and the caller's ``on_done``)
-        waits, up to ``_SETTLE_MAX``, so that it does not compete with the starts. An
-        invocation that ends before it is watched is found ended when it is."""
-        now = time.monotonic()
-        oldest = min(self._ended[0][0] if self._ended else now, self._inbox_since)
-        if now - self._last_add < _SETTLE and not self._stopping and now - oldest < _SETTLE_MAX:
-            return
-        if not self._inbox and not self._ended:
-            return
-        while self._inbox:
-            self._watch(self._inbox.popleft())
-        self._inbox_since = math.inf
-        while self._ended:
-            self._end(self._ended.popleft()[1])
-        self._quiet()
-
-    def _watch(self, inv: _Invocation) -> None:
-        if inv.error is not None or not inv.pid:
-            self._ended.append((time.monotonic(), inv))
-            return
-        self.running[inv.request_id] = inv
-        if inv.chan is not None:
-            self._selector.register(inv.chan.fileno(), selectors.EVENT_READ, inv)
-        try:
-            inv.pidfd = os.pidfd_open(inv.pid)
-        except ProcessLookupError:
-            self._finish(inv)  # it has ended already
-            return
-        except (AttributeError, OSError):
-            pass  # no pidfd here: the memory tick checks that it still runs
-        else:
-            self._selector.register(inv.pidfd, selectors.EVENT_READ, inv)
-        heapq.heappush(self._deadlines, (inv.started + inv.code.timeout, next(self._order), inv))
-        self._turns.append(inv)
-
-    def _tick(self) -> None:
-        """Memory limits, and (without pidfds) whether an invocation still runs: up to
-        ``_CHECKS`` invocations per tick, in turn, so that a tick costs the same with a
-        thousand running (each is then checked every few tenths of a second)."""
-        young = time.time() - _POLL
-        for _ in range(min(_CHECKS, len(self._turns))):
-            inv = self._turns.popleft()
-            if not self._is_running(inv):
-                continue  # it has ended
-            self._turns.append(inv)
-            if inv.started > young:
-                continue  # checked from its second tick: a burst of short ones costs nothing
-            if inv.pidfd < 0 and not _alive(inv.pid):
-                self._finish(inv)
-            elif _tree_rss(inv.pid) > inv.code.memory * 1024 * 1024:
-                _kill_group(inv.pid)
-                inv.error = _error(
-                    f"Runtime exited with error: signal: killed (memory {inv.code.memory} MB "
-                    "exceeded)", "Runtime.OutOfMemory")
-                self._finish(inv)
-
-    def _is_running(self, inv: _Invocation) -> bool:
-        """Whether ``inv`` is watched and has not ended (a retry reuses its request id)."""
-        return self.running.get(inv.request_id) is inv
-
-    def _drain(self, inv: _Invocation) -> bool:
-        """Read what the channel holds now; False at end-of-file."""
-        if inv.chan is None:
-            return False
-        while True:
-            try:
-                data = inv.chan.recv(1 << 20, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return True
-            except OSError:
-                return False
-            if not data:
-                return False
-            inv.out.append(data)
-
-    def _finish(self, inv: _Invocation) -> None:
-        """The process has ended (or was killed): collect its outcome and end it."""
-        self._drain(inv)
-        for fd in (inv.pidfd, inv.chan.fileno() if inv.chan is not None else -1):
-            with contextlib.suppress(KeyError, ValueError):  # not (or no longer) watched
-                self._selector.unregister(fd)
-        if inv.pidfd >= 0:
-            os.close(inv.pidfd)
-            inv.pidfd = -1
-        self.running.pop(inv.request_id, None)
-        self._ended.append((time.monotonic(), inv))
 
 
 class Runner:
-    """Starts, watches and reaps invocations.
+    """Execution environments for the functions' invocations.
 
     Args:
-        state_dir: where logs go (``logs/FUNCTION/REQUEST_ID.log``).
-        s3_endpoint_url: what invocations get as ``AWS_ENDPOINT_URL_S3``.
-        region: ``AWS_REGION`` of invocations.
-        fork_server: start invocations through per-function fork servers.
-        spares: idle children each fork server keeps forked ahead of demand.
-        kept: idle processes kept in all: fork servers and their spares. Fork servers are
-            kept for the functions invoked most recently, as many as fit (at least one);
-            the one used least recently is stopped to make room (its running invocations
-            go on). Default: two fork servers with their spares.
+        state_dir: where per-request logs go (``logs/FUNCTION/REQUEST_ID.log``).
+        s3_endpoint_url: the embedded moto server: what environments get as
+            ``AWS_ENDPOINT_URL_S3``, and where logs are written (CloudWatch Logs).
+        region: ``AWS_REGION`` of environments.
+        fork_server: fork environments from a zygote per function (False: spawn each).
+        kept: idle environments kept in all (the one idle longest is reaped beyond).
+        warm_pool: environments made per function when its code is set, never reaped.
+        idle_timeout: seconds after which an idle environment is reaped.
+        sandbox: run environments under bubblewrap; None: where it works (else a warning).
+        logs_endpoint_url: CloudWatch Logs endpoint (default: ``s3_endpoint_url``).
 
     Raises:
-        ValueError: ``spares`` or ``kept`` is negative.
+        ValueError: ``kept``, ``warm_pool`` or ``idle_timeout`` is negative.
     """
 
     def __init__(
@@ -788,56 +270,57 @@ class Runner:
         s3_endpoint_url: str | None = None,
         region: str = "us-east-1",
         fork_server: bool = True,
-        spares: int = SPARES,
-        kept: int | None = None,
+        kept: int = KEPT,
+        warm_pool: int = 0,
+        idle_timeout: float = IDLE_TIMEOUT,
+        sandbox: bool | None = None,
+        logs_endpoint_url: str | None = None,
     ) -> None:
-        if spares < 0:
-            raise ValueError(f"spares {spares} is negative")
-        if kept is None:
-            kept = KEPT_SERVERS * (spares + 1)
         if kept < 0:
-            raise ValueError(f"kept processes {kept} is negative")
-        self.state_dir = state_dir
-        self.spares = spares
-        self.kept_servers = max(1, kept // (spares + 1))  # fork servers at most
+            raise ValueError(f"kept environments {kept} is negative")
+        if warm_pool < 0:
+            raise ValueError(f"warm pool {warm_pool} is negative")
+        if not idle_timeout >= 0:
+            raise ValueError(f"idle timeout {idle_timeout} is negative")
+        self.state_dir = Path(state_dir)
         self.s3_endpoint_url = s3_endpoint_url
         self.region = region
         self.fork_server = fork_server
-        # Fork servers by (function, code), the one used least recently first.
-        self._servers: OrderedDict[tuple[str, str], _ForkServer] = OrderedDict()
-        self._lock = threading.Lock()
+        self.kept = kept
+        self.kept_zygotes = KEPT_ZYGOTES
+        self.warm_pool = warm_pool
+        self.idle_timeout = idle_timeout
+        self.sandbox: str | None = None  # bwrap's path when sandboxed
+        if sandbox is not False:
+            problem = sandbox_problem()
+            if problem is None:
+                self.sandbox = shutil.which("bwrap")
+            elif sandbox:
+                raise ValueError(f"no sandbox: {problem}")
+            else:
+                _warn_once(f"mu emulator: {problem}; handlers run without a sandbox and can "
+                           "write wherever you can")
+        self.logs = LogWriter(logs_endpoint_url or s3_endpoint_url, region)
+        self._tmp = tempfile.mkdtemp(prefix="mu-emulator-tmp-")
+        self._folders: set[Path] = set()
+        self._envs: dict[str, _Env] = {}  # every live environment by id
+        self._idle: dict[tuple[str, str], list[_Env]] = {}  # parked in /next, newest last
+        self._returning: dict[tuple[str, str], set[_Env]] = {}  # answered, /next to come
+        self._zygotes: OrderedDict[tuple[str, str], _Zygote] = OrderedDict()
+        self._running: dict[str, int] = {}  # request id -> pid (read from any thread)
         self._closed = False
-        self._folders: set[Path] = set()  # folders known to exist
-        self._tmp = tempfile.mkdtemp(prefix="mu-emulator-tmp-")  # removed by close()
-        self._watcher = _Watcher(self._end, self._quiet)
-        if fork_server and spares:
-            _more_descriptors()  # this process holds a channel per spare
+        _more_descriptors()
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run_loop, args=(ready,),
+                                        name="mu-emulator-runner", daemon=True)
+        self._thread.start()
+        ready.wait()
 
-    def environment(self, code: Code, tmpdir: str) -> dict[str, str]:
-        """The environment an invocation sees."""
-        env = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
-        env.update(
-            AWS_LAMBDA_FUNCTION_NAME=code.name,
-            AWS_LAMBDA_FUNCTION_VERSION=code.version,
-            AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(code.memory),
-            AWS_LAMBDA_LOG_GROUP_NAME=f"/aws/lambda/{code.name}",
-            AWS_REGION=self.region,
-            AWS_DEFAULT_REGION=self.region,
-            AWS_EXECUTION_ENV="AWS_Lambda_python_emulated",
-            LAMBDA_TASK_ROOT=code.code_dir,
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-            AWS_SESSION_TOKEN="testing",
-            TMPDIR=tmpdir,
-            PYTHONUNBUFFERED="1",
-        )
-        if self.s3_endpoint_url:
-            env["AWS_ENDPOINT_URL_S3"] = self.s3_endpoint_url
-        env.update(code.environment)
-        return env
+    # -- any thread ------------------------------------------------------------------------
 
     def run(self, code: Code, payload: bytes, request_id: str) -> Result:
-        """Run one invocation to its end (or its timeout) and return the outcome."""
+        """Run one invocation to its end and return the outcome."""
         ended = threading.Event()
         results: list[Result] = []
 
@@ -852,199 +335,663 @@ class Runner:
     def launch(
         self, code: Code, payload: bytes, request_id: str, on_done: Callable[[Result], None]
     ) -> None:
-        """Start one invocation and return at once; ``on_done(result)`` follows, always.
-
-        ``on_done`` is called exactly once, from the watcher thread, never from within this
-        call (so a caller may launch while holding a lock that ``on_done`` takes), except
-        after :meth:`close`, when it is called at once with a "stopping" error.
-        """
-        log_path = self.state_dir / "logs" / code.name / f"{request_id}.log"
+        """Start one invocation and return at once; ``on_done(result)`` follows, always,
+        from the runner's thread (never from within this call), except after :meth:`close`,
+        when it is called at once with a "stopping" error."""
+        inv = _Invocation(code, request_id, payload, on_done)
         if self._closed:
             on_done(Result(False, error=_error("the emulator is stopping", "Runtime.Stopped"),
-                           log_path=str(log_path)))
+                           log_path=str(self._log_path(code.name, request_id))))
             return
-        # A plain spawn makes its TMPDIR (0700) in here; a spare brings its own.
-        tmpdir = os.path.join(self._tmp, request_id)
-        started = time.time()
-        spec: dict[str, Any] = {
-            "name": code.name, "version": code.version, "memory": code.memory,
-            "request_id": request_id, "arn": code.arn, "deadline": started + code.timeout,
-            "code_dir": code.code_dir, "handler": code.handler, "log_path": str(log_path),
-            "env": {}, "unset": [],
-            "start_line": f"START RequestId: {request_id} Version: {code.version}\n",
-            "event": payload.decode("utf-8", "surrogateescape"),
-        }
-        env = self.environment(code, tmpdir)
-        inv = _Invocation(code, request_id, started, spec, log_path, on_done, tmpdir)
         try:
-            self._folder(log_path.parent)
-            if self.fork_server:
-                for _ in range(2):  # a fork server stopped meanwhile is replaced once
-                    server = self._server_for(code, env)
-                    spec["env"], spec["unset"] = server.changes(env)
-                    if server.start(inv):
-                        return
-                raise OSError("the fork server exited")
-            ours, theirs = socket.socketpair()
-            inv.chan = ours  # closed at the end, even if the process does not start
-            with theirs:
-                inv.proc = subprocess.Popen(
-                    [sys.executable, "-I", "-c", BOOTSTRAP, "spawn", str(theirs.fileno())],
-                    cwd=code.code_dir, env=env, stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    pass_fds=(theirs.fileno(),), start_new_session=True,
-                )
-            inv.pid = inv.proc.pid
-            with contextlib.suppress(OSError):  # it died at once: its exit status says more
-                ours.sendall(json.dumps(spec).encode() + b"\n")
-        except (OSError, ValueError, TypeError) as exc:
-            # An environment that cannot start (a variable with a NUL byte, a non-string
-            # value from a damaged configuration): this invocation fails, ``on_done`` follows.
-            inv.error = _error(f"cannot start: {exc}", "Runtime.StartError")
-        self._watcher.add(inv)
+            self._loop.call_soon_threadsafe(self._launch, inv)
+        except RuntimeError:  # the loop closed meanwhile
+            on_done(Result(False, error=_error("the emulator is stopping", "Runtime.Stopped")))
+
+    def warm(self, code: Code) -> None:
+        """Make ``warm_pool`` environments of ``code`` ahead of its invocations."""
+        if self.warm_pool and not self._closed:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._warm, code)
 
     def pids(self) -> dict[str, int]:
-        """Running invocations: request id -> pid (the leader of its process group)."""
-        return {rid: inv.pid for rid, inv in list(self._watcher.running.items())}
+        """Running invocations: request id -> pid of its environment (its group leader)."""
+        return dict(self._running)
 
-    def _end(self, inv: _Invocation) -> None:
-        """In the watcher thread: clean up after ``inv`` and call its ``on_done``."""
-        duration = time.time() - inv.started
-        result = Result(False, error=inv.error)
-        if inv.pid:
-            _kill_group(inv.pid)  # whatever it left running
-            if inv.proc is not None:
-                inv.proc.wait()
-            if inv.error is None:
-                result = _outcome(inv.out) or Result(False, error=_error(
-                    "Runtime exited without providing a reason (exit status "
-                    f"{inv.proc.returncode if inv.proc is not None else 'unknown'})",
-                    "Runtime.ExitError"))
-        if inv.chan is not None:
-            inv.chan.close()
-        result.log_path, result.duration, result.pid = str(inv.log_path), duration, inv.pid
+    def environments(self) -> dict[str, int]:
+        """Live environments: id -> pid (0 while it is being made)."""
+        return {env_id: env.pid for env_id, env in list(self._envs.items())}
+
+    def forget(self, name: str, reason: str | None = None) -> None:
+        """Function ``name`` was updated (its environments are destroyed once idle) or, with
+        a ``reason``, deleted (its running invocations are killed, each failing with it)."""
+        self._call(self._forget, name, reason)
+
+    def close(self) -> None:
+        """Kill every environment and zygote; every ``on_done`` has been called when this
+        returns. A second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        self._call(self._close_all)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self.logs.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` in the loop and wait for it."""
+        done = threading.Event()
+
+        def call() -> None:
+            try:
+                fn(*args)
+            finally:
+                done.set()
+
         try:
-            if inv.log_temp:
-                _settle_log(Path(inv.log_temp), inv.log_path)
-            if inv.pid:
-                with open(inv.log_path, "ab") as log:
-                    log.write(
-                        f"END RequestId: {inv.request_id}\nREPORT RequestId: {inv.request_id}"
-                        f"\tDuration: {duration * 1000:.2f} ms\tMemory Size: {inv.code.memory} "
-                        "MB\n".encode()
-                    )
+            self._loop.call_soon_threadsafe(call)
+        except RuntimeError:
+            return
+        done.wait()
+
+    def _run_loop(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.call_soon(ready.set)
+        self._loop.call_later(_POLL, self._tick)
+        self._loop.call_later(1.0, self._reap)
+        self._loop.run_forever()
+        # Stopped (close): end the Runtime API's connections, then close the loop.
+        tasks = asyncio.all_tasks(self._loop)
+        for task in tasks:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        for env in list(self._envs.values()):  # made while stopping
+            self._destroy(env, _error("the emulator is stopping", "Runtime.Stopped"))
+        self._loop.run_until_complete(asyncio.sleep(0))  # transports closing
+        self._loop.close()
+
+    # -- in the loop -----------------------------------------------------------------------
+
+    def _launch(self, inv: _Invocation) -> None:
+        if self._closed:
+            self._complete(inv, Result(False, error=_error("the emulator is stopping",
+                                                            "Runtime.Stopped")), None)
+            return
+        key = (inv.code.name, inv.code.sha)
+        idle = self._idle.get(key)
+        while idle:
+            env = idle.pop()
+            if not env.dead and env.parked is not None and not env.parked.done():
+                self._deliver(env, inv)
+                return
+        returning = self._returning.get(key)
+        while returning:  # it has answered and will ask for the next at once: wait for it
+            env = returning.pop()
+            if not env.dead and env.inv is None:
+                env.inv = inv
+                return
+        self._loop.create_task(self._make(inv.code, inv))
+
+    def _warm(self, code: Code) -> None:
+        key = (code.name, code.sha)
+        have = sum(1 for e in self._envs.values() if e.key == key and e.provisioned)
+        for _ in range(self.warm_pool - have):
+            self._loop.create_task(self._make(code, None, provisioned=True))
+
+    async def _make(self, code: Code, inv: _Invocation | None, provisioned: bool = False
+                    ) -> None:
+        """A new environment of ``code``; ``inv`` is its first invocation (cold start)."""
+        env_id = uuid.uuid4().hex
+        day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y/%m/%d")
+        env = _Env(env_id, (code.name, code.sha), code, time.monotonic(),
+                   f"{day}/[{code.version}]{env_id}", provisioned=provisioned)
+        env.inv = inv
+        self._envs[env_id] = env
+        try:
+            server = await asyncio.start_server(
+                lambda r, w: self._serve(env, r, w), "127.0.0.1", 0)
+            if env.dead:  # destroyed meanwhile (the emulator stopping, the function deleted)
+                server.close()
+                return
+            env.server = server
+            env.port = server.sockets[0].getsockname()[1]
+            spec = self._spec(env)
+            log_r, log_w = os.pipe2(os.O_CLOEXEC)
+            env.log_r = log_r
+            os.set_blocking(log_r, False)
+            self._loop.add_reader(log_r, self._read_log, env)
+            try:
+                if self.fork_server:
+                    self._fork(env, spec, log_w)
+                else:
+                    self._spawn(env, spec, log_w)
+            finally:
+                os.close(log_w)
+        except (OSError, ValueError, TypeError) as exc:
+            # An environment that cannot start (a variable with a NUL byte, out of
+            # descriptors): its invocation fails, on_done follows.
+            self._destroy(env, _error(f"cannot start: {exc}", "Runtime.StartError"))
+            return
+        env.init_timer = self._loop.call_later(
+            max(INIT_TIMEOUT, code.timeout), self._init_timeout, env)
+
+    def _spec(self, env: _Env) -> dict[str, Any]:
+        code = env.code
+        if not isinstance(code.handler, str):
+            raise TypeError(f"handler {code.handler!r} is not a string")
+        for key, value in code.environment.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise TypeError(f"environment variable {key!r}: {value!r} is not a string")
+            if "\x00" in key or "\x00" in value:
+                raise ValueError(f"environment variable {key}: embedded null byte")
+        task_root = "/var/task" if self.sandbox else code.code_dir
+        vars_ = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
+        vars_.update(
+            AWS_LAMBDA_FUNCTION_NAME=code.name,
+            AWS_LAMBDA_FUNCTION_VERSION=code.version,
+            AWS_LAMBDA_FUNCTION_MEMORY_SIZE=str(code.memory),
+            AWS_LAMBDA_LOG_GROUP_NAME=f"/aws/lambda/{code.name}",
+            AWS_LAMBDA_LOG_STREAM_NAME=env.stream,
+            AWS_LAMBDA_RUNTIME_API=f"127.0.0.1:{env.port}",
+            AWS_REGION=self.region,
+            AWS_DEFAULT_REGION=self.region,
+            AWS_EXECUTION_ENV=f"AWS_Lambda_{code.runtime}",
+            LAMBDA_TASK_ROOT=task_root,
+            _HANDLER=code.handler,
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_SESSION_TOKEN="testing",
+            PYTHONUNBUFFERED="1",
+            TZ=":UTC",
+        )
+        if self.sandbox:
+            vars_["TMPDIR"] = "/tmp"
+        else:
+            env.tmpdir = os.path.join(self._tmp, env.id)
+            os.mkdir(env.tmpdir, 0o700)
+            vars_["TMPDIR"] = env.tmpdir
+        if self.s3_endpoint_url:
+            vars_["AWS_ENDPOINT_URL_S3"] = self.s3_endpoint_url
+        vars_.update(code.environment)
+        return {"env": vars_, "task_root": task_root, "handler": code.handler,
+                "tmp_mb": code.tmp_mb if self.sandbox and self.fork_server else 0}
+
+    def _fork(self, env: _Env, spec: dict[str, Any], log_w: int) -> None:
+        zygote = self._zygote(env.code)
+        line = json.dumps(spec).encode() + b"\n"
+        zygote.sock.setblocking(True)  # a short line: the zygote reads it at once
+        try:
+            zygote.sock.sendmsg([line], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                          log_w.to_bytes(4, sys.byteorder))])
+        finally:
+            zygote.sock.setblocking(False)
+        zygote.waiting.append(env)
+
+    def _spawn(self, env: _Env, spec: dict[str, Any], log_w: int) -> None:
+        prefix = (_bwrap_args(self.sandbox, env.code.code_dir, env.code.tmp_mb)
+                  if self.sandbox else [])
+        vars_ = dict(spec["env"], _MU_ENVIRONMENT=json.dumps(spec))
+        env.proc = subprocess.Popen(
+            [*prefix, sys.executable, "-I", "-m", "emulator.environment", "spawn"],
+            cwd=env.code.code_dir, env=vars_, stdin=subprocess.DEVNULL, stdout=log_w,
+            stderr=log_w, start_new_session=True)
+        self._started(env, env.proc.pid)
+
+    def _zygote(self, code: Code) -> _Zygote:
+        key = (code.name, code.sha)
+        zygote = self._zygotes.get(key)
+        if zygote is not None and zygote.proc.poll() is not None:
+            self._drop_zygote(key)
+            zygote = None
+        if zygote is None:
+            base = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
+            zygote = _Zygote(code, self.sandbox, base)
+            self._zygotes[key] = zygote
+            self._loop.add_reader(zygote.sock.fileno(), self._zygote_says, key, zygote)
+        self._zygotes.move_to_end(key)
+        self._cap_zygotes()
+        return zygote
+
+    def _cap_zygotes(self) -> None:
+        """Beyond the cap, stop the zygotes used least recently, but never one that still
+        has forks to answer (their invocations would fail): it goes later (:meth:`_reap`)."""
+        newest = next(reversed(self._zygotes), None)
+        for other in list(self._zygotes):
+            if len(self._zygotes) <= max(1, self.kept_zygotes):
+                break
+            if other != newest and not self._zygotes[other].waiting:
+                self._drop_zygote(other)
+
+    def _drop_zygote(self, key: tuple[str, str]) -> None:
+        zygote = self._zygotes.pop(key, None)
+        if zygote is None:
+            return
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(zygote.sock.fileno())
+        zygote.close()
+        while zygote.waiting:
+            self._destroy(zygote.waiting.popleft(),
+                          _error("the zygote exited", "Runtime.StartError"))
+
+    def _zygote_says(self, key: tuple[str, str], zygote: _Zygote) -> None:
+        try:
+            data = zygote.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            if self._zygotes.get(key) is zygote:
+                self._drop_zygote(key)
+            return
+        zygote.buf += data
+        *lines, zygote.buf = zygote.buf.split(b"\n")
+        for line in lines:
+            pid = int(json.loads(line)["pid"])
+            if not zygote.waiting:
+                continue
+            env = zygote.waiting.popleft()
+            if not pid:
+                self._destroy(env, _error("cannot start: out of descriptors",
+                                          "Runtime.StartError"))
+            elif env.dead:
+                _kill_group(pid)
+            else:
+                self._started(env, pid)
+
+    def _started(self, env: _Env, pid: int) -> None:
+        env.pid = pid
+        if env.inv is not None and env.delivered:
+            self._running[env.inv.request_id] = pid
+        try:
+            env.pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._exited(env)
+            return
+        except (AttributeError, OSError):
+            return  # no pidfd: the tick finds it gone
+        self._loop.add_reader(env.pidfd, self._exited, env)
+
+    def _init_timeout(self, env: _Env) -> None:
+        if env.init_ms is None and not env.dead:
+            self._destroy(env, _error(
+                f"Init timed out after {max(INIT_TIMEOUT, env.code.timeout):.2f} seconds",
+                "Runtime.InitTimeout"))
+
+    # -- the Runtime API -------------------------------------------------------------------
+
+    async def _serve(self, env: _Env, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                parts = lines[0].split()
+                headers = {}
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name:
+                        headers[name.strip().lower()] = value.strip()
+                length = int(headers.get("content-length", "0") or 0)
+                if len(parts) != 3 or length > _MAX_BODY or length < 0:
+                    writer.write(_http(400, _json(_error("bad request", "InvalidRequest"))))
+                    return
+                body = await reader.readexactly(length) if length else b""
+                status, extra, out = await self._route(env, parts[0], parts[1], headers, body)
+                if status == 0:
+                    return  # the environment is going away: no answer
+                writer.write(_http(status, out, extra))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError,
+                ValueError):
+            return
+        except asyncio.CancelledError:
+            # Stopping: end normally (asyncio 3.11's stream callback asks a cancelled
+            # task for its exception, and logs the CancelledError that raises).
+            return
+        finally:
+            writer.close()
+
+    async def _route(self, env: _Env, method: str, path: str, headers: dict[str, str],
+                     body: bytes) -> tuple[int, dict[str, str], bytes]:
+        if method == "GET" and path == f"{_API}/invocation/next":
+            return await self._next(env)
+        if method == "POST" and path == f"{_API}/init/error":
+            if env.init_ms is not None:
+                return 403, {}, _json(_error("init is over", "InvalidStateTransition"))
+            env.init_error = _error_body(body, headers, "")
+            return 202, {}, _json({"status": "OK"})
+        prefix = f"{_API}/invocation/"
+        if method == "POST" and path.startswith(prefix):
+            request_id, _, what = path[len(prefix):].partition("/")
+            inv = env.inv
+            if what not in ("response", "error"):
+                return 404, {}, _json(_error("no such resource", "NotFound"))
+            if inv is None or not env.delivered or inv.request_id != request_id:
+                return 400, {}, _json(_error("Invalid request ID", "InvalidRequestID"))
+            self._drain(env)
+            if what == "response":
+                if len(body) > 6 * 1024 * 1024:
+                    result = Result(False, error=_error(
+                        f"Response payload size ({len(body)} bytes) exceeded maximum allowed "
+                        "payload size (6291556 bytes).", "Function.ResponseSizeTooLarge"))
+                else:
+                    result = Result(True, body=body or b"null")
+            else:
+                result = Result(False, error=_error_body(body, headers, request_id))
+            self._finish(env, result)
+            return 202, {}, _json({"status": "OK"})
+        return 404, {}, _json(_error(f"no such resource: {method} {path}", "NotFound"))
+
+    async def _next(self, env: _Env) -> tuple[int, dict[str, str], bytes]:
+        if env.dead:
+            return 0, {}, b""
+        self._returning.get(env.key, set()).discard(env)
+        if env.init_ms is None:  # Init is over
+            env.init_ms = (time.monotonic() - env.made) * 1000
+            if env.init_timer is not None:
+                env.init_timer.cancel()
+            self._drain(env)
+        if env.inv is not None and not env.delivered:
+            self._deliver(env, env.inv)
+        if env.inv is None or not env.delivered:
+            if env.parked is not None and not env.parked.done():
+                return 400, {}, _json(_error("already waiting for an invocation",
+                                             "InvalidStateTransition"))
+            env.parked = self._loop.create_future()
+            env.idle_since = time.monotonic()
+            self._idle.setdefault(env.key, []).append(env)
+            if env.retiring:
+                self._destroy(env, None)
+                return 0, {}, b""
+            inv = await env.parked
+            env.parked = None
+            if inv is None:
+                return 0, {}, b""
+        inv = env.inv
+        assert inv is not None
+        deadline = inv.started + inv.code.timeout
+        trace = inv.request_id.replace("-", "")[:24]
+        headers = {
+            "Lambda-Runtime-Aws-Request-Id": inv.request_id,
+            "Lambda-Runtime-Deadline-Ms": str(int(deadline * 1000)),
+            "Lambda-Runtime-Invoked-Function-Arn": inv.code.arn,
+            "Lambda-Runtime-Trace-Id": f"Root=1-{int(inv.started):08x}-{trace};Parent="
+                                       f"{uuid.uuid4().hex[:16]};Sampled=0",
+            "Content-Type": "application/json",
+        }
+        return 200, headers, inv.payload
+
+    def _deliver(self, env: _Env, inv: _Invocation) -> None:
+        """Give ``inv`` to ``env`` (its /next is parked, or comes next after Init)."""
+        env.inv, env.delivered = inv, True
+        inv.started = time.time()
+        if env.pid:
+            self._running[inv.request_id] = env.pid
+        start = f"START RequestId: {inv.request_id} Version: {inv.code.version}\n".encode()
+        if env.init_log and not inv.log:
+            inv.log += env.init_log  # what Init printed belongs to the first invocation's log
+        self._emit(env, start)
+        inv.timer = self._loop.call_later(inv.code.timeout, self._timed_out, env, inv)
+        if env.parked is not None and not env.parked.done():
+            env.parked.set_result(inv)
+
+    def _timed_out(self, env: _Env, inv: _Invocation) -> None:
+        if env.inv is inv and not env.dead:
+            _kill_group(env.pid)
+            self._drain(env)
+            stamp = datetime.datetime.now(datetime.timezone.utc).strftime(
+                "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+            self._emit(env, f"{stamp} {inv.request_id} Task timed out after "
+                       f"{inv.code.timeout:.2f} seconds\n".encode())
+            self._destroy(env, _error(f"{stamp} {inv.request_id} Task timed out after "
+                                      f"{inv.code.timeout:.2f} seconds", "Sandbox.Timedout",
+                                      inv.request_id))
+
+    # -- ends ------------------------------------------------------------------------------
+
+    def _finish(self, env: _Env, result: Result) -> None:
+        """``env``'s invocation ended with ``result``; the environment lives on."""
+        inv = env.inv
+        if inv is None:
+            return
+        env.inv, env.delivered = None, False
+        self._complete(inv, result, env)
+        if not env.dead and env.inv is None:
+            self._returning.setdefault(env.key, set()).add(env)
+
+    def _complete(self, inv: _Invocation, result: Result, env: _Env | None) -> None:
+        if inv.timer is not None:
+            inv.timer.cancel()
+        self._running.pop(inv.request_id, None)
+        now = time.time()
+        duration = now - inv.started if inv.started else 0.0
+        if env is not None and inv.started:
+            billed = max(1, math.ceil(duration * 1000))
+            used = _max_rss_mb(env.pid)
+            init = ""
+            if env.init_ms is not None and not env.idle_since:
+                init = f"\tInit Duration: {env.init_ms:.2f} ms"
+            self._emit(env, f"END RequestId: {inv.request_id}\n".encode(), inv)
+            self._emit(env, (
+                f"REPORT RequestId: {inv.request_id}\tDuration: {duration * 1000:.2f} ms\t"
+                f"Billed Duration: {billed} ms\tMemory Size: {inv.code.memory} MB\t"
+                f"Max Memory Used: {used} MB{init}\t\n").encode(), inv)
+            env.idle_since = env.idle_since or time.monotonic()
+        elif env is not None and env.init_log:
+            inv.log += env.init_log
+        path = self._log_path(inv.code.name, inv.request_id)
+        try:
+            self._folder(path.parent)
+            if inv.log:
+                with open(path, "ab") as f:
+                    f.write(inv.log)
         except OSError:
             pass  # the state dir went away under us: the outcome still counts
-        if inv.tmpdir:
-            try:
-                os.rmdir(inv.tmpdir)  # most handlers leave it empty: one call
-            except OSError:
-                shutil.rmtree(inv.tmpdir, ignore_errors=True)
+        result.log_path, result.duration = str(path), duration
+        result.pid = env.pid if env is not None else 0
         try:
             inv.on_done(result)
-        except Exception:  # a bug in the caller must not stop the watcher
+        except Exception:  # a bug in the caller must not stop the runner
             traceback.print_exc()
 
-    def _quiet(self) -> None:
-        """In the watcher thread, after a burst: tell the helpers what they were not told."""
-        with self._lock:
-            servers = list(self._servers.values())
-        for server in servers:
-            server.flush()
+    def _destroy(self, env: _Env, error: dict[str, Any] | None) -> None:
+        """Kill ``env`` and forget it; its invocation, if any, fails with ``error``."""
+        if env.dead:
+            return
+        env.dead = True
+        if env.pid:
+            _kill_group(env.pid)
+        self._drain(env)
+        if env.partial:
+            self._line(env, env.partial + b"\n")
+            env.partial = b""
+        inv, env.inv = env.inv, None
+        if inv is not None:
+            if error is None:  # it exited: after an Init error, that error
+                error = dict(env.init_error or _error(
+                    f"RequestId: {inv.request_id} Error: Runtime exited without providing a "
+                    "reason", "Runtime.ExitError"))
+                if "requestId" in error and not error["requestId"]:
+                    error["requestId"] = inv.request_id
+            if env.init_ms is None:
+                env.idle_since = 0.0  # a cold start's report
+            self._complete(inv, Result(False, error=error), env)
+        if env.parked is not None and not env.parked.done():
+            env.parked.set_result(None)
+        for fd in (env.log_r, env.pidfd):
+            if fd >= 0:
+                with contextlib.suppress(ValueError, OSError):
+                    self._loop.remove_reader(fd)
+                os.close(fd)
+        env.log_r = env.pidfd = -1
+        if env.server is not None:
+            env.server.close()
+        if env.proc is not None:
+            env.proc.wait()
+        if env.tmpdir:
+            shutil.rmtree(env.tmpdir, ignore_errors=True)
+        self._envs.pop(env.id, None)
+        idle = self._idle.get(env.key)
+        if idle and env in idle:
+            idle.remove(env)
+        self._returning.get(env.key, set()).discard(env)
+
+    def _exited(self, env: _Env) -> None:
+        self._destroy(env, None)
+
+    def _forget(self, name: str, reason: str | None) -> None:
+        for key in [k for k in self._zygotes if k[0] == name]:
+            self._drop_zygote(key)
+        for env in list(self._envs.values()):
+            if env.code.name != name:
+                continue
+            if reason is not None and env.inv is not None:
+                self._destroy(env, _error(reason, "Runtime.FunctionDeleted"))
+            elif env.inv is None or not env.delivered:
+                if env.inv is None:
+                    self._destroy(env, None)
+                else:
+                    env.retiring = True
+            else:
+                env.retiring = True
+
+    def _close_all(self) -> None:
+        for env in list(self._envs.values()):
+            self._destroy(env, _error("the emulator is stopping", "Runtime.Stopped"))
+        for key in list(self._zygotes):
+            self._drop_zygote(key)
+
+    def _tick(self) -> None:
+        """Memory limits of busy environments; environments without a pidfd that are gone."""
+        try:
+            for env in list(self._envs.values()):
+                if env.dead or not env.pid:
+                    continue
+                if env.pidfd < 0 and not _alive(env.pid):
+                    self._exited(env)
+                elif env.inv is not None and env.delivered and (
+                        _tree_rss(env.pid) > env.code.memory * 1024 * 1024):
+                    memory = env.code.memory
+                    self._destroy(env, _error(
+                        f"Runtime exited with error: signal: killed (memory {memory} MB "
+                        "exceeded)", "Runtime.OutOfMemory"))
+        finally:
+            if not self._closed:
+                self._loop.call_later(_POLL, self._tick)
+
+    def _reap(self) -> None:
+        """Destroy environments idle too long, and the oldest beyond ``kept``."""
+        try:
+            now = time.monotonic()
+            idle = [e for envs in self._idle.values() for e in envs
+                    if not e.dead and not e.provisioned]
+            idle.sort(key=lambda e: e.idle_since)
+            extra = len(idle) - self.kept
+            for i, env in enumerate(idle):
+                if i < extra or now - env.idle_since >= self.idle_timeout:
+                    self._destroy(env, None)
+            self._cap_zygotes()
+        finally:
+            if not self._closed:
+                self._loop.call_later(min(1.0, max(0.05, self.idle_timeout / 4)), self._reap)
+
+    # -- logs ------------------------------------------------------------------------------
+
+    def _read_log(self, env: _Env) -> None:
+        self._drain(env)
+
+    def _drain(self, env: _Env) -> None:
+        """Read what ``env`` has written so far, line by line."""
+        if env.log_r < 0:
+            return
+        while True:
+            try:
+                data = os.read(env.log_r, 1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                with contextlib.suppress(ValueError, OSError):
+                    self._loop.remove_reader(env.log_r)
+                return
+            data = env.partial + data
+            cut = data.rfind(b"\n") + 1
+            env.partial = data[cut:]
+            if len(env.partial) > 256 * 1024:  # one very long line: cut it
+                cut, env.partial = len(data), b""
+            if cut:
+                for line in data[:cut].splitlines(keepends=True):
+                    self._line(env, line)
+
+    def _line(self, env: _Env, line: bytes) -> None:
+        if env.inv is not None and env.delivered:
+            env.inv.log += line
+        elif len(env.init_log) < 64 * 1024:
+            env.init_log += line
+        self.logs.put(f"/aws/lambda/{env.code.name}", env.stream, line)
+
+    def _emit(self, env: _Env, line: bytes, inv: _Invocation | None = None) -> None:
+        target = inv or env.inv
+        if target is not None:
+            target.log += line
+        self.logs.put(f"/aws/lambda/{env.code.name}", env.stream, line)
+
+    def _log_path(self, name: str, request_id: str) -> Path:
+        return self.state_dir / "logs" / name / f"{request_id}.log"
 
     def _folder(self, path: Path) -> Path:
-        """``path``, created the first time it is asked for."""
         if path not in self._folders:
             path.mkdir(parents=True, exist_ok=True)
             self._folders.add(path)
         return path
 
-    def _server_for(self, code: Code, env: dict[str, str]) -> _ForkServer:
-        key = (code.name, code.sha)
-        doomed: list[_ForkServer] = []
-        try:
-            with self._lock:
-                server = self._servers.get(key)
-                if server is not None and server.gone():
-                    doomed.append(self._servers.pop(key))
-                    server = None
-                if server is None:
-                    server = _ForkServer(
-                        code, {k: v for k, v in env.items() if k != "TMPDIR"}, self.spares,
-                        self._tmp, self.state_dir / "logs" / code.name, self._watcher.add,
-                    )
-                    self._servers[key] = server
-                self._servers.move_to_end(key)
-                # Keep the cap by stopping those used least recently, but never one whose
-                # invocations still wait for a spare: they would fail with it (the cap is
-                # then exceeded until it is idle and a later start makes room).
-                for other, old in list(self._servers.items()):
-                    if len(self._servers) <= self.kept_servers:
-                        break
-                    if other != key and old.retire():
-                        doomed.append(self._servers.pop(other))
-                return server
-        finally:
-            for old in doomed:
-                old.close()  # its running invocations go on under the watcher
 
-    def forget(self, name: str, reason: str | None = None) -> None:
-        """Stop the fork servers of function ``name`` (deleted or updated). With a
-        ``reason`` (deleted), also kill its running invocations: each fails with it."""
-        with self._lock:
-            doomed = [k for k in self._servers if k[0] == name]
-            servers = [self._servers.pop(k) for k in doomed]
-        for server in servers:
-            server.close()
-        if reason is not None:
-            self._watcher.kill(lambda inv: inv.code.name == name,
-                               _error(reason, "Runtime.FunctionDeleted"))
-
-    def close(self) -> None:
-        """Kill every running invocation and stop the fork servers; every ``on_done`` has
-        been called when this returns. A second call does nothing."""
-        if self._closed:
-            return
-        self._closed = True
-        with self._lock:
-            servers = list(self._servers.values())
-            self._servers.clear()
-        for server in servers:
-            server.close(kill_children=True)
-        for pid in self.pids().values():
-            _kill_group(pid)  # plain spawns, and anything a helper's freeze missed
-        self._watcher.stop()
-        shutil.rmtree(self._tmp, ignore_errors=True)
-        for folder in list(self._folders):
-            for path in folder.glob(SPARE_PREFIX + "*"):
-                with contextlib.suppress(OSError):
-                    path.unlink()  # left by spares killed before they were used
+_WARNED: set[str] = set()
 
 
-def _outcome(out: list[bytes]) -> Result | None:
-    """The outcome line an invocation wrote, if it wrote all of it."""
-    data = b"".join(out)
-    if not data.endswith(b"\n"):
-        return None
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(message, file=sys.stderr)
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def _http(status: int, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    reason = {200: "OK", 202: "Accepted", 400: "Bad Request", 403: "Forbidden",
+              404: "Not Found"}.get(status, "Error")
+    head = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}"]
+    if headers is None or "Content-Type" not in headers:
+        head.append("Content-Type: application/json")
+    head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace") + body
+
+
+def _error_body(body: bytes, headers: dict[str, str], request_id: str) -> dict[str, Any]:
+    """The error an environment posted, in Lambda's shape."""
+    kind = headers.get("lambda-runtime-function-error-type", "")
     try:
-        done = json.loads(data)
+        error = json.loads(body) if body else {}
     except ValueError:
-        return None
-    if done.get("ok"):
-        return Result(True, payload=done.get("result"))
-    return Result(False, error={k: done.get(k) for k in ("errorMessage", "errorType",
-                                                         "stackTrace")})
-
-
-def _settle_log(temp: Path, final: Path) -> None:
-    """Give a spare's log its final name, after an earlier attempt's log if there is one
-    (the attempts of one request run one after another, never at once)."""
-    if not final.exists():
-        os.replace(temp, final)
-        return
-    with open(temp, "rb") as src, open(final, "ab") as dst:
-        shutil.copyfileobj(src, dst)
-    temp.unlink()
+        error = None
+    if not isinstance(error, dict):
+        error = {"errorMessage": body.decode(errors="replace")}
+    if not isinstance(error.get("errorMessage"), str):
+        error["errorMessage"] = "" if error.get("errorMessage") is None else json.dumps(
+            error["errorMessage"])
+    if not isinstance(error.get("errorType"), str) or not error["errorType"]:
+        error["errorType"] = kind or "Unhandled"
+    if "requestId" in error or request_id:
+        posted = error.get("requestId")
+        error["requestId"] = posted if isinstance(posted, str) and posted else request_id
+    if not isinstance(error.get("stackTrace"), list):
+        error["stackTrace"] = []
+    return error
 
 
 def _more_descriptors() -> None:
@@ -1080,7 +1027,7 @@ def _children(pid: int) -> list[int]:
             with open(f"/proc/{pid}/task/{task}/children") as f:
                 kids.extend(int(c) for c in f.read().split())
         except (OSError, ValueError):
-            continue  # the thread or process ended meanwhile
+            continue
     return kids
 
 
@@ -1098,8 +1045,16 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def _error(message: str, kind: str) -> dict[str, Any]:
-    return {"errorMessage": message, "errorType": kind}
+def _max_rss_mb(pid: int) -> int:
+    """The peak resident size of ``pid`` in MB (Lambda's Max Memory Used)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return max(1, math.ceil(int(line.split()[1]) / 1024))
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _kill_group(pid: int) -> None:

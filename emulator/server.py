@@ -2,7 +2,7 @@
 
 ``start()`` binds (port 0 by default), starts the serving thread and returns once it
 serves; ``.url`` and ``.address`` give the real port. ``stop()`` stops accepting, kills
-every running invocation and fork server, and joins the serving and watcher threads (a
+every execution environment and zygote, and joins the serving and runner threads (a
 request still being handled in a thread of its own ends with its invocation).
 
 Theory of operation
@@ -57,7 +57,7 @@ from emulator.responses import (
     handle,
     too_large,
 )
-from emulator.runner import SPARES, Runner
+from emulator.runner import IDLE_TIMEOUT, KEPT, Runner
 
 __all__ = ["DEFAULT_STATE_DIR", "Limits", "LocalCloud", "ThreadedEmulatorServer"]
 
@@ -489,17 +489,18 @@ class ThreadedEmulatorServer:
         state_dir: where functions and logs live (default ``~/.cache/mu/emulator``).
         s3_endpoint_url: the S3 endpoint invocations are pointed at.
         concurrency_limit: invocations running at once (default 1000, as on AWS).
-        fork_server: start invocations through fork servers (False: plain spawn).
-        spares: idle children each fork server keeps forked ahead of demand; a burst of up
-            to this many Event invocations starts without a fork (each costs about 2 MiB).
+        fork_server: fork execution environments from a zygote per function (False:
+            spawn each).
         region: the region in ARNs and in the invocation environment.
         port: 0 picks a free port.
         duplicate_rate: rehearsals: the probability that an Event is delivered twice.
         duplicate_seed: seeds those draws.
         limits: what HTTP clients may hold (connections, timeouts, bodies); see
             :class:`Limits` for the defaults.
-        kept: idle processes (fork servers and their spares) kept in all; by default
-            enough for two functions' fork servers with ``spares`` each.
+        kept: idle execution environments kept in all (default ``KEPT``).
+        warm_pool: environments made per function when its code is set (provisioned).
+        idle_timeout: seconds after which an idle environment is reaped.
+        sandbox: run environments under bubblewrap; None: where it works.
     """
 
     def __init__(
@@ -512,16 +513,19 @@ class ThreadedEmulatorServer:
         port: int = 0,
         duplicate_rate: float = 0.0,
         duplicate_seed: int = 0,
-        spares: int = SPARES,
         limits: Limits | None = None,
-        kept: int | None = None,
+        kept: int = KEPT,
+        warm_pool: int = 0,
+        idle_timeout: float = IDLE_TIMEOUT,
+        sandbox: bool | None = None,
     ) -> None:
         self.state_dir = Path(state_dir) if state_dir else DEFAULT_STATE_DIR
         self.s3_endpoint_url = s3_endpoint_url
         self.limits = limits or Limits()
         if not 0 <= port <= 65535:
             raise ValueError(f"port {port} is outside 0-65535")
-        self.runner = Runner(self.state_dir, s3_endpoint_url, region, fork_server, spares, kept)
+        self.runner = Runner(self.state_dir, s3_endpoint_url, region, fork_server, kept,
+                             warm_pool, idle_timeout, sandbox)
         try:
             self.registry = FunctionRegistry(
                 self.state_dir, self.runner, region, concurrency_limit, duplicate_rate,
@@ -563,7 +567,7 @@ class ThreadedEmulatorServer:
     url = endpoint_url
 
     def stop(self) -> None:
-        """Stop serving, kill invocations and fork servers, join (also after a failed
+        """Stop serving, kill execution environments and zygotes, join (also after a failed
         :meth:`start`: the runner's temp folder is removed either way)."""
         if self._httpd is not None:
             self._httpd.shutdown()
@@ -587,7 +591,7 @@ class LocalCloud:
 
     Args:
         **emulator_options: passed to :class:`ThreadedEmulatorServer` (``state_dir``,
-            ``concurrency_limit``, ``fork_server``, ``region``, ``port``, ``spares``).
+            ``concurrency_limit``, ``fork_server``, ``region``, ``port``, ``warm_pool``).
 
     Example::
 

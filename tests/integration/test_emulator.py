@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -42,10 +43,10 @@ def handler(event, context):
     if action == "sleep":
         time.sleep(event["seconds"])
     if action == "wait":  # until the test opens the gate (bounded)
+        import socket
         print("waiting at the gate", flush=True)
-        deadline = time.time() + 60
-        while not os.path.exists(event["gate"]) and time.time() < deadline:
-            time.sleep(0.02)
+        with socket.create_connection(("127.0.0.1", event["gate"]), timeout=60) as gate:
+            gate.recv(1)
     if action == "hog":
         block = bytearray(event["mb"] * 1024 * 1024)
         for i in range(0, len(block), 4096):
@@ -136,10 +137,47 @@ def invoke(lam: Any, name: str, event: dict[str, Any], **kw: Any) -> tuple[dict[
     return resp, json.loads(resp["Payload"].read() or b"null")
 
 
-def wait_at_gate(lam: Any, name: str, gate: Path) -> dict[str, Any]:
-    """Start an Event invocation of ``name`` that runs until the file ``gate`` exists (60 s
-    at most); the Invoke response."""
-    event = json.dumps({"action": "wait", "gate": str(gate)}).encode()
+class Gate:
+    """What handlers wait at: a listener on 127.0.0.1 (a handler sees only its own /tmp, so
+    no file of the test's); :meth:`touch` lets every waiter go, and any that comes later."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self._lock = threading.Lock()
+        self._open = False
+        self._waiting: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                if not self._open:
+                    self._waiting.append(conn)
+                    continue
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(b"x")
+
+    def touch(self) -> None:
+        with self._lock:
+            self._open, waiting, self._waiting = True, self._waiting, []
+        for conn in waiting:
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(b"x")
+
+    def close(self) -> None:
+        self.touch()
+        self.sock.close()
+
+
+def wait_at_gate(lam: Any, name: str, gate: Gate) -> dict[str, Any]:
+    """Start an Event invocation of ``name`` that runs until ``gate`` opens (60 s at most);
+    the Invoke response."""
+    event = json.dumps({"action": "wait", "gate": gate.port}).encode()
     resp: dict[str, Any] = lam.invoke(FunctionName=name, InvocationType="Event", Payload=event)
     return resp
 
@@ -233,13 +271,16 @@ def test_request_response_runs_in_a_lambda_like_process(
     resp, out = invoke(lam, name, {"hello": "world"}, LogType="Tail")
     assert resp["StatusCode"] == 200 and "FunctionError" not in resp
     assert out["event"] == {"hello": "world"} and out["name"] == name
-    assert out["memory"] == 512 and 0 < out["remaining"] <= 30_000
+    assert out["memory"] == "512" and 0 < out["remaining"] <= 30_000
     assert out["arn"].endswith(f":function:{name}")
     env = out["env"]
     assert env["AWS_LAMBDA_FUNCTION_NAME"] == name and env["AWS_REGION"] == "us-east-1"
     assert env["AWS_ENDPOINT_URL_S3"] == emulator.s3_endpoint_url
     assert env["LAMBDA_TASK_ROOT"] == out["cwd"]
-    assert not Path(env["TMPDIR"]).exists()  # the private temp dir is gone
+    if emulator.runner.sandbox:  # Lambda's layout: its own /tmp, the code at /var/task
+        assert env["TMPDIR"] == "/tmp" and out["cwd"] == "/var/task"
+    else:  # a private temp dir per environment
+        assert Path(env["TMPDIR"]).parent == Path(emulator.runner._tmp)
     log = base64.b64decode(resp["LogResult"]).decode()
     assert "hello from the handler" in log and "START RequestId" in log
 
@@ -256,7 +297,7 @@ def test_timeout_kills_the_invocation(lam: Any) -> None:
     name = make(lam, Timeout=1)
     resp, out = invoke(lam, name, {"action": "sleep", "seconds": 60})
     assert resp["FunctionError"] == "Unhandled"
-    assert out["errorMessage"] == "Task timed out after 1.00 seconds"
+    assert out["errorMessage"].endswith(" Task timed out after 1.00 seconds")
 
 
 def test_memory_limit_kills_the_invocation(lam: Any) -> None:
@@ -285,7 +326,7 @@ def test_event_accepted_before_the_function_runs(
     lam: Any, emulator: ThreadedEmulatorServer, tmp_path: Path
 ) -> None:
     name = make(lam, Timeout=90)
-    gate = tmp_path / "gate"
+    gate = Gate()
     resp = wait_at_gate(lam, name, gate)
     assert resp["StatusCode"] == 202
     request_id = resp["ResponseMetadata"]["RequestId"]
@@ -352,13 +393,14 @@ def test_hundred_concurrent_events_each_run_once(
     assert sorted(o["Key"] for o in found["Contents"]) == sorted(keys)
     pids = {json.loads(s3.get_object(Bucket="emu-bucket", Key=k)["Body"].read())["pid"]
             for k in keys}
-    assert len(pids) == 100  # a fresh process each time
+    # Warm starts: no more environments than the concurrency limit (50) ever ran at once.
+    assert len(pids) <= 50
 
 
 @contextlib.contextmanager
 def one_slot_taken(
     s3_server: S3Server, tmp_path: Path
-) -> Iterator[tuple[ThreadedEmulatorServer, Any, str, Path]]:
+) -> Iterator[tuple[ThreadedEmulatorServer, Any, str, Gate]]:
     """An emulator with a concurrency limit of 1, its one slot held by an invocation
     waiting at a gate: (server, client, function name, gate)."""
     server = ThreadedEmulatorServer(state_dir=tmp_path, s3_endpoint_url=s3_server.url,
@@ -368,7 +410,7 @@ def one_slot_taken(
         client = boto3.client("lambda", endpoint_url=server.url,
                               config=Config(retries={"max_attempts": 1}), **CREDS)
         name = make(client, Timeout=90)
-        gate = tmp_path / "gate"
+        gate = Gate()
         wait_at_gate(client, name, gate)
         yield server, client, name, gate
     finally:
@@ -423,11 +465,8 @@ def test_stopping_leaves_no_process_behind(
         assert wait_for(lambda: server.registry._active == 3)
         assert wait_for(lambda: len(server.runner.pids()) == 3)
         pids = list(server.runner.pids().values())
-        forks = [s.proc.pid for s in server.runner._servers.values()]
+        forks = [z.proc.pid for z in server.runner._zygotes.values()]
         assert len(forks) == (1 if fork_server else 0)
-        if fork_server:
-            # Beside the three running invocations, the fork server has forked idle spares.
-            assert wait_for(lambda: len(descendants(forks[0])) > 3)
         spares = [p for fork in forks for p in descendants(fork) if p not in pids]
     finally:
         server.stop()
@@ -466,7 +505,7 @@ def test_logs_of_a_running_invocation(
     lam: Any, emulator: ThreadedEmulatorServer, tmp_path: Path
 ) -> None:
     name = make(lam, Timeout=60)
-    gate = tmp_path / "gate"
+    gate = Gate()
     resp = wait_at_gate(lam, name, gate)
     request = resp["ResponseMetadata"]["RequestId"]
 
@@ -476,16 +515,24 @@ def test_logs_of_a_running_invocation(
              "--state-dir", str(emulator.state_dir)], capture_output=True, text=True,
             check=False)
 
-    # While it runs (a fork server's invocation writes a spare's log, named at its end).
-    assert wait_for(lambda: "waiting at the gate" in logs().stdout)
+    # While it runs, its lines are in CloudWatch Logs already (the file comes at its end).
+    logs_api = boto3.client("logs", endpoint_url=emulator.s3_endpoint_url, **CREDS)
+
+    def streamed() -> str:
+        emulator.runner.logs.flush()
+        with contextlib.suppress(logs_api.exceptions.ResourceNotFoundException):
+            found = logs_api.filter_log_events(logGroupName=f"/aws/lambda/{name}")
+            return "\n".join(e["message"] for e in found["events"])
+        return ""
+
+    assert wait_for(lambda: f"START RequestId: {request}" in streamed()
+                    and "waiting at the gate" in streamed())
     gate.touch()
     assert emulator.registry.wait_idle(60)
     done = logs()
     assert done.returncode == 0
     assert done.stdout.count("waiting at the gate") == 1 and f"END RequestId: {request}" in done.stdout
-    folder = emulator.state_dir / "logs" / name
-    assert (folder / f"{request}.log").is_file()
-    assert all(p.stat().st_size == 0 for p in folder.glob(".spare-*"))  # idle spares only
+    assert (emulator.state_dir / "logs" / name / f"{request}.log").is_file()
 
 
 def test_http_framing_edges(emulator: ThreadedEmulatorServer) -> None:
@@ -550,9 +597,12 @@ def test_mu_emulator_serves_in_the_foreground_and_stops_on_sigterm(tmp_path: Pat
         name = make(client, Timeout=60)
         client.invoke(FunctionName=name, InvocationType="Event",
                       Payload=json.dumps({"action": "sleep", "seconds": 60}).encode())
-        exports = "".join(proc.stdout.readline() for _ in range(6))
+        exports = "".join(proc.stdout.readline() for _ in range(8))
+        s3_url = lines[1].split()[-1]
         assert f"export AWS_ENDPOINT_URL_LAMBDA={url}" in exports
-        # The fork server and the invocation it forked are both running.
+        assert f"Logs:       {s3_url}" in exports  # moto serves CloudWatch Logs too
+        assert f"export AWS_ENDPOINT_URL_LOGS={s3_url}" in exports
+        # The zygote and the environment it forked are both running.
         assert wait_for(lambda: len(descendants(proc.pid)) >= 2)
         kids = descendants(proc.pid)
         proc.send_signal(signal.SIGTERM)
@@ -691,9 +741,10 @@ def handler(event, context):
         "memory": context.memory_limit_in_mb, "arn": context.invoked_function_arn,
         "log_group": context.log_group_name, "cwd_is_root": os.getcwd() == os.environ["LAMBDA_TASK_ROOT"],
         "path0_is_root": sys.path[0] == os.environ["LAMBDA_TASK_ROOT"],
-        "own_group": os.getpgid(0) == os.getpid(), "tmp_private": stat.S_IMODE(os.stat(tmp).st_mode) == 0o700,
+        "own_group": os.getpgid(0) == os.getpid(), "tmp_private": tmp == "/tmp" or stat.S_IMODE(os.stat(tmp).st_mode) == 0o700,
         "tempfile_in_tmpdir": in_tmp, "stdin_empty": sys.stdin.read() == "",
-        "env": {k: v for k, v in os.environ.items() if k != "TMPDIR"},
+        "env": {k: v for k, v in os.environ.items() if k not in (
+            "TMPDIR", "AWS_LAMBDA_RUNTIME_API", "AWS_LAMBDA_LOG_STREAM_NAME", "_X_AMZN_TRACE_ID")},
     }
 '''
 
@@ -710,8 +761,7 @@ def test_fork_server_and_plain_spawn_give_identical_results(tmp_path: Path) -> N
                 environment={"GREETING": "hi"}, sha="x")
     outcomes = {}
     for fork in (True, False):
-        runner = Runner(tmp_path / f"state-{fork}", "http://127.0.0.1:9", fork_server=fork,
-                        spares=1)
+        runner = Runner(tmp_path / f"state-{fork}", "http://127.0.0.1:9", fork_server=fork)
         try:
             ok = runner.run(code, b'{"n": 1}', f"req-ok-{fork}")
             bad = runner.run(code, b'{"fail": true}', f"req-bad-{fork}")
@@ -747,12 +797,11 @@ def test_command_line_forms() -> None:
     assert parser.parse_args(["logs", "f"]).request_id is None
 
 
-def test_a_start_while_the_watcher_wakes_up_is_not_lost(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_launches_from_many_threads_at_once_all_end_in_warm_environments(
+    tmp_path: Path
 ) -> None:
-    """An invocation started just as the watcher thread reads its wake-up pipe, then one
-    started once all is quiet: both end (a lost wake-up left the last one waiting forever)."""
-    import emulator.runner as runner_module
+    """Invocations handed to the runner's loop from many threads at once each end once;
+    a second wave runs in the environments the first made (no more are made)."""
     from emulator.runner import Code, Runner
 
     code_dir = tmp_path / "code"
@@ -761,32 +810,28 @@ def test_a_start_while_the_watcher_wakes_up_is_not_lost(
     code = Code(name="probe", version="$LATEST",
                 arn="arn:aws:lambda:us-east-1:123456789012:function:probe",
                 code_dir=str(code_dir), handler="probe.handler", memory=512, timeout=30.0)
-    runner = Runner(tmp_path / "state", fork_server=True, spares=2)
-    ended: dict[str, bool] = {}
+    runner = Runner(tmp_path / "state", fork_server=True)
+    ended: dict[str, list[Any]] = {}
+    lock = threading.Lock()
 
     def record(request_id: str, result: Any) -> None:
-        ended[request_id] = result.ok
+        with lock:
+            ended.setdefault(request_id, []).append(result)
 
-    armed: list[bool] = []
-    real_read = os.read
-
-    def read(fd: int, size: int) -> bytes:
-        if armed and fd == runner._watcher._wake_r:
-            armed.clear()  # once: the start another thread makes at this very moment
-            runner.launch(code, b"{}", "racer", partial(record, "racer"))
-        return real_read(fd, size)
-
-    monkeypatch.setattr(runner_module.os, "read", read)
     try:
-        assert runner.run(code, b"{}", "warm-up").ok  # the fork server and its spares
-        server = next(iter(runner._servers.values()))
-        assert wait_for(lambda: len(server._idle) == 2)  # so both starts below are at once
-        armed.append(True)
-        runner.launch(code, b"{}", "first", partial(record, "first"))
-        assert wait_for(lambda: {"first", "racer"} <= ended.keys(), timeout=30)
-        runner.launch(code, b"{}", "last", partial(record, "last"))
-        assert wait_for(lambda: "last" in ended, timeout=30), ended
-        assert ended == {"first": True, "racer": True, "last": True}
+        for wave in range(2):
+            ids = [f"w{wave}-{i}" for i in range(8)]
+            threads = [threading.Thread(target=runner.launch, args=(
+                code, b"{}", rid, partial(record, rid))) for rid in ids]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert wait_for(lambda ids=ids: set(ids) <= ended.keys(), timeout=60)
+            if wave == 0:
+                made = set(runner.environments())
+            assert all(len(ended[r]) == 1 and ended[r][0].ok for r in ids)
+        assert wait_for(lambda: len(runner.environments()) == len(made))
+        assert set(runner.environments()) == made  # the second wave ran warm
     finally:
-        monkeypatch.undo()
         runner.close()

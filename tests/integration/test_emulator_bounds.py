@@ -36,8 +36,8 @@ from emulator.server import Limits, ThreadedEmulatorServer
 from tests.integration.test_emulator import (
     CREDS,
     ROLE,
+    Gate,
     bundle,
-    descendants,
     gone,
     invoke,
     make,
@@ -218,7 +218,7 @@ def test_the_runner_ends_an_invocation_it_cannot_start(
     code = Code(**{"name": "raw", "version": "$LATEST", "arn": "arn:raw",
                    "code_dir": str(code_dir), "handler": "handler.handler", "memory": 512,
                    "timeout": 30.0, **bad})
-    runner = Runner(tmp_path / "state", fork_server=fork_server, spares=1)
+    runner = Runner(tmp_path / "state", fork_server=fork_server)
     try:
         result = runner.run(code, b"{}", "cannot-start")
     finally:
@@ -426,55 +426,55 @@ def test_bodies_in_flight_share_one_budget(tmp_path: Path) -> None:
 def test_processes_kept_per_function_and_in_all_are_capped(
     s3_server: S3Server, tmp_path: Path
 ) -> None:
-    with emulator_at(tmp_path, s3_server.url, spares=2, kept=6) as (server, lam):
+    with emulator_at(tmp_path, s3_server.url, kept=2) as (server, lam):
         names = [make(lam) for _ in range(5)]
-        kept: dict[str, list[int]] = {}  # each function's helper and idle spares
+        made: dict[str, set[int]] = {}  # each function's environments
         for name in names:
             assert invoke(lam, name, {"n": name})[1]["event"] == {"n": name}
-            helper = next(s for k, s in server.runner._servers.items() if k[0] == name)
-            assert wait_for(partial(lambda h: len(h._idle) == 2, helper))  # refilled
-            kept[name] = [helper.proc.pid, *(spare.pid for spare in helper._idle)]
-        # Two fork servers (helper + 2 spares each) for the two functions invoked last;
-        # the others' helpers and spares have exited.
-        assert [key[0] for key in server.runner._servers] == names[-2:]
+            made[name] = {pid for pid in server.runner.environments().values() if pid} - set(
+                pid for pids in made.values() for pid in pids)
+        # Two zygotes, for the two functions invoked last; two idle environments in all,
+        # those used last; the others' zygotes and environments have exited.
+        assert [key[0] for key in server.runner._zygotes] == names[-2:]
+        assert wait_for(lambda: len(server.runner.environments()) == 2)
         for name in names[:-2]:
-            for pid in kept[name]:
+            for pid in made[name]:
                 assert wait_for(partial(gone, pid), timeout=30), (name, pid)
-        for helper in server.runner._servers.values():
-            assert len(descendants(helper.proc.pid)) <= 2
-        # A function whose fork server was stopped starts a new one when invoked again.
+        # A function whose zygote was stopped starts a new one when invoked again.
         assert invoke(lam, names[0], {"again": 1})[1]["event"] == {"again": 1}
-        assert [key[0] for key in server.runner._servers] == [names[-1], names[0]]
+        assert [key[0] for key in server.runner._zygotes] == [names[-1], names[0]]
 
 
-def test_making_room_never_fails_an_invocation_waiting_for_a_spare(
+def test_making_room_never_fails_an_environment_being_forked(
     s3_server: S3Server, tmp_path: Path
 ) -> None:
-    # One fork server kept, no spares ahead: the first function's invocation waits for its
-    # helper to fork a spare when the second function asks for a fork server of its own.
-    # Stopping the first helper then would fail that invocation ("the fork server exited").
-    with emulator_at(tmp_path, s3_server.url, spares=0, kept=1) as (server, lam):
+    # One zygote kept: the first function's environment may still wait for its fork when
+    # the second function asks for a zygote of its own. Stopping the first zygote then
+    # would fail that invocation ("the zygote exited").
+    with emulator_at(tmp_path, s3_server.url) as (server, lam):
+        server.runner.kept_zygotes = 1
         names = [make(lam) for _ in range(2)]
         ids = [lam.invoke(FunctionName=name, InvocationType="Event",
                           Payload=json.dumps({"n": name}).encode())
                ["ResponseMetadata"]["RequestId"] for name in names]
         assert server.registry.wait_idle(60)
         assert [server.registry.invocation(i).status for i in ids] == ["succeeded"] * 2
-        # The room is made later, once the first helper is idle.
-        assert invoke(lam, names[0], {"again": 1})[1]["event"] == {"again": 1}
-        assert [key[0] for key in server.runner._servers] == [names[0]]
+        assert wait_for(lambda: len(server.runner._zygotes) == 1)  # room made once idle
 
 
-def test_by_default_two_fork_servers_are_kept(tmp_path: Path) -> None:
-    from emulator.runner import SPARES, Runner
+def test_default_caps_and_negative_ones(tmp_path: Path) -> None:
+    from emulator.runner import KEPT, KEPT_ZYGOTES, Runner
 
     runner = Runner(tmp_path)
     try:
-        assert runner.kept_servers == 2 and runner.spares == SPARES
+        assert runner.kept_zygotes == KEPT_ZYGOTES == 2 and runner.kept == KEPT
     finally:
         runner.close()
-    with pytest.raises(ValueError, match="spares -1"):
-        Runner(tmp_path, spares=-1)
+    for kwargs, says in (({"kept": -1}, "kept environments -1"),
+                         ({"warm_pool": -1}, "warm pool -1"),
+                         ({"idle_timeout": -1.0}, "idle timeout -1")):
+        with pytest.raises(ValueError, match=says):
+            Runner(tmp_path, **kwargs)
 
 
 @pytest.mark.parametrize("fork_server", [True, False], ids=["fork-server", "spawn"])
@@ -483,9 +483,9 @@ def test_a_function_deleted_while_it_runs_fails_that_invocation(
 ) -> None:
     with emulator_at(tmp_path, s3_server.url, fork_server=fork_server) as (server, lam):
         name = make(lam, Timeout=90)
-        gate = tmp_path / "gate"  # never opened: the handler waits (60 s at most)
+        gate = Gate()  # never opened: the handler waits (60 s at most)
         outcome: list[Any] = []
-        event = json.dumps({"action": "wait", "gate": str(gate)})
+        event = json.dumps({"action": "wait", "gate": gate.port})
         caller = threading.Thread(target=lambda: outcome.append(
             invoke(lam, name, json.loads(event))))
         caller.start()
@@ -513,7 +513,8 @@ def test_a_function_deleted_while_it_runs_fails_that_invocation(
 @pytest.mark.parametrize(("flag", "value", "says"), [
     ("--concurrency", "0", "argument --concurrency: 0 is below the minimum of 1"),
     ("--port", "99999", "argument --port: 99999 is not a port number (0-65535)"),
-    ("--spares", "-1", "argument --spares: -1 is below the minimum of 0"),
+    ("--warm-pool", "-1", "argument --warm-pool: -1 is below the minimum of 0"),
+    ("--idle-timeout", "x", "argument --idle-timeout: 'x' is not a number of seconds"),
     ("--s3-port", "70000", "argument --s3-port: 70000 is not a port number (0-65535)"),
 ])
 def test_bad_emulator_flags_are_refused_with_one_line(

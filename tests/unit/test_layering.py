@@ -136,8 +136,11 @@ def violation(imp: Import) -> str | None:
     if src.startswith("emulator"):
         if top in OURS - {"emulator"}:
             return f"{where}: emulator imports nothing of ours"
-        if top not in STDLIB | {"emulator", "moto", "werkzeug"}:
-            return f"{where}: emulator may use only the stdlib, moto and werkzeug"
+        # boto3 writes logs to CloudWatch Logs; awslambdaric runs in environments.
+        if top not in STDLIB | {"emulator", "moto", "werkzeug", "boto3", "botocore",
+                                "awslambdaric"}:
+            return (f"{where}: emulator may use only the stdlib, moto, werkzeug, boto3 and "
+                    "awslambdaric")
         return None
     if top == "backends" and not src.startswith("backends"):
         if src != "mu.cli":

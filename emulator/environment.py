@@ -1,0 +1,181 @@
+"""Inside an execution environment: becoming one, and the zygote that forks them.
+
+Theory of operation
+-------------------
+This module runs in the environment's processes, never in the emulator's: it imports only
+the standard library and AWS's runtime interface client, ``awslambdaric``, which loads the
+function's handler and talks to the emulator's Runtime API as it talks to Lambda's.
+
+An environment is made in one of two ways, with identical results:
+
+* **zygote** (``python -I -m emulator.environment zygote FD``): one process per function
+  version imports what every environment needs (boto3, as the Lambda Python runtime provides
+  it, and every module of ``awslambdaric`` but its native client), freezes the collector,
+  then forks one child per environment the emulator asks for. The emulator writes one JSON
+  line (the environment's variables, its task root and the ``/tmp`` size) with the write end
+  of the environment's log pipe attached (``SCM_RIGHTS``); the zygote answers the child's
+  pid. The native client reads ``AWS_LAMBDA_RUNTIME_API`` once, when it is loaded, so it is
+  loaded only in the child, after that variable is set (about 2 ms);
+* **spawn** (``python -I -m emulator.environment spawn``): the process is the environment;
+  its variables come from its own environment, its log is its standard output.
+
+Becoming an environment (:func:`become`): a process group of its own (the emulator kills
+the environment whole), standard output and error into the log pipe, in a sandbox (the
+zygote runs under bubblewrap: everything read-only, the code at ``/var/task``) a private
+``tmpfs`` at ``/tmp`` of the function's ``EphemeralStorage`` (a mount namespace of its own,
+then a user namespace of its own so that the handler cannot mount anything), the working
+directory and ``sys.path[0]`` at the task root; then ``awslambdaric``'s ``bootstrap.run``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+__all__ = ["become", "main", "zygote"]
+
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWUSER = 0x10000000
+_MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x4000, 0x40000
+
+
+def _preload() -> None:
+    """Import what every environment needs, except the native client (see above)."""
+    with contextlib.suppress(ImportError):
+        import boto3  # noqa: F401  (the runtime provides it; what makes cold starts slow)
+    import concurrent.futures  # noqa: F401
+    import http.client  # noqa: F401
+    import importlib  # noqa: F401
+    import logging  # noqa: F401
+    import traceback  # noqa: F401
+
+    import awslambdaric.lambda_context
+    import awslambdaric.lambda_literals
+    import awslambdaric.lambda_runtime_exception
+    import awslambdaric.lambda_runtime_hooks_runner
+    import awslambdaric.lambda_runtime_log_utils
+    import awslambdaric.lambda_runtime_marshaller  # noqa: F401
+
+
+def _private_tmp(size_mb: int) -> None:
+    """A ``tmpfs`` of ``size_mb`` at ``/tmp`` seen by this process only, then a user
+    namespace of its own, in which it cannot change any mount."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    uid, gid = os.getuid(), os.getgid()
+
+    def check(result: int, what: str) -> None:
+        if result != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+    check(libc.unshare(_CLONE_NEWNS), "unshare mounts")
+    check(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "private mounts")
+    options = f"size={size_mb}m,mode=1777".encode()
+    check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV, options), "tmpfs")
+    check(libc.unshare(_CLONE_NEWUSER), "unshare user")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
+                       ("gid_map", f"{gid} {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+
+
+def become(spec: dict[str, Any], log_fd: int) -> None:
+    """Become the environment ``spec`` describes and run ``awslambdaric`` (never returns).
+
+    ``spec``: ``env`` (its variables), ``task_root``, ``handler``, and ``tmp_mb`` (a private
+    ``/tmp`` of that size, in a sandbox) or 0 (``TMPDIR`` is already private).
+    """
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    if log_fd not in (1, 2):
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    try:
+        if spec.get("tmp_mb"):
+            _private_tmp(int(spec["tmp_mb"]))
+        os.chdir(spec["task_root"])
+    except OSError as exc:
+        print(f"emulator: cannot set up the environment: {exc}", flush=True)
+        os._exit(70)
+    os.environ.clear()
+    os.environ.update(spec["env"])
+    import tempfile
+
+    tempfile.tempdir = None
+    sys.path.insert(0, spec["task_root"])
+    from awslambdaric import bootstrap
+    from awslambdaric.lambda_runtime_client import LambdaRuntimeClient
+
+    bootstrap.run(spec["handler"], LambdaRuntimeClient(spec["env"]["AWS_LAMBDA_RUNTIME_API"]))
+    os._exit(0)
+
+
+def _read_line(sock: socket.socket, buf: bytearray, fds: list[int]) -> bytes | None:
+    """One line from ``sock``, collecting the descriptors that came with it; None at EOF."""
+    while b"\n" not in buf:
+        data, got, _, _ = socket.recv_fds(sock, 1 << 20, 8)
+        if not data:
+            return None
+        buf += data
+        fds.extend(got)
+    line, _, rest = bytes(buf).partition(b"\n")
+    buf[:] = rest
+    return line
+
+
+def zygote(sock_fd: int) -> None:
+    """Fork an environment for each request read from ``sock_fd`` (see the module doc)."""
+    sock = socket.socket(fileno=sock_fd)
+    _preload()
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    gc.collect()
+    gc.freeze()  # a child's collections never walk (and copy) the preloaded objects
+    buf, fds = bytearray(), list[int]()
+    while True:
+        line = _read_line(sock, buf, fds)
+        if line is None:
+            return
+        spec = json.loads(line)
+        if not fds:
+            sock.sendall(b'{"pid": 0}\n')  # its log did not arrive (out of descriptors)
+            continue
+        log_fd = fds.pop(0)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                sock.close()
+                for fd in fds:
+                    os.close(fd)
+                become(spec, log_fd)
+            finally:
+                os._exit(70)
+        os.close(log_fd)
+        sock.sendmsg([json.dumps({"pid": pid}).encode() + b"\n"])
+
+
+def main(argv: list[str]) -> int:
+    """``zygote FD`` or ``spawn`` (the spec as JSON in ``_MU_ENVIRONMENT``)."""
+    if len(argv) == 2 and argv[0] == "zygote":
+        zygote(int(argv[1]))
+        return 0
+    if argv == ["spawn"]:
+        spec = json.loads(os.environ["_MU_ENVIRONMENT"])
+        become(spec, 1)
+    print("usage: python -m emulator.environment {zygote FD | spawn}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
