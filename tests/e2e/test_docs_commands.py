@@ -81,9 +81,6 @@ SKIPPED = {
 
 XFAIL: dict[tuple[str, str], str] = {
     # (document, the block's first command): the known bug that makes it fail today.
-    ("README.md", "mu emulator"):
-        "`mu logs png2y4m` reads CloudWatch Logs, and the emulator does not write its "
-        "invocations' logs there yet (issue 17, item 4)",
 }
 
 
