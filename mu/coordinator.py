@@ -325,8 +325,9 @@ class Coordinator:
         self._rejections: deque[str] = deque(maxlen=100)
         self._payload = b""
         self._launch: LaunchReport | None = None  # the first (main) launch
-        # Launch calls that returned, (count, report, error), for the loop to hand on.
-        self._landed: deque[tuple[int, LaunchReport | None, str | None]] = deque()
+        # Launch calls that returned, (count, report, error, the main launch?), for the loop
+        # to hand on; a replacement's call may return before the main one's.
+        self._landed: deque[tuple[int, LaunchReport | None, str | None, bool]] = deque()
         self._launch_threads: list[threading.Thread] = []
         self._t0 = clock()
         self._messages_in = 0
@@ -464,12 +465,13 @@ class Coordinator:
         """Launch ``count`` workers from a helper thread (the loop keeps serving)."""
         spec = LaunchSpec(self.function_name, self._payload, count, self.regions)
         thread = threading.Thread(
-            target=self._launch_workers, args=(spec,), name="mu-launch", daemon=True
+            target=self._launch_workers, args=(spec, not self._launch_threads),
+            name="mu-launch", daemon=True,
         )
         self._launch_threads.append(thread)
         thread.start()
 
-    def _launch_workers(self, spec: LaunchSpec) -> None:
+    def _launch_workers(self, spec: LaunchSpec, main: bool) -> None:
         assert self.launcher is not None
         report: LaunchReport | None = None
         error: str | None = None
@@ -479,15 +481,15 @@ class Coordinator:
             error = str(exc)
             report = getattr(exc, "report", None)
         finally:
-            self._landed.append((spec.count, report, error))  # the loop hands it on
+            self._landed.append((spec.count, report, error, main))  # the loop hands it on
             self._wake()
 
     def _land(self) -> None:
         """Tell the scheduler about the launch calls that returned."""
         now = self.clock()
         while self._landed:
-            count, report, error = self._landed.popleft()
-            if self._launch is None:
+            count, report, error, main = self._landed.popleft()
+            if main:
                 self._launch = report
             self._sched.launched(count, report.accepted if report else 0, error, now)
 
