@@ -16,18 +16,20 @@ so no caller asks which backend it has.
 - ``none``: launches nothing; writes the payload out so workers can be started by hand
   (:mod:`backends.none`).
 
-:func:`run_emulator` is ``mu emulator``: the local backend's emulator in the foreground.
+:func:`run_emulator` is ``mu emulator``: the local backend's emulator in the foreground;
+:func:`log_sources` where ``mu logs`` reads a backend's Lambda logs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from mu.errors import ConfigError
 from mu.launch import Site
-from mu.options import SiteOptions
+from mu.options import LogsOptions, SiteOptions
 
-__all__ = ["BACKENDS", "get_backend", "local_credentials", "run_emulator", "running_emulators"]
+__all__ = ["BACKENDS", "get_backend", "log_sources", "run_emulator"]
 
 
 def _lambda(options: SiteOptions) -> Site:
@@ -95,19 +97,9 @@ def run_emulator(argv: Sequence[str], prog: str = "mu emulator") -> int:
     return run(emulator_parser(prog).parse_args(list(argv)))
 
 
-def running_emulators() -> list[tuple[str, str]]:
-    """(endpoint URL, state folder) of every ``mu emulator`` running on this machine, newest
-    first; none when the emulator package is not installed. The embedded moto server serves
-    every AWS API on one port, CloudWatch Logs included."""
-    try:
-        from emulator import running
-    except ImportError:
-        return []
-    return [(r.s3_url, str(r.state_dir)) for r in running.running()]
 
+def log_sources(options: LogsOptions) -> list[tuple[Any, str]]:
+    """The CloudWatch Logs clients ``mu logs`` reads with (see :mod:`backends.logs`)."""
+    from backends.logs import log_sources as sources
 
-def local_credentials() -> dict[str, str]:
-    """The fixed credentials the local backend's services accept (boto3 keyword names)."""
-    from backends.local import LOCAL_CREDENTIALS
-
-    return dict(LOCAL_CREDENTIALS)
+    return sources(options)

@@ -364,9 +364,7 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
     from backends import run_emulator
 
     if args.emulator_args[:1] == ["logs"]:  # the older spelling of `mu logs`
-        from mu.logs import emulator_logs_parser
-
-        return _cmd_logs(emulator_logs_parser("mu emulator logs").parse_args(
+        return _cmd_logs(_emulator_logs_parser("mu emulator logs").parse_args(
             args.emulator_args[1:]))
     return run_emulator(args.emulator_args, "mu emulator")
 
@@ -568,8 +566,6 @@ def _run_on_site(
 
 @subcommand
 def _register_logs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from mu.logs import add_arguments
-
     p = sub.add_parser(
         "logs",
         help="print a function's Lambda logs (CloudWatch Logs), local or on AWS",
@@ -577,18 +573,64 @@ def _register_logs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "group /aws/lambda/FUNCTION), invocation by invocation, oldest first: from a running "
         "`mu emulator` (--backend local, the default) or from AWS (--backend lambda).",
     )
-    add_arguments(p)
-    p.set_defaults(func=_cmd_logs)
+    p.add_argument("function", help="the function's name")
+    p.add_argument("--request-id", metavar="ID",
+                   help="only that invocation: its lines from START to REPORT")
+    p.add_argument("--backend", choices=("local", "lambda"), default="local",
+                   help="local: a running `mu emulator` (default); lambda: AWS")
+    _add_logs_arguments(p)
+    p.set_defaults(func=_cmd_logs, state_dir=None)
+
+
+def _emulator_logs_parser(prog: str) -> argparse.ArgumentParser:
+    """The older spelling, ``mu emulator logs FUNCTION [REQUEST_ID] [--state-dir DIR]``
+    (the same reader: DIR picks the running emulator that uses it)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Print a function's logs from a running emulator (the same as "
+        "`mu logs FUNCTION`).")
+    parser.add_argument("function", help="the function's name")
+    parser.add_argument("request_id", nargs="?", help="one invocation (default: all)")
+    parser.add_argument("--state-dir", help="the running emulator started with this "
+                        "--state-dir (default: the newest that has the function's logs)")
+    _add_logs_arguments(parser)
+    parser.set_defaults(backend="local")
+    return parser
+
+
+def _add_logs_arguments(parser: argparse.ArgumentParser) -> None:
+    from mu.options import DEFAULT_REGION
+
+    parser.add_argument("--since", type=_since, metavar="DURATION",
+                        help="only events of the last DURATION: a number and s, m, h or d "
+                        "(30s, 10m, 2h, 1d; default: all the group holds)")
+    parser.add_argument("-f", "--follow", action="store_true",
+                        help="keep printing new events until interrupted (Ctrl-C)")
+    parser.add_argument("--region", "-r", help=f"the region (local default {DEFAULT_REGION}; "
+                        "lambda: AWS_DEFAULT_REGION or the AWS config)")
+    parser.add_argument("--endpoint-url", help="a CloudWatch Logs endpoint (default: the "
+                        "running emulator's, or AWS's)")
+
+
+def _since(text: str) -> float:
+    from mu.logs import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
-    from backends import local_credentials, running_emulators
-    from mu.logs import Emulator, run
+    from backends import log_sources
+    from mu.logs import run
+    from mu.options import LogsOptions
 
-    def emulators() -> list[Emulator]:
-        return [Emulator(url, state_dir) for url, state_dir in running_emulators()]
-
-    return run(args, emulators, local_credentials())
+    options = LogsOptions(
+        function=args.function, backend=args.backend, since=args.since, follow=args.follow,
+        request_id=args.request_id, region=args.region, endpoint_url=args.endpoint_url,
+        state_dir=args.state_dir,
+    )
+    return run(options, log_sources(options))
 
 
 @subcommand

@@ -15,8 +15,8 @@ so its stream is a sequence of invocations, each framed by Lambda's own lines::
 The local emulator writes the same lines into the CloudWatch Logs API of its embedded moto
 server. So there is one reader for both backends, boto3's ``logs`` client: pointed at AWS
 (``--backend lambda``), or at a running emulator (``--backend local``, the default), found
-through the record every serving emulator keeps (the caller passes the list in, see
-:func:`run`), or at ``--endpoint-url``.
+through the record every serving emulator keeps, or at ``--endpoint-url``: the caller
+passes the clients in (:func:`backends.log_sources` makes them).
 
 Reading is ``FilterLogEvents`` over the group (every stream, from ``--since`` on), paged.
 :class:`Splitter` (pure) assigns each event to the invocation it belongs to, stream by
@@ -37,26 +37,25 @@ credentials (botocore's errors go through :func:`mu.aws.translate`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
-from mu.errors import ConfigError, LaunchError
+from mu.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mu.options import LogsOptions
 
 __all__ = [
     "FOLLOW_LAG",
     "POLL",
-    "Emulator",
     "LogEvent",
     "Splitter",
-    "add_arguments",
     "blocks",
-    "emulator_logs_parser",
     "log_group",
     "marker",
     "parse_since",
@@ -68,8 +67,6 @@ POLL: Final = 1.0
 """Seconds between two reads while following."""
 FOLLOW_LAG: Final = 10.0
 """Seconds before the newest event seen from which a follow re-reads (late ingestion)."""
-LOCAL_REGION: Final = "us-east-1"
-"""The region the local emulator serves unless ``--region`` says otherwise."""
 
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SINCE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd])")
@@ -94,13 +91,6 @@ def parse_since(text: str) -> float:
         raise ValueError(f"{text!r} is not a duration: a number and a unit of s, m, h or d "
                          "(30s, 10m, 2h, 1d)")
     return float(found.group(1)) * _UNITS[found.group(2)]
-
-
-def _since_type(text: str) -> float:
-    try:
-        return parse_since(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------- pure part
@@ -199,14 +189,6 @@ def select_request(events: Iterable[LogEvent], request_id: str) -> list[LogEvent
 # ----------------------------------------------------------------------------- reading
 
 
-@dataclass(frozen=True)
-class Emulator:
-    """A running local emulator: the endpoint serving its CloudWatch Logs, its state dir."""
-
-    url: str
-    state_dir: str
-
-
 class NoLogGroup(ConfigError):
     """The function's log group does not exist at that endpoint."""
 
@@ -258,70 +240,6 @@ class _Reader:
         hits = self.events(start_ms, pattern=f'"{request_id}"')
         streams = sorted({e.stream for e in hits})
         return self.events(start_ms, streams=streams) if streams else []
-
-
-def _client(url: str | None, region: str | None, credentials: Mapping[str, str]) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    from mu.aws import aws_errors
-
-    config = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=10,
-                    read_timeout=60)
-    with aws_errors("CloudWatch Logs client"):
-        return boto3.client("logs", endpoint_url=url, region_name=region, config=config,
-                            **credentials)
-
-
-def _aws_region(region: str | None) -> str:
-    if region:
-        return region
-    import boto3
-
-    from mu.aws import aws_errors
-
-    with aws_errors("AWS configuration"):
-        found = boto3.session.Session().region_name
-    if not found:
-        raise ConfigError("no AWS region: pass --region or set AWS_DEFAULT_REGION")
-    return str(found)
-
-
-def _readers(
-    args: argparse.Namespace,
-    emulators: Callable[[], list[Emulator]],
-    local_credentials: Mapping[str, str],
-) -> list[_Reader]:
-    """The places to read from, in order; the first that has the log group is used."""
-    if args.backend == "lambda":
-        region = _aws_region(args.region)
-        where = f"at {args.endpoint_url}" if args.endpoint_url else "on AWS"
-        where += f" (region {region})"
-        return [_Reader(_client(args.endpoint_url, region, {}), args.function, where)]
-    region = args.region or LOCAL_REGION
-    if args.endpoint_url:
-        urls = [args.endpoint_url]
-    else:
-        running = emulators()
-        state_dir = getattr(args, "state_dir", None)
-        if state_dir:
-            from pathlib import Path
-
-            wanted = Path(state_dir).resolve()
-            chosen = [e for e in running if Path(e.state_dir).resolve() == wanted]
-            if not chosen:
-                raise LaunchError(
-                    f"no emulator with state dir {wanted} is running (running: "
-                    f"{', '.join(e.state_dir for e in running) or 'none'}); its logs are "
-                    "kept only while it runs")
-            running = chosen
-        if not running:
-            raise LaunchError(
-                "no emulator is running: start one with `mu emulator` (a run's private "
-                "emulator keeps its logs only while that run lasts), or pass --endpoint-url")
-        urls = list(dict.fromkeys(e.url for e in running))
-    return [_Reader(_client(url, region, local_credentials), args.function,
-                    f"at {url} (region {region})") for url in urls]
 
 
 # ----------------------------------------------------------------------------- printing
@@ -379,44 +297,41 @@ def _follow(
 
 
 def run(
-    args: argparse.Namespace,
-    emulators: Callable[[], list[Emulator]],
-    local_credentials: Mapping[str, str],
+    options: LogsOptions,
+    sources: Sequence[tuple[Any, str]],
     *,
     out: TextIO | None = None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
-    """Print the logs ``args`` (from :func:`add_arguments`) ask for; the exit status.
+    """Print the logs ``options`` ask for; the exit status.
 
     Args:
-        args: ``function``, ``backend``, ``since`` (seconds or None), ``follow``,
-            ``request_id``, ``region``, ``endpoint_url`` (and ``state_dir`` for
-            ``mu emulator logs``).
-        emulators: lists the running local emulators, newest first.
-        local_credentials: the credentials a local emulator accepts.
+        options: the function, ``since`` (seconds or None), ``follow``, ``request_id``.
+        sources: boto3 ``logs`` clients, each with the words that say where it reads
+            (:func:`backends.log_sources`); the first that has the log group is used.
         out: where to print (default: standard output).
 
     Raises:
-        ConfigError: no such log group, no credentials or region, an invocation not found.
-        LaunchError: no emulator running, an endpoint that cannot be reached.
+        ConfigError: no such log group, no credentials, an invocation not found.
+        LaunchError: an endpoint that cannot be reached.
     """
     out = out or sys.stdout
-    start_ms = None if args.since is None else int((clock() - args.since) * 1000)
-    readers = _readers(args, emulators, local_credentials)
-    request = args.request_id
+    start_ms = None if options.since is None else int((clock() - options.since) * 1000)
+    readers = [_Reader(client, options.function, where) for client, where in sources]
+    request = options.request_id
     try:
-        if request and not args.follow:  # only the streams that mention it
+        if request and not options.follow:  # only the streams that mention it
             reader, events = _first(readers, lambda r: r.request_events(request, start_ms))
         else:  # following needs every stream's state
             reader, events = _first(readers, lambda r: r.events(start_ms))
         shown = select_request(events, request) if request else events
-        if request and not shown and not args.follow:
-            since = f" in the last {_duration(args.since)}" if args.since is not None else ""
+        if request and not shown and not options.follow:
+            since = f" in the last {_duration(options.since)}" if options.since is not None else ""
             raise ConfigError(f"no invocation {request} in {reader.group}{since} {reader.where}")
         for block in blocks(shown):
             _write(out, block)
-        if args.follow:
+        if options.follow:
             _follow(reader, request, events, start_ms, out, clock, sleep)
     except KeyboardInterrupt:
         return 0  # the way to end --follow
@@ -440,45 +355,3 @@ def _silence(out: TextIO) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def _options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--since", type=_since_type, metavar="DURATION",
-                        help="only events of the last DURATION: a number and s, m, h or d "
-                        "(30s, 10m, 2h, 1d; default: all the group holds)")
-    parser.add_argument("-f", "--follow", action="store_true",
-                        help="keep printing new events until interrupted (Ctrl-C)")
-    parser.add_argument("--region", "-r", help=f"the region (local default {LOCAL_REGION}; "
-                        "lambda: AWS_DEFAULT_REGION or the AWS config)")
-    parser.add_argument("--endpoint-url", help="a CloudWatch Logs endpoint (default: the "
-                        "running emulator's, or AWS's)")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``FUNCTION [--since D] [--follow] [--request-id ID] [--region R] [--backend B]
-    [--endpoint-url URL]``."""
-    parser.add_argument("function", help="the function's name")
-    parser.add_argument("--request-id", metavar="ID",
-                        help="only that invocation: its lines from START to REPORT")
-    parser.add_argument("--backend", choices=("local", "lambda"), default="local",
-                        help="local: a running `mu emulator` (default); lambda: AWS")
-    _options(parser)
-
-
-def emulator_logs_parser(prog: str) -> argparse.ArgumentParser:
-    """The parser of the older spelling, ``mu emulator logs FUNCTION [REQUEST_ID]
-    [--state-dir DIR]`` (the same reader: DIR picks the running emulator that uses it)."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Print a function's logs from a running emulator (the same as "
-        "`mu logs FUNCTION`).")
-    parser.add_argument("function", help="the function's name")
-    parser.add_argument("request_id", nargs="?", help="one invocation (default: all)")
-    parser.add_argument("--state-dir", help="the running emulator started with this "
-                        "--state-dir (default: the newest that has the function's logs)")
-    _options(parser)
-    parser.set_defaults(backend="local")
-    return parser
-

@@ -40,6 +40,7 @@ __all__ = [
     "SPECULATE_FACTOR",
     "JobOptions",
     "KeyOptions",
+    "LogsOptions",
     "Png2Y4MOptions",
     "RunOptions",
     "SiteOptions",
@@ -182,3 +183,28 @@ class Png2Y4MOptions(JobOptions):
     video: str = "sintel-1k"
     informat: str = "png16"
     binary: str = str(DEFAULT_BINARY)
+
+
+@dataclass(frozen=True)
+class LogsOptions:
+    """``mu logs``: one function's Lambda logs, and where to read them.
+
+    Attributes:
+        function: the function whose log group (``/aws/lambda/FUNCTION``) is read.
+        backend: ``local`` (a running emulator) or ``lambda`` (AWS).
+        since: only the last this many seconds (None: all the group holds).
+        follow: keep printing new events until interrupted.
+        request_id: only that invocation's lines.
+        region: the region (None: the backend's default).
+        endpoint_url: a CloudWatch Logs endpoint instead of the backend's.
+        state_dir: local: the running emulator started with this state dir.
+    """
+
+    function: str
+    backend: str = "local"
+    since: float | None = None
+    follow: bool = False
+    request_id: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+    state_dir: str | None = None
