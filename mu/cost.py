@@ -50,12 +50,16 @@ __all__ = [
     "Prices",
     "Report",
     "Usage",
+    "describe",
     "durations_from_record",
     "estimate",
     "gb_seconds",
     "load_prices",
+    "money",
     "parse_report",
     "price",
+    "read_record_lines",
+    "record_frames",
 ]
 
 PRICE_FILE = Path(__file__).with_name("prices.json")
@@ -372,3 +376,74 @@ def parse_report(message: str) -> Report | None:
 def ceil_ms(seconds: float) -> int:
     """Seconds as whole milliseconds, rounded up (as Lambda bills)."""
     return max(1, math.ceil(seconds * 1000 - 1e-9))
+
+
+def money(amount: Decimal) -> str:
+    """Dollars to a cent, or to a millionth below one cent."""
+    return f"${amount:.2f}" if amount >= Decimal("0.01") or amount == 0 else f"${amount:.6f}"
+
+
+def describe(usage: Mapping[str, Usage], prices: Prices, architecture: str = "x86_64"
+             ) -> list[str]:
+    """Lines for an estimate or a bill: invocations, GB-seconds, S3 requests, dollars."""
+    total = Usage()
+    for use in usage.values():
+        total.add(use)
+    dollars = price(usage, prices, architecture)
+    s3 = ", ".join(f"{total.s3[k]} {k}" for k in S3_KINDS)
+    lines = [
+        f"invocations: {total.invocations}",
+        f"GB-seconds: {total.gb_seconds:.3f} ({architecture})",
+        f"S3 requests: {s3}",
+        f"dollars: {money(dollars.total)} (Lambda requests {money(dollars.requests)}, "
+        f"compute {money(dollars.compute)}, S3 {money(dollars.s3)})",
+    ]
+    unlisted = [r for r in usage if not prices.listed(r)]
+    if unlisted:
+        lines.append(f"note: {', '.join(unlisted)} not in the price table: priced with its "
+                     "default entry")
+    lines.append(prices.describe())
+    return lines
+
+
+def record_frames(lines: Iterable[Mapping[str, Any]]) -> int | None:
+    """Frames per worker of the run that wrote a record: its ``frames`` field, else the
+    fewest entries per finished attempt of a state entered more than once (a per-frame
+    state); None when no state repeats."""
+    fewest: int | None = None
+    for line in lines:
+        if isinstance(line.get("frames"), int):
+            return int(line["frames"])
+        if not line.get("ok"):
+            continue
+        counts: dict[str, int] = {}
+        for _t, name in (line.get("timestamps") or [])[:-1]:
+            counts[name] = counts.get(name, 0) + 1
+        repeats = [n for n in counts.values() if n > 1]
+        if repeats:
+            fewest = min(repeats) if fewest is None else min(fewest, *repeats)
+    return fewest
+
+
+def read_record_lines(path: str) -> list[dict[str, Any]]:
+    """The JSON objects of a run record (``-O``).
+
+    Raises:
+        ConfigError: unreadable, or a line that is not a JSON object (named by number).
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read run record {path!r}: {exc.strerror}") from exc
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            obj = None
+        if not isinstance(obj, dict):
+            raise ConfigError(f"run record {path!r} line {number} is not a JSON object")
+        out.append(obj)
+    return out

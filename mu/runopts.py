@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from mu.config import RunConfig
 from mu.errors import ConfigError, MuError
+from mu.launch import DEFAULT_MEMORY as _MEMORY
+from mu.launch import DEFAULT_TIMEOUT as _TIMEOUT
 from mu.launch import Launcher, Site
 from mu.options import RunOptions
 
@@ -49,7 +51,9 @@ if TYPE_CHECKING:  # the coordinator and TLS (pyOpenSSL) load only when a run st
     from mu.states import MachineState
     from mu.tls import KeySet
 
-__all__ = ["Job", "RunResult", "execute", "load_keys", "preflight", "run", "run_config"]
+__all__ = [
+    "Job", "RunResult", "dry_run", "execute", "load_keys", "preflight", "run", "run_config",
+]
 
 
 class Job(Protocol):
@@ -210,6 +214,8 @@ def run(job: Job, options: RunOptions, site: Site, out: TextIO | None = None) ->
     """
     from mu.coordinator import Coordinator
 
+    if options.dry_run:
+        return dry_run(job, options, site, out)  # the plan goes to stdout unless told
     out = out or sys.stderr
     config = run_config(options, site, num_actors=job.workers, offset=job.offset)
     actors = list(config.actor_numbers())
@@ -355,3 +361,162 @@ def execute(
         result.write_record(options.record)
     final_report(result, stream)
     return result
+
+
+# -- --dry-run: the preflight, the plan and the estimate; nothing launched ------------------
+
+
+def dry_run(
+    job: Job,
+    options: RunOptions,
+    site: Site | None,
+    out: TextIO | None = None,
+    regions: Sequence[str] = (),
+) -> RunResult:
+    """Run the preflight, print the plan and the estimate, launch nothing.
+
+    Args:
+        job: the job that would run.
+        options: its run options (``estimate_from``, ``price_file``, ``resume``...).
+        site: where it would run; None for a private local stage that this command would
+            start only to run the job (a dry run does not start it: what needs it is said
+            to be unchecked).
+        out: where the plan goes (default stdout).
+        regions: the regions, when there is no site.
+
+    Returns:
+        exit status 0 when the preflight is clean, 2 (with the problems) otherwise.
+
+    Raises:
+        ConfigError: a bad price file or run record (``--estimate-from``).
+    """
+    from mu.cost import JobCost, load_prices
+
+    out = out or sys.stdout
+    prices = load_prices(options.price_file)  # a bad table is an error before anything else
+    where = tuple(site.regions) if site is not None else tuple(regions)
+    actors = list(run_config(options, site, job.workers, job.offset).actor_numbers()
+                  ) if site is not None else _actors(options, job)
+    problems: list[str] = []
+    notes: list[str] = []
+    finished: list[int] = []
+    s3 = None
+    if site is None:
+        notes.append("the local stage (emulator and S3) was not started: it is private to a "
+                     "run; the function is deployed, the bucket made and --input-dir "
+                     "uploaded when the run starts")
+    else:
+        problems.extend(site.check_credentials())
+        if not problems:
+            s3 = site.s3_client(where[0])
+            try:
+                site.dial_back_address(where[0])
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if site.deploys_jobs:
+            notes.append(f"{site.name} stage: the function is deployed, the bucket made and "
+                         "--input-dir uploaded when the run starts (not checked here)")
+    found, keys = preflight(job, options, site if s3 is not None and not (
+        site is not None and site.deploys_jobs) else None, s3, actors, problems)
+    if s3 is not None and options.resume and not found:
+        try:
+            finished = job.finished(s3, actors)
+        except MuError as exc:
+            found.append(str(exc))
+    todo = [a for a in actors if a not in set(finished)]
+    cost = job if isinstance(job, JobCost) else None
+    frames = cost.frames_per_worker if cost else None
+    print(f"mu: dry run of {len(todo)} worker(s); nothing is launched", file=out)
+    print("plan:", file=out)
+    print(f"  workers: {len(todo)} actors ({_span(todo)})"
+          + (f" + {options.extra} spare(s)" if options.extra else ""), file=out)
+    print(f"  frames per worker: {frames if frames is not None else 'n/a (not a framed job)'}",
+          file=out)
+    print(f"  regions: {', '.join(where)} (invoked round-robin)", file=out)
+    print(f"  function: {job.function}, {_MEMORY} MB, timeout {_TIMEOUT} s (mu lambdaize's "
+          "defaults; the deployed function's own settings are not read)", file=out)
+    print(f"  bucket: s3://{job.bucket}", file=out)
+    if s3 is not None and not (site is not None and site.deploys_jobs):
+        print(f"  inputs: {'missing (see problems)' if found else 'all found'}", file=out)
+    else:
+        print("  inputs: not checked (see notes)", file=out)
+    if options.resume:
+        print(f"  --resume: {len(finished)} of {len(actors)} outputs already exist complete"
+              + (f" ({_span(finished)})" if finished else ""), file=out)
+    print(f"  keys: {_keys_in_use(options, keys)}", file=out)
+    for note in notes:
+        print(f"  note: {note}", file=out)
+    seconds, assumption = _duration(options, frames)
+    print("estimate:", file=out)
+    print(f"  assumption: {assumption}", file=out)
+    if cost is None:
+        print("  assumption: S3 requests are the job's states' own business: not counted",
+              file=out)
+    for line in _estimate_lines(job, cost, todo, options, where, seconds, prices):
+        print(f"  {line}", file=out)
+    if found:
+        print("mu: preflight found problems; the run would launch nothing:", file=out)
+        for problem in found:
+            print(f"  - {problem}", file=out)
+        return RunResult(2, problems=tuple(found))
+    print("mu: preflight is clean", file=out)
+    return RunResult(0)
+
+
+def _actors(options: RunOptions, job: Job) -> list[int]:
+    if options.actors is not None:
+        return list(options.actors)
+    return list(range(job.offset, job.offset + job.workers))
+
+
+def _span(actors: Sequence[int]) -> str:
+    if not actors:
+        return "none"
+    if list(actors) == list(range(actors[0], actors[0] + len(actors))):
+        return f"{actors[0]}-{actors[-1]}" if len(actors) > 1 else str(actors[0])
+    return ",".join(str(a) for a in actors[:10]) + (",..." if len(actors) > 10 else "")
+
+
+def _keys_in_use(options: RunOptions, keys: KeySet | None) -> str:
+    if not options.tls:
+        return "none (--no-tls: coordinator and workers talk in the clear)"
+    given = options.keys
+    ca = given.ca_cert or os.environ.get("CA_CERT")
+    if not ca:
+        return "ephemeral keys made for this run"
+    cert = given.server_cert or os.environ.get("SRV_CERT")
+    worker = given.worker_cert or os.environ.get("WORKER_CERT")
+    return (f"CA {ca}, coordinator {cert}, worker "
+            f"{worker or 'worker_cert.pem beside it, or one made from ca_key.pem'}")
+
+
+def _duration(options: RunOptions, frames: int | None) -> tuple[Any, str]:
+    """The assumed seconds per invocation, and the sentence that says where it is from."""
+    from decimal import Decimal
+
+    from mu.cost import durations_from_record, read_record_lines, record_frames
+
+    if not options.estimate_from:
+        return Decimal(_TIMEOUT), (f"every invocation runs the whole function timeout "
+                                   f"({_TIMEOUT} s): an upper bound (--estimate-from "
+                                   "RUN.jsonl uses an earlier run's durations)")
+    lines = read_record_lines(options.estimate_from)
+    then = record_frames(lines)
+    seconds, parts = durations_from_record(lines, then, frames)
+    shown = ", ".join(f"{name} {value:.3f} s" for name, value in parts.items())
+    scaled = (f", per-frame states scaled by {frames}/{then} frames"
+              if then and frames and then != frames else "")
+    return seconds, (f"every invocation lasts {seconds:.3f} s, the per-state durations of "
+                     f"{options.estimate_from}{scaled} ({shown})")
+
+
+def _estimate_lines(job: Job, cost: Any, todo: list[int], options: RunOptions,
+                    regions: tuple[str, ...], seconds: Any, prices: Any) -> list[str]:
+    from mu.cost import Plan, describe, estimate
+
+    per_worker: dict[str, int] = {}
+    coordinator: dict[str, int] = {}
+    if cost is not None:
+        per_worker, coordinator = cost.s3_requests(len(todo))
+    plan = Plan(len(todo) + options.extra, regions, _MEMORY, seconds, per_worker, coordinator)
+    return describe(estimate(plan), prices)
