@@ -171,6 +171,39 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 @subcommand
+def _register_cost(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "cost",
+        help="print what a run cost, per state and per actor, from its record (-O file)",
+        description="Print the bill a run wrote into its record (-O): the total, by kind "
+        "(work, retries, speculative backups), by state (each attempt's dollars shared by "
+        "the time each state lasted), and by actor attempt with where its figure came from "
+        "(the invocation's REPORT line, or the coordinator's view as an upper bound).",
+    )
+    p.add_argument("record", help="run record written by -O (JSON lines)")
+    p.set_defaults(func=_cmd_cost)
+
+
+def _cmd_cost(args: argparse.Namespace) -> int:
+    from decimal import Decimal
+
+    from mu.cost import breakdown, money, read_record_lines
+
+    by_state, by_kind, rows = breakdown(read_record_lines(args.record))
+    print(f"total: {money(sum(by_kind.values(), Decimal(0)))} (Lambda requests and compute)")
+    print("by kind:")
+    for kind, dollars in by_kind.items():
+        print(f"  {kind}: {money(dollars)}")
+    print("by state:")
+    for state, dollars in sorted(by_state.items(), key=lambda kv: -kv[1]):
+        print(f"  {state}: {money(dollars)}")
+    print("by actor:")
+    for row in rows:
+        print(f"  {row}")
+    return 0
+
+
+@subcommand
 def _register_lambdaize(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "lambdaize",

@@ -184,13 +184,18 @@ class RunResult:
         """0 only if every actor's last attempt ended in a non-error terminal state."""
         return 0 if self.actors and not self.failed else 1
 
-    def write_record(self, path: str | Path) -> None:
-        """Write the run record: one JSON object per actor attempt per line."""
+    def write_record(
+        self, path: str | Path, fields: Mapping[tuple[int, int], Mapping[str, Any]] | None = None
+    ) -> None:
+        """Write the run record: one JSON object per actor attempt per line, with ``fields``
+        (by actor and attempt: its cost) added."""
         import json
 
         with open(path, "w") as f:
             for result in sorted(self.actors, key=lambda a: (a.actor, a.attempt)):
-                f.write(json.dumps(result.to_record()) + "\n")
+                line = result.to_record()
+                line.update((fields or {}).get((result.actor, result.attempt), {}))
+                f.write(json.dumps(line) + "\n")
 
 
 @dataclass(frozen=True)

@@ -42,24 +42,31 @@ from mu.errors import ConfigError
 
 __all__ = [
     "ARCHITECTURES",
+    "BEFORE_HELLO",
+    "KINDS",
     "PRICE_FILE",
     "S3_KINDS",
+    "AttemptBill",
     "Dollars",
     "JobCost",
     "Plan",
     "Prices",
     "Report",
     "Usage",
+    "bill",
+    "breakdown",
     "describe",
     "durations_from_record",
     "estimate",
     "gb_seconds",
+    "kind_of",
     "load_prices",
     "money",
     "parse_report",
     "price",
     "read_record_lines",
     "record_frames",
+    "summary",
 ]
 
 PRICE_FILE = Path(__file__).with_name("prices.json")
@@ -447,3 +454,141 @@ def read_record_lines(path: str) -> list[dict[str, Any]]:
             raise ConfigError(f"run record {path!r} line {number} is not a JSON object")
         out.append(obj)
     return out
+
+
+# -- the bill of a run ----------------------------------------------------------------------
+
+KINDS = ("work", "retry", "backup")
+"""How an attempt is counted: the attempt that ended its actor, a failed attempt that was
+retried, a speculative twin that lost (or whose twin won)."""
+
+
+@dataclass(frozen=True)
+class AttemptBill:
+    """What one attempt cost (Lambda only: requests and compute)."""
+
+    actor: int
+    attempt: int
+    kind: str  # one of KINDS
+    source: str  # "REPORT" or "upper bound"
+    billed_ms: int
+    memory_mb: int
+    dollars: Decimal
+    max_memory_mb: int | None = None
+    init_ms: Decimal | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "source": self.source,
+                               "billed_ms": self.billed_ms, "memory_mb": self.memory_mb,
+                               "dollars": str(self.dollars)}
+        if self.max_memory_mb is not None:
+            out["max_memory_mb"] = self.max_memory_mb
+        if self.init_ms is not None:
+            out["init_ms"] = str(self.init_ms)
+        return out
+
+
+def kind_of(line: Mapping[str, Any], final: bool) -> str:
+    """``work`` for the attempt that ended its actor, ``backup`` for a twin superseded by
+    the other, else ``retry``."""
+    if final:
+        return "work"
+    return "backup" if "supersed" in str(line.get("error") or "") else "retry"
+
+
+def bill(lines: Sequence[Mapping[str, Any]], reports: Mapping[str, Report], memory_mb: int,
+         prices: Prices, region: str, architecture: str = "x86_64") -> list[AttemptBill]:
+    """Each attempt of a run record priced: from its REPORT when one is known by its request
+    id, else from the coordinator's view (``launched`` to ``ended``) at ``memory_mb``, an
+    upper bound. Prices are ``region``'s (the first region of the run)."""
+    final: dict[int, int] = {}
+    for index, line in enumerate(lines):
+        actor = int(line["actor"])
+        if actor not in final or not lines[final[actor]].get("ok"):
+            final[actor] = index
+    p = prices.region(region)
+    out = []
+    for index, line in enumerate(lines):
+        if not int(line.get("attempt", 0)):
+            continue  # no worker ever took the actor: nothing ran
+        report = reports.get(str(line.get("request_id") or ""))
+        if report is not None:
+            billed, memory, source = report.billed_ms, report.memory_mb, "REPORT"
+        else:
+            span = float(line.get("ended", 0.0)) - float(line.get("launched", 0.0))
+            billed, memory, source = ceil_ms(max(span, 0.0)), memory_mb, "upper bound"
+        dollars = p.request + p.gb_second[architecture] * gb_seconds(
+            memory, Decimal(billed) / 1000)
+        out.append(AttemptBill(
+            int(line["actor"]), int(line.get("attempt", 0)), kind_of(line, final[
+                int(line["actor"])] == index), source, billed, memory, dollars,
+            report.max_memory_mb if report else None, report.init_ms if report else None))
+    return out
+
+
+def summary(bills: Sequence[AttemptBill], prices: Prices, unbilled: int = 0) -> str:
+    """The one cost line of a run."""
+    total = sum((b.dollars for b in bills), Decimal(0))
+    gbs = sum((gb_seconds(b.memory_mb, Decimal(b.billed_ms) / 1000) for b in bills), Decimal(0))
+    parts = []
+    for kind in KINDS:
+        chosen = [b for b in bills if b.kind == kind]
+        if chosen:
+            parts.append(f"{kind} {money(sum((b.dollars for b in chosen), Decimal(0)))} "
+                         f"({len(chosen)})")
+    bounded = sum(1 for b in bills if b.source != "REPORT")
+    how = (f"{len(bills) - bounded} from REPORT lines" + (
+        f", {bounded} upper bound(s) from the coordinator's view of the worker's lifetime "
+        "(no REPORT found)" if bounded else ""))
+    extra = (f"; {unbilled} launched worker(s) took no actor (spares, late arrivals): not "
+             "billed here" if unbilled > 0 else "")
+    return (f"mu: cost {money(total)} for {len(bills)} invocation(s), {gbs:.3f} GB-s "
+            f"({', '.join(parts) or 'nothing ran'}); {how}; Lambda only, first-tier prices "
+            f"as of {prices.as_of}{extra}")
+
+
+BEFORE_HELLO = "(launch to hello)"
+"""The part of an attempt before its first state: the cold start and the dial back."""
+
+
+def breakdown(lines: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Decimal],
+                                                           dict[str, Decimal], list[str]]:
+    """A priced run record (lines with ``cost``) by state, by kind, and one row per attempt.
+
+    An attempt's dollars are shared among its states by the time each lasted in the
+    coordinator's view, from its launch (:data:`BEFORE_HELLO` until the first state) to
+    its last state's start.
+
+    Raises:
+        ConfigError: no line carries a cost.
+    """
+    by_state: dict[str, Decimal] = {}
+    by_kind: dict[str, Decimal] = {}
+    rows: list[str] = []
+    for line in lines:
+        cost = line.get("cost")
+        if not isinstance(cost, dict):
+            continue
+        dollars = Decimal(str(cost["dollars"]))
+        kind = str(cost.get("kind", "work"))
+        by_kind[kind] = by_kind.get(kind, Decimal(0)) + dollars
+        stamps = [(Decimal(repr(float(t))), str(name)) for t, name in line.get("timestamps", [])]
+        start = Decimal(repr(float(line.get("launched", 0.0))))
+        parts: list[tuple[str, Decimal]] = []
+        if stamps:
+            parts.append((BEFORE_HELLO, max(Decimal(0), stamps[0][0] - start)))
+            parts += [(name, max(Decimal(0), t_next - t))
+                      for (t, name), (t_next, _) in itertools.pairwise(stamps)]
+        whole = sum((d for _, d in parts), Decimal(0))
+        for name, spent in parts:
+            share = dollars * spent / whole if whole else Decimal(0)
+            by_state[name] = by_state.get(name, Decimal(0)) + share
+        if not whole:
+            by_state[BEFORE_HELLO] = by_state.get(BEFORE_HELLO, Decimal(0)) + dollars
+        rows.append(f"actor {line['actor']} attempt {line.get('attempt', 0)}: {kind}, "
+                    f"{money(dollars)} ({cost.get('billed_ms')} ms billed at "
+                    f"{cost.get('memory_mb')} MB, from {cost.get('source')})")
+    if not rows:
+        raise ConfigError("the run record carries no cost: it was written without the bill "
+                          "(by an older mu, or by a run that launched nothing)")
+    return by_state, by_kind, rows

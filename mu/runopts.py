@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,8 @@ if TYPE_CHECKING:  # the coordinator and TLS (pyOpenSSL) load only when a run st
     from mu.tls import KeySet
 
 __all__ = [
-    "Job", "RunResult", "dry_run", "execute", "load_keys", "preflight", "run", "run_config",
+    "Job", "RunResult", "dry_run", "execute", "load_keys", "preflight", "price_record", "run",
+    "run_config",
 ]
 
 
@@ -255,7 +257,9 @@ def run(job: Job, options: RunOptions, site: Site, out: TextIO | None = None) ->
         payload_fields={"bucket": job.bucket, "region": region},
         host_addr=host_addr,
     )
-    result = execute(coordinator, options, out)
+    started_ms = int(time.time() * 1000) - 60_000  # log clocks may differ a little
+    result = execute(coordinator, options, out,
+                     bill=lambda r: _bill(r, job, options, site, started_ms, out))
     duplicated = site.duplicated()
     if duplicated:
         print(f"mu: fault: {duplicated} Event invocation(s) were delivered twice", file=out)
@@ -332,9 +336,16 @@ def _report(problems: list[str], out: TextIO) -> RunResult:
 
 
 def execute(
-    coordinator: Coordinator, options: RunOptions, out: TextIO | None = None
+    coordinator: Coordinator,
+    options: RunOptions,
+    out: TextIO | None = None,
+    bill: Callable[[CoordinatorResult], tuple[dict[tuple[int, int], dict[str, Any]], str]]
+    | None = None,
 ) -> CoordinatorResult:
-    """Run ``coordinator`` with the live view, ``-P`` profiling, ``-O`` record and the report."""
+    """Run ``coordinator`` with the live view, ``-P`` profiling, ``-O`` record and the report.
+
+    ``bill`` prices the run's attempts: their record fields by (actor, attempt), and the
+    cost line printed after the report."""
     from mu.report import LiveStatus, final_report
 
     stream = out or sys.stderr
@@ -357,9 +368,15 @@ def execute(
             result = coordinator.run()
     finally:
         live.close()
+    fields: dict[tuple[int, int], dict[str, Any]] = {}
+    line = ""
+    if bill is not None and result.actors:
+        fields, line = bill(result)
     if options.record:
-        result.write_record(options.record)
+        result.write_record(options.record, fields)
     final_report(result, stream)
+    if line:
+        print(line, file=stream)
     return result
 
 
@@ -520,3 +537,82 @@ def _estimate_lines(job: Job, cost: Any, todo: list[int], options: RunOptions,
         per_worker, coordinator = cost.s3_requests(len(todo))
     plan = Plan(len(todo) + options.extra, regions, _MEMORY, seconds, per_worker, coordinator)
     return describe(estimate(plan), prices)
+
+
+# -- the bill after a run -----------------------------------------------------------------
+
+
+def _bill(
+    result: CoordinatorResult, job: Job, options: RunOptions, site: Site, started_ms: int,
+    out: TextIO,
+) -> tuple[dict[tuple[int, int], dict[str, Any]], str]:
+    """Price the run's attempts from their REPORT lines (read now through the site's
+    CloudWatch Logs, the same code for every site), else from the coordinator's view.
+
+    Returns the record fields by (actor, attempt) and the cost line."""
+    from mu.cost import load_prices, summary
+
+    prices = load_prices(options.price_file)
+    lines = [a.to_record() for a in result.actors]
+    bills, why = price_record(lines, site, job.function, prices, started_ms)
+    if why:
+        print(f"mu: cost: {why}", file=out)
+    unbilled = result.launched - sum(1 for line in lines if line.get("attempt"))
+    fields = {(b.actor, b.attempt): {"cost": b.to_record()} for b in bills}
+    return fields, summary(bills, prices, unbilled)
+
+
+def price_record(
+    lines: Sequence[Mapping[str, Any]], site: Site, function: str, prices: Any,
+    start_ms: int | None = None,
+) -> tuple[list[Any], str]:
+    """Price a run record's attempts (:func:`mu.cost.bill`) with the REPORT lines of their
+    request ids, read through the site's CloudWatch Logs from ``start_ms`` on.
+
+    Returns the bills (:class:`mu.cost.AttemptBill`) and, when some attempt had no REPORT,
+    the sentence that says why and what was used instead (else "").
+    """
+    from mu.cost import bill
+
+    wanted = {str(line["request_id"]) for line in lines if line.get("request_id")}
+    reports, why = _reports(site, function, wanted, start_ms)
+    bills = bill(lines, reports, _MEMORY, prices, site.regions[0])
+    if not any(b.source != "REPORT" for b in bills):
+        return bills, ""
+    return bills, (f"{why or 'no REPORT line for some attempts'}; the attempts without one "
+                   "are billed for the coordinator's view of the worker's lifetime (launch "
+                   f"to end) at {_MEMORY} MB, an upper bound")
+
+
+def _reports(site: Site, function: str, wanted: set[str], start_ms: int | None
+             ) -> tuple[dict[str, Any], str]:
+    """The REPORT lines of ``wanted`` request ids, from every region of the site; and why
+    some are missing (empty: none is)."""
+    from mu.cost import parse_report
+    from mu.logs import read_events
+
+    if not wanted:
+        return {}, "no worker told its request id (not run by Lambda)"
+    found: dict[str, Any] = {}
+    problems: list[str] = []
+    for region in site.regions:
+        try:
+            client = site.logs_client(region)
+            if client is None:
+                return {}, f"the {site.name} site keeps no Lambda logs"
+            events = read_events(client, function, f"in {region}", start_ms,
+                                 pattern='"REPORT RequestId"')
+        except MuError as exc:
+            problems.append(str(exc))
+            continue
+        for event in events:
+            report = parse_report(event.message)
+            if report is not None and report.request_id in wanted:
+                found[report.request_id] = report
+    missing = len(wanted) - len(found)
+    if not missing:
+        return found, ""
+    why = f"no REPORT line found for {missing} of {len(wanted)} invocation(s) in CloudWatch Logs"
+    if problems:
+        why += f" ({problems[0]})"
+    return found, why

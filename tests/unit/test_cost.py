@@ -137,3 +137,40 @@ def test_durations_from_a_record_scale_per_frame_states() -> None:
     assert total == Decimal(1) + Decimal("0.5") + Decimal(12) + Decimal("4.5")
     with pytest.raises(ConfigError, match="no finished attempt"):
         durations_from_record([{"ok": False, "timestamps": stamps}], 1, 1)
+
+
+def line(actor: int, attempt: int, ok: bool, start: float, end: float, error: str | None = None,
+         request: str = "") -> dict[str, object]:
+    return {"actor": actor, "attempt": attempt, "ok": ok, "error": error, "request_id": request,
+            "launched": start, "ended": end,
+            "timestamps": [[start + 0.1, "A"], [start + 0.2, "B"], [end, "Final"]]}
+
+
+@given(spans=st.lists(st.integers(1, 100_000), min_size=1, max_size=8),
+       billed=st.integers(1, 900_000), memory=st.integers(128, 10_240))
+def test_the_bill_prices_reports_and_upper_bounds_and_tells_kinds_apart(
+    spans: list[int], billed: int, memory: int
+) -> None:
+    from mu.cost import Report, bill, breakdown
+
+    lines = [line(0, 1, False, 0.0, 1.0, "lost the worker"),  # retried
+             line(0, 2, True, 1.0, 2.0, request="r-ok"),  # the work
+             line(1, 1, False, 0.0, 3.0, "superseded by its twin"),  # a losing backup
+             line(1, 2, True, 0.5, 2.5),  # the twin that won
+             *[line(2 + i, 1, True, 0.0, ms / 1000) for i, ms in enumerate(spans)]]
+    reports = {"r-ok": Report("r-ok", Decimal(billed), billed, memory, 64)}
+    bills = bill(lines, reports, 1536, PRICES, "us-east-1")
+    p = PRICES.region("us-east-1")
+    kinds = {(b.actor, b.attempt): (b.kind, b.source) for b in bills}
+    assert kinds[(0, 1)] == ("retry", "upper bound") and kinds[(0, 2)] == ("work", "REPORT")
+    assert kinds[(1, 1)] == ("backup", "upper bound")
+    work = next(b for b in bills if b.source == "REPORT")
+    assert work.dollars == p.request + p.gb_second["x86_64"] * Decimal(memory) / 1024 * (
+        Decimal(billed) / 1000)
+    for b, ms in zip(bills[4:], spans, strict=True):
+        assert b.billed_ms == ms and b.memory_mb == 1536  # the coordinator's view, rounded up
+    priced = [{**ln, "cost": b.to_record()} for ln, b in zip(lines, bills, strict=True)]
+    by_state, by_kind, rows = breakdown(priced)
+    total = sum((b.dollars for b in bills), Decimal(0))
+    assert abs(sum(by_state.values(), Decimal(0)) - total) < Decimal("1e-20")
+    assert sum(by_kind.values(), Decimal(0)) == total and len(rows) == len(bills)
