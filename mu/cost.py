@@ -73,6 +73,8 @@ PRICE_FILE = Path(__file__).with_name("prices.json")
 """The price table shipped in the package."""
 
 ARCHITECTURES = ("x86_64", "arm64")
+BEFORE_HELLO = "(launch to hello)"
+"""The part of an attempt before its first state: the cold start and the dial back."""
 S3_KINDS = ("GET", "PUT", "LIST")
 
 
@@ -303,7 +305,8 @@ def durations_from_record(lines: Iterable[Mapping[str, Any]], frames_then: int |
     """The per-worker duration an earlier run's record predicts, and its per-state parts.
 
     Only attempts that finished count. Per state: the mean time per entry, times the mean
-    entries per attempt; a state entered more than once per attempt is per-frame work and
+    entries per attempt (with :data:`BEFORE_HELLO`, from the launch call to the hello, when
+    the record has it); a state entered more than once per attempt is per-frame work and
     is scaled by ``frames_now / frames_then`` (when both are known).
 
     Raises:
@@ -317,6 +320,10 @@ def durations_from_record(lines: Iterable[Mapping[str, Any]], frames_then: int |
         if not line.get("ok") or len(stamps) < 2:
             continue
         attempts += 1
+        if "launched" in line:  # cold start and dial back (and the launch call: an over-count)
+            before = max(0.0, float(stamps[0][0]) - float(line["launched"]))
+            spent[BEFORE_HELLO] = spent.get(BEFORE_HELLO, 0.0) + before
+            entries[BEFORE_HELLO] = entries.get(BEFORE_HELLO, 0) + 1
         for (t, name), (t_next, _) in itertools.pairwise(stamps):
             spent[name] = spent.get(name, 0.0) + max(0.0, float(t_next) - float(t))
             entries[name] = entries.get(name, 0) + 1
@@ -545,10 +552,6 @@ def summary(bills: Sequence[AttemptBill], prices: Prices, unbilled: int = 0) -> 
     return (f"mu: cost {money(total)} for {len(bills)} invocation(s), {gbs:.3f} GB-s "
             f"({', '.join(parts) or 'nothing ran'}); {how}; Lambda only, first-tier prices "
             f"as of {prices.as_of}{extra}")
-
-
-BEFORE_HELLO = "(launch to hello)"
-"""The part of an attempt before its first state: the cold start and the dial back."""
 
 
 def breakdown(lines: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Decimal],
