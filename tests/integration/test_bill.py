@@ -103,3 +103,20 @@ def test_a_local_run_is_billed_from_report_lines_or_says_it_fell_back(
     assert f"total: ${total:.6f}" in shown.stdout or f"total: ${total:.2f}" in shown.stdout
     assert "by state:" in shown.stdout and "RetrieveAndRunState" in shown.stdout
     assert "actor 1 attempt 1: work" in shown.stdout and "from upper bound" in shown.stdout
+
+
+def test_dry_run_with_resume_names_the_outputs_that_exist(
+    local: Site, png2y4m_binary: Path, tmp_path: Path
+) -> None:
+    frames = write_frames(tmp_path / "in", 4, 48, 32, depth=8)
+    argv = ["-n", "2", "-f", "2", "-t", "0", "--binary", str(png2y4m_binary),
+            "-l", "png2y4m-resume", "-v", "resume"]
+    job, options, _ = parse_png2y4m([*argv, "--input-dir", str(frames[0].parent)])
+    assert run(Png2Y4MJob(job), options, local, out=io.StringIO()).exit_status == 0
+    job, options, _ = parse_png2y4m([*argv, "-n", "3", "--resume", "--dry-run"])
+    out = io.StringIO()
+    done = run(Png2Y4MJob(job), options, local, out=out)
+    plan = out.getvalue()
+    assert "--resume: 2 of 3 outputs already exist complete (0-1)" in plan
+    assert "workers: 1 actors (2)" in plan and "invocations: 1" in plan
+    assert done.exit_status == 0 and done.run is None  # nothing launched
