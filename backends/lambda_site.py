@@ -132,6 +132,12 @@ class LambdaSite:
     def s3_client(self, region: str) -> Any:
         return self.account.s3_client(self.options.s3_endpoint_url, region)
 
+    def logs_client(self, region: str) -> Any:
+        # a Lambda-compatible endpoint (a running emulator) logs into its S3 server's
+        # CloudWatch Logs API; AWS Lambda into AWS's
+        url = self.options.s3_endpoint_url if self.options.endpoint_url else None
+        return self.account.session.client("logs", endpoint_url=url, region_name=region)
+
     def dial_back_address(self, region: str) -> str | None:
         if self.options.host_addr:
             return self.options.host_addr

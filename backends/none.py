@@ -206,6 +206,9 @@ class NoneSite:
     def s3_client(self, region: str) -> Any:
         return self.account.s3_client(self.options.s3_endpoint_url, region)
 
+    def logs_client(self, region: str) -> Any:
+        return None  # workers started by hand log nowhere mu can read
+
     def dial_back_address(self, region: str) -> str | None:
         return self.options.host_addr
 

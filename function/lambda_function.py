@@ -11,8 +11,9 @@ what is made here at module level is made once and reused: the boto3 S3 client
 (:func:`mu.worker.s3.warm_up`, for the environment's ``AWS_REGION``). Nothing else an
 invocation makes outlives it: :func:`mu.worker.session.run` removes its private directory,
 ends its jobs, threads, processes, peer link and sockets, and sets no environment variable.
-The handler reads from ``context`` only ``get_remaining_time_in_millis()``, which every
-Lambda context has (AWS's runtime interface client's included).
+The handler reads from ``context`` only ``get_remaining_time_in_millis()`` and
+``aws_request_id``, which every Lambda context has (AWS's runtime interface client's
+included).
 
 Started by hand (``mu png2y4m --backend none`` prints the exact line), it serves one
 invocation with the payload in a file and prints the summary as JSON: in an unpacked bundle,

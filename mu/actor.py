@@ -44,6 +44,7 @@ from mu.protocol import (
     CLOSED,
     DEFAULT_MAX_FRAME,
     NEED_DATA,
+    REQUEST_ID_INFO,
     FrameDecoder,
     Sentinel,
     decode_text,
@@ -166,6 +167,7 @@ class Actor:
         "messages_out",
         "peer",
         "reason",
+        "request_id",
         "state",
     )
 
@@ -189,6 +191,7 @@ class Actor:
         self.actorNum: int | None = None
         self.last_response = ""
         self.reason = ""
+        self.request_id = ""  # the worker's Lambda invocation (REQUEST_ID_INFO), if told
         self.messages_in = 0
         self.messages_out = 0
 
@@ -241,6 +244,9 @@ class Actor:
             self.messages_in += 1
             text = decode_text(frame)
             self.last_response = text
+            if self.lifecycle is Lifecycle.RUNNING and text.startswith(REQUEST_ID_INFO):
+                self.request_id = text[len(REQUEST_ID_INFO):]  # for the bill; no state's
+                continue
             if self.lifecycle is Lifecycle.RUNNING:
                 assert self.state is not None
                 try:

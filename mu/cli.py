@@ -171,6 +171,39 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 @subcommand
+def _register_cost(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "cost",
+        help="print what a run cost, per state and per actor, from its record (-O file)",
+        description="Print the bill a run wrote into its record (-O): the total, by kind "
+        "(work, retries, speculative backups), by state (each attempt's dollars shared by "
+        "the time each state lasted), and by actor attempt with where its figure came from "
+        "(the invocation's REPORT line, or the coordinator's view as an upper bound).",
+    )
+    p.add_argument("record", help="run record written by -O (JSON lines)")
+    p.set_defaults(func=_cmd_cost)
+
+
+def _cmd_cost(args: argparse.Namespace) -> int:
+    from decimal import Decimal
+
+    from mu.cost import breakdown, money, read_record_lines
+
+    by_state, by_kind, rows = breakdown(read_record_lines(args.record))
+    print(f"total: {money(sum(by_kind.values(), Decimal(0)))} (Lambda requests and compute)")
+    print("by kind:")
+    for kind, dollars in by_kind.items():
+        print(f"  {kind}: {money(dollars)}")
+    print("by state:")
+    for state, dollars in sorted(by_state.items(), key=lambda kv: -kv[1]):
+        print(f"  {state}: {money(dollars)}")
+    print("by actor:")
+    for row in rows:
+        print(f"  {row}")
+    return 0
+
+
+@subcommand
 def _register_lambdaize(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "lambdaize",
@@ -500,6 +533,21 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="backend none: write the invocation payload here (default: a private temporary "
         "file, removed when the run ends); the run prints how to start workers with it",
     )
+    c = parser.add_argument_group("cost")
+    c.add_argument(
+        "--dry-run", action="store_true",
+        help="run the whole preflight, print the plan and the estimated cost, launch nothing "
+        "(exit 0 when the preflight is clean)",
+    )
+    c.add_argument(
+        "--estimate-from", metavar="RUN.jsonl",
+        help="estimate with the per-state durations of an earlier run's record (-O), scaled "
+        "by frames (default: every worker runs the whole function timeout, an upper bound)",
+    )
+    c.add_argument(
+        "--price-file", metavar="FILE",
+        help="price table (JSON) instead of the one in the package (mu/prices.json)",
+    )
     k = parser.add_argument_group("keys (default: ephemeral keys made for this run)")
     k.add_argument("-c", "--ca-cert", metavar="FILE", help="CA certificate (env CA_CERT)")
     k.add_argument(
@@ -524,6 +572,7 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
         extra=args.extra, retries=args.retries, arrival_timeout=args.arrival_timeout,
         speculate=args.speculate, max_handshakes=args.max_handshakes, resume=args.resume,
         faults=args.faults, actors=args.actors, tls=not args.no_tls,
+        dry_run=args.dry_run, estimate_from=args.estimate_from, price_file=args.price_file,
         keys=KeyOptions(
             ca_cert=args.ca_cert, server_cert=args.server_cert, server_key=args.server_key,
             worker_cert=args.worker_cert, worker_key=args.worker_key,
@@ -555,8 +604,11 @@ def _run_on_site(
 ) -> RunResult:
     """Build the site, run the job on it, close it; the run's result."""
     from backends import get_backend
-    from mu.runopts import run
+    from mu.runopts import dry_run, run
 
+    if run_options.dry_run and site_options.backend == "local" and not site_options.endpoint_url:
+        # the private stage would start only to run the job: a dry run leaves it unstarted
+        return dry_run(job, run_options, None, out, regions=site_options.regions)
     site = get_backend(site_options.backend, site_options)
     try:
         return run(job, run_options, site, out)

@@ -108,6 +108,9 @@ class ActorResult:
     peer: str = ""
     fault: str | None = None  # the rehearsal fault planned for this attempt
     retry: str = ""
+    request_id: str = ""  # the worker's Lambda invocation, as it told (empty: not told)
+    launched: float = 0.0  # the launch call that started its worker, seconds since start
+    ended: float = 0.0  # when the coordinator recorded its end, seconds since start
 
     def to_record(self) -> dict[str, Any]:
         """The run-record line (``-O``) for this attempt."""
@@ -123,6 +126,10 @@ class ActorResult:
             record["fault"] = self.fault
         if self.retry:
             record["retry"] = self.retry
+        if self.request_id:
+            record["request_id"] = self.request_id
+        record["launched"] = round(self.launched, 6)
+        record["ended"] = round(self.ended, 6)
         return record
 
 
@@ -177,13 +184,18 @@ class RunResult:
         """0 only if every actor's last attempt ended in a non-error terminal state."""
         return 0 if self.actors and not self.failed else 1
 
-    def write_record(self, path: str | Path) -> None:
-        """Write the run record: one JSON object per actor attempt per line."""
+    def write_record(
+        self, path: str | Path, fields: Mapping[tuple[int, int], Mapping[str, Any]] | None = None
+    ) -> None:
+        """Write the run record: one JSON object per actor attempt per line, with ``fields``
+        (by actor and attempt: its cost) added."""
         import json
 
         with open(path, "w") as f:
             for result in sorted(self.actors, key=lambda a: (a.actor, a.attempt)):
-                f.write(json.dumps(result.to_record()) + "\n")
+                line = result.to_record()
+                line.update((fields or {}).get((result.actor, result.attempt), {}))
+                f.write(json.dumps(line) + "\n")
 
 
 @dataclass(frozen=True)
@@ -227,6 +239,7 @@ class _Conn:
         "counted_out",
         "events",
         "fault",
+        "hello_at",
         "hello_whole",
         "id",
         "out",
@@ -251,6 +264,8 @@ class _Conn:
         self.counted_out = 0
         self.events = selectors.EVENT_READ  # what the selector watches for
         self.fault: str | None = None
+        self.hello_at = 0.0  # clock() when its hello came
+
 
 
 class Coordinator:
@@ -329,6 +344,7 @@ class Coordinator:
         # to hand on; a replacement's call may return before the main one's.
         self._landed: deque[tuple[int, LaunchReport | None, str | None, bool]] = deque()
         self._launch_threads: list[threading.Thread] = []
+        self._launch_starts: list[float] = []  # clock() of each launch call, in order
         self._t0 = clock()
         self._messages_in = 0
         self._messages_out = 0
@@ -464,6 +480,7 @@ class Coordinator:
     def _start_launch(self, count: int) -> None:
         """Launch ``count`` workers from a helper thread (the loop keeps serving)."""
         spec = LaunchSpec(self.function_name, self._payload, count, self.regions)
+        self._launch_starts.append(self.clock())
         thread = threading.Thread(
             target=self._launch_workers, args=(spec, not self._launch_threads),
             name="mu-launch", daemon=True,
@@ -577,9 +594,12 @@ class Coordinator:
         stamps = tuple((t - self._t0, name) for t, name in (state.timestamps if state else ()))
         where = state.name if action.ok and state else _failed_in(state)
         verdict = action.verdict
+        # the latest launch before its hello started this worker (as far as can be seen)
+        launched = max((t for t in self._launch_starts if t <= conn.hello_at), default=self._t0)
         self._results.append(ActorResult(
             action.actor, action.ok, where, action.error, stamps, action.attempt, conn.peer,
-            conn.fault, verdict.why if verdict else "",
+            conn.fault, verdict.why if verdict else "", conn.actor.request_id,
+            launched - self._t0, self.clock() - self._t0,
         ))
         if verdict is not None and not self._sched.stopping:
             # a run being stopped reports its actors once, in the report
@@ -750,6 +770,7 @@ class Coordinator:
         sched = self._sched
         while (event := actor.next_event()) is not NEED_DATA:
             if isinstance(event, HelloReceived):
+                conn.hello_at = self.clock()
                 self._admission.forget(conn.id)
                 self._apply(sched.hello(conn, self.clock()))
             elif isinstance(event, Rejected):

@@ -294,6 +294,16 @@ class Site(Protocol):
         """
         ...
 
+    def logs_client(self, region: str) -> Any:
+        """A boto3 ``logs`` client for where the site's functions log (CloudWatch Logs: the
+        emulator's for a local site, AWS's otherwise), or None where nothing logs (workers
+        started by hand). The bill reads each invocation's REPORT line through it.
+
+        >>> site.logs_client("us-east-1").describe_log_groups()
+        {...}
+        """
+        ...
+
     def dial_back_address(self, region: str) -> str | None:
         """The address workers launched in ``region`` connect back to (None: the
         coordinator's listening address).

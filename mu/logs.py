@@ -59,6 +59,7 @@ __all__ = [
     "log_group",
     "marker",
     "parse_since",
+    "read_events",
     "run",
     "select_request",
 ]
@@ -240,6 +241,17 @@ class _Reader:
         hits = self.events(start_ms, pattern=f'"{request_id}"')
         streams = sorted({e.stream for e in hits})
         return self.events(start_ms, streams=streams) if streams else []
+
+
+def read_events(client: Any, function: str, where: str, start_ms: int | None = None,
+                pattern: str = "") -> list[LogEvent]:
+    """Every event of ``function``'s log group from ``start_ms`` on (matching ``pattern``,
+    a CloudWatch filter pattern), in time order, through a boto3 ``logs`` client.
+
+    Raises:
+        ConfigError: no such log group (a :class:`NoLogGroup`), or the API refused.
+    """
+    return _Reader(client, function, where).events(start_ms, pattern=pattern)
 
 
 # ----------------------------------------------------------------------------- printing

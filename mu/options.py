@@ -108,6 +108,9 @@ class RunOptions:
     actors: tuple[int, ...] | None = None
     tls: bool = True
     keys: KeyOptions = field(default_factory=KeyOptions)
+    dry_run: bool = False  # preflight, plan and estimate; launch nothing
+    estimate_from: str | None = None  # a run record whose durations the estimate uses
+    price_file: str | None = None  # None: the table in the package (mu/prices.json)
 
 
 @dataclass(frozen=True)

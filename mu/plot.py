@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from mu.errors import ConfigError
 
-__all__ = ["Attempt", "plot_timeline", "read_record"]
+__all__ = ["Attempt", "default_title", "plot_timeline", "read_record"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class Attempt:
     state: str
     error: str | None
     timestamps: tuple[tuple[float, str], ...]
+    dollars: Decimal | None = None  # its bill, when the run priced it
+    billed_from: str = ""  # "REPORT" or "upper bound"
 
 
 def read_record(path: str | os.PathLike[str]) -> list[Attempt]:
@@ -60,15 +63,32 @@ def read_record(path: str | os.PathLike[str]) -> list[Attempt]:
                     state=str(obj["state"]),
                     error=obj.get("error"),
                     timestamps=tuple((float(t), str(s)) for t, s in obj["timestamps"]),
+                    dollars=Decimal(str(obj["cost"]["dollars"])) if "cost" in obj else None,
+                    billed_from=str(obj["cost"].get("source", "")) if "cost" in obj else "",
                 )
             )
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
             raise ConfigError(
                 f"{os.fspath(path)} line {number} is not a run record entry: {exc!r}"
             ) from exc
     if not attempts:
         raise ConfigError(f"run record {os.fspath(path)!r} has no entries")
     return sorted(attempts, key=lambda a: (a.actor, a.attempt))
+
+
+def default_title(attempts: list[Attempt]) -> str:
+    """The plot's title: counts, and the run's cost when the record carries it."""
+    failed = sum(1 for a in attempts if not a.ok)
+    title = f"{len(attempts)} workers, {failed} failed"
+    priced = [a for a in attempts if a.dollars is not None]
+    if priced:
+        from mu.cost import money
+
+        total = sum((a.dollars for a in priced if a.dollars is not None), Decimal(0))
+        bounded = sum(1 for a in priced if a.billed_from != "REPORT")
+        title += f", cost {money(total)}" + (
+            f" ({bounded} of {len(priced)} upper bounds)" if bounded else "")
+    return title
 
 
 def plot_timeline(
@@ -128,7 +148,7 @@ def plot_timeline(
     ax.set_xlim(0, end * (1.35 if failed else 1.05) if end > 0 else 1)
     ax.set_xlabel("seconds since the run started")
     ax.set_ylabel("actor")
-    ax.set_title(title or f"{len(attempts)} workers, {failed} failed")
+    ax.set_title(title or default_title(attempts))
     handles = [Patch(color=colour[s], label=s) for s in states]
     if handles:
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,

@@ -40,6 +40,7 @@ __all__ = [
     "EXPECT",
     "HEADER_LEN",
     "NEED_DATA",
+    "REQUEST_ID_INFO",
     "Fail",
     "FrameDecoder",
     "Info",
@@ -267,6 +268,13 @@ def parse_message(text: str) -> Message:
         if sep:
             return Info(text, key, value)
     raise LocalProtocolError(f"message {text[:80]!r} is not OK..., FAIL(...) or INFO:key:value")
+
+
+REQUEST_ID_INFO: Final = "INFO:lambda_request_id:"
+"""What a worker sends right after its hello when it runs in Lambda: ``INFO:lambda_request_id:
+<the invocation's request id>``. A 2016 update in form (``INFO:key:value``): a coordinator that
+does not know the key stores it in ``info``; mu's actor keeps it for the bill and hands it to
+no state."""
 
 
 EXPECT: Final[dict[str, str | None]] = {

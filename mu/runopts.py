@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from mu.config import RunConfig
 from mu.errors import ConfigError, MuError
+from mu.launch import DEFAULT_MEMORY as _MEMORY
+from mu.launch import DEFAULT_TIMEOUT as _TIMEOUT
 from mu.launch import Launcher, Site
 from mu.options import RunOptions
 
@@ -49,7 +52,10 @@ if TYPE_CHECKING:  # the coordinator and TLS (pyOpenSSL) load only when a run st
     from mu.states import MachineState
     from mu.tls import KeySet
 
-__all__ = ["Job", "RunResult", "execute", "load_keys", "preflight", "run", "run_config"]
+__all__ = [
+    "Job", "RunResult", "dry_run", "execute", "load_keys", "preflight", "price_record", "run",
+    "run_config",
+]
 
 
 class Job(Protocol):
@@ -210,6 +216,8 @@ def run(job: Job, options: RunOptions, site: Site, out: TextIO | None = None) ->
     """
     from mu.coordinator import Coordinator
 
+    if options.dry_run:
+        return dry_run(job, options, site, out)  # the plan goes to stdout unless told
     out = out or sys.stderr
     config = run_config(options, site, num_actors=job.workers, offset=job.offset)
     actors = list(config.actor_numbers())
@@ -249,7 +257,9 @@ def run(job: Job, options: RunOptions, site: Site, out: TextIO | None = None) ->
         payload_fields={"bucket": job.bucket, "region": region},
         host_addr=host_addr,
     )
-    result = execute(coordinator, options, out)
+    started_ms = int(time.time() * 1000) - 60_000  # log clocks may differ a little
+    result = execute(coordinator, options, out,
+                     bill=lambda r: _bill(r, job, options, site, started_ms, out))
     duplicated = site.duplicated()
     if duplicated:
         print(f"mu: fault: {duplicated} Event invocation(s) were delivered twice", file=out)
@@ -326,9 +336,16 @@ def _report(problems: list[str], out: TextIO) -> RunResult:
 
 
 def execute(
-    coordinator: Coordinator, options: RunOptions, out: TextIO | None = None
+    coordinator: Coordinator,
+    options: RunOptions,
+    out: TextIO | None = None,
+    bill: Callable[[CoordinatorResult], tuple[dict[tuple[int, int], dict[str, Any]], str]]
+    | None = None,
 ) -> CoordinatorResult:
-    """Run ``coordinator`` with the live view, ``-P`` profiling, ``-O`` record and the report."""
+    """Run ``coordinator`` with the live view, ``-P`` profiling, ``-O`` record and the report.
+
+    ``bill`` prices the run's attempts: their record fields by (actor, attempt), and the
+    cost line printed after the report."""
     from mu.report import LiveStatus, final_report
 
     stream = out or sys.stderr
@@ -351,7 +368,251 @@ def execute(
             result = coordinator.run()
     finally:
         live.close()
+    fields: dict[tuple[int, int], dict[str, Any]] = {}
+    line = ""
+    if bill is not None and result.actors:
+        fields, line = bill(result)
     if options.record:
-        result.write_record(options.record)
+        result.write_record(options.record, fields)
     final_report(result, stream)
+    if line:
+        print(line, file=stream)
     return result
+
+
+# -- --dry-run: the preflight, the plan and the estimate; nothing launched ------------------
+
+
+def dry_run(
+    job: Job,
+    options: RunOptions,
+    site: Site | None,
+    out: TextIO | None = None,
+    regions: Sequence[str] = (),
+) -> RunResult:
+    """Run the preflight, print the plan and the estimate, launch nothing.
+
+    Args:
+        job: the job that would run.
+        options: its run options (``estimate_from``, ``price_file``, ``resume``...).
+        site: where it would run; None for a private local stage that this command would
+            start only to run the job (a dry run does not start it: what needs it is said
+            to be unchecked).
+        out: where the plan goes (default stdout).
+        regions: the regions, when there is no site.
+
+    Returns:
+        exit status 0 when the preflight is clean, 2 (with the problems) otherwise.
+
+    Raises:
+        ConfigError: a bad price file or run record (``--estimate-from``).
+    """
+    from mu.cost import JobCost, load_prices
+
+    out = out or sys.stdout
+    prices = load_prices(options.price_file)  # a bad table is an error before anything else
+    where = tuple(site.regions) if site is not None else tuple(regions)
+    actors = list(run_config(options, site, job.workers, job.offset).actor_numbers()
+                  ) if site is not None else _actors(options, job)
+    problems: list[str] = []
+    notes: list[str] = []
+    finished: list[int] = []
+    s3 = None
+    if site is None:
+        notes.append("the local stage (emulator and S3) was not started: it is private to a "
+                     "run; the function is deployed, the bucket made and --input-dir "
+                     "uploaded when the run starts")
+    else:
+        problems.extend(site.check_credentials())
+        if not problems:
+            s3 = site.s3_client(where[0])
+            try:
+                site.dial_back_address(where[0])
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if site.deploys_jobs:
+            notes.append(f"{site.name} stage: the function is deployed, the bucket made and "
+                         "--input-dir uploaded when the run starts (not checked here)")
+    found, keys = preflight(job, options, site if s3 is not None and not (
+        site is not None and site.deploys_jobs) else None, s3, actors, problems)
+    if s3 is not None and options.resume and not found:
+        try:
+            finished = job.finished(s3, actors)
+        except MuError as exc:
+            found.append(str(exc))
+    todo = [a for a in actors if a not in set(finished)]
+    cost = job if isinstance(job, JobCost) else None
+    frames = cost.frames_per_worker if cost else None
+    print(f"mu: dry run of {len(todo)} worker(s); nothing is launched", file=out)
+    print("plan:", file=out)
+    print(f"  workers: {len(todo)} actors ({_span(todo)})"
+          + (f" + {options.extra} spare(s)" if options.extra else ""), file=out)
+    print(f"  frames per worker: {frames if frames is not None else 'n/a (not a framed job)'}",
+          file=out)
+    print(f"  regions: {', '.join(where)} (invoked round-robin)", file=out)
+    print(f"  function: {job.function}, {_MEMORY} MB, timeout {_TIMEOUT} s (mu lambdaize's "
+          "defaults; the deployed function's own settings are not read)", file=out)
+    print(f"  bucket: s3://{job.bucket}", file=out)
+    if s3 is not None and not (site is not None and site.deploys_jobs):
+        print(f"  inputs: {'missing (see problems)' if found else 'all found'}", file=out)
+    else:
+        print("  inputs: not checked (see notes)", file=out)
+    if options.resume:
+        print(f"  --resume: {len(finished)} of {len(actors)} outputs already exist complete"
+              + (f" ({_span(finished)})" if finished else ""), file=out)
+    print(f"  keys: {_keys_in_use(options, keys)}", file=out)
+    for note in notes:
+        print(f"  note: {note}", file=out)
+    seconds, assumption = _duration(options, frames)
+    print("estimate:", file=out)
+    print(f"  assumption: {assumption}", file=out)
+    if cost is None:
+        print("  assumption: S3 requests are the job's states' own business: not counted",
+              file=out)
+    for line in _estimate_lines(job, cost, todo, options, where, seconds, prices):
+        print(f"  {line}", file=out)
+    if found:
+        print("mu: preflight found problems; the run would launch nothing:", file=out)
+        for problem in found:
+            print(f"  - {problem}", file=out)
+        return RunResult(2, problems=tuple(found))
+    print("mu: preflight is clean", file=out)
+    return RunResult(0)
+
+
+def _actors(options: RunOptions, job: Job) -> list[int]:
+    if options.actors is not None:
+        return list(options.actors)
+    return list(range(job.offset, job.offset + job.workers))
+
+
+def _span(actors: Sequence[int]) -> str:
+    if not actors:
+        return "none"
+    if list(actors) == list(range(actors[0], actors[0] + len(actors))):
+        return f"{actors[0]}-{actors[-1]}" if len(actors) > 1 else str(actors[0])
+    return ",".join(str(a) for a in actors[:10]) + (",..." if len(actors) > 10 else "")
+
+
+def _keys_in_use(options: RunOptions, keys: KeySet | None) -> str:
+    if not options.tls:
+        return "none (--no-tls: coordinator and workers talk in the clear)"
+    given = options.keys
+    ca = given.ca_cert or os.environ.get("CA_CERT")
+    if not ca:
+        return "ephemeral keys made for this run"
+    cert = given.server_cert or os.environ.get("SRV_CERT")
+    worker = given.worker_cert or os.environ.get("WORKER_CERT")
+    return (f"CA {ca}, coordinator {cert}, worker "
+            f"{worker or 'worker_cert.pem beside it, or one made from ca_key.pem'}")
+
+
+def _duration(options: RunOptions, frames: int | None) -> tuple[Any, str]:
+    """The assumed seconds per invocation, and the sentence that says where it is from."""
+    from decimal import Decimal
+
+    from mu.cost import durations_from_record, read_record_lines, record_frames
+
+    if not options.estimate_from:
+        return Decimal(_TIMEOUT), (f"every invocation runs the whole function timeout "
+                                   f"({_TIMEOUT} s): an upper bound (--estimate-from "
+                                   "RUN.jsonl uses an earlier run's durations)")
+    lines = read_record_lines(options.estimate_from)
+    then = record_frames(lines)
+    seconds, parts = durations_from_record(lines, then, frames)
+    shown = ", ".join(f"{name} {value:.3f} s" for name, value in parts.items())
+    scaled = (f", per-frame states scaled by {frames}/{then} frames"
+              if then and frames and then != frames else "")
+    return seconds, (f"every invocation lasts {seconds:.3f} s, the per-state durations of "
+                     f"{options.estimate_from}{scaled} ({shown})")
+
+
+def _estimate_lines(job: Job, cost: Any, todo: list[int], options: RunOptions,
+                    regions: tuple[str, ...], seconds: Any, prices: Any) -> list[str]:
+    from mu.cost import Plan, describe, estimate
+
+    per_worker: dict[str, int] = {}
+    coordinator: dict[str, int] = {}
+    if cost is not None:
+        per_worker, coordinator = cost.s3_requests(len(todo))
+    plan = Plan(len(todo) + options.extra, regions, _MEMORY, seconds, per_worker, coordinator)
+    return describe(estimate(plan), prices)
+
+
+# -- the bill after a run -----------------------------------------------------------------
+
+
+def _bill(
+    result: CoordinatorResult, job: Job, options: RunOptions, site: Site, started_ms: int,
+    out: TextIO,
+) -> tuple[dict[tuple[int, int], dict[str, Any]], str]:
+    """Price the run's attempts from their REPORT lines (read now through the site's
+    CloudWatch Logs, the same code for every site), else from the coordinator's view.
+
+    Returns the record fields by (actor, attempt) and the cost line."""
+    from mu.cost import load_prices, summary
+
+    prices = load_prices(options.price_file)
+    lines = [a.to_record() for a in result.actors]
+    bills, why = price_record(lines, site, job.function, prices, started_ms)
+    if why:
+        print(f"mu: cost: {why}", file=out)
+    unbilled = result.launched - sum(1 for line in lines if line.get("attempt"))
+    fields = {(b.actor, b.attempt): {"cost": b.to_record()} for b in bills}
+    return fields, summary(bills, prices, unbilled)
+
+
+def price_record(
+    lines: Sequence[Mapping[str, Any]], site: Site, function: str, prices: Any,
+    start_ms: int | None = None,
+) -> tuple[list[Any], str]:
+    """Price a run record's attempts (:func:`mu.cost.bill`) with the REPORT lines of their
+    request ids, read through the site's CloudWatch Logs from ``start_ms`` on.
+
+    Returns the bills (:class:`mu.cost.AttemptBill`) and, when some attempt had no REPORT,
+    the sentence that says why and what was used instead (else "").
+    """
+    from mu.cost import bill
+
+    wanted = {str(line["request_id"]) for line in lines if line.get("request_id")}
+    reports, why = _reports(site, function, wanted, start_ms)
+    bills = bill(lines, reports, _MEMORY, prices, site.regions[0])
+    if not any(b.source != "REPORT" for b in bills):
+        return bills, ""
+    return bills, (f"{why or 'no REPORT line for some attempts'}; the attempts without one "
+                   "are billed for the coordinator's view of the worker's lifetime (launch "
+                   f"to end) at {_MEMORY} MB, an upper bound")
+
+
+def _reports(site: Site, function: str, wanted: set[str], start_ms: int | None
+             ) -> tuple[dict[str, Any], str]:
+    """The REPORT lines of ``wanted`` request ids, from every region of the site; and why
+    some are missing (empty: none is)."""
+    from mu.cost import parse_report
+    from mu.logs import read_events
+
+    if not wanted:
+        return {}, "no worker told its request id (not run by Lambda)"
+    found: dict[str, Any] = {}
+    problems: list[str] = []
+    for region in site.regions:
+        try:
+            client = site.logs_client(region)
+            if client is None:
+                return {}, f"the {site.name} site keeps no Lambda logs"
+            events = read_events(client, function, f"in {region}", start_ms,
+                                 pattern='"REPORT RequestId"')
+        except MuError as exc:
+            problems.append(str(exc))
+            continue
+        for event in events:
+            report = parse_report(event.message)
+            if report is not None and report.request_id in wanted:
+                found[report.request_id] = report
+    missing = len(wanted) - len(found)
+    if not missing:
+        return found, ""
+    why = f"no REPORT line found for {missing} of {len(wanted)} invocation(s) in CloudWatch Logs"
+    if problems:
+        why += f" ({problems[0]})"
+    return found, why

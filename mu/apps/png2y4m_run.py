@@ -101,6 +101,17 @@ class Png2Y4MJob:
     def finished(self, s3: Any, actors: list[int]) -> list[int]:
         return finished_chunks(s3, self.config, actors)
 
+    @property
+    def frames_per_worker(self) -> int:
+        """Frames each worker converts (:class:`mu.cost.JobCost`)."""
+        return self.options.frames
+
+    def s3_requests(self, actors: int) -> tuple[dict[str, int], dict[str, int]]:
+        """S3 requests per worker (a GET per frame, a PUT for its chunk) and the
+        coordinator's (the preflight's listing of the input frames, 1,000 keys a page)."""
+        frames = self.options.frames
+        return {"GET": frames, "PUT": 1}, {"LIST": max(1, -(-actors * frames // 1000))}
+
     def download_outputs(self, s3: Any, actors: list[int], out: TextIO) -> list[str]:
         if not self.options.output_dir:
             return []

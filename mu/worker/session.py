@@ -84,7 +84,15 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from mu.errors import ProtocolError
-from mu.protocol import CLOSED, NEED_DATA, FrameDecoder, Sentinel, decode_text, encode_text
+from mu.protocol import (
+    CLOSED,
+    NEED_DATA,
+    REQUEST_ID_INFO,
+    FrameDecoder,
+    Sentinel,
+    decode_text,
+    encode_text,
+)
 from mu.worker import reaper
 from mu.worker.commands import Worker, dispatch, initial_vals, render
 from mu.worker.jobs import JobSet
@@ -348,6 +356,9 @@ class Session:
             raise EventError(f"missing required field(s): {', '.join(missing)}")
         self.timeout = float(_int(event, "timeout", DEFAULT_TIMEOUT))
         self.hard_deadline = _lambda_deadline(context)
+        # the invocation's id, told to the coordinator after the hello: the bill finds the
+        # invocation's REPORT line by it (empty outside Lambda: nothing is told)
+        self.request_id = str(getattr(context, "aws_request_id", "") or "")
         self.tmpdir = tmpdir
         self.tls = client_context(event, tmpdir)  # may raise EventError: before any socket
         self._outbox: collections.deque[str] = collections.deque()
@@ -458,7 +469,10 @@ class Session:
                 raise
         try:
             sock.settimeout(IO_TIMEOUT)
-            sock.sendall(encode_text(f"OK:HELLO:{self.token}"))
+            hello = encode_text(f"OK:HELLO:{self.token}")
+            if self.request_id:
+                hello += encode_text(REQUEST_ID_INFO + self.request_id)
+            sock.sendall(hello)
             sock.setblocking(False)
         except BaseException:
             sock.close()

@@ -243,6 +243,7 @@ def test_three_invocations_on_one_warm_environment(
                 harness.invoke(event)
                 conn = coord.accept()
                 assert conn.recv() == f"OK:HELLO:{event['token']}"
+                assert conn.recv().startswith("INFO:lambda_request_id:")  # for the bill
                 if session == "full":
                     full_session(conn, keys)
                 elif session == "killed":
@@ -377,6 +378,7 @@ def test_awslambdaric_runs_the_handler_warm(
                 api.events.put((request_id, json.dumps(event).encode()))
                 conn = coord.accept()
                 assert conn.recv() == f"OK:HELLO:{event['token']}"
+                assert conn.recv() == f"INFO:lambda_request_id:{request_id}"  # for the bill
                 if session == "full":
                     full_session(conn, keys)
                 elif session == "killed":

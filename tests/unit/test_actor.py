@@ -269,3 +269,25 @@ def test_a_hello_whose_token_is_not_utf8_is_rejected_not_raised() -> None:
     actor.receive_data(encode_frame(b"OK:HELLO:\xff"))
     event = actor.next_event()
     assert isinstance(event, Rejected) and "wrong run token" in event.reason
+
+
+@settings(max_examples=100)
+@given(data=st.data(), request=st.text(st.characters(min_codepoint=33, max_codepoint=126),
+                                       min_size=1, max_size=40))
+def test_the_request_id_info_is_kept_for_the_bill_and_seen_by_no_state(
+    data: st.DataObject, request: str
+) -> None:
+    from mu.protocol import REQUEST_ID_INFO
+
+    actor = Actor(TOKEN)
+    stream = (hello() + encode_text(REQUEST_ID_INFO + request) + encode_text("OK:SET(a)")
+              + encode_text("OK:RETVAL(0):OUTPUT():COMMAND(x)"))
+    for chunk in data.draw(chunked(stream)):
+        actor.receive_data(chunk)
+        if actor.lifecycle is Lifecycle.READY:
+            assert events(actor) == [HelloReceived()]
+            actor.start(0, Job)
+    assert actor.lifecycle is Lifecycle.DONE
+    assert actor.request_id == request
+    assert actor.state is not None and "lambda_request_id" not in actor.state.info
+    assert sent(actor) == ["set:a:1", "run:", "quit:"]

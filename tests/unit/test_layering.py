@@ -32,6 +32,7 @@ L0 = {
     "mu.faults": {"mu.errors"},
     "mu.integrity": set(),
     "mu.retry": set(),
+    "mu.cost": {"mu.errors"},
     "mu.scheduler": {"mu.config", "mu.errors", "mu.faults", "mu.retry"},
 }
 PURE_NUMERIC = {"mu.y4m"}  # reference implementation: stdlib + numpy, nothing of ours

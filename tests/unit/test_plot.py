@@ -58,3 +58,19 @@ def test_bad_records_are_named(tmp_path: Path, content: str, match: str) -> None
 def test_missing_record(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read run record"):
         read_record(tmp_path / "absent.jsonl")
+
+
+def test_the_title_carries_the_cost_when_the_record_does(tmp_path: Path) -> None:
+    from mu.plot import default_title
+
+    priced = [
+        {**ROWS[0], "cost": {"dollars": "0.0000250", "source": "REPORT"}},
+        {**ROWS[1], "cost": {"dollars": "0.0000100", "source": "upper bound"}},
+    ]
+    attempts = read_record(write_record(tmp_path / "priced.jsonl", priced))
+    assert default_title(attempts) == "2 workers, 1 failed, cost $0.000035 (1 of 2 upper bounds)"
+    plain = read_record(write_record(tmp_path / "plain.jsonl", ROWS))
+    assert default_title(plain) == "3 workers, 1 failed"
+    out = plot_timeline(tmp_path / "priced.jsonl", tmp_path / "t.png")
+    with Image.open(out) as image:
+        assert image.size[0] > 0

@@ -1,0 +1,122 @@
+"""The bill after a real local run: request ids told by the workers, REPORT lines read
+through CloudWatch Logs (moto's, over HTTP), the fallback when none is found.
+
+The local emulator of this tree writes no REPORT lines yet, so the run falls back (and says
+so); the test then puts REPORT events for the run's own request ids into the site's
+CloudWatch Logs with boto3, exactly as Lambda writes them, and prices the record again
+through the same reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backends import get_backend
+from mu.apps.png2y4m_run import Png2Y4MJob
+from mu.cli import parse_png2y4m
+from mu.cost import load_prices
+from mu.frames import write_frames
+from mu.launch import Site
+from mu.runopts import price_record, run
+
+ROOT = Path(__file__).resolve().parents[2]
+PRICES = load_prices()
+
+
+@pytest.fixture(scope="module")
+def local(png2y4m_binary: Path) -> Iterator[Site]:
+    site = get_backend("local")
+    try:
+        yield site
+    finally:
+        site.close()
+
+
+def put_reports(logs: Any, function: str, reports: dict[str, tuple[int, int]]) -> None:
+    """One environment stream per invocation, Lambda's START/END/REPORT lines in it."""
+    group = f"/aws/lambda/{function}"
+    with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+        logs.create_log_group(logGroupName=group)
+    now = int(time.time() * 1000)
+    for n, (request, (billed, memory)) in enumerate(reports.items()):
+        stream = f"{time.strftime('%Y/%m/%d', time.gmtime())}/[$LATEST]env{n:04d}"
+        logs.create_log_stream(logGroupName=group, logStreamName=stream)
+        logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=[
+            {"timestamp": now, "message": f"START RequestId: {request} Version: $LATEST\n"},
+            {"timestamp": now + 1, "message": f"END RequestId: {request}\n"},
+            {"timestamp": now + 1, "message": (
+                f"REPORT RequestId: {request}\tDuration: {billed - 0.4:.2f} ms\tBilled "
+                f"Duration: {billed} ms\tMemory Size: {memory} MB\tMax Memory Used: 70 MB\t"
+                "Init Duration: 150.12 ms\t\n")},
+        ])
+
+
+def test_a_local_run_is_billed_from_report_lines_or_says_it_fell_back(
+    local: Site, png2y4m_binary: Path, tmp_path: Path
+) -> None:
+    frames = write_frames(tmp_path / "in", 4, 48, 32, depth=8)
+    record = tmp_path / "run.jsonl"
+    job, options, _ = parse_png2y4m([
+        "-n", "2", "-f", "2", "-t", "0", "--binary", str(png2y4m_binary), "-O", str(record),
+        "--input-dir", str(frames[0].parent), "-l", "png2y4m-bill", "-v", "bill"])
+    out = io.StringIO()
+    done = run(Png2Y4MJob(job), options, local, out=out)
+    assert done.exit_status == 0, out.getvalue()
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    ids = [line["request_id"] for line in lines]
+    assert len(set(ids)) == 2 and all(ids)  # every worker told its Lambda request id
+    # no REPORT in this tree's emulator logs: the run fell back, and said so
+    assert all(line["cost"]["source"] == "upper bound" for line in lines)
+    report = out.getvalue()
+    assert "upper bound" in report and "mu: cost $" in report
+
+    wanted = {ids[0]: (1234, 1536), ids[1]: (5678, 3008)}
+    put_reports(local.logs_client("us-east-1"), "png2y4m-bill", wanted)
+    bills, why = price_record(lines, local, "png2y4m-bill", PRICES)
+    assert why == ""
+    p = PRICES.region("us-east-1")
+    for b in bills:
+        billed, memory = wanted[ids[lines.index(next(
+            line for line in lines if line["actor"] == b.actor))]]
+        assert (b.source, b.billed_ms, b.memory_mb, b.max_memory_mb) == (
+            "REPORT", billed, memory, 70)
+        assert b.init_ms == Decimal("150.12")
+        assert b.dollars == p.request + p.gb_second["x86_64"] * Decimal(memory) / 1024 * (
+            Decimal(billed) / 1000)
+
+    # mu cost reads the record the run wrote
+    shown = subprocess.run([sys.executable, "-m", "mu.cli", "cost", str(record)],
+                           capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
+    assert shown.returncode == 0, shown.stderr
+    total = sum(Decimal(line["cost"]["dollars"]) for line in lines)
+    assert f"total: ${total:.6f}" in shown.stdout or f"total: ${total:.2f}" in shown.stdout
+    assert "by state:" in shown.stdout and "RetrieveAndRunState" in shown.stdout
+    assert "actor 1 attempt 1: work" in shown.stdout and "from upper bound" in shown.stdout
+
+
+def test_dry_run_with_resume_names_the_outputs_that_exist(
+    local: Site, png2y4m_binary: Path, tmp_path: Path
+) -> None:
+    frames = write_frames(tmp_path / "in", 4, 48, 32, depth=8)
+    argv = ["-n", "2", "-f", "2", "-t", "0", "--binary", str(png2y4m_binary),
+            "-l", "png2y4m-resume", "-v", "resume"]
+    job, options, _ = parse_png2y4m([*argv, "--input-dir", str(frames[0].parent)])
+    assert run(Png2Y4MJob(job), options, local, out=io.StringIO()).exit_status == 0
+    job, options, _ = parse_png2y4m([*argv, "-n", "3", "--resume", "--dry-run"])
+    out = io.StringIO()
+    done = run(Png2Y4MJob(job), options, local, out=out)
+    plan = out.getvalue()
+    assert "--resume: 2 of 3 outputs already exist complete (0-1)" in plan
+    assert "workers: 1 actors (2)" in plan and "invocations: 1" in plan
+    assert done.exit_status == 0 and done.run is None  # nothing launched
