@@ -46,6 +46,9 @@ from mu.launch import DEFAULT_TIMEOUT as _TIMEOUT
 from mu.launch import Launcher, Site
 from mu.options import RunOptions
 
+REPORT_WAIT = 5.0
+"""Seconds the bill waits at the end of a run for REPORT lines still on their way."""
+
 if TYPE_CHECKING:  # the coordinator and TLS (pyOpenSSL) load only when a run starts
     from mu.coordinator import Coordinator
     from mu.coordinator import RunResult as CoordinatorResult
@@ -554,7 +557,7 @@ def _bill(
 
     prices = load_prices(options.price_file)
     lines = [a.to_record() for a in result.actors]
-    bills, why = price_record(lines, site, job.function, prices, started_ms)
+    bills, why = price_record(lines, site, job.function, prices, started_ms, wait=REPORT_WAIT)
     if why:
         print(f"mu: cost: {why}", file=out)
     unbilled = result.launched - sum(1 for line in lines if line.get("attempt"))
@@ -564,10 +567,14 @@ def _bill(
 
 def price_record(
     lines: Sequence[Mapping[str, Any]], site: Site, function: str, prices: Any,
-    start_ms: int | None = None,
+    start_ms: int | None = None, wait: float = 0.0,
+    clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[list[Any], str]:
     """Price a run record's attempts (:func:`mu.cost.bill`) with the REPORT lines of their
-    request ids, read through the site's CloudWatch Logs from ``start_ms`` on.
+    request ids, read through the site's CloudWatch Logs from ``start_ms`` on; while some
+    are missing, read again every half second for up to ``wait`` seconds (an invocation
+    writes its REPORT as it ends, which may be just after the run's end, and CloudWatch
+    stores it a moment later).
 
     Returns the bills (:class:`mu.cost.AttemptBill`) and, when some attempt had no REPORT,
     the sentence that says why and what was used instead (else "").
@@ -575,7 +582,11 @@ def price_record(
     from mu.cost import bill
 
     wanted = {str(line["request_id"]) for line in lines if line.get("request_id")}
-    reports, why = _reports(site, function, wanted, start_ms)
+    deadline = clock() + wait
+    reports, why, again = _reports(site, function, wanted, start_ms)
+    while again and clock() < deadline:
+        sleep(min(0.5, max(0.0, deadline - clock())))
+        reports, why, again = _reports(site, function, wanted, start_ms)
     bills = bill(lines, reports, _MEMORY, prices, site.regions[0])
     if not any(b.source != "REPORT" for b in bills):
         return bills, ""
@@ -585,21 +596,21 @@ def price_record(
 
 
 def _reports(site: Site, function: str, wanted: set[str], start_ms: int | None
-             ) -> tuple[dict[str, Any], str]:
-    """The REPORT lines of ``wanted`` request ids, from every region of the site; and why
-    some are missing (empty: none is)."""
+             ) -> tuple[dict[str, Any], str, bool]:
+    """The REPORT lines of ``wanted`` request ids, from every region of the site; why some
+    are missing (empty: none is); and whether reading again may find them."""
     from mu.cost import parse_report
     from mu.logs import read_events
 
     if not wanted:
-        return {}, "no worker told its request id (not run by Lambda)"
+        return {}, "no worker told its request id (not run by Lambda)", False
     found: dict[str, Any] = {}
     problems: list[str] = []
     for region in site.regions:
         try:
             client = site.logs_client(region)
             if client is None:
-                return {}, f"the {site.name} site keeps no Lambda logs"
+                return {}, f"the {site.name} site keeps no Lambda logs", False
             events = read_events(client, function, f"in {region}", start_ms,
                                  pattern='"REPORT RequestId"')
         except MuError as exc:
@@ -611,8 +622,8 @@ def _reports(site: Site, function: str, wanted: set[str], start_ms: int | None
                 found[report.request_id] = report
     missing = len(wanted) - len(found)
     if not missing:
-        return found, ""
+        return found, "", False
     why = f"no REPORT line found for {missing} of {len(wanted)} invocation(s) in CloudWatch Logs"
     if problems:
         why += f" ({problems[0]})"
-    return found, why
+    return found, why, True

@@ -1,10 +1,11 @@
 """The bill after a real local run: request ids told by the workers, REPORT lines read
 through CloudWatch Logs (moto's, over HTTP), the fallback when none is found.
 
-The local emulator of this tree writes no REPORT lines yet, so the run falls back (and says
-so); the test then puts REPORT events for the run's own request ids into the site's
-CloudWatch Logs with boto3, exactly as Lambda writes them, and prices the record again
-through the same reader.
+The local emulator writes Lambda's REPORT lines into its CloudWatch Logs, so a local run is
+billed from them; the test then puts REPORT events of its own (other request ids, known
+figures) into the site's CloudWatch Logs with boto3, exactly as Lambda writes them, and
+prices a record that names them through the same reader; one whose request ids have no
+REPORT falls back, and says so.
 """
 
 from __future__ import annotations
@@ -76,24 +77,32 @@ def test_a_local_run_is_billed_from_report_lines_or_says_it_fell_back(
     lines = [json.loads(line) for line in record.read_text().splitlines()]
     ids = [line["request_id"] for line in lines]
     assert len(set(ids)) == 2 and all(ids)  # every worker told its Lambda request id
-    # no REPORT in this tree's emulator logs: the run fell back, and said so
-    assert all(line["cost"]["source"] == "upper bound" for line in lines)
+    # the emulator wrote each invocation's REPORT line: the run was billed from them
+    assert [line["cost"]["source"] for line in lines] == ["REPORT", "REPORT"], lines
+    assert all(line["cost"]["memory_mb"] == 1536 for line in lines), lines
     report = out.getvalue()
-    assert "upper bound" in report and "mu: cost $" in report
+    assert "upper bound" not in report and "mu: cost $" in report
 
-    wanted = {ids[0]: (1234, 1536), ids[1]: (5678, 3008)}
+    # REPORT lines with known figures, for request ids of their own
+    known = [dict(line, request_id=f"known-{line['actor']}") for line in lines]
+    wanted = {"known-0": (1234, 1536), "known-1": (5678, 3008)}
     put_reports(local.logs_client("us-east-1"), "png2y4m-bill", wanted)
-    bills, why = price_record(lines, local, "png2y4m-bill", PRICES)
+    bills, why = price_record(known, local, "png2y4m-bill", PRICES)
     assert why == ""
     p = PRICES.region("us-east-1")
     for b in bills:
-        billed, memory = wanted[ids[lines.index(next(
-            line for line in lines if line["actor"] == b.actor))]]
+        billed, memory = wanted[f"known-{b.actor}"]
         assert (b.source, b.billed_ms, b.memory_mb, b.max_memory_mb) == (
             "REPORT", billed, memory, 70)
         assert b.init_ms == Decimal("150.12")
         assert b.dollars == p.request + p.gb_second["x86_64"] * Decimal(memory) / 1024 * (
             Decimal(billed) / 1000)
+
+    # request ids with no REPORT anywhere: the coordinator's view, an upper bound, said so
+    lost = [dict(line, request_id=f"lost-{line['actor']}") for line in lines]
+    bills, why = price_record(lost, local, "png2y4m-bill", PRICES)
+    assert [b.source for b in bills] == ["upper bound", "upper bound"]
+    assert "no REPORT line found for 2 of 2" in why and "upper bound" in why
 
     # mu cost reads the record the run wrote
     shown = subprocess.run([sys.executable, "-m", "mu.cli", "cost", str(record)],
@@ -102,7 +111,7 @@ def test_a_local_run_is_billed_from_report_lines_or_says_it_fell_back(
     total = sum(Decimal(line["cost"]["dollars"]) for line in lines)
     assert f"total: ${total:.6f}" in shown.stdout or f"total: ${total:.2f}" in shown.stdout
     assert "by state:" in shown.stdout and "RetrieveAndRunState" in shown.stdout
-    assert "actor 1 attempt 1: work" in shown.stdout and "from upper bound" in shown.stdout
+    assert "actor 1 attempt 1: work" in shown.stdout and "from REPORT" in shown.stdout
 
 
 def test_dry_run_with_resume_names_the_outputs_that_exist(
