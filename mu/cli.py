@@ -212,6 +212,11 @@ _LAMBDAIZE_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
         "help": "Lambda-compatible endpoint (e.g. a running `mu emulator`) instead of AWS"
     }),
     (("--code-bucket",), {"help": "S3 bucket for bundles too big for direct upload"}),
+    (("--also",), {
+        "action": "append", "default": [], "metavar": "PROGRAM",
+        "help": "another program for the same function, checked like EXECUTABLE and shipped "
+        "beside it (run: commands call it as ./NAME); repeat for more",
+    }),
 )
 
 
@@ -225,7 +230,8 @@ def lambdaize_parser() -> argparse.ArgumentParser:
         "NAME (EXECUTABLE's basename + '_' + 8 random characters) in each region. The worker "
         "runs 'PRE_ARGS ./EXECUTABLE POST_ARGS'. Environment variables of the 2016 "
         "lambdaize.sh are honoured: MEM_SIZE, TIMEOUT, AWS_ROLE, SKIP_UPLOAD, ALLOW_LD, "
-        "REGION; flags override them. Prints each create-function response as JSON.",
+        "REGION; flags override them. With --also, one function carries several programs. "
+        "Prints each create-function response as JSON.",
         epilog="Options may come before or after the positional words. Every word that is "
         "not one of the options above is positional, even empty or starting with a dash "
         "(mu lambdaize ./prog '' '-x'); after '--' every word is.",
@@ -299,6 +305,13 @@ def _cmd_lambdaize(args: argparse.Namespace) -> int:
     if in_checkout:
         print(f"mu: note: {args.executable} is not in {os.getcwd()}; using {executable} from "
               "mu's source checkout", file=sys.stderr)
+    also = []
+    for program in args.also:
+        found, elsewhere = find_executable(program)
+        if elsewhere:
+            print(f"mu: note: {program} is not in {os.getcwd()}; using {found} from "
+                  "mu's source checkout", file=sys.stderr)
+        also.append(found)
     env = env_defaults(os.environ)
     site_options = SiteOptions(
         backend=args.backend, endpoint_url=args.endpoint_url, code_bucket=args.code_bucket
@@ -318,9 +331,11 @@ def _cmd_lambdaize(args: argparse.Namespace) -> int:
         skip_upload=bool(args.skip_upload or env.get("skip_upload", False)),
         allow_dynamic=bool(args.allow_dynamic or env.get("allow_dynamic", False)),
         out_dir=args.out_dir,
+        also=tuple(also),
     )
     options.validate()
-    inspect_executable(options.executable, options.allow_dynamic)  # before starting anything
+    for program in (options.executable, *options.also):  # before starting anything
+        inspect_executable(program, options.allow_dynamic)
     if options.skip_upload:
         result = lambdaize(options, None)
         print(f"wrote {result.zip_path} (function {result.name}, not uploaded)")
