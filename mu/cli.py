@@ -691,9 +691,9 @@ def _register_encode(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p = sub.add_parser(
         "encode",
         help="encode PNG frames (or Y4M chunks) in S3 to VP9/VP8 on many workers, stitched",
-        description="Encode s3://BUCKET/VIDEO-INFORMAT/%%08d.png (or, with -i y4m, the Y4M "
-        "chunks s3://BUCKET/VIDEO-y4m_FF/%%08d.y4m that `mu png2y4m` writes) into "
-        "s3://BUCKET/VIDEO-CODEC_FF/%%08d.ivf, FRAMES frames per worker; each worker runs "
+        description="Encode s3://BUCKET/VIDEO-INFORMAT/%08d.png (or, with -i y4m, the Y4M "
+        "chunks s3://BUCKET/VIDEO-y4m_FF/%08d.y4m that `mu png2y4m` writes) into "
+        "s3://BUCKET/VIDEO-CODEC_FF/%08d.ivf, FRAMES frames per worker; each worker runs "
         "png2y4m and vpxenc in one invocation. When every chunk is there they are stitched "
         "into s3://BUCKET/VIDEO.ivf (and into --output-dir). With --backend local (the "
         "default) everything runs on this machine.",
