@@ -871,10 +871,11 @@ def run_job(
 def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the whole png2y4m flow locally and verify it",
+        help="run the whole flow locally, frames to Y4M to a VP9 video, and verify it",
         description="Make 24 frames of 1280x720 16-bit content, convert them with 4 workers "
         "x 6 frames on the local backend (embedded emulator and S3), download the Y4M "
-        "chunks, verify them against the Python reference, and draw the timeline.",
+        "chunks, verify them against the Python reference, encode them to VP9 with 4 "
+        "workers into demo.ivf, check it with vpxdec, and draw the timeline.",
     )
     p.add_argument("--out", default="demo-out", help="output directory (default ./demo-out)")
     p.set_defaults(func=_cmd_demo)
