@@ -7,9 +7,9 @@ The worker that plays chunk ``c`` encodes frames ``1 + f*c ... f*(c+1)`` with th
 numbered ``c``. Its input is either
 
 * PNG frames ``{video}-{informat}/%08d.png`` (numbered from 1, as ``mu png2y4m`` reads
-  them): the worker retrieves each and appends it to a Y4M chunk in its private directory
-  with ``png2y4m``, then encodes that chunk, all in one invocation, so no Y4M goes through
-  S3; or
+  them): the worker retrieves its frames into its private directory, turns them into one
+  Y4M chunk with one ``png2y4m`` run, then encodes that chunk, all in one invocation, so no
+  Y4M goes through S3; or
 * Y4M chunks ``{video}-y4m_{f:02d}/%08d.y4m`` (what ``mu png2y4m`` writes), with
   ``-i y4m``: the worker retrieves its chunk and encodes it.
 
@@ -17,11 +17,15 @@ The function carries both programs (``mu lambdaize png2y4m --also vpxenc``); the
 each in their ``run:`` commands (``./png2y4m ...``, ``./vpxenc ...``), so they do not depend
 on the function's own command. The machine::
 
-    PngConfigState --> FrameLoopState --(frame < f)--> FrameState (retrieve, png2y4m) --+
-                             ^                                                          |
-                             +----------------------------------------------------------+
-                             +--(done)--> EncodeState --> UploadState --> FinalState
-    Y4MConfigState --> ChunkState (retrieve) --> EncodeState --> ...
+    PngConfigState --> FrameLoopState --(frame < f)--> FrameState (retrieve) --+
+                             ^                                                 |
+                             +-------------------------------------------------+
+                             +--(done)--> ConvertState (png2y4m) --> EncodeState (vpxenc)
+                                              --> UploadState --> FinalState
+    Y4MConfigState (retrieve the Y4M chunk) --> EncodeState --> ...
+
+One png2y4m run per chunk, not one per frame as ``mu png2y4m`` does: one process fewer
+for each frame but the first (the output is the same bytes).
 
 A program that exits non-zero fails the actor with its status and its own message. Every
 chunk starts with a keyframe, so the chunks played one after another are the video:
@@ -33,20 +37,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mu.apps.png2y4m import (
-    COMMAND,
-    OUTPUT_SHOWN,
-    FinalState,
-    Png2Y4MConfig,
-    RetrieveAndRunState,
-    UploadState,
-)
+from mu.apps.png2y4m import OUTPUT_SHOWN, FinalState, Png2Y4MConfig, UploadState
 from mu.errors import ConfigError
 from mu.protocol import Retval
 from mu.states import CommandListState, ForLoopState, MachineState, Transition
 
 __all__ = [
     "CODECS",
+    "ConvertState",
     "EncodeConfig",
     "EncodeState",
     "FinalState",
@@ -170,13 +168,40 @@ class EncodeState(CommandListState):
         return super().transition(msg)
 
 
-class FrameState(RetrieveAndRunState):
-    """Retrieve one PNG and append it to the chunk's Y4M with ``./png2y4m``."""
+class ConvertState(CommandListState):
+    """Turn the chunk's PNG frames into its Y4M with one ``./png2y4m`` run."""
+
+    extra = "(converting)"
+    nextState = EncodeState
 
     def __init__(self, prevState: MachineState | None = None, *args: Any, **kw: Any) -> None:
         super().__init__(prevState, *args, **kw)
         self.commandlist = [
-            f"run:./png2y4m {COMMAND}" if step == "run:" else step for step in self.commandlist
+            (None, f"run:./png2y4m -d -o {CHUNK_Y4M} ##TMPDIR##/%08d.png"),
+            ("OK:RETVAL(0)", None),
+        ]
+
+    def transition(self, msg: str | None) -> Transition:
+        reason = _failure(msg, "png2y4m", f"converting the frames of chunk {self.actorNum}")
+        if reason is not None:
+            return self.fail(reason)
+        return super().transition(msg)
+
+
+class FrameState(CommandListState):
+    """Retrieve one PNG frame into the private directory."""
+
+    extra = "(retrieving)"
+
+    def __init__(self, prevState: MachineState | None = None, *args: Any, **kw: Any) -> None:
+        super().__init__(prevState, *args, **kw)
+        cfg: EncodeConfig = self.config
+        frame = cfg.frames_of(self.actorNum)[self.info["frame"]]
+        self.commandlist = [
+            (None, f"set:inkey:{cfg.input_key(frame)}"),
+            f"set:targfile:##TMPDIR##/{frame:08d}.png",
+            "retrieve:",
+            None,
         ]
 
 
@@ -184,7 +209,7 @@ class FrameLoopState(ForLoopState):
     extra = "(next frame)"
     iterKey = "frame"
     loopState = FrameState
-    exitState = EncodeState
+    exitState = ConvertState
 
     def __init__(self, prevState: MachineState | None = None, *args: Any, **kw: Any) -> None:
         super().__init__(prevState, *args, **kw)
@@ -200,8 +225,6 @@ def _configure(state: MachineState) -> list[Any]:
     return [
         ("OK:HELLO", "seti:nonblock:0"),
         f"set:bucket:{cfg.bucket}",
-        "set:cmdinfile:##TMPDIR##/%08d.png",
-        f"set:cmdoutfile:{CHUNK_Y4M}",
         f"set:fromfile:{ivf}",
         f"set:outkey:{cfg.output_key(state.actorNum)}",
     ]

@@ -144,6 +144,32 @@ def test_a_failing_encoder_fails_its_actors_with_its_own_words(
     assert "the video was not stitched: 1 of 1 chunks are missing" in report.getvalue()
 
 
+def test_a_corrupt_frame_fails_only_its_chunk_naming_the_frame(
+    local: Site, frames: Path, source: Video, tmp_path: Path
+) -> None:
+    bad = tmp_path / "frames"
+    bad.mkdir()
+    for i, png in enumerate(sorted(frames.glob("*.png"))):
+        data = bytearray(png.read_bytes())
+        if i == 5:  # frame 6: chunk 1
+            data[len(data) // 2] ^= 0xFF
+        (bad / png.name).write_bytes(bytes(data))
+    report = io.StringIO()
+    done = encode(local, report, video="bad", bucket="enc-corrupt", input_dir=str(bad),
+                  output_dir=str(tmp_path / "out"))
+    assert done.exit_status != 0 and done.run is not None
+    by_actor = {a.actor: a for a in done.run.actors}
+    assert by_actor[0].ok and by_actor[2].ok and not by_actor[1].ok
+    assert by_actor[1].state == "ConvertState"
+    assert (by_actor[1].error or "").startswith(
+        "png2y4m exited with status 1 converting the frames of chunk 1: ")
+    assert "00000006.png" in (by_actor[1].error or "")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00000000.ivf",
+                                                                   "00000002.ivf"]
+    assert "the video was not stitched: 1 of 3 chunks are missing (first: " \
+        "s3://enc-corrupt/bad-vp9_04/00000001.ivf)" in report.getvalue()
+
+
 def test_missing_inputs_are_reported_before_launch(local: Site, tmp_path: Path) -> None:
     report = io.StringIO()
     done = encode(local, report, workers=2, frames=6, video="none", bucket="enc-missing",
