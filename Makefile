@@ -1,5 +1,5 @@
 # mu: two commands on a fresh machine.
-#   make demo   run the whole png2y4m flow locally (emulator + moto S3 + static binary)
+#   make demo   frames to Y4M to a VP9 video locally (emulator + moto S3 + static binaries)
 #   make test   lint, type-check and run the whole test suite
 # Both create .venv, install the project and build the static png2y4m binary when needed.
 # Missing system packages (C compiler, libpng/zlib static libraries, valgrind) are installed

@@ -245,6 +245,11 @@ _LAMBDAIZE_OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
         "help": "Lambda-compatible endpoint (e.g. a running `mu emulator`) instead of AWS"
     }),
     (("--code-bucket",), {"help": "S3 bucket for bundles too big for direct upload"}),
+    (("--also",), {
+        "action": "append", "default": [], "metavar": "PROGRAM",
+        "help": "another program for the same function, checked like EXECUTABLE and shipped "
+        "beside it (run: commands call it as ./NAME); repeat for more",
+    }),
 )
 
 
@@ -258,7 +263,8 @@ def lambdaize_parser() -> argparse.ArgumentParser:
         "NAME (EXECUTABLE's basename + '_' + 8 random characters) in each region. The worker "
         "runs 'PRE_ARGS ./EXECUTABLE POST_ARGS'. Environment variables of the 2016 "
         "lambdaize.sh are honoured: MEM_SIZE, TIMEOUT, AWS_ROLE, SKIP_UPLOAD, ALLOW_LD, "
-        "REGION; flags override them. Prints each create-function response as JSON.",
+        "REGION; flags override them. With --also, one function carries several programs. "
+        "Prints each create-function response as JSON.",
         epilog="Options may come before or after the positional words. Every word that is "
         "not one of the options above is positional, even empty or starting with a dash "
         "(mu lambdaize ./prog '' '-x'); after '--' every word is.",
@@ -332,6 +338,13 @@ def _cmd_lambdaize(args: argparse.Namespace) -> int:
     if in_checkout:
         print(f"mu: note: {args.executable} is not in {os.getcwd()}; using {executable} from "
               "mu's source checkout", file=sys.stderr)
+    also = []
+    for program in args.also:
+        found, elsewhere = find_executable(program)
+        if elsewhere:
+            print(f"mu: note: {program} is not in {os.getcwd()}; using {found} from "
+                  "mu's source checkout", file=sys.stderr)
+        also.append(found)
     env = env_defaults(os.environ)
     site_options = SiteOptions(
         backend=args.backend, endpoint_url=args.endpoint_url, code_bucket=args.code_bucket
@@ -351,9 +364,11 @@ def _cmd_lambdaize(args: argparse.Namespace) -> int:
         skip_upload=bool(args.skip_upload or env.get("skip_upload", False)),
         allow_dynamic=bool(args.allow_dynamic or env.get("allow_dynamic", False)),
         out_dir=args.out_dir,
+        also=tuple(also),
     )
     options.validate()
-    inspect_executable(options.executable, options.allow_dynamic)  # before starting anything
+    for program in (options.executable, *options.also):  # before starting anything
+        inspect_executable(program, options.allow_dynamic)
     if options.skip_upload:
         result = lambdaize(options, None)
         print(f"wrote {result.zip_path} (function {result.name}, not uploaded)")
@@ -763,6 +778,87 @@ def _cmd_png2y4m(args: argparse.Namespace) -> int:
 
 
 @subcommand
+def _register_encode(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from mu.apps.encode_run import EncodeOptions
+    from mu.options import SiteOptions
+
+    p = sub.add_parser(
+        "encode",
+        help="encode PNG frames (or Y4M chunks) in S3 to VP9/VP8 on many workers, stitched",
+        description="Encode s3://BUCKET/VIDEO-INFORMAT/%08d.png (or, with -i y4m, the Y4M "
+        "chunks s3://BUCKET/VIDEO-y4m_FF/%08d.y4m that `mu png2y4m` writes) into "
+        "s3://BUCKET/VIDEO-CODEC_FF/%08d.ivf, FRAMES frames per worker; each worker runs "
+        "png2y4m and vpxenc in one invocation. When every chunk is there they are stitched "
+        "into s3://BUCKET/VIDEO.ivf (and into --output-dir). With --backend local (the "
+        "default) everything runs on this machine.",
+    )
+    d = EncodeOptions()
+    job = p.add_argument_group("job")
+    job.add_argument("-n", "--workers", type=int, default=d.workers,
+                     help=f"number of workers/chunks ({d.workers})")
+    job.add_argument("-f", "--frames", type=int, default=d.frames,
+                     help=f"frames per chunk; each chunk starts with a keyframe ({d.frames})")
+    job.add_argument("-o", "--offset", type=int, default=d.offset,
+                     help=f"skip this many chunks ({d.offset})")
+    job.add_argument("-v", "--video", default=d.video, help=f"video name ('{d.video}')")
+    job.add_argument("-b", "--bucket", default=d.bucket, help=f"S3 bucket ('{d.bucket}')")
+    job.add_argument("-i", "--informat", default=d.informat,
+                     help=f"input format, the key infix ('{d.informat}'); 'y4m': Y4M chunks")
+    job.add_argument("-l", "--function", default=d.function,
+                     help=f"Lambda function carrying png2y4m and vpxenc ('{d.function}')")
+    job.add_argument(
+        "-r", "--regions", default=",".join(SiteOptions.regions),
+        help=f"comma-separated regions ('{','.join(SiteOptions.regions)}')",
+    )
+    enc = p.add_argument_group("encoder (vpxenc's options)")
+    enc.add_argument("--codec", choices=("vp9", "vp8"), default=d.codec,
+                     help=f"the codec ({d.codec})")
+    speed = enc.add_mutually_exclusive_group()
+    speed.add_argument("--good", dest="realtime", action="store_false", default=False,
+                       help="good-quality deadline (the default)")
+    speed.add_argument("--rt", dest="realtime", action="store_true",
+                       help="realtime deadline: much faster, lower quality for the bits")
+    enc.add_argument("--cpu-used", type=int, default=d.cpu_used, metavar="N",
+                     help=f"speed against quality, higher is faster ({d.cpu_used})")
+    rate = enc.add_mutually_exclusive_group()
+    rate.add_argument("--cq-level", type=int, default=d.cq_level, metavar="N",
+                      help=f"constant quality, 0 (best) to 63 ({d.cq_level})")
+    rate.add_argument("--target-bitrate", type=int, metavar="K",
+                      help="variable bitrate aiming at K kbit/s instead of --cq-level")
+    enc.add_argument("--threads", type=int, default=d.threads, metavar="N",
+                     help=f"encoder threads in each worker ({d.threads})")
+    _add_site_arguments(p, regions=False)
+    files = p.add_argument_group("files")
+    files.add_argument("--input-dir", help="upload DIR/*.png as the input frames first")
+    files.add_argument("--output-dir", help="download the chunks and the stitched video here")
+    files.add_argument("--binary", default=d.binary,
+                       help="local backend: the png2y4m binary to lambdaize (default: the one "
+                       "built from function/png2y4m)")
+    files.add_argument("--encoder", default=d.encoder,
+                       help="local backend: the vpxenc binary shipped beside it (default: the "
+                       "one built from function/vpxenc)")
+    _add_run_arguments(p)
+    p.set_defaults(func=_cmd_encode)
+
+
+def _cmd_encode(args: argparse.Namespace) -> int:
+    from mu.apps.encode_run import EncodeJob, EncodeOptions
+
+    if args.backend == "none":
+        raise ConfigError("mu encode runs on --backend local or lambda (its workers call "
+                          "./png2y4m and ./vpxenc inside the function)")
+    options = EncodeOptions(
+        workers=args.workers, offset=args.offset, bucket=args.bucket, function=args.function,
+        input_dir=args.input_dir, output_dir=args.output_dir, frames=args.frames,
+        video=args.video, informat=args.informat, binary=args.binary, encoder=args.encoder,
+        codec=args.codec, realtime=args.realtime, cpu_used=args.cpu_used,
+        cq_level=args.cq_level, target_bitrate=args.target_bitrate, threads=args.threads,
+    )
+    job = EncodeJob(options)
+    return _run_on_site(job, _run_options(args), _site_options(args)).exit_status
+
+
+@subcommand
 def _register_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from mu.options import JobOptions
 
@@ -869,10 +965,11 @@ def run_job(
 def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the whole png2y4m flow locally and verify it",
+        help="run the whole flow locally, frames to Y4M to a VP9 video, and verify it",
         description="Make 24 frames of 1280x720 16-bit content, convert them with 4 workers "
         "x 6 frames on the local backend (embedded emulator and S3), download the Y4M "
-        "chunks, verify them against the Python reference, and draw the timeline.",
+        "chunks, verify them against the Python reference, encode them to VP9 with 4 "
+        "workers into demo.ivf, check it with vpxdec, and draw the timeline.",
     )
     p.add_argument("--out", default="demo-out", help="output directory (default ./demo-out)")
     p.set_defaults(func=_cmd_demo)

@@ -5,7 +5,10 @@ Theory of operation
 ``mu lambdaize EXECUTABLE [PRE_ARGS [POST_ARGS [EXTRA_FILE ...]]]`` keeps the interface of
 the 2016 ``lambdaize.sh``: the worker's command is ``PRE_ARGS ./EXECUTABLE POST_ARGS`` and the
 settings come from ``MEM_SIZE``, ``TIMEOUT``, ``AWS_ROLE``, ``SKIP_UPLOAD``, ``ALLOW_LD`` and
-``REGION`` (flags override them). Three steps:
+``REGION`` (flags override them). One function may carry several programs: each ``--also
+PROGRAM`` is checked like EXECUTABLE (and must need the same architecture) and shipped beside
+it, for ``run:`` commands that name it (``run:./vpxenc ...``; ``mu encode`` runs png2y4m and
+vpxenc in one invocation so). Three steps:
 
 1. **Check** (:func:`inspect_executable`). The file must exist and be executable. An ELF file
    is parsed with pyelftools: its machine picks the Lambda architecture (x86_64 or arm64),
@@ -493,6 +496,7 @@ def build_bundle(
     extra_files: Sequence[str | os.PathLike[str]] = (),
     allow_dynamic: bool = False,
     max_unzipped: int = MAX_UNZIPPED,
+    also: Sequence[str | os.PathLike[str]] = (),
 ) -> Bundle:
     """Build the reproducible zip for ``executable``.
 
@@ -504,16 +508,27 @@ def build_bundle(
         allow_dynamic: bundle the shared libraries of a dynamic executable.
         max_unzipped: refuse, before reading any file, a bundle whose files add up to more
             bytes than this (Lambda's limit).
+        also: more programs beside ``executable`` in the zip root, each checked as it is;
+            ``run:`` commands call them as ``./NAME``.
 
     Returns:
         the bundle.
 
     Raises:
-        ConfigError: the executable is refused (see :func:`inspect_executable`), an extra
-            file is missing, two files would have the same name in the zip, or the files
-            add up to more than ``max_unzipped``.
+        ConfigError: the executable or one of ``also`` is refused (see
+            :func:`inspect_executable`) or needs another architecture, an extra file is
+            missing, two files would have the same name in the zip, or the files add up to
+            more than ``max_unzipped``.
     """
     info = inspect_executable(executable, allow_dynamic)
+    others = [inspect_executable(path, allow_dynamic) for path in also]
+    for other in others:
+        if other.architecture != info.architecture:
+            raise ConfigError(
+                f"{str(other.path)!r} is built for {other.architecture} but "
+                f"{str(info.path)!r} for {info.architecture}: one function runs on one "
+                "architecture"
+            )
     exe_name = info.path.name
     files: dict[str, tuple[bytes, int]] = {"lambda_function.py": (handler_source(), MODE_FILE)}
     for arcname, data in runtime_files().items():
@@ -526,10 +541,16 @@ def build_bundle(
         planned[arcname] = path
 
     add(exe_name, info.path, "executable")
+    for other in others:
+        add(other.path.name, other.path, "executable")
     command = " ".join(w for w in (pre_args.strip(), f"./{exe_name}", post_args.strip()) if w)
+    libraries: dict[str, Path] = {}
+    for program in (info, *others):
+        if program.dynamic:
+            libraries.update(resolve_libraries(program))
+    for soname, where in sorted(libraries.items()):
+        add(f"solibs/{soname}", where.resolve(), "library")
     if info.dynamic:
-        for soname, where in resolve_libraries(info).items():
-            add(f"solibs/{soname}", where.resolve(), "library")
         command = f"LD_LIBRARY_PATH=./solibs {command}"
     files["mu_command.json"] = (json.dumps({"command": command}).encode(), MODE_FILE)
     for extra in extra_files:
@@ -677,6 +698,8 @@ class LambdaizeOptions:
     max_zipped: int | None = MAX_ZIPPED
     """Refuse to deploy a bigger zip (None: it goes through an S3 bucket, no such limit)."""
     max_unzipped: int = MAX_UNZIPPED
+    also: tuple[str, ...] = ()
+    """More programs shipped beside ``executable`` (``--also``)."""
 
     def validate(self) -> None:
         """Raises: ConfigError for memory, timeout or regions Lambda would refuse."""
@@ -738,6 +761,7 @@ def lambdaize(options: LambdaizeOptions, launcher: Launcher | None) -> Lambdaize
         options.extra_files,
         options.allow_dynamic,
         options.max_unzipped,
+        options.also,
     )
     size = len(bundle.zip_bytes)
     if not options.skip_upload and options.max_zipped is not None and size > options.max_zipped:
@@ -762,7 +786,7 @@ def lambdaize(options: LambdaizeOptions, launcher: Launcher | None) -> Lambdaize
             timeout=options.timeout,
             architecture=bundle.architecture,
             environment=dict(options.environment),
-            description=Path(options.executable).name,
+            description=" ".join(Path(p).name for p in (options.executable, *options.also)),
         )
         for region in options.regions:
             functions[region] = launcher.create_function(spec, region)

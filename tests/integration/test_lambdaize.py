@@ -536,3 +536,26 @@ def test_aws_cli_sees_what_lambdaize_registered_in_the_emulator(
         names = [f["FunctionName"] for f in json.loads(listed.stdout)["Functions"]]
         assert "hello_emu12345" in names
         assert running.function_exists("hello_emu12345", "us-east-1")
+
+
+@needs_handler
+def test_several_programs_in_one_bundle(tmp_path: Path, binaries: dict[str, Path]) -> None:
+    """``also``: each program is checked and shipped executable; the command names the first;
+    programs for two architectures cannot share a function."""
+    bundle = build_bundle(binaries["hello_static"], "", POST_ARGS, also=[binaries["uses_lib"]],
+                          allow_dynamic=True)
+    entries = members(bundle.zip_bytes)
+    assert mode_of(entries["hello_static"]) == mode_of(entries["uses_lib"]) == 0o755
+    assert "solibs/libmuhello.so" in entries  # the second program's library
+    assert json.loads(read(bundle.zip_bytes, "mu_command.json")) == {
+        "command": f"./hello_static {POST_ARGS}"
+    }
+    with pytest.raises(ConfigError, match="dynamically linked"):
+        build_bundle(binaries["hello_static"], also=[binaries["uses_lib"]])
+    data = bytearray(binaries["hello_static"].read_bytes())
+    data[18:20] = (0xB7).to_bytes(2, "little")  # EM_AARCH64
+    arm = tmp_path / "arm"
+    arm.write_bytes(bytes(data))
+    arm.chmod(0o755)
+    with pytest.raises(ConfigError, match=r"built for arm64 but .* for x86_64"):
+        build_bundle(binaries["hello_static"], also=[arm])

@@ -99,6 +99,30 @@ def test_the_readme_command_deploys_to_the_local_backend(
     assert command_in(tmp_path / "png2y4m.zip") == f"./png2y4m {COMMAND}"
 
 
+def test_one_function_carries_several_programs(
+    png2y4m_binary: Path, vpxenc_binary: Path, tmp_path: Path
+) -> None:
+    """``--also`` ships more programs beside EXECUTABLE; the 2016 words stay as they were."""
+    done = mu_lambdaize(
+        str(png2y4m_binary), "", "-i -d -o ##OUTFILE## ##INFILE##", "--also",
+        str(vpxenc_binary), "--name", "encode", "--skip-upload", cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert command_in(tmp_path / "encode.zip") == f"./png2y4m {COMMAND}"
+    with zipfile.ZipFile(tmp_path / "encode.zip") as zf:
+        modes = {info.filename: info.external_attr >> 16 & 0o777 for info in zf.infolist()}
+        assert zf.read("vpxenc") == vpxenc_binary.read_bytes()
+    assert modes["png2y4m"] == modes["vpxenc"] == 0o755
+
+
+def test_an_also_program_is_checked_like_the_executable(prog: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a program\n")
+    done = mu_lambdaize("./prog", "--also", "./notes.txt", "--skip-upload", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["mu: error: 'notes.txt' is not executable (chmod +x it)"]
+    assert not list(tmp_path.glob("*.zip"))
+
+
 @pytest.mark.parametrize(
     ("words", "message"),
     [([], "the following arguments are required: executable"),

@@ -10,7 +10,7 @@ from mu.cli import parse_lambdaize_args
 NAMES = {
     "--memory", "--timeout", "--role", "--region", "--runtime", "--name", "--out-dir",
     "--skip-upload", "--allow-dynamic", "--backend", "--endpoint-url", "--code-bucket",
-    "-h", "--help", "--",
+    "--also", "-h", "--help", "--",
 }
 
 
@@ -24,6 +24,7 @@ OPTIONS = st.lists(
     st.sampled_from([
         ("--name", "f"), ("--name=f",), ("--skip-upload",), ("--memory", "512"),
         ("--out-dir", "-dash-dir"), ("--out-dir=-x",), ("--backend", "local"),
+        ("--also", "./vpxenc"), ("--also=./other",),
     ]),
     max_size=4,
 )
@@ -49,6 +50,10 @@ def test_positional_words_survive_exactly_wherever_options_go(
         assert args.skip_upload is True
     if "--memory" in given_names:
         assert args.memory == 512
+    # Every --also names one more program, in the order given; none is positional.
+    nexts = [*argv[1:], ""]
+    assert args.also == [w.partition("=")[2] or nxt for w, nxt in zip(argv, nexts, strict=True)
+                         if w.partition("=")[0] == "--also"]
     if "--out-dir" in given_names:
         # The last --out-dir on the command line wins (options go in at any position).
         last = [w for w in argv if w in ("--out-dir", "--out-dir=-x")][-1]

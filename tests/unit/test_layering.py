@@ -31,6 +31,7 @@ L0 = {
     "mu.config": {"mu.errors", "mu.protocol", "mu.launch", "mu.faults"},
     "mu.faults": {"mu.errors"},
     "mu.integrity": set(),
+    "mu.ivf": {"mu.errors"},
     "mu.retry": set(),
     "mu.cost": {"mu.errors"},
     "mu.scheduler": {"mu.config", "mu.errors", "mu.faults", "mu.retry"},
