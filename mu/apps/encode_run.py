@@ -135,6 +135,21 @@ class EncodeJob:
     def finished(self, s3: Any, actors: list[int]) -> list[int]:
         return finished_chunks(s3, self.config, actors)
 
+    @property
+    def frames_per_worker(self) -> int:
+        """Frames each worker encodes (:class:`mu.cost.JobCost`)."""
+        return self.options.frames
+
+    def s3_requests(self, actors: int) -> tuple[dict[str, int], dict[str, int]]:
+        """S3 requests per worker (a GET per PNG frame, or one for its Y4M chunk; a PUT for
+        its IVF chunk) and the coordinator's (the preflight's listing, 1,000 keys a page;
+        the stitch reads every chunk and writes the video)."""
+        frames = self.options.frames
+        gets = 1 if self.config.y4m_input else frames
+        listed = actors if self.config.y4m_input else actors * frames
+        return ({"GET": gets, "PUT": 1},
+                {"LIST": max(1, -(-listed // 1000)), "GET": actors, "PUT": 1})
+
     def download_outputs(self, s3: Any, actors: list[int], out: TextIO) -> list[str]:
         """Stitch the video's chunks into ``{video}.ivf`` in S3 (and, with ``--output-dir``,
         on disk beside the chunks) when all are there; the local paths written."""

@@ -135,3 +135,17 @@ def test_mu_run_dry_run_checks_the_bucket_and_launches_nothing(
     assert "workers: 3 actors (0-2)" in done.stdout and "inputs: all found" in done.stdout
     assert "S3 requests are the job's states' own business" in done.stdout
     assert "payload" not in done.stderr  # backend none launched nothing: no payload printed
+
+
+def test_encode_dry_run_counts_the_stitch_among_the_coordinator_requests(
+    tmp_path: Path,
+) -> None:
+    done = mu(["encode", "-n", "10", "-f", "6", "--dry-run"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "workers: 10 actors (0-9)" in out and "frames per worker: 6" in out
+    assert "invocations: 10" in out
+    # each worker: a GET per PNG frame and a PUT for its chunk; the coordinator: one
+    # listing page at preflight, and the stitch reads every chunk and writes the video
+    assert "70 GET, 11 PUT, 1 LIST" in out, out
+    assert "mu: preflight is clean" in out
