@@ -74,6 +74,10 @@ SKIPPED = {
                     "http://127.0.0.1:5000"):
         "needs an S3 at that address and workers started by hand in a second terminal: "
         "tests/e2e/test_backend_none.py runs this path with real workers",
+    ("docs/encode.md", "ffmpeg -i clip.ivf -c copy clip.webm"):
+        "needs ffmpeg, which the suite does not install, and a stitched clip.ivf: "
+        "tests/integration/test_vpxenc.py::test_docs_ffmpeg_block_copies_a_stitched_video "
+        "runs it where ffmpeg is installed",
     ("docs/vpxenc.md", "mu frames --count 24 --size 320x180 --out frames"):
         "runs from the checkout (function/...): tests/integration/test_vpxenc.py::"
         "test_docs_block_runs_from_the_checkout runs it there",

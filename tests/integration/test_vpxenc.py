@@ -491,3 +491,32 @@ def test_docs_block_runs_from_the_checkout(
     assert len(decode(tmp_path / "clip.ivf").frames) == 24
     assert read_ivf(tmp_path / "clip8.ivf").fourcc == b"VP80"
     assert read_y4m(tmp_path / "decoded.y4m").width == 320
+
+
+@pytest.mark.skipif(not (shutil.which("ffmpeg") and shutil.which("ffprobe")),
+                    reason="ffmpeg is not installed (apt-get install ffmpeg)")
+def test_docs_ffmpeg_block_copies_a_stitched_video(
+    vpxenc_binary: Path, source: Path, tmp_path: Path
+) -> None:
+    """docs/encode.md's ffmpeg commands put a stitched VP9 video into WebM and MP4 without
+    re-encoding: every frame there, in ffmpeg's own reading of the result."""
+    from mu import ivf
+
+    chunks = []
+    for n in range(2):
+        encode(vpxenc_binary, source, tmp_path / f"{n}.ivf")
+        chunks.append(ivf.read((tmp_path / f"{n}.ivf").read_bytes()))
+    (tmp_path / "clip.ivf").write_bytes(ivf.write(ivf.stitch(chunks)))
+    frames = sum(len(c.frames) for c in chunks)
+    text = (Path(__file__).resolve().parents[2] / "docs" / "encode.md").read_text()
+    (block,) = [b for b in re.findall(r"^```sh[ \t]*\n(.*?)^```", text, re.M | re.S)
+                if b.startswith("ffmpeg ")]
+    done = subprocess.run(["bash", "-e", "-c", block.replace("ffmpeg ", "ffmpeg -v error ")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for name in ("clip.webm", "clip.mp4"):
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-count_packets", "-select_streams", "v:0",
+             "-show_entries", "stream=codec_name,nb_read_packets", "-of", "csv=p=0", name],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
+        assert probe.stdout.strip() == f"vp9,{frames}", (name, probe.stdout)
