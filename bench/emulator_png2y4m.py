@@ -37,7 +37,8 @@ def one_run(workers: int, frames: int, inputs: Path, work: Path, n: int) -> dict
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     with open(work / f"run{n}.log", "wb") as log:
-        status = subprocess.run(argv, cwd=work, stdin=subprocess.DEVNULL, stdout=log,
+        status = subprocess.run(argv, cwd=work, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                                stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, timeout=900, check=False).returncode
     wall = time.monotonic() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
