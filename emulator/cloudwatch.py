@@ -7,16 +7,15 @@ queue: it never blocks, never raises, and beyond ``LIMIT`` lines waiting it drop
 (counted in :attr:`LogWriter.dropped`), so a slow or absent log service never slows or
 breaks an invocation. One thread waits for a pause in the lines (50 ms, or at most 1 s, so
 that a burst's lines are written after it, each stream's in one call), takes everything
-queued at once, groups it by log stream
-and writes it (``PutLogEvents``, creating the group and the stream the first time each is
-seen) into CloudWatch Logs. When the endpoint is the embedded moto server of this very
-process (:func:`emulator.s3.served_here`), which serves CloudWatch Logs on the same port as
-S3, the thread calls moto's CloudWatch Logs backend directly, the one that server answers
-from: the same checks, none of the HTTP, signing and parsing on both sides (which cost
-more of the emulator's CPU than the invocations themselves). Any other endpoint gets the
-same calls through boto3's ``logs`` client. So ``aws logs`` and boto3 read the logs
-unchanged: group
-``/aws/lambda/FUNCTION``, stream ``YYYY/MM/DD/[$LATEST]ENVIRONMENT_ID``. A failed call is
+queued at once, groups it by log stream and writes it (``PutLogEvents``, creating the group
+and the stream the first time each is seen) into CloudWatch Logs. When the endpoint is the
+embedded moto server of this very process (:func:`emulator.s3.served_here`), which serves
+CloudWatch Logs on the same port as S3, the thread calls moto's CloudWatch Logs backend
+directly, the one that server answers from: the same checks, none of the HTTP, signing and
+parsing on both sides (which cost more of the emulator's CPU than the invocations
+themselves). Any other endpoint gets the same calls through boto3's ``logs`` client. So
+``aws logs`` and boto3 read the logs unchanged: group ``/aws/lambda/FUNCTION``, stream
+``YYYY/MM/DD/[$LATEST]ENVIRONMENT_ID``. A failed call is
 counted in :attr:`LogWriter.failed` and its lines are lost. :meth:`flush` waits (bounded)
 until everything queued so far is written.
 """
