@@ -222,6 +222,10 @@ class _Zygote:
         self.sock = parent
         self.waiting: deque[_Env] = deque()  # forks asked for, answered in order
         self.buf = b""
+        # Requests not yet taken by the socket: (bytes, the log's descriptor or -1). Never
+        # a blocking send: the zygote blocks on its answers while they are not read, and
+        # they are read by the loop that would be blocked.
+        self.outbox: deque[tuple[bytes, int]] = deque()
         prefix = _bwrap_args(sandbox, code.code_dir) if sandbox else []
         try:
             self.proc = subprocess.Popen(
@@ -239,6 +243,10 @@ class _Zygote:
         parent.setblocking(False)
 
     def close(self) -> None:
+        while self.outbox:
+            fd = self.outbox.popleft()[1]
+            if fd >= 0:
+                os.close(fd)
         with contextlib.suppress(OSError):
             self.sock.close()
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -522,13 +530,36 @@ class Runner:
     def _fork(self, env: _Env, spec: dict[str, Any], log_w: int) -> None:
         zygote = self._zygote(env.code)
         line = json.dumps(spec).encode() + b"\n"
-        zygote.sock.setblocking(True)  # a short line: the zygote reads it at once
-        try:
-            zygote.sock.sendmsg([line], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                          log_w.to_bytes(4, sys.byteorder))])
-        finally:
-            zygote.sock.setblocking(False)
+        zygote.outbox.append((line, os.dup(log_w)))  # closed once sent
         zygote.waiting.append(env)
+        if len(zygote.outbox) == 1:
+            self._zygote_hears(zygote)
+
+    def _zygote_hears(self, zygote: _Zygote) -> None:
+        """Send what the socket takes now of ``zygote``'s requests; the rest when it is
+        writable again (a burst of hundreds of cold starts fills it)."""
+        while zygote.outbox:
+            data, fd = zygote.outbox[0]
+            try:
+                if fd >= 0:
+                    sent = zygote.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                         fd.to_bytes(4, sys.byteorder))])
+                else:
+                    sent = zygote.sock.send(data)
+            except BlockingIOError:
+                break
+            except OSError:
+                return  # the zygote is gone: _zygote_says drops it and its waiting forks
+            if fd >= 0:
+                os.close(fd)  # the descriptor went with the first byte
+            zygote.outbox.popleft()
+            if sent < len(data):
+                zygote.outbox.appendleft((data[sent:], -1))
+        with contextlib.suppress(ValueError, OSError):
+            if zygote.outbox:
+                self._loop.add_writer(zygote.sock.fileno(), self._zygote_hears, zygote)
+            else:
+                self._loop.remove_writer(zygote.sock.fileno())
 
     def _spawn(self, env: _Env, spec: dict[str, Any], log_w: int) -> None:
         prefix = (_bwrap_args(self.sandbox, env.code.code_dir, env.code.tmp_mb)
@@ -571,6 +602,7 @@ class Runner:
             return
         with contextlib.suppress(ValueError, OSError):
             self._loop.remove_reader(zygote.sock.fileno())
+            self._loop.remove_writer(zygote.sock.fileno())
         zygote.close()
         while zygote.waiting:
             self._destroy(zygote.waiting.popleft(),
