@@ -7,11 +7,15 @@ queue: it never blocks, never raises, and beyond ``LIMIT`` lines waiting it drop
 (counted in :attr:`LogWriter.dropped`), so a slow or absent log service never slows or
 breaks an invocation. One thread waits for a pause in the lines (50 ms, or at most 1 s, so
 that a burst's lines are written after it, each stream's in one call), takes everything
-queued at once, groups it by log stream
-and sends it with boto3's ``logs`` client (``PutLogEvents``, creating the group and the
-stream the first time each is seen) to the embedded moto server, which serves CloudWatch
-Logs on the same port as S3. So ``aws logs`` and boto3 read the logs unchanged: group
-``/aws/lambda/FUNCTION``, stream ``YYYY/MM/DD/[$LATEST]ENVIRONMENT_ID``. A failed call is
+queued at once, groups it by log stream and writes it (``PutLogEvents``, creating the group
+and the stream the first time each is seen) into CloudWatch Logs. When the endpoint is the
+embedded moto server of this very process (:func:`emulator.s3.served_here`), which serves
+CloudWatch Logs on the same port as S3, the thread calls moto's CloudWatch Logs backend
+directly, the one that server answers from: the same checks, none of the HTTP, signing and
+parsing on both sides (which cost more of the emulator's CPU than the invocations
+themselves). Any other endpoint gets the same calls through boto3's ``logs`` client. So
+``aws logs`` and boto3 read the logs unchanged: group ``/aws/lambda/FUNCTION``, stream
+``YYYY/MM/DD/[$LATEST]ENVIRONMENT_ID``. A failed call is
 counted in :attr:`LogWriter.failed` and its lines are lost. :meth:`flush` waits (bounded)
 until everything queued so far is written.
 """
@@ -90,13 +94,7 @@ class LogWriter:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        import boto3
-        from botocore.config import Config
-
-        client = boto3.client(
-            "logs", endpoint_url=self.endpoint_url, region_name=self.region,
-            aws_access_key_id="testing", aws_secret_access_key="testing",
-            config=Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=30))
+        client = _sink(self.endpoint_url, self.region)
         made: set[str] = set()  # groups created
         streams_made: set[tuple[str, str]] = set()
         while True:
@@ -130,11 +128,11 @@ class LogWriter:
               group: str, stream: str, events: list[dict[str, Any]]) -> None:
         try:
             if group not in made:
-                with contextlib.suppress(client.exceptions.ResourceAlreadyExistsException):
+                with contextlib.suppress(client.exists):
                     client.create_log_group(logGroupName=group)
                 made.add(group)
             if (group, stream) not in streams_made:
-                with contextlib.suppress(client.exceptions.ResourceAlreadyExistsException):
+                with contextlib.suppress(client.exists):
                     client.create_log_stream(logGroupName=group, logStreamName=stream)
                 streams_made.add((group, stream))
             start = 0
@@ -148,3 +146,52 @@ class LogWriter:
                 start = end
         except Exception:  # the log service failing must never break an invocation
             self.failed += len(events)
+
+
+class _Backend:
+    """moto's CloudWatch Logs backend of this process, called the way the client is."""
+
+    def __init__(self, region: str) -> None:
+        from moto.iam.models import get_account_id_from
+        from moto.logs.exceptions import ResourceAlreadyExistsException
+        from moto.logs.models import logs_backends
+
+        # The account moto's server gives the environments' requests (key "testing").
+        self.backend = logs_backends[get_account_id_from("testing")][region]
+        self.exists: type[Exception] = ResourceAlreadyExistsException
+
+    def create_log_group(self, logGroupName: str) -> None:
+        self.backend.create_log_group(logGroupName, {})
+
+    def create_log_stream(self, logGroupName: str, logStreamName: str) -> None:
+        self.backend.create_log_stream(logGroupName, logStreamName)
+
+    def put_log_events(self, logGroupName: str, logStreamName: str,
+                       logEvents: list[dict[str, Any]]) -> None:
+        self.backend.put_log_events(logGroupName, logStreamName, logEvents)
+
+
+class _Client:
+    """boto3's ``logs`` client to ``endpoint_url``."""
+
+    def __init__(self, endpoint_url: str, region: str) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.client = boto3.client(
+            "logs", endpoint_url=endpoint_url, region_name=region,
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+            config=Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=30))
+        self.exists: type[Exception] = self.client.exceptions.ResourceAlreadyExistsException
+        self.create_log_group = self.client.create_log_group
+        self.create_log_stream = self.client.create_log_stream
+        self.put_log_events = self.client.put_log_events
+
+
+def _sink(endpoint_url: str | None, region: str) -> _Backend | _Client:
+    from emulator.s3 import served_here
+
+    if served_here(endpoint_url):
+        return _Backend(region)
+    assert endpoint_url is not None
+    return _Client(endpoint_url, region)

@@ -22,9 +22,15 @@ from moto.moto_server import werkzeug_app
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-__all__ = ["S3Server"]
+__all__ = ["S3Server", "served_here"]
 
 _READY_TIMEOUT = 10.0
+_SERVED: set[str] = set()  # endpoint URLs of the servers running in this process
+
+
+def served_here(url: str | None) -> bool:
+    """Whether ``url`` is a moto server of this process (whose backends are this process's)."""
+    return url is not None and url.rstrip("/") in _SERVED
 
 
 class S3Server:
@@ -47,6 +53,7 @@ class S3Server:
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._served = ""
 
     def start(self) -> None:
         """Bind and serve; return once serving.
@@ -77,6 +84,8 @@ class S3Server:
         if not self._ready.wait(_READY_TIMEOUT):
             self.stop()
             raise RuntimeError("the S3 server did not start serving")
+        self._served = self.endpoint_url
+        _SERVED.add(self._served)
 
     def _serve(self) -> None:
         assert self._server is not None
@@ -103,6 +112,7 @@ class S3Server:
         server, self._server = self._server, None
         if server is None:
             return
+        _SERVED.discard(self._served)
         server.shutdown()
         server.server_close()
         if self._thread is not None:
