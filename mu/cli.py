@@ -700,9 +700,35 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     return run(options, log_sources(options))
 
 
+def _add_video_job_arguments(
+    parser: argparse.ArgumentParser, d: Png2Y4MOptions, frames: str, informat: str,
+    function: str,
+) -> None:
+    """The 2016 job flags of a video job (``-n -f -o -v -b -i -l -r``), defaults from ``d``;
+    ``frames`` is -f's help, ``informat`` and ``function`` end -i's and -l's."""
+    from mu.options import SiteOptions
+
+    job = parser.add_argument_group("job")
+    job.add_argument("-n", "--workers", type=int, default=d.workers,
+                     help=f"number of workers/chunks ({d.workers})")
+    job.add_argument("-f", "--frames", type=int, default=d.frames, help=f"{frames} ({d.frames})")
+    job.add_argument("-o", "--offset", type=int, default=d.offset,
+                     help=f"skip this many chunks ({d.offset})")
+    job.add_argument("-v", "--video", default=d.video, help=f"video name ('{d.video}')")
+    job.add_argument("-b", "--bucket", default=d.bucket, help=f"S3 bucket ('{d.bucket}')")
+    job.add_argument("-i", "--informat", default=d.informat,
+                     help=f"input format, the key infix ('{d.informat}'){informat}")
+    job.add_argument("-l", "--function", default=d.function,
+                     help=f"Lambda function{function} ('{d.function}')")
+    job.add_argument(
+        "-r", "--regions", default=",".join(SiteOptions.regions),
+        help=f"comma-separated regions ('{','.join(SiteOptions.regions)}')",
+    )
+
+
 @subcommand
 def _register_png2y4m(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from mu.options import Png2Y4MOptions, SiteOptions
+    from mu.options import Png2Y4MOptions
 
     p = sub.add_parser(
         "png2y4m",
@@ -713,23 +739,7 @@ def _register_png2y4m(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "ephemeral keys, the binary built from function/png2y4m.",
     )
     d = Png2Y4MOptions()
-    job = p.add_argument_group("job")
-    job.add_argument("-n", "--workers", type=int, default=d.workers,
-                     help=f"number of workers/chunks ({d.workers})")
-    job.add_argument("-f", "--frames", type=int, default=d.frames,
-                     help=f"frames per chunk ({d.frames})")
-    job.add_argument("-o", "--offset", type=int, default=d.offset,
-                     help=f"skip this many chunks ({d.offset})")
-    job.add_argument("-v", "--video", default=d.video, help=f"video name ('{d.video}')")
-    job.add_argument("-b", "--bucket", default=d.bucket, help=f"S3 bucket ('{d.bucket}')")
-    job.add_argument("-i", "--informat", default=d.informat,
-                     help=f"input format, the key infix ('{d.informat}')")
-    job.add_argument("-l", "--function", default=d.function,
-                     help=f"Lambda function ('{d.function}')")
-    job.add_argument(
-        "-r", "--regions", default=",".join(SiteOptions.regions),
-        help=f"comma-separated regions ('{','.join(SiteOptions.regions)}')",
-    )
+    _add_video_job_arguments(p, d, frames="frames per chunk", informat="", function="")
     _add_site_arguments(p, regions=False)
     files = p.add_argument_group("files")
     files.add_argument("--input-dir", help="upload DIR/*.png as the input frames first")
@@ -780,7 +790,6 @@ def _cmd_png2y4m(args: argparse.Namespace) -> int:
 @subcommand
 def _register_encode(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from mu.apps.encode_run import EncodeOptions
-    from mu.options import SiteOptions
 
     p = sub.add_parser(
         "encode",
@@ -793,23 +802,9 @@ def _register_encode(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "default) everything runs on this machine.",
     )
     d = EncodeOptions()
-    job = p.add_argument_group("job")
-    job.add_argument("-n", "--workers", type=int, default=d.workers,
-                     help=f"number of workers/chunks ({d.workers})")
-    job.add_argument("-f", "--frames", type=int, default=d.frames,
-                     help=f"frames per chunk; each chunk starts with a keyframe ({d.frames})")
-    job.add_argument("-o", "--offset", type=int, default=d.offset,
-                     help=f"skip this many chunks ({d.offset})")
-    job.add_argument("-v", "--video", default=d.video, help=f"video name ('{d.video}')")
-    job.add_argument("-b", "--bucket", default=d.bucket, help=f"S3 bucket ('{d.bucket}')")
-    job.add_argument("-i", "--informat", default=d.informat,
-                     help=f"input format, the key infix ('{d.informat}'); 'y4m': Y4M chunks")
-    job.add_argument("-l", "--function", default=d.function,
-                     help=f"Lambda function carrying png2y4m and vpxenc ('{d.function}')")
-    job.add_argument(
-        "-r", "--regions", default=",".join(SiteOptions.regions),
-        help=f"comma-separated regions ('{','.join(SiteOptions.regions)}')",
-    )
+    _add_video_job_arguments(p, d, frames="frames per chunk; each chunk starts with a keyframe",
+                             informat="; 'y4m': Y4M chunks",
+                             function=" carrying png2y4m and vpxenc")
     enc = p.add_argument_group("encoder (vpxenc's options)")
     enc.add_argument("--codec", choices=("vp9", "vp8"), default=d.codec,
                      help=f"the codec ({d.codec})")
