@@ -173,8 +173,12 @@ def sandbox_problem() -> str | None:
     global _SANDBOX
     if _SANDBOX is None:
         bwrap = shutil.which("bwrap")
+        hidden = _under_tmp()
         if bwrap is None:
             _SANDBOX = ("bubblewrap (bwrap) is not installed",)
+        elif hidden:
+            _SANDBOX = (f"the emulator's Python files are under /tmp ({hidden}), which the "
+                        "sandbox replaces with a private /tmp",)
         else:
             try:
                 probe = subprocess.run(
@@ -187,6 +191,17 @@ def sandbox_problem() -> str | None:
             except (OSError, subprocess.SubprocessError) as exc:
                 _SANDBOX = (f"bubblewrap cannot run: {exc}",)
     return _SANDBOX[0]
+
+
+def _under_tmp() -> str | None:
+    """The first of the interpreter's prefix, its executable's folder and this package's
+    checkout that lies under /tmp (the sandbox hides the host's /tmp), or None."""
+    here = Path(__file__).resolve().parent.parent
+    for path in (sys.prefix, os.path.dirname(os.path.realpath(sys.executable)), str(here)):
+        real = os.path.realpath(path)
+        if real == "/tmp" or real.startswith("/tmp/"):
+            return real
+    return None
 
 
 def _bwrap_args(bwrap: str, task_root: str | None, tmp_mb: int = 0) -> list[str]:
