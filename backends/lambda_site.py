@@ -135,8 +135,10 @@ class LambdaSite:
     def logs_client(self, region: str) -> Any:
         # a Lambda-compatible endpoint (a running emulator) logs into its S3 server's
         # CloudWatch Logs API; AWS Lambda into AWS's
+        from backends.logs import logs_client
+
         url = self.options.s3_endpoint_url if self.options.endpoint_url else None
-        return self.account.session.client("logs", endpoint_url=url, region_name=region)
+        return logs_client(url, region, session=self.account.session)
 
     def dial_back_address(self, region: str) -> str | None:
         if self.options.host_addr:

@@ -227,8 +227,9 @@ class LocalSite:
 
     def logs_client(self, region: str) -> Any:
         # the emulator writes its functions' logs into its S3 server's CloudWatch Logs API
-        return boto3.client("logs", endpoint_url=self.launcher.s3_endpoint_url,
-                            region_name=region, **LOCAL_CREDENTIALS)
+        from backends.logs import logs_client
+
+        return logs_client(self.launcher.s3_endpoint_url, region, LOCAL_CREDENTIALS)
 
     def dial_back_address(self, region: str) -> str | None:
         return self.options.host_addr or LocalLauncher.host_addr

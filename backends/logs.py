@@ -5,6 +5,8 @@ between the backends is only the client: ``lambda`` reads AWS's (the region from
 ``--region`` or the AWS configuration), ``local`` the embedded moto server of every
 ``mu emulator`` running on this machine, newest first, with the local credentials (or of
 the one started with ``--state-dir``). ``--endpoint-url`` names the endpoint outright.
+:func:`logs_client` makes every ``logs`` client of the backends: these, and the ones each
+site's ``logs_client`` gives the bill.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from mu.errors import ConfigError, LaunchError
 from mu.options import DEFAULT_REGION, LogsOptions
 
-__all__ = ["log_sources"]
+__all__ = ["log_sources", "logs_client"]
 
 
 def log_sources(options: LogsOptions) -> list[tuple[Any, str]]:
@@ -29,12 +31,12 @@ def log_sources(options: LogsOptions) -> list[tuple[Any, str]]:
     if options.backend == "lambda":
         region = _aws_region(options.region)
         where = f"at {options.endpoint_url}" if options.endpoint_url else "on AWS"
-        return [(_client(options.endpoint_url, region, {}), f"{where} (region {region})")]
+        return [(logs_client(options.endpoint_url, region), f"{where} (region {region})")]
     from backends.local import LOCAL_CREDENTIALS
 
     region = options.region or DEFAULT_REGION
     urls = [options.endpoint_url] if options.endpoint_url else _emulator_urls(options.state_dir)
-    return [(_client(url, region, LOCAL_CREDENTIALS), f"at {url} (region {region})")
+    return [(logs_client(url, region, LOCAL_CREDENTIALS), f"at {url} (region {region})")
             for url in urls]
 
 
@@ -63,7 +65,10 @@ def _emulator_urls(state_dir: str | None) -> list[str]:
     return list(dict.fromkeys(url for url, _ in running))
 
 
-def _client(url: str | None, region: str, credentials: dict[str, str]) -> Any:
+def logs_client(url: str | None, region: str, credentials: dict[str, str] | None = None,
+                session: Any = None) -> Any:
+    """A boto3 ``logs`` client for ``url`` (None: AWS's) in ``region``: with ``credentials``
+    (boto3's keyword names), else ``session``'s, else boto3's default chain."""
     import boto3
     from botocore.config import Config
 
@@ -72,8 +77,8 @@ def _client(url: str | None, region: str, credentials: dict[str, str]) -> Any:
     config = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=10,
                     read_timeout=60)
     with aws_errors("CloudWatch Logs client"):
-        return boto3.client("logs", endpoint_url=url, region_name=region, config=config,
-                            **credentials)
+        return (session or boto3).client("logs", endpoint_url=url, region_name=region,
+                                         config=config, **(credentials or {}))
 
 
 def _aws_region(region: str | None) -> str:
