@@ -9,11 +9,13 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
 
 from emulator.s3 import S3Server
+from mu.launch import Site
 from mu.tls import KeySet, generate_keys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,3 +74,27 @@ def s3_server() -> Iterator[S3Server]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def local(png2y4m_binary: Path) -> Iterator[Site]:
+    """The local site (its emulator and S3 server) for one test module, closed after it."""
+    from backends import get_backend
+
+    site = get_backend("local")
+    try:
+        yield site
+    finally:
+        site.close()
+
+
+@pytest.fixture(scope="module")
+def s3(local: Site) -> Any:
+    """A boto3 S3 client of the local site's S3 server."""
+    import boto3
+
+    from backends.local import LOCAL_CREDENTIALS, LocalLauncher
+
+    assert isinstance(local.launcher, LocalLauncher)
+    return boto3.client("s3", endpoint_url=local.launcher.s3_endpoint_url,
+                        region_name="us-east-1", **LOCAL_CREDENTIALS)

@@ -10,15 +10,11 @@ import io
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
-from backends import get_backend
-from backends.local import LOCAL_CREDENTIALS, LocalLauncher
 from mu import ivf
 from mu.apps.encode_check import MIN_PSNR, check_video
 from mu.apps.encode_run import EncodeJob, EncodeOptions
@@ -29,25 +25,10 @@ from mu.options import Png2Y4MOptions, RunOptions
 from mu.runopts import RunResult, run
 from mu.y4m import Video, read_y4m
 
-pytestmark = pytest.mark.skipif(shutil.which("vpxdec") is None,
-                                reason="vpxdec (vpx-tools) is not installed")
+pytestmark = [pytest.mark.skipif(shutil.which("vpxdec") is None,
+                                 reason="vpxdec (vpx-tools) is not installed"),
+              pytest.mark.usefixtures("vpxenc_binary")]  # the local site deploys it
 W, H, FRAMES = 96, 64, 12
-
-
-@pytest.fixture(scope="module")
-def local(png2y4m_binary: Path, vpxenc_binary: Path) -> Iterator[Site]:
-    site = get_backend("local")
-    try:
-        yield site
-    finally:
-        site.close()
-
-
-@pytest.fixture(scope="module")
-def s3(local: Site) -> Any:
-    assert isinstance(local.launcher, LocalLauncher)
-    return boto3.client("s3", endpoint_url=local.launcher.s3_endpoint_url,
-                        region_name="us-east-1", **LOCAL_CREDENTIALS)
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,13 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import numpy as np
 import pytest
 
-from backends import get_backend
 from backends.local import LOCAL_CREDENTIALS, LocalLauncher
 from mu.apps.png2y4m_run import Png2Y4MJob
 from mu.cli import parse_png2y4m
@@ -31,22 +28,6 @@ from mu.runopts import run
 from mu.y4m import convert_frame, psnr, read_y4m
 
 W, H = 96, 64
-
-
-@pytest.fixture(scope="module")
-def local(png2y4m_binary: Path) -> Iterator[Site]:
-    site = get_backend("local")
-    try:
-        yield site
-    finally:
-        site.close()
-
-
-@pytest.fixture(scope="module")
-def s3(local: Site) -> Any:
-    assert isinstance(local.launcher, LocalLauncher)
-    return boto3.client("s3", endpoint_url=local.launcher.s3_endpoint_url,
-                        region_name="us-east-1", **LOCAL_CREDENTIALS)
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,10 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from backends import get_backend
 from mu.apps.png2y4m_run import Png2Y4MJob
 from mu.cli import parse_png2y4m
 from mu.cost import load_prices
@@ -33,15 +29,6 @@ from mu.runopts import price_record, run
 
 ROOT = Path(__file__).resolve().parents[2]
 PRICES = load_prices()
-
-
-@pytest.fixture(scope="module")
-def local(png2y4m_binary: Path) -> Iterator[Site]:
-    site = get_backend("local")
-    try:
-        yield site
-    finally:
-        site.close()
 
 
 def put_reports(logs: Any, function: str, reports: dict[str, tuple[int, int]]) -> None:
