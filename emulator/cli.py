@@ -143,6 +143,14 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:  # a port taken, a state dir that cannot be made
             print(f"{args.prog}: cannot start {where}: {exc}", file=sys.stderr)
             return 1
+        # registered, and SIGTERM handled, before the lines that tell a client it is up
+        record = running.register(Path(args.state_dir), server.endpoint_url, s3.endpoint_url)
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        previous = signal.signal(signal.SIGTERM, on_signal)
         print(f"Lambda API: {server.endpoint_url}\nS3:         {s3.endpoint_url}\n"
               f"Logs:       {s3.endpoint_url}\n")
         print("# paste into a shell to use the aws CLI or boto3 against it:")
@@ -151,13 +159,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"export AWS_ENDPOINT_URL_LOGS={s3.endpoint_url}")
         print("export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing")
         print("export AWS_DEFAULT_REGION=us-east-1", flush=True)
-        record = running.register(Path(args.state_dir), server.endpoint_url, s3.endpoint_url)
-        stop = threading.Event()
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-
-        previous = signal.signal(signal.SIGTERM, on_signal)
         try:
             while not stop.wait(3600):
                 pass

@@ -38,7 +38,8 @@ def test_logs_finds_an_emulator_started_with_state_dir(tmp_path: Path) -> None:
         proc.stdout.readline()  # readiness: the Lambda API's endpoint
         s3_url = proc.stdout.readline().split()[-1]  # moto: S3, CloudWatch Logs, ...
         while not proc.stdout.readline().startswith("export AWS_DEFAULT_REGION"):
-            pass  # the export lines: printed as it registers
+            pass  # the export lines: printed once it has registered and handles SIGTERM
+        assert [p.name for p in (cache / "mu" / "emulators").glob("*.json")] == [f"{proc.pid}.json"]
         logs = boto3.client("logs", endpoint_url=s3_url, region_name="us-east-1", **CREDS)
         t = int(time.time() * 1000) - 1000
         put(logs, name, stream_of("e1", t), invocation("req-1", t, ["hello from the handler"]))
