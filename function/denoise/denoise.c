@@ -368,8 +368,8 @@ struct source {
     int radius, next_taken, in_done;
 };
 
-/* Put the frame after entry `at - 1` into entry `at` of the window. */
-static void pull(struct window *w, struct source *s, int at) {
+/* Put the frame after `newest` (the frame before entry `at`) into entry `at` of the window. */
+static void pull(struct window *w, struct source *s, int at, uint8_t *newest) {
     int p = free_buffer(w, 0, at);
     w->is_input[at] = 0;
     if (!s->in_done && read_frame(s->in, &w->pool[p])) {
@@ -380,7 +380,7 @@ static void pull(struct window *w, struct source *s, int at) {
     s->in_done = 1;
     if (!s->next || s->next_taken == s->radius) {
         /* Without NEXT the last frame repeats; with it, frames past its R are never used. */
-        w->win[at] = w->win[at - 1];
+        w->win[at] = newest;
         return;
     }
     if (!read_frame(s->next, &w->pool[p]))
@@ -426,7 +426,7 @@ static void run_filter(const char *in_name, const char *prev_name, const char *n
             for (int i = 0; i < r; i++) w.win[i] = w.win[r]; /* the video starts here */
         /* Entries R+1..2R: the frames after it. */
         struct source src = {&in, next_name ? &next : NULL, r, 0, 0};
-        for (int i = r + 1; i < w.size; i++) pull(&w, &src, i);
+        for (int i = r + 1; i < w.size; i++) pull(&w, &src, i, w.win[i - 1]);
         result = alloc_frame(&in);
         while (w.is_input[r]) {
             const uint8_t *samples[2 * MAX_RADIUS + 1] = {NULL};
@@ -434,9 +434,10 @@ static void run_filter(const char *in_name, const char *prev_name, const char *n
             filter_frame(result + FRAME_PREFIX, samples, in.frame_bytes, r);
             write_all(&out, result, FRAME_PREFIX + in.frame_bytes);
             /* Shift the window by one frame and pull the next one into its last entry. */
+            uint8_t *newest = w.win[w.size - 1];
             memmove(w.win, w.win + 1, (size_t)(w.size - 1) * sizeof *w.win);
             memmove(w.is_input, w.is_input + 1, (size_t)(w.size - 1) * sizeof *w.is_input);
-            pull(&w, &src, w.size - 1);
+            pull(&w, &src, w.size - 1, newest);
         }
     }
     close_output(&out);
