@@ -4,6 +4,7 @@ and --tail cut exactly; bad input ends in one line on stderr, status 1 and no ou
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 from pathlib import Path
@@ -131,6 +132,16 @@ def test_plain_c420_header_and_frame_parameters(denoise_binary: Path, tmp_path: 
             assert pa.tobytes() == pb.tobytes()
 
 
+def test_stats_line(denoise_binary: Path, tmp_path: Path) -> None:
+    src = small(tmp_path, "in.y4m", frames=3)
+    result = run(denoise_binary, "--stats", "-r", "2", "-o", tmp_path / "out.y4m", src)
+    assert result.returncode == 0 and result.stderr == ""
+    stats = json.loads(result.stdout)
+    assert (stats["frames"], stats["frame_bytes"]) == (3, 4 * 3 + 2 * 2 * 2)
+    assert 0 <= stats["filter_ns"] <= stats["total_ns"]
+    assert result.stdout.count("\n") == 1
+
+
 def test_help(denoise_binary: Path) -> None:
     result = run(denoise_binary, "--help")
     assert result.returncode == 0 and result.stdout.startswith("usage: denoise -r R -o OUT")
@@ -225,7 +236,7 @@ def test_bad_neighbours_and_arguments(denoise_binary: Path, tmp_path: Path) -> N
         (["-r", "-1"], "-r: '-1' is not an integer in 0..4"),
         (["-r", "x"], "-r: 'x' is not an integer in 0..4"),
         ([], f"{src}: no radius: give -r R (0..4)"),
-        (["--head", "1", "-r", "1"], "--head: cuts frames; -r, -p and -n filter"),
+        (["--head", "1", "-r", "1"], "--head: cuts frames; -r, -p, -n and --stats filter"),
         (["--head", "1", "--tail", "1"], "--tail: give --head or --tail, not both"),
         (["--bogus"], "--bogus: unknown option (see --help)"),
         (["-r", "1", "-p", tmp_path / "missing.y4m"], f"{tmp_path / 'missing.y4m'}: cannot open"),
