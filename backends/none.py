@@ -40,7 +40,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
-from mu.launch import FunctionSpec, Invocation, LaunchReport, LaunchSpec
+from mu.launch import FunctionSettings, FunctionSpec, Invocation, LaunchReport, LaunchSpec
 from mu.options import SiteOptions
 
 __all__ = ["NoneLauncher", "NoneSite", "worker_commands"]
@@ -208,6 +208,9 @@ class NoneSite:
 
     def logs_client(self, region: str) -> Any:
         return None  # workers started by hand log nowhere mu can read
+
+    def function_settings(self, name: str, region: str) -> FunctionSettings | None:
+        return None  # workers started by hand run no Lambda function
 
     def dial_back_address(self, region: str) -> str | None:
         return self.options.host_addr

@@ -2,10 +2,11 @@
 through CloudWatch Logs (moto's, over HTTP), the fallback when none is found.
 
 The local emulator writes Lambda's REPORT lines into its CloudWatch Logs, so a local run is
-billed from them; the test then puts REPORT events of its own (other request ids, known
-figures) into the site's CloudWatch Logs with boto3, exactly as Lambda writes them, and
-prices a record that names them through the same reader; one whose request ids have no
-REPORT falls back, and says so.
+billed from them: the test reads them back itself through the logs API and checks every
+figure of the bill against them and the price table. It then puts REPORT events of its
+own (other request ids, known figures) into the site's CloudWatch Logs with boto3, exactly
+as Lambda writes them, and prices a record that names them through the same reader; one
+whose request ids have no REPORT falls back, and says so.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from mu.apps.png2y4m_run import Png2Y4MJob
 from mu.cli import parse_png2y4m
-from mu.cost import load_prices
+from mu.cost import Report, load_prices, money, parse_report
 from mu.frames import write_frames
 from mu.launch import Site
 from mu.runopts import price_record, run
@@ -50,55 +51,125 @@ def put_reports(logs: Any, function: str, reports: dict[str, tuple[int, int]]) -
         ])
 
 
-def test_a_local_run_is_billed_from_report_lines_or_says_it_fell_back(
+def emulator_reports(site: Site, function: str) -> dict[str, Report]:
+    """The REPORT lines the emulator wrote for ``function``, read back through the logs API
+    with boto3 (not through mu's reader)."""
+    logs = site.logs_client("us-east-1")
+    found: dict[str, Report] = {}
+    token: dict[str, str] = {}
+    while True:
+        page = logs.filter_log_events(logGroupName=f"/aws/lambda/{function}", **token)
+        for event in page["events"]:
+            report = parse_report(event["message"])
+            if report is not None:
+                found[report.request_id] = report
+        if not page.get("nextToken"):
+            return found
+        token = {"nextToken": page["nextToken"]}
+
+
+def hand(billed_ms: int, memory: int, arch: str = "x86_64", region: str = "us-east-1"
+         ) -> Decimal:
+    """One invocation's Lambda dollars, from the table by hand."""
+    p = PRICES.region(region)
+    return p.request + p.gb_second[arch] * Decimal(memory) / 1024 * Decimal(billed_ms) / 1000
+
+
+def test_a_local_run_is_billed_from_the_report_lines_the_emulator_wrote(
     local: Site, png2y4m_binary: Path, tmp_path: Path
 ) -> None:
     frames = write_frames(tmp_path / "in", 4, 48, 32, depth=8)
     record = tmp_path / "run.jsonl"
     job, options, _ = parse_png2y4m([
-        "-n", "2", "-f", "2", "-t", "0", "--binary", str(png2y4m_binary), "-O", str(record),
-        "--input-dir", str(frames[0].parent), "-l", "png2y4m-bill", "-v", "bill"])
+        "-n", "2", "-f", "2", "-X", "1", "-t", "0", "--binary", str(png2y4m_binary),
+        "-O", str(record), "--input-dir", str(frames[0].parent), "-l", "png2y4m-bill",
+        "-v", "bill"])
     out = io.StringIO()
     done = run(Png2Y4MJob(job), options, local, out=out)
     assert done.exit_status == 0, out.getvalue()
+    assert done.run is not None and done.run.launched == 3  # two workers and a spare
     lines = [json.loads(line) for line in record.read_text().splitlines()]
     ids = [line["request_id"] for line in lines]
     assert len(set(ids)) == 2 and all(ids)  # every worker told its Lambda request id
-    # the emulator wrote each invocation's REPORT line: the run was billed from them
-    assert [line["cost"]["source"] for line in lines] == ["REPORT", "REPORT"], lines
-    assert all(line["cost"]["memory_mb"] == 1536 for line in lines), lines
+    written = emulator_reports(local, "png2y4m-bill")
+    assert set(ids) < set(written) and len(written) == 3  # the spare's invocation too
+    for line in lines:  # each attempt is billed as the emulator's REPORT line says
+        cost, report = line["cost"], written[line["request_id"]]
+        assert (cost["source"], cost["region"], cost["billed_ms"], cost["memory_mb"]) == (
+            "REPORT", "us-east-1", report.billed_ms, report.memory_mb)
+        assert report.memory_mb == 1536  # the deployed function's
+        # the worker's S3 requests, as the coordinator saw them answered: a GET per frame
+        # and a PUT for its chunk, priced apart
+        assert line["s3"] == cost["s3"] == {"GET": 2, "PUT": 1}
+        s3 = PRICES.region("us-east-1").s3_per_1000
+        assert Decimal(cost["s3_dollars"]) == (2 * s3["GET"] + s3["PUT"]) / 1000
+        assert Decimal(cost["lambda_dollars"]) == hand(report.billed_ms, 1536)
+        assert Decimal(cost["dollars"]) == Decimal(cost["lambda_dollars"]) + Decimal(
+            cost["s3_dollars"])
+    # the spare: the REPORT no attempt claims; the coordinator's listing: the job's count
+    run_cost = lines[0]["run_cost"]
+    [spare] = run_cost["spares"]
+    spare_report = written[next(iter(set(written) - set(ids)))]
+    assert (spare["kind"], spare["source"], spare["billed_ms"]) == (
+        "spare", "REPORT", spare_report.billed_ms)
+    assert run_cost["coordinator_s3"] == {"LIST": 1}
+    total = (sum(Decimal(line["cost"]["dollars"]) for line in lines)
+             + Decimal(spare["dollars"]) + Decimal(run_cost["coordinator_dollars"]))
+    assert Decimal(run_cost["total"]) == total
+    # the summary line carries the cost, each kind apart; no upper bound was needed
     report = out.getvalue()
-    assert "upper bound" not in report and "mu: cost $" in report
-
-    # REPORT lines with known figures, for request ids of their own
-    known = [dict(line, request_id=f"known-{line['actor']}") for line in lines]
-    wanted = {"known-0": (1234, 1536), "known-1": (5678, 3008)}
-    put_reports(local.logs_client("us-east-1"), "png2y4m-bill", wanted)
-    bills, why = price_record(known, local, "png2y4m-bill", PRICES)
-    assert why == ""
-    p = PRICES.region("us-east-1")
-    for b in bills:
-        billed, memory = wanted[f"known-{b.actor}"]
-        assert (b.source, b.billed_ms, b.memory_mb, b.max_memory_mb) == (
-            "REPORT", billed, memory, 70)
-        assert b.init_ms == Decimal("150.12")
-        assert b.dollars == p.request + p.gb_second["x86_64"] * Decimal(memory) / 1024 * (
-            Decimal(billed) / 1000)
-
-    # request ids with no REPORT anywhere: the coordinator's view, an upper bound, said so
-    lost = [dict(line, request_id=f"lost-{line['actor']}") for line in lines]
-    bills, why = price_record(lost, local, "png2y4m-bill", PRICES)
-    assert [b.source for b in bills] == ["upper bound", "upper bound"]
-    assert "no REPORT line found for 2 of 2" in why and "upper bound" in why
+    [summary] = [t for t in report.splitlines() if t.startswith("mu: 2 done")]
+    assert f"; cost {money(total)} (work $" in summary and " x2; spare $" in summary
+    assert "S3 $" in summary and "4 GET, 2 PUT, 1 LIST" in summary
+    assert "upper bound" not in report and "3 of 3 invocation(s) billed from their REPORT" in (
+        report)
 
     # mu cost reads the record the run wrote
     shown = subprocess.run([sys.executable, "-m", "mu.cli", "cost", str(record)],
                            capture_output=True, text=True, timeout=60, check=False, cwd=ROOT)
     assert shown.returncode == 0, shown.stderr
-    total = sum(Decimal(line["cost"]["dollars"]) for line in lines)
-    assert f"total: ${total:.6f}" in shown.stdout or f"total: ${total:.2f}" in shown.stdout
+    assert shown.stdout.startswith(f"total: {money(total)} (")
     assert "by state:" in shown.stdout and "RetrieveAndRunState" in shown.stdout
+    assert "  spare: $" in shown.stdout and "  coordinator S3: $" in shown.stdout and "(workers' S3 requests)" in shown.stdout
     assert "actor 1 attempt 1: work" in shown.stdout and "from REPORT" in shown.stdout
+    # and mu plot labels each bar with it
+    plotted = subprocess.run(
+        [sys.executable, "-m", "mu.cli", "plot", str(record), "-o", str(tmp_path / "t.png"),
+         "--cost"], capture_output=True, text=True, timeout=120, check=False, cwd=ROOT)
+    assert plotted.returncode == 0, plotted.stderr
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_known_reports_are_priced_and_missing_ones_fall_back_and_say_so(
+    local: Site, tmp_path: Path
+) -> None:
+    lines = [{"actor": a, "attempt": 1, "ok": True, "error": None, "launched": 0.0,
+              "ended": 2.5 + a, "timestamps": [[0.1, "A"], [2.5 + a, "FinalState"]]}
+             for a in range(2)]
+    # REPORT lines with known figures, put where Lambda puts them
+    known = [dict(line, request_id=f"known-{line['actor']}") for line in lines]
+    wanted = {"known-0": (1234, 1536), "known-1": (5678, 3008)}
+    put_reports(local.logs_client("us-east-1"), "png2y4m-known", wanted)
+    bills, notes = price_record(known, local, "png2y4m-known", PRICES)
+    assert not bills.bounded and len(notes) == 1  # where the figures come from, only
+    assert "2 of 2 invocation(s) billed from their REPORT lines" in notes[0]
+    for b in bills.invocations:
+        billed, memory = wanted[f"known-{b.actor}"]
+        assert (b.source, b.billed_ms, b.memory_mb, b.max_memory_mb) == (
+            "REPORT", billed, memory, 70)
+        assert b.init_ms == Decimal("150.12")
+        assert b.dollars == hand(billed, memory)
+
+    # request ids with no REPORT anywhere: the coordinator's view, an upper bound, said so
+    lost = [dict(line, request_id=f"lost-{line['actor']}") for line in lines]
+    bills, notes = price_record(lost, local, "png2y4m-known", PRICES)
+    assert [b.source for b in bills.invocations] == ["upper bound", "upper bound"]
+    assert [b.billed_ms for b in bills.invocations] == [2500, 3500]
+    assert [b.dollars for b in bills.invocations] == [hand(2500, 1536), hand(3500, 1536)]
+    said = " ".join(notes)
+    assert "no REPORT line found for 2 of 2" in said and "upper bound" in said
+    assert "not deployed yet in us-east-1" in said  # so lambdaize's 1536 MB bound them
+    assert bills.phrase().startswith("cost at most $")
 
 
 def test_dry_run_with_resume_names_the_outputs_that_exist(
