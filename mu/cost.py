@@ -296,8 +296,11 @@ class Plan:
         functions: the function's settings in each region (memory, timeout, architecture).
         seconds: the assumed duration of one invocation (None: each region's function
             timeout, an upper bound).
-        per_worker_s3: S3 requests each worker makes, by kind (in the bucket's region).
+        per_worker_s3: S3 requests each worker that takes an actor makes, by kind (in the
+            bucket's region).
         coordinator_s3: S3 requests the coordinator makes, by kind (the bucket's region).
+        spares: how many of the invocations are spares (``-X``), which make no S3 request
+            unless they stand in for a worker.
     """
 
     invocations: int
@@ -306,6 +309,7 @@ class Plan:
     seconds: Decimal | None = None
     per_worker_s3: Mapping[str, int] = field(default_factory=dict)
     coordinator_s3: Mapping[str, int] = field(default_factory=dict)
+    spares: int = 0
 
 
 def estimate(plan: Plan) -> dict[str, Usage]:
@@ -320,8 +324,8 @@ def estimate(plan: Plan) -> dict[str, Usage]:
         seconds = plan.seconds if plan.seconds is not None else Decimal(function.timeout_s)
         usage[region].invocations += n
         usage[region].gb_seconds += gb_seconds(function.memory_mb, seconds) * n
-        for kind, per in plan.per_worker_s3.items():
-            bucket.s3[kind] += per * n
+    for kind, per in plan.per_worker_s3.items():
+        bucket.s3[kind] += per * max(0, plan.invocations - plan.spares)
     for kind, n in plan.coordinator_s3.items():
         bucket.s3[kind] += n
     return usage

@@ -580,7 +580,7 @@ def _estimate_lines(cost: Any, todo: list[int], options: RunOptions, regions: tu
     if cost is not None:
         per_worker, coordinator = cost.s3_requests(len(todo))
     plan = Plan(len(todo) + options.extra, regions, functions, seconds, per_worker,
-                coordinator)
+                coordinator, spares=options.extra)
     return describe(estimate(plan), prices)
 
 

@@ -17,9 +17,12 @@ import json
 import subprocess
 import sys
 import time
+import zipfile
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from mu.apps.png2y4m_run import Png2Y4MJob
 from mu.cli import parse_png2y4m
@@ -187,3 +190,62 @@ def test_dry_run_with_resume_names_the_outputs_that_exist(
     assert "--resume: 2 of 3 outputs already exist complete (0-1)" in plan
     assert "workers: 1 actors (2)" in plan and "invocations: 1" in plan
     assert done.exit_status == 0 and done.run is None  # nothing launched
+
+
+def test_dry_run_reads_the_deployed_functions_settings_through_the_lambda_api(
+    local: Site, s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--backend lambda against the emulator: the plan and the estimate use the function's
+    memory, timeout and architecture as GetFunctionConfiguration answers them, and
+    lambdaize's defaults, said so, for a function not deployed."""
+    from backends.lambda_site import LambdaSite
+    from backends.local import LocalLauncher
+    from mu.apps.png2y4m import Png2Y4MConfig, upload_inputs
+    from mu.lambdaize import LOCAL_ROLE
+    from mu.launch import FunctionSpec
+    from mu.options import SiteOptions
+
+    launcher = local.launcher
+    assert isinstance(launcher, LocalLauncher)
+    bundle = io.BytesIO()
+    with zipfile.ZipFile(bundle, "w") as z:
+        z.writestr("lambda_function.py", "def lambda_handler(event, context):\n    return 0\n")
+    launcher.create_function(FunctionSpec("cost-arm", bundle.getvalue(), role=LOCAL_ROLE,
+                                          memory=3008, timeout=60, architecture="arm64"),
+                             "us-east-1")
+    frames = write_frames(tmp_path / "in", 4, 48, 32, depth=8)
+    upload_inputs(s3, Png2Y4MConfig(video="armed", bucket="excamera-us-east-1",
+                                    informat="png16", frames=2), str(frames[0].parent), True)
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    for key in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    site = LambdaSite(SiteOptions(backend="lambda", endpoint_url=launcher.endpoint_url,
+                                  s3_endpoint_url=launcher.s3_endpoint_url,
+                                  host_addr="127.0.0.1"))
+    try:
+        plans = {}
+        for function in ("cost-arm", "cost-none"):
+            job, options, _ = parse_png2y4m(["-n", "2", "-f", "2", "-v", "armed", "-l",
+                                             function, "--dry-run", "--no-tls"])
+            out = io.StringIO()
+            done = run(Png2Y4MJob(job), options, site, out=out)
+            plans[function] = (done.exit_status, out.getvalue())
+    finally:
+        site.close()
+    status, plan = plans["cost-arm"]
+    assert status == 0, plan
+    assert "function: cost-arm, 3008 MB, timeout 60 s, arm64 (as deployed in us-east-1)" in plan
+    assert "whole function timeout (60 s)" in plan and "inputs: all found" in plan
+    assert "GB-seconds: 352.500 (arm64)" in plan  # 2 x 3008/1024 GB x 60 s
+    p = PRICES.region("us-east-1")
+    expected = (2 * p.request + p.gb_second["arm64"] * Decimal("352.5")
+                + (4 * p.s3_per_1000["GET"] + 2 * p.s3_per_1000["PUT"]
+                   + p.s3_per_1000["LIST"]) / 1000)
+    assert f"dollars: {money(expected)} " in plan
+    status, plan = plans["cost-none"]
+    assert status == 2, plan
+    assert ("function: cost-none, 1536 MB, timeout 180 s, x86_64 (mu lambdaize's defaults: "
+            "not deployed yet in us-east-1)") in plan
+    assert "function 'cost-none' not found in us-east-1" in plan

@@ -70,20 +70,21 @@ def hand_s3(region: str, gets: int, puts: int, lists: int) -> Decimal:
     gets=st.integers(0, 50),
     puts=st.integers(0, 5),
     lists=st.integers(0, 20),
+    spares=st.integers(0, 10),
 )
 def test_the_estimate_is_the_hand_computation(
     regions: list[str], archs: list[str], memories: list[int], timeouts: list[int],
-    invocations: int, millis: int | None, gets: int, puts: int, lists: int,
+    invocations: int, millis: int | None, gets: int, puts: int, lists: int, spares: int,
 ) -> None:
     """Each region's function is priced with its own memory, timeout and architecture; the
-    S3 requests in the bucket's region (the first)."""
+    S3 requests in the bucket's region (the first); spares make none."""
     functions = {r: FunctionSettings(memories[i], timeouts[i], archs[i])
                  for i, r in enumerate(regions)}
     seconds = None if millis is None else Decimal(millis) / 1000
-    plan = Plan(invocations, tuple(regions), functions, seconds, {"GET": gets, "PUT": puts},
-                {"LIST": lists})
+    plan = Plan(invocations + spares, tuple(regions), functions, seconds,
+                {"GET": gets, "PUT": puts}, {"LIST": lists}, spares)
     usage = estimate(plan)
-    assert sum(u.invocations for u in usage.values()) == invocations
+    assert sum(u.invocations for u in usage.values()) == invocations + spares
     counts = [usage[r].invocations for r in regions]
     assert max(counts) - min(counts) <= 1  # round-robin
     expected = hand_s3(regions[0], gets * invocations, puts * invocations, lists)
