@@ -311,6 +311,13 @@ def preflight(
         keys = load_keys(options)
     except ConfigError as exc:
         problems.append(str(exc))
+    if options.price_file:  # the bill needs it at the end: a bad one stops the run now
+        from mu.cost import load_prices
+
+        try:
+            load_prices(options.price_file)
+        except ConfigError as exc:
+            problems.append(str(exc))
     if s3 is None or site is None:
         return problems, keys  # nothing below can be checked without them
     try:

@@ -172,3 +172,20 @@ def test_encode_dry_run_counts_the_stitch_among_the_coordinator_requests(
     # listing page at preflight, and the stitch reads every chunk and writes the video
     assert "70 GET, 11 PUT, 1 LIST" in out, out
     assert "mu: preflight is clean" in out
+
+
+def test_a_bad_price_file_stops_a_real_run_at_preflight(
+    tmp_path: Path, png2y4m_binary: Path
+) -> None:
+    """The bill needs the table at the end of a run: a bad one is found before launching."""
+    from mu.frames import write_frames
+
+    frames = write_frames(tmp_path / "in", 2, 16, 16, depth=8)
+    bad = tmp_path / "prices.json"
+    bad.write_text('{"as_of": "2026-01-01"}')
+    done = mu(["png2y4m", "-n", "1", "-f", "2", "-t", "0", "--binary", str(png2y4m_binary),
+               "--input-dir", str(frames[0].parent), "--price-file", str(bad)], tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "mu: preflight found problems; nothing was launched:" in done.stderr
+    assert f"  - price file {str(bad)!r}: has no 'source'" in done.stderr
+    assert "Traceback" not in done.stderr

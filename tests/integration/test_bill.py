@@ -249,3 +249,32 @@ def test_dry_run_reads_the_deployed_functions_settings_through_the_lambda_api(
     assert ("function: cost-none, 1536 MB, timeout 180 s, x86_64 (mu lambdaize's defaults: "
             "not deployed yet in us-east-1)") in plan
     assert "function 'cost-none' not found in us-east-1" in plan
+
+
+def test_a_retried_attempt_is_billed_apart_from_the_work(
+    local: Site, png2y4m_binary: Path, tmp_path: Path
+) -> None:
+    """A rehearsal fault drops actor 0's first worker (seed 30 plans exactly that): its
+    attempt is billed as a retry, from its own REPORT line, apart from the two that did
+    the work."""
+    frames = write_frames(tmp_path / "in", 4, 48, 32, depth=8)
+    record = tmp_path / "run.jsonl"
+    job, options, _ = parse_png2y4m([
+        "-n", "2", "-f", "2", "-t", "0", "--binary", str(png2y4m_binary), "-O", str(record),
+        "--input-dir", str(frames[0].parent), "-l", "png2y4m-retry", "-v", "retry",
+        "--faults", "drop=0.5,seed=30", "--retries", "1"])
+    out = io.StringIO()
+    done = run(Png2Y4MJob(job), options, local, out=out)
+    assert done.exit_status == 0, out.getvalue()
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    kinds = {(line["actor"], line["attempt"]): line["cost"]["kind"] for line in lines}
+    assert kinds == {(0, 1): "retry", (0, 2): "work", (1, 1): "work"}, lines
+    written = emulator_reports(local, "png2y4m-retry")
+    for line in lines:
+        report = written[line["request_id"]]
+        assert (line["cost"]["source"], line["cost"]["billed_ms"]) == ("REPORT",
+                                                                      report.billed_ms)
+    retry = next(line["cost"] for line in lines if line["cost"]["kind"] == "retry")
+    [summary] = [t for t in out.getvalue().splitlines() if t.startswith("mu: 2 done")]
+    assert f"retry {money(Decimal(retry['dollars']))} x1" in summary
+    assert "(work $" in summary and " x2; retry $" in summary, summary
