@@ -278,3 +278,28 @@ def test_a_retried_attempt_is_billed_apart_from_the_work(
     [summary] = [t for t in out.getvalue().splitlines() if t.startswith("mu: 2 done")]
     assert f"retry {money(Decimal(retry['dollars']))} x1" in summary
     assert "(work $" in summary and " x2; retry $" in summary, summary
+
+
+def test_each_invocation_is_priced_in_the_region_whose_logs_hold_its_report(
+    local: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = json.loads((ROOT / "mu" / "prices.json").read_text())
+    table["regions"]["us-west-1"]["lambda_gb_second"] = {"x86_64": "0.001"}
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps(table))
+    prices = load_prices(path)
+    monkeypatch.setattr(local, "regions", ("us-east-1", "us-west-1"))
+    put_reports(local.logs_client("us-east-1"), "png2y4m-regions", {"east": (1000, 1536)})
+    put_reports(local.logs_client("us-west-1"), "png2y4m-regions", {"west": (1000, 1536)})
+    lines = [{"actor": a, "attempt": 1, "ok": True, "error": None, "launched": 0.0,
+              "ended": 1.0, "request_id": request, "timestamps": [[0.1, "FinalState"]]}
+             for a, request in enumerate(["east", "west", "lost"])]
+    bills, _ = price_record(lines, local, "png2y4m-regions", prices)
+    east, west, lost = bills.invocations
+    assert (east.region, west.region) == ("us-east-1", "us-west-1")
+    assert east.dollars == hand(1000, 1536)
+    assert west.dollars == prices.region("us-west-1").request + Decimal("0.001") * Decimal(
+        "1.5")
+    # no REPORT: the dearest region of the run bounds it
+    assert (lost.source, lost.region) == ("upper bound", "us-west-1")
+    assert "by region: us-east-1 1, us-west-1 2" in bills.how()
