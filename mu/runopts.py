@@ -461,9 +461,11 @@ def dry_run(
     print(f"  frames per worker: {frames if frames is not None else 'n/a (not a framed job)'}",
           file=out)
     print(f"  regions: {', '.join(where)} (invoked round-robin)", file=out)
-    functions, told, _ = _functions(
-        site if s3 is not None and site is not None and not site.deploys_jobs else None,
-        job.function, where)
+    if site is None or site.deploys_jobs:
+        functions, told, _ = _functions(None, job.function, where)
+    else:
+        functions, told, _ = _functions(site if s3 is not None else None, job.function,
+                                        where, "not read, for want of usable credentials")
     for line in told:
         print(f"  function: {line}", file=out)
     print(f"  bucket: s3://{job.bucket}", file=out)
@@ -521,11 +523,12 @@ def _keys_in_use(options: RunOptions, keys: KeySet | None) -> str:
             f"{worker or 'worker_cert.pem beside it, or one made from ca_key.pem'}")
 
 
-def _functions(site: Site | None, function: str, regions: Sequence[str]
+def _functions(site: Site | None, function: str, regions: Sequence[str], unread: str = ""
                ) -> tuple[dict[str, FunctionSettings], list[str], list[str]]:
-    """The function's settings in each region as deployed (read through ``site``; None:
-    the run deploys it itself, with mu lambdaize's defaults), the lines that say them and
-    where they come from, and what fell back to the defaults (empty: nothing did)."""
+    """The function's settings in each region as deployed, read through ``site``, the lines
+    that say them and where they come from, and what fell back to mu lambdaize's defaults
+    (empty: nothing did). Without a site: the defaults, because ``unread`` (by default:
+    the run deploys the function itself, with them)."""
     from mu.errors import MuError
 
     defaults = FunctionSettings()
@@ -535,7 +538,10 @@ def _functions(site: Site | None, function: str, regions: Sequence[str]
     for region in regions:
         if site is None:
             settings[region] = defaults
-            whence[region] = "mu lambdaize's defaults, with which the run deploys it"
+            whence[region] = (f"mu lambdaize's defaults: {unread}" if unread else
+                              "mu lambdaize's defaults, with which the run deploys it")
+            if unread:
+                fallbacks.append(unread)
             continue
         try:
             found = site.function_settings(function, region)

@@ -189,3 +189,13 @@ def test_a_bad_price_file_stops_a_real_run_at_preflight(
     assert "mu: preflight found problems; nothing was launched:" in done.stderr
     assert f"  - price file {str(bad)!r}: has no 'source'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_without_credentials_the_plan_says_the_functions_settings_were_not_read(
+    tmp_path: Path,
+) -> None:
+    done = mu(["png2y4m", "--backend", "lambda", "-n", "3", "-f", "2", "--dry-run"], tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert ("function: png2y4m, 1536 MB, timeout 180 s, x86_64 (mu lambdaize's defaults: not "
+            "read, for want of usable credentials)") in done.stdout
+    assert "no AWS credentials found" in done.stdout
