@@ -40,6 +40,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
+from mu.errors import ConfigError
 from mu.launch import FunctionSettings, FunctionSpec, Invocation, LaunchReport, LaunchSpec
 from mu.options import SiteOptions
 
@@ -210,7 +211,8 @@ class NoneSite:
         return None  # workers started by hand log nowhere mu can read
 
     def function_settings(self, name: str, region: str) -> FunctionSettings | None:
-        return None  # workers started by hand run no Lambda function
+        raise ConfigError("backend none: workers are started by hand, with no Lambda "
+                          "function's memory or timeout")
 
     def dial_back_address(self, region: str) -> str | None:
         return self.options.host_addr

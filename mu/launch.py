@@ -330,12 +330,12 @@ class Site(Protocol):
 
     def function_settings(self, name: str, region: str) -> FunctionSettings | None:
         """The memory, timeout and architecture of function ``name`` as deployed in
-        ``region`` (Lambda's GetFunctionConfiguration), None when it is not deployed there
-        (or, workers started by hand, there is no function). The estimate and the bill
-        price with them.
+        ``region`` (Lambda's GetFunctionConfiguration), None when it is not deployed there.
+        The estimate and the bill price with them.
 
         Raises:
-            MuError: the site could not be asked (named).
+            MuError: the site could not be asked, or has no functions (workers started by
+                hand): named.
 
         >>> site.function_settings("png2y4m", "us-east-1")
         FunctionSettings(memory_mb=1536, timeout_s=180, architecture='x86_64')

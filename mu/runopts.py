@@ -263,7 +263,7 @@ def run(job: Job, options: RunOptions, site: Site, out: TextIO | None = None) ->
     )
     started_ms = int(time.time() * 1000)
     result = execute(coordinator, options, out,
-                     bill=lambda r: _bill(r, job, options, site, started_ms, out))
+                     bill=lambda r: _bill(r, job, options, site, started_ms))
     duplicated = site.duplicated()
     if duplicated:
         print(f"mu: fault: {duplicated} Event invocation(s) were delivered twice", file=out)
@@ -602,7 +602,6 @@ def _estimate_lines(cost: Any, todo: list[int], options: RunOptions, regions: tu
 
 def _bill(
     result: CoordinatorResult, job: Job, options: RunOptions, site: Site, started_ms: int,
-    out: TextIO,
 ) -> tuple[dict[tuple[int, int], dict[str, Any]], str, list[str]]:
     """Price the run: its attempts from their REPORT lines (read now through the site's
     CloudWatch Logs, the same code for every site), else from the coordinator's view; the
