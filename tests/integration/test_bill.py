@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import subprocess
 import sys
 import time
@@ -303,3 +304,38 @@ def test_each_invocation_is_priced_in_the_region_whose_logs_hold_its_report(
     # no REPORT: the dearest region of the run bounds it
     assert (lost.source, lost.region) == ("upper bound", "us-west-1")
     assert "by region: us-east-1 1, us-west-1 2" in bills.how()
+
+
+def test_a_run_whose_logs_cannot_be_found_is_billed_for_upper_bounds_and_says_why(
+    local: Site, png2y4m_binary: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The site's logs read from a region where the function never logged: no REPORT line
+    is found, each attempt is billed for the coordinator's view of its worker's lifetime,
+    and the summary line says "at most", the next line why."""
+    import mu.runopts
+
+    elsewhere = local.logs_client("eu-north-1")
+    monkeypatch.setattr(local, "logs_client", lambda region: elsewhere)
+    monkeypatch.setattr(mu.runopts, "REPORT_WAIT", 0.5)
+    frames = write_frames(tmp_path / "in", 4, 48, 32, depth=8)
+    record = tmp_path / "run.jsonl"
+    job, options, _ = parse_png2y4m([
+        "-n", "2", "-f", "2", "-t", "0", "--binary", str(png2y4m_binary), "-O", str(record),
+        "--input-dir", str(frames[0].parent), "-l", "png2y4m-nologs", "-v", "nologs"])
+    out = io.StringIO()
+    done = run(Png2Y4MJob(job), options, local, out=out)
+    assert done.exit_status == 0, out.getvalue()
+    lines = [json.loads(line) for line in record.read_text().splitlines()]
+    for line in lines:
+        cost = line["cost"]
+        assert (cost["source"], cost["memory_mb"]) == ("upper bound", 1536)
+        span = line["ended"] - line["launched"]
+        assert cost["billed_ms"] == math.ceil(span * 1000 - 1e-9)  # launch to end, rounded up
+        assert Decimal(cost["lambda_dollars"]) == hand(cost["billed_ms"], 1536)
+    report = out.getvalue().splitlines()
+    [summary] = [t for t in report if t.startswith("mu: 2 done")]
+    assert "; cost at most $" in summary
+    said = "\n".join(t for t in report if t.startswith("mu: cost: "))
+    assert "0 of 2 invocation(s) billed from their REPORT lines, 2 for an upper bound" in said
+    assert "no REPORT line found for 2 of 2 invocation(s)" in said
+    assert "/aws/lambda/png2y4m-nologs" in said  # the log group that is not there, named
