@@ -677,7 +677,7 @@ class RunBill:
         invocation apart, then the S3 requests of it all.
 
         >>> RunBill((), {}, Decimal(0), load_prices()).phrase()
-        'cost $0 (nothing ran)'
+        'cost $0.00 (nothing ran)'
         """
         parts = []
         for kind in KINDS:
