@@ -20,13 +20,30 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mu.errors import ConfigError, LaunchError
-from mu.launch import Launcher
+from mu.launch import FunctionSettings, Launcher
 from mu.options import SiteOptions
 
 if TYPE_CHECKING:
     from mu.aws import AwsSetup
 
-__all__ = ["AwsAccount", "LambdaSite"]
+__all__ = ["AwsAccount", "LambdaSite", "function_settings"]
+
+
+def function_settings(client: Any, name: str, region: str) -> FunctionSettings | None:
+    """Function ``name``'s settings through a boto3 Lambda ``client`` (one
+    GetFunctionConfiguration call); None when it is not deployed.
+
+    Raises:
+        ConfigError, LaunchError: AWS refused or could not be reached (named).
+    """
+    from backends.aws_lambda import aws_errors
+
+    with aws_errors("read the configuration of function", name, region):
+        try:
+            conf = client.get_function_configuration(FunctionName=name)
+        except client.exceptions.ResourceNotFoundException:
+            return None
+    return FunctionSettings.from_configuration(conf)
 
 
 class AwsAccount:
@@ -139,6 +156,10 @@ class LambdaSite:
 
         url = self.options.s3_endpoint_url if self.options.endpoint_url else None
         return logs_client(url, region, session=self.account.session)
+
+    def function_settings(self, name: str, region: str) -> FunctionSettings | None:
+        launcher: Any = self.launcher  # a LambdaLauncher: its boto3 client for the region
+        return function_settings(launcher.client(region), name, region)
 
     def dial_back_address(self, region: str) -> str | None:
         if self.options.host_addr:

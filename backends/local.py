@@ -35,7 +35,7 @@ import boto3
 
 from backends.aws_lambda import LambdaLauncher
 from mu.errors import ConfigError, LaunchError
-from mu.launch import FunctionSpec, LaunchReport, LaunchSpec
+from mu.launch import FunctionSettings, FunctionSpec, LaunchReport, LaunchSpec
 from mu.options import SiteOptions
 
 __all__ = ["LOCAL_CREDENTIALS", "LocalLauncher", "LocalSite", "emulator_parser", "run_emulator"]
@@ -153,6 +153,10 @@ class LocalLauncher:
         """Delete ``name`` from the emulator; a missing one is not an error."""
         self._lambda.delete_function(name, region)
 
+    def lambda_client(self, region: str) -> Any:
+        """The boto3 Lambda client for the emulator in ``region``."""
+        return self._lambda.client(region)
+
     def launch(self, spec: LaunchSpec) -> LaunchReport:
         """Invoke through the emulator with the AWS launch path (``LambdaLauncher.launch``)."""
         return self._lambda.launch(spec)
@@ -230,6 +234,12 @@ class LocalSite:
         from backends.logs import logs_client
 
         return logs_client(self.launcher.s3_endpoint_url, region, LOCAL_CREDENTIALS)
+
+    def function_settings(self, name: str, region: str) -> FunctionSettings | None:
+        # the emulator answers GetFunctionConfiguration as Lambda does
+        from backends.lambda_site import function_settings
+
+        return function_settings(self.launcher.lambda_client(region), name, region)
 
     def dial_back_address(self, region: str) -> str | None:
         return self.options.host_addr or LocalLauncher.host_addr

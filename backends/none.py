@@ -40,7 +40,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
-from mu.launch import FunctionSpec, Invocation, LaunchReport, LaunchSpec
+from mu.errors import ConfigError
+from mu.launch import FunctionSettings, FunctionSpec, Invocation, LaunchReport, LaunchSpec
 from mu.options import SiteOptions
 
 __all__ = ["NoneLauncher", "NoneSite", "worker_commands"]
@@ -208,6 +209,10 @@ class NoneSite:
 
     def logs_client(self, region: str) -> Any:
         return None  # workers started by hand log nowhere mu can read
+
+    def function_settings(self, name: str, region: str) -> FunctionSettings | None:
+        raise ConfigError("backend none: workers are started by hand, with no Lambda "
+                          "function's memory or timeout")
 
     def dial_back_address(self, region: str) -> str | None:
         return self.options.host_addr

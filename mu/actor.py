@@ -102,6 +102,17 @@ _READING: Final = (Lifecycle.AWAIT_HELLO, Lifecycle.RUNNING)
 """Lifecycles in which received frames are decoded (a READY actor leaves them buffered)."""
 _ENDED: Final = (Lifecycle.DONE, Lifecycle.ERROR)
 
+_S3_ANSWERS: Final = (("OK:RETRIEVE(", "GET"), ("FAIL(retrieve s3://", "GET"),
+                      ("OK:UPLOAD(", "PUT"), ("FAIL(upload s3://", "PUT"))
+"""A worker's final answer to ``retrieve``/``upload`` and the S3 request it made (one
+``get_object`` or ``put_object``; a failed transfer is counted too: S3 bills most failed
+requests). Nonblock acknowledgements (``OK:RETRIEVING(``) are not answers."""
+
+
+def _s3_request(text: str) -> str:
+    """``GET``/``PUT`` when ``text`` answers an S3 transfer, else ""."""
+    return next((kind for prefix, kind in _S3_ANSWERS if text.startswith(prefix)), "")
+
 
 def lifecycle_diagram() -> str:
     """The :data:`LIFECYCLE` table as a Mermaid state diagram (docs/protocol.md embeds it)."""
@@ -168,6 +179,7 @@ class Actor:
         "peer",
         "reason",
         "request_id",
+        "s3_requests",
         "state",
     )
 
@@ -192,6 +204,7 @@ class Actor:
         self.last_response = ""
         self.reason = ""
         self.request_id = ""  # the worker's Lambda invocation (REQUEST_ID_INFO), if told
+        self.s3_requests = {"GET": 0, "PUT": 0}  # transfers the worker answered, for the bill
         self.messages_in = 0
         self.messages_out = 0
 
@@ -249,6 +262,9 @@ class Actor:
                 continue
             if self.lifecycle is Lifecycle.RUNNING:
                 assert self.state is not None
+                kind = _s3_request(text)
+                if kind:
+                    self.s3_requests[kind] += 1
                 try:
                     transition = advance(self.state, text)
                 except Exception as exc:  # the job's code: it fails this actor, nothing else

@@ -159,14 +159,18 @@ def _register_plot(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     p.add_argument("record", help="run record written by -O (JSON lines)")
     p.add_argument("-o", "--output", default="timeline.png", help="PNG to write")
-    p.add_argument("--title", help="plot title (default: counts)")
+    p.add_argument("--title", help="plot title (default: counts, and the cost when the "
+                   "record carries it)")
+    p.add_argument("--cost", action="store_true",
+                   help="label each bar with what that invocation cost (kind, dollars, and "
+                   "'<=' for an upper bound), from the bill in the record")
     p.set_defaults(func=_cmd_plot)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from mu.plot import plot_timeline
 
-    print(f"wrote {plot_timeline(args.record, args.output, args.title)}")
+    print(f"wrote {plot_timeline(args.record, args.output, args.title, cost=args.cost)}")
     return 0
 
 
@@ -176,30 +180,18 @@ def _register_cost(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "cost",
         help="print what a run cost, per state and per actor, from its record (-O file)",
         description="Print the bill a run wrote into its record (-O): the total, by kind "
-        "(work, retries, speculative backups), by state (each attempt's dollars shared by "
-        "the time each state lasted), and by actor attempt with where its figure came from "
-        "(the invocation's REPORT line, or the coordinator's view as an upper bound).",
+        "(work, retries, speculative backups, spares, the coordinator's S3), by state (each "
+        "attempt's dollars shared by the time each state lasted), and by invocation with "
+        "where its figure came from (the invocation's REPORT line, or an upper bound).",
     )
     p.add_argument("record", help="run record written by -O (JSON lines)")
     p.set_defaults(func=_cmd_cost)
 
 
 def _cmd_cost(args: argparse.Namespace) -> int:
-    from decimal import Decimal
+    from mu.cost import cost_lines, read_record_lines
 
-    from mu.cost import breakdown, money, read_record_lines
-
-    by_state, by_kind, rows = breakdown(read_record_lines(args.record))
-    print(f"total: {money(sum(by_kind.values(), Decimal(0)))} (Lambda requests and compute)")
-    print("by kind:")
-    for kind, dollars in by_kind.items():
-        print(f"  {kind}: {money(dollars)}")
-    print("by state:")
-    for state, dollars in sorted(by_state.items(), key=lambda kv: -kv[1]):
-        print(f"  {state}: {money(dollars)}")
-    print("by actor:")
-    for row in rows:
-        print(f"  {row}")
+    print("\n".join(cost_lines(read_record_lines(args.record))))
     return 0
 
 

@@ -111,6 +111,7 @@ class ActorResult:
     request_id: str = ""  # the worker's Lambda invocation, as it told (empty: not told)
     launched: float = 0.0  # the launch call that started its worker, seconds since start
     ended: float = 0.0  # when the coordinator recorded its end, seconds since start
+    s3: Mapping[str, int] = field(default_factory=dict)  # S3 transfers answered, by kind
 
     def to_record(self) -> dict[str, Any]:
         """The run-record line (``-O``) for this attempt."""
@@ -130,6 +131,8 @@ class ActorResult:
             record["request_id"] = self.request_id
         record["launched"] = round(self.launched, 6)
         record["ended"] = round(self.ended, 6)
+        if any(self.s3.values()):
+            record["s3"] = dict(self.s3)
         return record
 
 
@@ -599,7 +602,7 @@ class Coordinator:
         self._results.append(ActorResult(
             action.actor, action.ok, where, action.error, stamps, action.attempt, conn.peer,
             conn.fault, verdict.why if verdict else "", conn.actor.request_id,
-            launched - self._t0, self.clock() - self._t0,
+            launched - self._t0, self.clock() - self._t0, dict(conn.actor.s3_requests),
         ))
         if verdict is not None and not self._sched.stopping:
             # a run being stopped reports its actors once, in the report

@@ -11,19 +11,27 @@ Everything here is pure: numbers in, numbers out; no clock, no socket, no AWS ca
   says so. Amounts are :class:`~decimal.Decimal`, read from the JSON strings exactly, so a
   bill is the hand computation to the last digit.
 - **Usage** (:class:`Usage`) is what is billed: per region, the invocations, the GB-seconds
-  (memory in MB / 1024 times seconds, as Lambda bills) and the S3 requests by kind.
-  :func:`price` turns a usage into :class:`Dollars`.
-- **The estimate** (:func:`estimate`) is the usage of a plan (:class:`Plan`): every worker
-  runs for the same assumed duration, invocations go round-robin over the regions as the
-  launcher sends them, and the S3 requests are the job's count per worker.
+  (memory in MB / 1024 times seconds, as Lambda bills, at the price of the region's
+  function's architecture) and the S3 requests by kind. :func:`price` turns a usage into
+  :class:`Dollars`.
+- **The estimate** (:func:`estimate`) is the usage of a plan (:class:`Plan`): the function's
+  settings per region (:class:`~mu.launch.FunctionSettings`: memory, timeout, architecture,
+  as deployed), every worker running for the same assumed duration (else its function's
+  timeout), invocations round-robin over the regions as the launcher sends them, and the S3
+  requests the job counts, in the bucket's region.
 - **Durations from an earlier run** (:func:`durations_from_record`): ``--estimate-from
   RUN.jsonl`` takes the per-state durations of a run record (``-O``); a state entered once
   per worker counts once, a state entered more often is per-frame work and is scaled by
   frames per worker now / frames per worker then.
-- **The bill** (:func:`parse_report`, :func:`bill`): each attempt's Lambda ``REPORT`` line
-  gives its billed duration and memory size; an attempt without one is billed for the
-  coordinator's view of its lifetime at the function's memory, an upper bound (the worker
-  was alive at least from launch to its last message), and counted apart as such.
+- **The bill** (:func:`parse_report`, :func:`bill`, :func:`spares`, :class:`RunBill`):
+  each attempt's Lambda ``REPORT`` line gives its billed duration and memory size, priced
+  in the region whose logs held it; an attempt without one is billed for the coordinator's
+  view of its lifetime (from the launch call to its end, which holds the whole invocation)
+  at the function's memory in the dearest region of the run, an upper bound, counted apart
+  as such. Its worker's S3 transfers (the ``retrieve``/``upload`` answers the coordinator
+  saw) are priced in the bucket's region. Invocations are told apart by kind
+  (:data:`KINDS`): the work, retried attempts, speculative backups, and spares (workers that
+  took no actor). The coordinator's own S3 requests are the job's count.
 """
 
 from __future__ import annotations
@@ -39,22 +47,28 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from mu.errors import ConfigError
+from mu.launch import FunctionSettings
 
 __all__ = [
     "ARCHITECTURES",
     "BEFORE_HELLO",
+    "COORDINATOR_S3",
     "KINDS",
     "PRICE_FILE",
     "S3_KINDS",
+    "SPARE",
+    "WORKER_S3",
     "AttemptBill",
     "Dollars",
     "JobCost",
     "Plan",
     "Prices",
     "Report",
+    "RunBill",
     "Usage",
     "bill",
     "breakdown",
+    "cost_lines",
     "describe",
     "durations_from_record",
     "estimate",
@@ -66,7 +80,8 @@ __all__ = [
     "price",
     "read_record_lines",
     "record_frames",
-    "summary",
+    "s3_dollars",
+    "spares",
 ]
 
 PRICE_FILE = Path(__file__).with_name("prices.json")
@@ -207,6 +222,7 @@ class Usage:
     invocations: int = 0
     gb_seconds: Decimal = Decimal(0)
     s3: dict[str, int] = field(default_factory=lambda: dict.fromkeys(S3_KINDS, 0))
+    architecture: str = "x86_64"  # the region's function's: it prices the GB-seconds
 
     def add(self, other: Usage) -> None:
         self.invocations += other.invocations
@@ -235,17 +251,24 @@ class Dollars:
 ZERO = Dollars(Decimal(0), Decimal(0), Decimal(0))
 
 
-def price(usage: Mapping[str, Usage], prices: Prices, architecture: str = "x86_64") -> Dollars:
-    """The dollars of a usage per region at first-tier prices."""
+def price(usage: Mapping[str, Usage], prices: Prices) -> Dollars:
+    """The dollars of a usage per region at first-tier prices (GB-seconds at the price of
+    each region's architecture)."""
     total = ZERO
     for region, use in usage.items():
         p = prices.region(region)
         total += Dollars(
             requests=p.request * use.invocations,
-            compute=p.gb_second[architecture] * use.gb_seconds,
-            s3=sum((p.s3_per_1000[k] * use.s3[k] / 1000 for k in S3_KINDS), Decimal(0)),
+            compute=p.gb_second[use.architecture] * use.gb_seconds,
+            s3=s3_dollars(use.s3, prices, region),
         )
     return total
+
+
+def s3_dollars(counts: Mapping[str, int], prices: Prices, region: str) -> Decimal:
+    """The price of S3 requests by kind in ``region``."""
+    p = prices.region(region).s3_per_1000
+    return sum((p[k] * counts.get(k, 0) / 1000 for k in S3_KINDS), Decimal(0))
 
 
 @runtime_checkable
@@ -269,34 +292,42 @@ class Plan:
 
     Attributes:
         invocations: workers launched (actors plus spares).
-        regions: invoked round-robin, in order.
-        memory_mb: the function's memory.
-        seconds: the assumed duration of one invocation.
-        per_worker_s3: S3 requests each worker makes, by kind.
-        coordinator_s3: S3 requests the coordinator makes, by kind (first region).
+        regions: invoked round-robin, in order; the first holds the bucket.
+        functions: the function's settings in each region (memory, timeout, architecture).
+        seconds: the assumed duration of one invocation (None: each region's function
+            timeout, an upper bound).
+        per_worker_s3: S3 requests each worker that takes an actor makes, by kind (in the
+            bucket's region).
+        coordinator_s3: S3 requests the coordinator makes, by kind (the bucket's region).
+        spares: how many of the invocations are spares (``-X``), which make no S3 request
+            unless they stand in for a worker.
     """
 
     invocations: int
     regions: tuple[str, ...]
-    memory_mb: int
-    seconds: Decimal
+    functions: Mapping[str, FunctionSettings]
+    seconds: Decimal | None = None
     per_worker_s3: Mapping[str, int] = field(default_factory=dict)
     coordinator_s3: Mapping[str, int] = field(default_factory=dict)
+    spares: int = 0
 
 
 def estimate(plan: Plan) -> dict[str, Usage]:
-    """The usage per region of ``plan`` (invocation ``i`` goes to region ``i mod R``)."""
-    usage = {r: Usage() for r in plan.regions}
+    """The usage per region of ``plan``: invocation ``i`` runs in region ``i mod R``, every
+    S3 request is made in the bucket's region (the first)."""
+    usage = {r: Usage(architecture=plan.functions[r].architecture) for r in plan.regions}
     count = len(plan.regions)
+    bucket = usage[plan.regions[0]]
     for index, region in enumerate(plan.regions):
         n = plan.invocations // count + (1 if index < plan.invocations % count else 0)
-        use = usage[region]
-        use.invocations += n
-        use.gb_seconds += gb_seconds(plan.memory_mb, plan.seconds) * n
-        for kind, per in plan.per_worker_s3.items():
-            use.s3[kind] += per * n
+        function = plan.functions[region]
+        seconds = plan.seconds if plan.seconds is not None else Decimal(function.timeout_s)
+        usage[region].invocations += n
+        usage[region].gb_seconds += gb_seconds(function.memory_mb, seconds) * n
+    for kind, per in plan.per_worker_s3.items():
+        bucket.s3[kind] += per * max(0, plan.invocations - plan.spares)
     for kind, n in plan.coordinator_s3.items():
-        usage[plan.regions[0]].s3[kind] += n
+        bucket.s3[kind] += n
     return usage
 
 
@@ -397,17 +428,17 @@ def money(amount: Decimal) -> str:
     return f"${amount:.2f}" if amount >= Decimal("0.01") or amount == 0 else f"${amount:.6f}"
 
 
-def describe(usage: Mapping[str, Usage], prices: Prices, architecture: str = "x86_64"
-             ) -> list[str]:
-    """Lines for an estimate or a bill: invocations, GB-seconds, S3 requests, dollars."""
+def describe(usage: Mapping[str, Usage], prices: Prices) -> list[str]:
+    """Lines for an estimate: invocations, GB-seconds, S3 requests, dollars."""
     total = Usage()
     for use in usage.values():
         total.add(use)
-    dollars = price(usage, prices, architecture)
+    dollars = price(usage, prices)
     s3 = ", ".join(f"{total.s3[k]} {k}" for k in S3_KINDS)
+    architectures = ", ".join(dict.fromkeys(use.architecture for use in usage.values()))
     lines = [
         f"invocations: {total.invocations}",
-        f"GB-seconds: {total.gb_seconds:.3f} ({architecture})",
+        f"GB-seconds: {total.gb_seconds:.3f} ({architectures})",
         f"S3 requests: {s3}",
         f"dollars: {money(dollars.total)} (Lambda requests {money(dollars.requests)}, "
         f"compute {money(dollars.compute)}, S3 {money(dollars.s3)})",
@@ -465,33 +496,60 @@ def read_record_lines(path: str) -> list[dict[str, Any]]:
 
 # -- the bill of a run ----------------------------------------------------------------------
 
-KINDS = ("work", "retry", "backup")
-"""How an attempt is counted: the attempt that ended its actor, a failed attempt that was
-retried, a speculative twin that lost (or whose twin won)."""
+KINDS = ("work", "retry", "backup", "spare")
+"""How an invocation is counted: the attempt that ended its actor, a failed attempt that
+was retried, a speculative twin that lost (or whose twin won), a worker that took no actor
+(a spare, a late arrival, a duplicated delivery)."""
+
+SPARE = "(spare: no actor)"
+"""The state a spare's dollars go to in :func:`breakdown`."""
+WORKER_S3 = "(workers' S3 requests)"
+"""Where :func:`breakdown` puts the attempts' S3 dollars (not shared among states: the
+coordinator does not see which state's transfer a request was)."""
+COORDINATOR_S3 = "coordinator S3"
+"""The kind of the coordinator's own S3 requests in :func:`breakdown`."""
 
 
 @dataclass(frozen=True)
 class AttemptBill:
-    """What one attempt cost (Lambda only: requests and compute)."""
+    """What one invocation cost: Lambda (its request and compute) and the S3 requests its
+    worker made."""
 
-    actor: int
+    actor: int | None  # None: a spare, which took no actor
     attempt: int
     kind: str  # one of KINDS
     source: str  # "REPORT" or "upper bound"
+    region: str  # where it ran (an upper bound: the dearest of the run's regions)
     billed_ms: int
     memory_mb: int
-    dollars: Decimal
+    architecture: str
+    lambda_dollars: Decimal
+    s3: Mapping[str, int] = field(default_factory=dict)
+    s3_dollars: Decimal = Decimal(0)
     max_memory_mb: int | None = None
     init_ms: Decimal | None = None
 
+    @property
+    def dollars(self) -> Decimal:
+        return self.lambda_dollars + self.s3_dollars
+
+    @property
+    def gb_seconds(self) -> Decimal:
+        return gb_seconds(self.memory_mb, Decimal(self.billed_ms) / 1000)
+
     def to_record(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "source": self.source,
-                               "billed_ms": self.billed_ms, "memory_mb": self.memory_mb,
-                               "dollars": str(self.dollars)}
+        out: dict[str, Any] = {
+            "kind": self.kind, "source": self.source, "region": self.region,
+            "billed_ms": self.billed_ms, "memory_mb": self.memory_mb,
+            "architecture": self.architecture, "dollars": f"{self.dollars:f}",
+            "lambda_dollars": f"{self.lambda_dollars:f}", "s3_dollars": f"{self.s3_dollars:f}",
+        }
+        if any(self.s3.values()):
+            out["s3"] = dict(self.s3)
         if self.max_memory_mb is not None:
             out["max_memory_mb"] = self.max_memory_mb
         if self.init_ms is not None:
-            out["init_ms"] = str(self.init_ms)
+            out["init_ms"] = f"{self.init_ms:f}"
         return out
 
 
@@ -503,64 +561,176 @@ def kind_of(line: Mapping[str, Any], final: bool) -> str:
     return "backup" if "supersed" in str(line.get("error") or "") else "retry"
 
 
-def bill(lines: Sequence[Mapping[str, Any]], reports: Mapping[str, Report], memory_mb: int,
-         prices: Prices, region: str, architecture: str = "x86_64") -> list[AttemptBill]:
-    """Each attempt of a run record priced: from its REPORT when one is known by its request
-    id, else from the coordinator's view (``launched`` to ``ended``) at ``memory_mb``, an
-    upper bound. Prices are ``region``'s (the first region of the run)."""
+def _lambda_dollars(prices: Prices, region: str, function: FunctionSettings, billed_ms: int,
+                    memory_mb: int) -> Decimal:
+    p = prices.region(region)
+    return p.request + p.gb_second[function.architecture] * gb_seconds(
+        memory_mb, Decimal(billed_ms) / 1000)
+
+
+def _priced(prices: Prices, functions: Mapping[str, FunctionSettings], report: Report | None,
+            region: str | None, billed_ms: int) -> tuple[str, str, int, int, Decimal]:
+    """(source, region, billed ms, memory, Lambda dollars) of one invocation: from its
+    REPORT where it ran, else ``billed_ms`` at the function's memory in the dearest region."""
+    if report is not None and region is not None:
+        function = functions.get(region, FunctionSettings(report.memory_mb))
+        return ("REPORT", region, report.billed_ms, report.memory_mb, _lambda_dollars(
+            prices, region, function, report.billed_ms, report.memory_mb))
+    dearest = max(functions, key=lambda r: _lambda_dollars(
+        prices, r, functions[r], billed_ms, functions[r].memory_mb))
+    function = functions[dearest]
+    return ("upper bound", dearest, billed_ms, function.memory_mb, _lambda_dollars(
+        prices, dearest, function, billed_ms, function.memory_mb))
+
+
+def bill(lines: Sequence[Mapping[str, Any]], reports: Mapping[str, tuple[Report, str]],
+         functions: Mapping[str, FunctionSettings], prices: Prices, bucket_region: str
+         ) -> list[AttemptBill]:
+    """Each attempt of a run record priced.
+
+    Args:
+        lines: the run record's lines (with ``request_id``, ``launched``, ``ended``, ``s3``).
+        reports: REPORT lines by request id, with the region whose logs held each.
+        functions: the function's settings per region of the run.
+        prices: the price table.
+        bucket_region: where the S3 requests are billed (the bucket's region).
+
+    An attempt with a REPORT is billed as Lambda billed it, in the region it ran in; one
+    without is billed for the coordinator's view of its lifetime (``launched`` to
+    ``ended``) at the function's memory in the dearest region of the run: an upper bound.
+    Its worker's S3 requests (``s3``) are priced in ``bucket_region``.
+    """
     final: dict[int, int] = {}
     for index, line in enumerate(lines):
         actor = int(line["actor"])
         if actor not in final or not lines[final[actor]].get("ok"):
             final[actor] = index
-    p = prices.region(region)
     out = []
     for index, line in enumerate(lines):
         if not int(line.get("attempt", 0)):
             continue  # no worker ever took the actor: nothing ran
-        report = reports.get(str(line.get("request_id") or ""))
-        if report is not None:
-            billed, memory, source = report.billed_ms, report.memory_mb, "REPORT"
-        else:
-            span = float(line.get("ended", 0.0)) - float(line.get("launched", 0.0))
-            billed, memory, source = ceil_ms(max(span, 0.0)), memory_mb, "upper bound"
-        dollars = p.request + p.gb_second[architecture] * gb_seconds(
-            memory, Decimal(billed) / 1000)
+        found = reports.get(str(line.get("request_id") or ""))
+        span = float(line.get("ended", 0.0)) - float(line.get("launched", 0.0))
+        source, region, billed, memory, dollars = _priced(
+            prices, functions, found[0] if found else None, found[1] if found else None,
+            ceil_ms(max(span, 0.0)))
+        counts = {k: int(n) for k, n in (line.get("s3") or {}).items() if k in S3_KINDS}
+        report = found[0] if found else None
         out.append(AttemptBill(
-            int(line["actor"]), int(line.get("attempt", 0)), kind_of(line, final[
-                int(line["actor"])] == index), source, billed, memory, dollars,
+            int(line["actor"]), int(line["attempt"]),
+            kind_of(line, final[int(line["actor"])] == index), source, region, billed, memory,
+            functions.get(region, FunctionSettings()).architecture, dollars, counts,
+            s3_dollars(counts, prices, bucket_region),
             report.max_memory_mb if report else None, report.init_ms if report else None))
     return out
 
 
-def summary(bills: Sequence[AttemptBill], prices: Prices, unbilled: int = 0) -> str:
-    """The one cost line of a run."""
-    total = sum((b.dollars for b in bills), Decimal(0))
-    gbs = sum((gb_seconds(b.memory_mb, Decimal(b.billed_ms) / 1000) for b in bills), Decimal(0))
-    parts = []
-    for kind in KINDS:
-        chosen = [b for b in bills if b.kind == kind]
-        if chosen:
-            parts.append(f"{kind} {money(sum((b.dollars for b in chosen), Decimal(0)))} "
-                         f"({len(chosen)})")
-    bounded = sum(1 for b in bills if b.source != "REPORT")
-    how = (f"{len(bills) - bounded} from REPORT lines" + (
-        f", {bounded} upper bound(s) from the coordinator's view of the worker's lifetime "
-        "(no REPORT found)" if bounded else ""))
-    extra = (f"; {unbilled} launched worker(s) took no actor (spares, late arrivals): not "
-             "billed here" if unbilled > 0 else "")
-    return (f"mu: cost {money(total)} for {len(bills)} invocation(s), {gbs:.3f} GB-s "
-            f"({', '.join(parts) or 'nothing ran'}); {how}; Lambda only, first-tier prices "
-            f"as of {prices.as_of}{extra}")
+def spares(found: Sequence[tuple[Report, str]], missing: int,
+           functions: Mapping[str, FunctionSettings], prices: Prices) -> list[AttemptBill]:
+    """The workers that took no actor: those whose REPORT was found (with its region), and
+    ``missing`` more billed for the whole function timeout in the dearest region, an upper
+    bound (the coordinator never saw them work, and cannot tell when they ended)."""
+    out = []
+    for report, region in found:
+        source, where, billed, memory, dollars = _priced(prices, functions, report, region, 0)
+        out.append(AttemptBill(None, 0, "spare", source, where, billed, memory,
+                               functions.get(where, FunctionSettings()).architecture, dollars,
+                               max_memory_mb=report.max_memory_mb, init_ms=report.init_ms))
+    longest = max(f.timeout_s for f in functions.values()) * 1000
+    for _ in range(max(0, missing)):
+        source, where, billed, memory, dollars = _priced(prices, functions, None, None,
+                                                         longest)
+        out.append(AttemptBill(None, 0, "spare", source, where, billed, memory,
+                               functions[where].architecture, dollars))
+    return out
+
+
+@dataclass(frozen=True)
+class RunBill:
+    """A run's bill: every invocation (attempts and spares) and the coordinator's own S3
+    requests (the preflight's listing, a stitch), as the job counts them."""
+
+    invocations: tuple[AttemptBill, ...]
+    coordinator_s3: Mapping[str, int]
+    coordinator_dollars: Decimal
+    prices: Prices
+
+    @property
+    def total(self) -> Decimal:
+        return sum((b.dollars for b in self.invocations), self.coordinator_dollars)
+
+    @property
+    def bounded(self) -> int:
+        """Invocations billed for an upper bound (no REPORT found)."""
+        return sum(1 for b in self.invocations if b.source != "REPORT")
+
+    def s3(self) -> tuple[dict[str, int], Decimal]:
+        """Every S3 request of the run by kind, and their dollars."""
+        counts = {k: int(self.coordinator_s3.get(k, 0)) for k in S3_KINDS}
+        for b in self.invocations:
+            for kind, n in b.s3.items():
+                counts[kind] += n
+        return counts, sum((b.s3_dollars for b in self.invocations), self.coordinator_dollars)
+
+    def phrase(self) -> str:
+        """The cost as the run's summary line shows it: the total, then each kind of
+        invocation apart, then the S3 requests of it all.
+
+        >>> RunBill((), {}, Decimal(0), load_prices()).phrase()
+        'cost $0.00 (nothing ran)'
+        """
+        parts = []
+        for kind in KINDS:
+            chosen = [b for b in self.invocations if b.kind == kind]
+            if chosen:
+                parts.append(f"{kind} {money(sum((b.dollars for b in chosen), Decimal(0)))}"
+                             f" x{len(chosen)}")
+        counts, dollars = self.s3()
+        if any(counts.values()):
+            shown = ", ".join(f"{counts[k]} {k}" for k in S3_KINDS if counts[k])
+            parts.append(f"S3 {money(dollars)} of it for {shown}")
+        most = "at most " if self.bounded else ""
+        return f"cost {most}{money(self.total)} ({'; '.join(parts) or 'nothing ran'})"
+
+    def how(self) -> str:
+        """Where the figures come from: REPORT lines or upper bounds, regions, prices."""
+        reported = len(self.invocations) - self.bounded
+        text = f"{reported} of {len(self.invocations)} invocation(s) billed from their REPORT lines"
+        if self.bounded:
+            text += (f", {self.bounded} for an upper bound (the coordinator's view of the "
+                     "worker's lifetime; a spare: the function timeout) in the dearest region")
+        regions: dict[str, int] = {}
+        for b in self.invocations:
+            regions[b.region] = regions.get(b.region, 0) + 1
+        if len(regions) > 1:
+            text += "; by region: " + ", ".join(f"{r} {n}" for r, n in regions.items())
+        if any(self.coordinator_s3.values()):
+            text += "; the coordinator's S3 requests as the job counts them"
+        return (f"{text}; first-tier prices as of {self.prices.as_of}, the free tier not "
+                "taken off")
+
+    def run_record(self) -> dict[str, Any]:
+        """The run-wide part of the bill, for the run record: the spares, the coordinator's
+        S3 requests, the total."""
+        return {
+            "total": f"{self.total:f}",
+            "spares": [b.to_record() for b in self.invocations if b.kind == "spare"],
+            "coordinator_s3": dict(self.coordinator_s3),
+            "coordinator_dollars": f"{self.coordinator_dollars:f}",
+            "prices_as_of": self.prices.as_of,
+        }
 
 
 def breakdown(lines: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Decimal],
                                                            dict[str, Decimal], list[str]]:
-    """A priced run record (lines with ``cost``) by state, by kind, and one row per attempt.
+    """A priced run record (lines with ``cost``, the first with ``run_cost``) by state, by
+    kind (in the order of :data:`KINDS`, then :data:`COORDINATOR_S3`), and one row per
+    invocation.
 
-    An attempt's dollars are shared among its states by the time each lasted in the
+    An attempt's Lambda dollars are shared among its states by the time each lasted in the
     coordinator's view, from its launch (:data:`BEFORE_HELLO` until the first state) to
-    its last state's start.
+    its last state's start; its S3 dollars go to :data:`WORKER_S3`, a spare's dollars to
+    :data:`SPARE`, the coordinator's S3 requests to a kind and a row of their own.
 
     Raises:
         ConfigError: no line carries a cost.
@@ -568,13 +738,38 @@ def breakdown(lines: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Decimal],
     by_state: dict[str, Decimal] = {}
     by_kind: dict[str, Decimal] = {}
     rows: list[str] = []
+
+    def add(table: dict[str, Decimal], key: str, amount: Decimal) -> None:
+        table[key] = table.get(key, Decimal(0)) + amount
+
+    def row(who: str, cost: Mapping[str, Any], dollars: Decimal) -> str:
+        s3 = cost.get("s3") or {}
+        shown = f", S3 {', '.join(f'{n} {k}' for k, n in s3.items())}" if s3 else ""
+        return (f"{who}: {cost.get('kind', 'work')}, {money(dollars)} "
+                f"({cost.get('billed_ms')} ms billed at {cost.get('memory_mb')} MB in "
+                f"{cost.get('region', '?')}{shown}, from {cost.get('source')})")
+
+    spare_rows: list[str] = []
     for line in lines:
+        run = line.get("run_cost")
+        if isinstance(run, dict):
+            for spare in run.get("spares") or []:
+                dollars = Decimal(str(spare["dollars"]))
+                add(by_kind, "spare", dollars)
+                add(by_state, SPARE, dollars)
+                spare_rows.append(row("spare", spare, dollars))
+            coordinator = Decimal(str(run.get("coordinator_dollars", 0)))
+            if coordinator:
+                add(by_kind, COORDINATOR_S3, coordinator)
+                add(by_state, f"({COORDINATOR_S3})", coordinator)
         cost = line.get("cost")
         if not isinstance(cost, dict):
             continue
         dollars = Decimal(str(cost["dollars"]))
-        kind = str(cost.get("kind", "work"))
-        by_kind[kind] = by_kind.get(kind, Decimal(0)) + dollars
+        s3 = Decimal(str(cost.get("s3_dollars", 0)))
+        add(by_kind, str(cost.get("kind", "work")), dollars)
+        if s3:
+            add(by_state, WORKER_S3, s3)
         stamps = [(Decimal(repr(float(t))), str(name)) for t, name in line.get("timestamps", [])]
         start = Decimal(repr(float(line.get("launched", 0.0))))
         parts: list[tuple[str, Decimal]] = []
@@ -584,14 +779,37 @@ def breakdown(lines: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Decimal],
                       for (t, name), (t_next, _) in itertools.pairwise(stamps)]
         whole = sum((d for _, d in parts), Decimal(0))
         for name, spent in parts:
-            share = dollars * spent / whole if whole else Decimal(0)
-            by_state[name] = by_state.get(name, Decimal(0)) + share
+            add(by_state, name, (dollars - s3) * spent / whole if whole else Decimal(0))
         if not whole:
-            by_state[BEFORE_HELLO] = by_state.get(BEFORE_HELLO, Decimal(0)) + dollars
-        rows.append(f"actor {line['actor']} attempt {line.get('attempt', 0)}: {kind}, "
-                    f"{money(dollars)} ({cost.get('billed_ms')} ms billed at "
-                    f"{cost.get('memory_mb')} MB, from {cost.get('source')})")
+            add(by_state, BEFORE_HELLO, dollars - s3)
+        rows.append(row(f"actor {line['actor']} attempt {line.get('attempt', 0)}", cost,
+                        dollars))
+    rows += spare_rows
     if not rows:
         raise ConfigError("the run record carries no cost: it was written without the bill "
                           "(by an older mu, or by a run that launched nothing)")
-    return by_state, by_kind, rows
+    order = [*KINDS, COORDINATOR_S3]
+    kinds = {k: by_kind[k] for k in sorted(by_kind, key=lambda k: (
+        order.index(k) if k in order else len(order), k))}
+    return by_state, kinds, rows
+
+
+def cost_lines(lines: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``mu cost``'s output for a priced run record: the total, by kind, by state, by
+    invocation.
+
+    Raises:
+        ConfigError: no line carries a cost.
+    """
+    by_state, by_kind, rows = breakdown(lines)
+    bounded = sum(1 for r in rows if r.endswith("from upper bound)"))
+    most = f" (at most: {bounded} of {len(rows)} upper bounds)" if bounded else ""
+    out = [f"total: {money(sum(by_kind.values(), Decimal(0)))}{most} (Lambda requests and "
+           "compute, S3 requests)", "by kind:"]
+    out += [f"  {kind}: {money(dollars)}" for kind, dollars in by_kind.items()]
+    out.append("by state:")
+    out += [f"  {state}: {money(dollars)}"
+            for state, dollars in sorted(by_state.items(), key=lambda kv: -kv[1])]
+    out.append("by actor:")
+    out += [f"  {r}" for r in rows]
+    return out

@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_RUNTIME",
     "DEFAULT_TIMEOUT",
     "MAX_PAYLOAD",
+    "FunctionSettings",
     "FunctionSpec",
     "Invocation",
     "LaunchReport",
@@ -122,6 +123,29 @@ class FunctionSpec:
     architecture: str = "x86_64"
     environment: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+
+
+@dataclass(frozen=True)
+class FunctionSettings:
+    """What a deployed function is billed by: its memory, its timeout (the longest an
+    invocation can be billed for) and its architecture (``x86_64`` or ``arm64``)."""
+
+    memory_mb: int = DEFAULT_MEMORY
+    timeout_s: int = DEFAULT_TIMEOUT
+    architecture: str = "x86_64"
+
+    @classmethod
+    def from_configuration(cls, conf: Mapping[str, Any]) -> FunctionSettings:
+        """From Lambda's GetFunctionConfiguration answer (a field it lacks keeps Lambda's
+        own default: 128 MB, 3 s, x86_64).
+
+        >>> FunctionSettings.from_configuration(
+        ...     {"MemorySize": 3008, "Timeout": 60, "Architectures": ["arm64"]})
+        FunctionSettings(memory_mb=3008, timeout_s=60, architecture='arm64')
+        """
+        architectures = conf.get("Architectures") or ["x86_64"]
+        return cls(int(conf.get("MemorySize", 128)), int(conf.get("Timeout", 3)),
+                   str(architectures[0]))
 
 
 @dataclass(frozen=True)
@@ -301,6 +325,20 @@ class Site(Protocol):
 
         >>> site.logs_client("us-east-1").describe_log_groups()
         {...}
+        """
+        ...
+
+    def function_settings(self, name: str, region: str) -> FunctionSettings | None:
+        """The memory, timeout and architecture of function ``name`` as deployed in
+        ``region`` (Lambda's GetFunctionConfiguration), None when it is not deployed there.
+        The estimate and the bill price with them.
+
+        Raises:
+            MuError: the site could not be asked, or has no functions (workers started by
+                hand): named.
+
+        >>> site.function_settings("png2y4m", "us-east-1")
+        FunctionSettings(memory_mb=1536, timeout_s=180, architecture='x86_64')
         """
         ...
 

@@ -37,6 +37,22 @@ class Attempt:
     timestamps: tuple[tuple[float, str], ...]
     dollars: Decimal | None = None  # its bill, when the run priced it
     billed_from: str = ""  # "REPORT" or "upper bound"
+    kind: str = ""  # work, retry or backup (mu.cost.KINDS), when the run priced it
+
+    def cost_label(self) -> str:
+        """What the attempt cost, for ``mu plot --cost``: ``$0.000123 work``, with ``<=``
+        when it is an upper bound; "" when the record carries no bill.
+
+        >>> Attempt(0, 1, True, "FinalState", None, (), Decimal("0.5"), "upper bound",
+        ...         "retry").cost_label()
+        '<=$0.50 retry'
+        """
+        if self.dollars is None:
+            return ""
+        from mu.cost import money
+
+        bound = "<=" if self.billed_from != "REPORT" else ""
+        return f"{bound}{money(self.dollars)} {self.kind}".rstrip()
 
 
 def read_record(path: str | os.PathLike[str]) -> list[Attempt]:
@@ -65,6 +81,7 @@ def read_record(path: str | os.PathLike[str]) -> list[Attempt]:
                     timestamps=tuple((float(t), str(s)) for t, s in obj["timestamps"]),
                     dollars=Decimal(str(obj["cost"]["dollars"])) if "cost" in obj else None,
                     billed_from=str(obj["cost"].get("source", "")) if "cost" in obj else "",
+                    kind=str(obj["cost"].get("kind", "")) if "cost" in obj else "",
                 )
             )
         except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
@@ -92,9 +109,11 @@ def default_title(attempts: list[Attempt]) -> str:
 
 
 def plot_timeline(
-    record: str | os.PathLike[str], output: str | os.PathLike[str], title: str | None = None
+    record: str | os.PathLike[str], output: str | os.PathLike[str], title: str | None = None,
+    cost: bool = False,
 ) -> Path:
-    """Draw ``record`` as a timeline PNG at ``output``.
+    """Draw ``record`` as a timeline PNG at ``output``; with ``cost``, each bar ends with
+    what its attempt cost (:meth:`Attempt.cost_label`).
 
     Returns:
         The path written.
@@ -131,21 +150,23 @@ def plot_timeline(
             ax.barh(row, max(stop - start, 1e-4), left=start, color=colour[name], height=0.8)
         t_end = a.timestamps[-1][0] if a.timestamps else 0.0
         end = max(end, t_end)
+        label = a.cost_label() if cost else ""
         if a.ok:
             ax.plot([t_end], [row], marker="o", color="black", markersize=3)
         else:
             ax.plot([t_end], [row], marker="x", color="red", markersize=8, mew=2)
-            reason = (a.error or a.state)[:60]
+            label = f"{label}  {(a.error or a.state)[:60]}".strip()
+        if label:
             ax.annotate(
-                reason, (t_end, row), xytext=(6, -3), textcoords="offset points",
-                color="red", fontsize=7,
+                label, (t_end, row), xytext=(6, -3), textcoords="offset points",
+                color="black" if a.ok else "red", fontsize=7,
             )
     failed = sum(1 for a in attempts if not a.ok)
     labels = [f"{a.actor}" + (f" #{a.attempt}" if a.attempt > 1 else "") for a in attempts]
     ax.set_yticks(range(len(attempts)))
     ax.set_yticklabels(labels, fontsize=7 if len(attempts) > 30 else 9)
     ax.invert_yaxis()
-    ax.set_xlim(0, end * (1.35 if failed else 1.05) if end > 0 else 1)
+    ax.set_xlim(0, end * (1.35 if failed or cost else 1.05) if end > 0 else 1)
     ax.set_xlabel("seconds since the run started")
     ax.set_ylabel("actor")
     ax.set_title(title or default_title(attempts))

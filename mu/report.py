@@ -152,11 +152,12 @@ class LiveStatus:
             self._live = None
 
 
-def final_report(result: RunResult, stream: TextIO) -> None:
+def final_report(result: RunResult, stream: TextIO, cost: str = "") -> None:
     """Print every failed actor (number, attempt, the state it failed in, the reason, and
     why it was not retried), every failed attempt that was retried and why, every rehearsal
-    fault injected and what it led to, and the counts. Attempts count from 1, as in the log
-    and the run record."""
+    fault injected and what it led to, and the summary line: the counts, the wall time and
+    ``cost`` (the bill, :meth:`mu.cost.RunBill.phrase`), if given. Attempts count from 1,
+    as in the log and the run record."""
     for failed in result.failed:
         nth = f" attempt {failed.attempt}" if failed.attempt else ""
         why = f" ({failed.retry})" if failed.retry else ""
@@ -181,6 +182,6 @@ def final_report(result: RunResult, stream: TextIO) -> None:
     retried = f", {len(result.retried)} retried" if result.retried else ""
     print(
         f"mu: {result.done} done, {result.errors} error, {result.rejected} rejected"
-        f"{retried}{launched}; {result.wall:.2f} s",
+        f"{retried}{launched}; {result.wall:.2f} s" + (f"; {cost}" if cost else ""),
         file=stream,
     )

@@ -41,13 +41,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from mu.config import RunConfig
 from mu.errors import ConfigError, MuError
-from mu.launch import DEFAULT_MEMORY as _MEMORY
-from mu.launch import DEFAULT_TIMEOUT as _TIMEOUT
-from mu.launch import Launcher, Site
+from mu.launch import FunctionSettings, Launcher, Site
 from mu.options import RunOptions
 
 REPORT_WAIT = 5.0
 """Seconds the bill waits at the end of a run for REPORT lines still on their way."""
+LOG_CLOCK_SLACK_MS = 60_000
+"""The bill reads REPORT lines from this long before the run started: log clocks may
+differ a little from this machine's."""
 
 if TYPE_CHECKING:  # the coordinator and TLS (pyOpenSSL) load only when a run starts
     from mu.coordinator import Coordinator
@@ -260,9 +261,9 @@ def run(job: Job, options: RunOptions, site: Site, out: TextIO | None = None) ->
         payload_fields={"bucket": job.bucket, "region": region},
         host_addr=host_addr,
     )
-    started_ms = int(time.time() * 1000) - 60_000  # log clocks may differ a little
+    started_ms = int(time.time() * 1000)
     result = execute(coordinator, options, out,
-                     bill=lambda r: _bill(r, job, options, site, started_ms, out))
+                     bill=lambda r: _bill(r, job, options, site, started_ms))
     duplicated = site.duplicated()
     if duplicated:
         print(f"mu: fault: {duplicated} Event invocation(s) were delivered twice", file=out)
@@ -310,6 +311,13 @@ def preflight(
         keys = load_keys(options)
     except ConfigError as exc:
         problems.append(str(exc))
+    if options.price_file:  # the bill needs it at the end: a bad one stops the run now
+        from mu.cost import load_prices
+
+        try:
+            load_prices(options.price_file)
+        except ConfigError as exc:
+            problems.append(str(exc))
     if s3 is None or site is None:
         return problems, keys  # nothing below can be checked without them
     try:
@@ -342,13 +350,13 @@ def execute(
     coordinator: Coordinator,
     options: RunOptions,
     out: TextIO | None = None,
-    bill: Callable[[CoordinatorResult], tuple[dict[tuple[int, int], dict[str, Any]], str]]
-    | None = None,
+    bill: Callable[[CoordinatorResult],
+                   tuple[dict[tuple[int, int], dict[str, Any]], str, list[str]]] | None = None,
 ) -> CoordinatorResult:
     """Run ``coordinator`` with the live view, ``-P`` profiling, ``-O`` record and the report.
 
-    ``bill`` prices the run's attempts: their record fields by (actor, attempt), and the
-    cost line printed after the report."""
+    ``bill`` prices the run: the record fields by (actor, attempt), the cost the summary
+    line ends with, and the lines printed after it (where the figures come from)."""
     from mu.report import LiveStatus, final_report
 
     stream = out or sys.stderr
@@ -372,14 +380,14 @@ def execute(
     finally:
         live.close()
     fields: dict[tuple[int, int], dict[str, Any]] = {}
-    line = ""
+    cost, notes = "", list[str]()
     if bill is not None and result.actors:
-        fields, line = bill(result)
+        fields, cost, notes = bill(result)
     if options.record:
         result.write_record(options.record, fields)
-    final_report(result, stream)
-    if line:
-        print(line, file=stream)
+    final_report(result, stream, cost)
+    for note in notes:
+        print(note, file=stream)
     return result
 
 
@@ -453,8 +461,13 @@ def dry_run(
     print(f"  frames per worker: {frames if frames is not None else 'n/a (not a framed job)'}",
           file=out)
     print(f"  regions: {', '.join(where)} (invoked round-robin)", file=out)
-    print(f"  function: {job.function}, {_MEMORY} MB, timeout {_TIMEOUT} s (mu lambdaize's "
-          "defaults; the deployed function's own settings are not read)", file=out)
+    if site is None or site.deploys_jobs:
+        functions, told, _ = _functions(None, job.function, where)
+    else:
+        functions, told, _ = _functions(site if s3 is not None else None, job.function,
+                                        where, "not read, for want of usable credentials")
+    for line in told:
+        print(f"  function: {line}", file=out)
     print(f"  bucket: s3://{job.bucket}", file=out)
     if s3 is not None and not (site is not None and site.deploys_jobs):
         print(f"  inputs: {'missing (see problems)' if found else 'all found'}", file=out)
@@ -466,13 +479,13 @@ def dry_run(
     print(f"  keys: {_keys_in_use(options, keys)}", file=out)
     for note in notes:
         print(f"  note: {note}", file=out)
-    seconds, assumption = _duration(options, frames)
+    seconds, assumption = _duration(options, frames, functions)
     print("estimate:", file=out)
     print(f"  assumption: {assumption}", file=out)
     if cost is None:
         print("  assumption: S3 requests are the job's states' own business: not counted",
               file=out)
-    for line in _estimate_lines(job, cost, todo, options, where, seconds, prices):
+    for line in _estimate_lines(cost, todo, options, where, functions, seconds, prices):
         print(f"  {line}", file=out)
     if found:
         print("mu: preflight found problems; the run would launch nothing:", file=out)
@@ -510,16 +523,56 @@ def _keys_in_use(options: RunOptions, keys: KeySet | None) -> str:
             f"{worker or 'worker_cert.pem beside it, or one made from ca_key.pem'}")
 
 
-def _duration(options: RunOptions, frames: int | None) -> tuple[Any, str]:
-    """The assumed seconds per invocation, and the sentence that says where it is from."""
-    from decimal import Decimal
+def _functions(site: Site | None, function: str, regions: Sequence[str], unread: str = ""
+               ) -> tuple[dict[str, FunctionSettings], list[str], list[str]]:
+    """The function's settings in each region as deployed, read through ``site``, the lines
+    that say them and where they come from, and what fell back to mu lambdaize's defaults
+    (empty: nothing did). Without a site: the defaults, because ``unread`` (by default:
+    the run deploys the function itself, with them)."""
+    from mu.errors import MuError
 
+    defaults = FunctionSettings()
+    settings: dict[str, FunctionSettings] = {}
+    whence: dict[str, str] = {}
+    fallbacks: list[str] = []
+    for region in regions:
+        if site is None:
+            settings[region] = defaults
+            whence[region] = (f"mu lambdaize's defaults: {unread}" if unread else
+                              "mu lambdaize's defaults, with which the run deploys it")
+            if unread:
+                fallbacks.append(unread)
+            continue
+        try:
+            found = site.function_settings(function, region)
+        except MuError as exc:
+            found = None
+            fallbacks.append(f"its configuration could not be read in {region} ({exc})")
+        else:
+            if found is None:
+                fallbacks.append(f"not deployed yet in {region}")
+        settings[region] = found or defaults
+        whence[region] = (f"as deployed in {region}" if found else
+                          f"mu lambdaize's defaults: {fallbacks[-1]}")
+    lines: dict[str, list[str]] = {}
+    for region, f in settings.items():
+        shown = (f"{function}, {f.memory_mb} MB, timeout {f.timeout_s} s, {f.architecture} "
+                 f"({whence[region]})")
+        lines.setdefault(shown, []).append(region)
+    return settings, list(lines), fallbacks
+
+
+def _duration(options: RunOptions, frames: int | None,
+              functions: Mapping[str, FunctionSettings]) -> tuple[Any, str]:
+    """The assumed seconds per invocation (None: each function's timeout), and the
+    sentence that says where they are from."""
     from mu.cost import durations_from_record, read_record_lines, record_frames
 
     if not options.estimate_from:
-        return Decimal(_TIMEOUT), (f"every invocation runs the whole function timeout "
-                                   f"({_TIMEOUT} s): an upper bound (--estimate-from "
-                                   "RUN.jsonl uses an earlier run's durations)")
+        timeouts = ", ".join(dict.fromkeys(f"{f.timeout_s} s" for f in functions.values()))
+        return None, (f"every invocation runs the whole function timeout ({timeouts}): an "
+                      "upper bound (--estimate-from RUN.jsonl uses an earlier run's "
+                      "durations)")
     lines = read_record_lines(options.estimate_from)
     then = record_frames(lines)
     seconds, parts = durations_from_record(lines, then, frames)
@@ -530,15 +583,17 @@ def _duration(options: RunOptions, frames: int | None) -> tuple[Any, str]:
                      f"{options.estimate_from}{scaled} ({shown})")
 
 
-def _estimate_lines(job: Job, cost: Any, todo: list[int], options: RunOptions,
-                    regions: tuple[str, ...], seconds: Any, prices: Any) -> list[str]:
+def _estimate_lines(cost: Any, todo: list[int], options: RunOptions, regions: tuple[str, ...],
+                    functions: Mapping[str, FunctionSettings], seconds: Any, prices: Any
+                    ) -> list[str]:
     from mu.cost import Plan, describe, estimate
 
     per_worker: dict[str, int] = {}
     coordinator: dict[str, int] = {}
     if cost is not None:
         per_worker, coordinator = cost.s3_requests(len(todo))
-    plan = Plan(len(todo) + options.extra, regions, _MEMORY, seconds, per_worker, coordinator)
+    plan = Plan(len(todo) + options.extra, regions, functions, seconds, per_worker,
+                coordinator, spares=options.extra)
     return describe(estimate(plan), prices)
 
 
@@ -547,70 +602,113 @@ def _estimate_lines(job: Job, cost: Any, todo: list[int], options: RunOptions,
 
 def _bill(
     result: CoordinatorResult, job: Job, options: RunOptions, site: Site, started_ms: int,
-    out: TextIO,
-) -> tuple[dict[tuple[int, int], dict[str, Any]], str]:
-    """Price the run's attempts from their REPORT lines (read now through the site's
-    CloudWatch Logs, the same code for every site), else from the coordinator's view.
+) -> tuple[dict[tuple[int, int], dict[str, Any]], str, list[str]]:
+    """Price the run: its attempts from their REPORT lines (read now through the site's
+    CloudWatch Logs, the same code for every site), else from the coordinator's view; the
+    workers that took no actor (spares); the coordinator's own S3 requests as the job
+    counts them.
 
-    Returns the record fields by (actor, attempt) and the cost line."""
-    from mu.cost import load_prices, summary
+    Returns the record fields by (actor, attempt) (the first also carries the run-wide
+    part), the cost for the summary line, and the lines that say where it comes from."""
+    from mu.cost import JobCost, load_prices
 
     prices = load_prices(options.price_file)
     lines = [a.to_record() for a in result.actors]
-    bills, why = price_record(lines, site, job.function, prices, started_ms, wait=REPORT_WAIT)
-    if why:
-        print(f"mu: cost: {why}", file=out)
-    unbilled = result.launched - sum(1 for line in lines if line.get("attempt"))
-    fields = {(b.actor, b.attempt): {"cost": b.to_record()} for b in bills}
-    return fields, summary(bills, prices, unbilled)
+    attempts = sum(1 for line in lines if line.get("attempt"))
+    coordinator: Mapping[str, int] = {}
+    if isinstance(job, JobCost):
+        coordinator = job.s3_requests(len(result.final))[1]
+    bills, notes = price_record(lines, site, job.function, prices, started_ms,
+                                wait=REPORT_WAIT,
+                                spares=result.launched + site.duplicated() - attempts,
+                                coordinator_s3=coordinator)
+    fields: dict[tuple[int, int], dict[str, Any]] = {
+        (b.actor, b.attempt): {"cost": b.to_record()}
+        for b in bills.invocations if b.actor is not None}
+    if fields:
+        fields[min(fields)]["run_cost"] = bills.run_record()
+    return fields, bills.phrase(), [f"mu: cost: {note}" for note in notes]
 
 
 def price_record(
     lines: Sequence[Mapping[str, Any]], site: Site, function: str, prices: Any,
-    start_ms: int | None = None, wait: float = 0.0,
+    start_ms: int | None = None, wait: float = 0.0, spares: int = 0,
+    coordinator_s3: Mapping[str, int] | None = None,
     clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-) -> tuple[list[Any], str]:
+) -> tuple[Any, list[str]]:
     """Price a run record's attempts (:func:`mu.cost.bill`) with the REPORT lines of their
-    request ids, read through the site's CloudWatch Logs from ``start_ms`` on; while some
-    are missing, read again every half second for up to ``wait`` seconds (an invocation
-    writes its REPORT as it ends, which may be just after the run's end, and CloudWatch
-    stores it a moment later).
+    request ids, read through the site's CloudWatch Logs from a minute before ``start_ms``
+    (the run's start) on; while some are missing, read again every half second for up to
+    ``wait`` seconds (an invocation writes its REPORT as it ends, which may be just after
+    the run's end, and CloudWatch stores it a moment later).
 
-    Returns the bills (:class:`mu.cost.AttemptBill`) and, when some attempt had no REPORT,
-    the sentence that says why and what was used instead (else "").
+    Args:
+        spares: invocations that took no actor (spares, late arrivals, duplicates): billed
+            from REPORT lines of this run that no attempt claims, else for the function
+            timeout (an upper bound).
+        coordinator_s3: the coordinator's own S3 requests, by kind.
+
+    Returns:
+        the bill (:class:`mu.cost.RunBill`), and the lines that say where its figures come
+        from (what was an upper bound and why).
     """
-    from mu.cost import bill
+    from mu.cost import RunBill, bill, s3_dollars
+    from mu.cost import spares as bill_spares
 
+    functions, _, fallbacks = _functions(site, function, site.regions)
     wanted = {str(line["request_id"]) for line in lines if line.get("request_id")}
+    since = None if start_ms is None else start_ms - LOG_CLOCK_SLACK_MS
     deadline = clock() + wait
-    reports, why, again = _reports(site, function, wanted, start_ms)
-    while again and clock() < deadline:
+    found = _reports(site, function, wanted, since, spares)
+    while found.again and clock() < deadline:
         sleep(min(0.5, max(0.0, deadline - clock())))
-        reports, why, again = _reports(site, function, wanted, start_ms)
-    bills = bill(lines, reports, _MEMORY, prices, site.regions[0])
-    if not any(b.source != "REPORT" for b in bills):
-        return bills, ""
-    return bills, (f"{why or 'no REPORT line for some attempts'}; the attempts without one "
-                   "are billed for the coordinator's view of the worker's lifetime (launch "
-                   f"to end) at {_MEMORY} MB, an upper bound")
+        found = _reports(site, function, wanted, since, spares)
+    attempts = bill(lines, found.reports, functions, prices, site.regions[0])
+    others = [(r, region) for r, region, at in found.others
+              if start_ms is None or at >= start_ms][:max(0, spares)]
+    extra = bill_spares(others, spares - len(others), functions, prices)
+    coordinator = dict(coordinator_s3 or {})
+    result = RunBill(tuple(attempts + extra), coordinator,
+                     s3_dollars(coordinator, prices, site.regions[0]), prices)
+    notes = [result.how()]
+    if fallbacks and result.bounded:
+        notes.append(f"the function's settings were not read ({'; '.join(fallbacks)}): "
+                     "upper bounds use mu lambdaize's defaults there")
+    if result.bounded:
+        notes.append(f"{found.why or 'no REPORT line for some invocations'}: the attempts "
+                     "without one are billed for the coordinator's view of the worker's "
+                     "lifetime (launch to end), an upper bound")
+    return result, notes
 
 
-def _reports(site: Site, function: str, wanted: set[str], start_ms: int | None
-             ) -> tuple[dict[str, Any], str, bool]:
-    """The REPORT lines of ``wanted`` request ids, from every region of the site; why some
-    are missing (empty: none is); and whether reading again may find them."""
+@dataclass
+class _Found:
+    """What :func:`_reports` found."""
+
+    reports: dict[str, Any]  # request id -> (Report, region)
+    others: list[tuple[Any, str, int]]  # (Report, region, its time in ms) claimed by none
+    why: str  # why some wanted ones are missing ("": none is)
+    again: bool  # whether reading again may find more
+
+
+def _reports(site: Site, function: str, wanted: set[str], start_ms: int | None, spares: int
+             ) -> _Found:
+    """The REPORT lines of ``wanted`` request ids, and those of no attempt (for the
+    ``spares``), from every region of the site."""
     from mu.cost import parse_report
+    from mu.errors import MuError
     from mu.logs import read_events
 
-    if not wanted:
-        return {}, "no worker told its request id (not run by Lambda)", False
     found: dict[str, Any] = {}
+    others: list[tuple[Any, str, int]] = []
     problems: list[str] = []
     for region in site.regions:
         try:
             client = site.logs_client(region)
             if client is None:
-                return {}, f"the {site.name} site keeps no Lambda logs", False
+                why = (f"the {site.name} site keeps no Lambda logs" if wanted else
+                       "no worker told its request id (not run by Lambda)")
+                return _Found({}, [], why, False)
             events = read_events(client, function, f"in {region}", start_ms,
                                  pattern='"REPORT RequestId"')
         except MuError as exc:
@@ -618,12 +716,18 @@ def _reports(site: Site, function: str, wanted: set[str], start_ms: int | None
             continue
         for event in events:
             report = parse_report(event.message)
-            if report is not None and report.request_id in wanted:
-                found[report.request_id] = report
+            if report is None:
+                continue
+            if report.request_id in wanted:
+                found[report.request_id] = (report, region)
+            else:
+                others.append((report, region, event.timestamp))
     missing = len(wanted) - len(found)
+    again = bool(missing) or len(others) < spares
     if not missing:
-        return found, "", False
-    why = f"no REPORT line found for {missing} of {len(wanted)} invocation(s) in CloudWatch Logs"
+        return _Found(found, others, "", again)
+    why = (f"no REPORT line found for {missing} of {len(wanted)} invocation(s) in CloudWatch "
+           "Logs" if wanted else "no worker told its request id (not run by Lambda)")
     if problems:
         why += f" ({problems[0]})"
-    return found, why, True
+    return _Found(found, others, why, again)

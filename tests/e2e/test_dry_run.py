@@ -58,13 +58,36 @@ def test_png2y4m_dry_run_on_local_plans_and_estimates_without_starting_anything(
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "workers: 100 actors (0-99)" in out and "frames per worker: 6" in out
-    assert "png2y4m, 1536 MB, timeout 180 s" in out and "keys: ephemeral" in out
+    assert "png2y4m, 1536 MB, timeout 180 s, x86_64 (mu lambdaize's defaults, with which the " \
+        "run deploys it)" in out and "keys: ephemeral" in out
     assert "(emulator and S3) was not started" in out
     assert "upper bound" in out and "invocations: 100" in out
     assert "GB-seconds: 27000.000" in out and "600 GET, 100 PUT, 1 LIST" in out
     shown = dollars(out)
     assert shown == round(hand(100, 6, Decimal(180)), 2)
     assert "mu: preflight is clean" in out
+
+
+WORKED = re.compile(r"^```sh\n(mu png2y4m [^\n]*--dry-run)\n```\n\n[^\n]*\n\n```text\n(.*?)^```",
+                    re.M | re.S)
+
+
+def test_the_worked_example_in_docs_aws_md_is_what_dry_run_prints(tmp_path: Path) -> None:
+    """docs/aws.md shows a dry run's whole output: the command prints exactly that."""
+    [(command, shown)] = WORKED.findall((ROOT / "docs" / "aws.md").read_text())
+    assert command == "mu png2y4m -n 100 -f 6 --dry-run"
+    done = mu(command.split()[1:], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == shown
+    # and its figures are the hand computation from the table
+    assert dollars(shown) == round(hand(100, 6, Decimal(180)), 2)
+
+
+def test_spares_are_invoked_and_billed_but_make_no_s3_request(tmp_path: Path) -> None:
+    done = mu(["png2y4m", "-n", "10", "-f", "6", "-X", "2", "--dry-run"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "workers: 10 actors (0-9) + 2 spare(s)" in done.stdout
+    assert "invocations: 12" in done.stdout and "60 GET, 10 PUT, 1 LIST" in done.stdout
 
 
 def test_estimate_from_an_earlier_record_scales_per_frame_states(tmp_path: Path) -> None:
@@ -149,3 +172,30 @@ def test_encode_dry_run_counts_the_stitch_among_the_coordinator_requests(
     # listing page at preflight, and the stitch reads every chunk and writes the video
     assert "70 GET, 11 PUT, 1 LIST" in out, out
     assert "mu: preflight is clean" in out
+
+
+def test_a_bad_price_file_stops_a_real_run_at_preflight(
+    tmp_path: Path, png2y4m_binary: Path
+) -> None:
+    """The bill needs the table at the end of a run: a bad one is found before launching."""
+    from mu.frames import write_frames
+
+    frames = write_frames(tmp_path / "in", 2, 16, 16, depth=8)
+    bad = tmp_path / "prices.json"
+    bad.write_text('{"as_of": "2026-01-01"}')
+    done = mu(["png2y4m", "-n", "1", "-f", "2", "-t", "0", "--binary", str(png2y4m_binary),
+               "--input-dir", str(frames[0].parent), "--price-file", str(bad)], tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "mu: preflight found problems; nothing was launched:" in done.stderr
+    assert f"  - price file {str(bad)!r}: has no 'source'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_without_credentials_the_plan_says_the_functions_settings_were_not_read(
+    tmp_path: Path,
+) -> None:
+    done = mu(["png2y4m", "--backend", "lambda", "-n", "3", "-f", "2", "--dry-run"], tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert ("function: png2y4m, 1536 MB, timeout 180 s, x86_64 (mu lambdaize's defaults: not "
+            "read, for want of usable credentials)") in done.stdout
+    assert "no AWS credentials found" in done.stdout

@@ -33,7 +33,7 @@ L0 = {
     "mu.integrity": set(),
     "mu.ivf": {"mu.errors"},
     "mu.retry": set(),
-    "mu.cost": {"mu.errors"},
+    "mu.cost": {"mu.errors", "mu.launch"},
     "mu.scheduler": {"mu.config", "mu.errors", "mu.faults", "mu.retry"},
 }
 PURE_NUMERIC = {"mu.y4m"}  # reference implementation: stdlib + numpy, nothing of ours

@@ -74,3 +74,20 @@ def test_the_title_carries_the_cost_when_the_record_does(tmp_path: Path) -> None
     out = plot_timeline(tmp_path / "priced.jsonl", tmp_path / "t.png")
     with Image.open(out) as image:
         assert image.size[0] > 0
+
+
+def test_cost_labels_each_bar_with_its_bill(tmp_path: Path) -> None:
+    priced = [
+        {**ROWS[0], "cost": {"dollars": "0.0000250", "source": "REPORT", "kind": "work"}},
+        {**ROWS[1], "cost": {"dollars": "0.0000100", "source": "upper bound",
+                             "kind": "retry"}},
+        ROWS[2],
+    ]
+    attempts = read_record(write_record(tmp_path / "priced.jsonl", priced))
+    assert [a.cost_label() for a in attempts] == ["<=$0.000010 retry", "", "$0.000025 work"]
+    plain = plot_timeline(tmp_path / "priced.jsonl", tmp_path / "plain.png")
+    labelled = plot_timeline(tmp_path / "priced.jsonl", tmp_path / "cost.png", cost=True)
+    with Image.open(plain) as a, Image.open(labelled) as b:
+        # the labels are drawn: the pictures differ (same size, other pixels)
+        assert a.size == b.size
+        assert (np.asarray(a.convert("L")) != np.asarray(b.convert("L"))).any()
