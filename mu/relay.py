@@ -48,6 +48,7 @@ from OpenSSL import SSL
 from mu.errors import ConfigError, TransportError
 from mu.net import Pipe
 from mu.relay_core import (
+    DEFAULT_RELAY_PORT,
     Action,
     Close,
     Deliver,
@@ -59,17 +60,44 @@ from mu.relay_core import (
 )
 from mu.tls import KeySet
 
-__all__ = ["DEFAULT_RELAY_PORT", "LINGER", "Relay", "RelayLimits", "RelayStats"]
+__all__ = ["DEFAULT_RELAY_PORT", "LINGER", "Relay", "RelayLimits", "RelayStats", "check_port"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RELAY_PORT: Final = 13337
 LINGER: Final = 5.0
 """Seconds a connection the relay ends may take to receive its last frame."""
 
 _ACCEPT_BATCH: Final = 256
 _SEND_MAX: Final = 65536  # what one pyOpenSSL send takes at most (mu.net.Pipe)
 _WAKE: Final = "wake"
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``.
+
+    Raises:
+        ConfigError: it cannot be bound (the message names the address and why).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(4096)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"the relay cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from exc
+    return sock
+
+
+def check_port(host: str, port: int) -> str | None:
+    """Why the relay could not listen on ``host:port`` now (None: it could)."""
+    try:
+        _listen(host, port).close()
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 class _Conn:
@@ -161,16 +189,7 @@ class Relay:
         """
         if self._thread is not None:
             return
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-            sock.listen(4096)
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(
-                f"the relay cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
-            ) from exc
+        sock = _listen(self.host, self.port)
         sock.setblocking(False)
         self._listener = sock
         host, port = sock.getsockname()[:2]
@@ -194,6 +213,14 @@ class Relay:
             self._thread.join()
         self._stopped = True
         self._close_all()
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Wait until the loop has ended (:meth:`stop` from another thread, or a bug: see
+        :attr:`error`); True if it has. Signals interrupt the wait in the main thread."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def __enter__(self) -> Relay:
         self.start()

@@ -59,6 +59,7 @@ from mu.errors import RemoteProtocolError
 from mu.protocol import NEED_DATA, FrameDecoder, Sentinel, encode_frame, encode_text
 
 __all__ = [
+    "DEFAULT_RELAY_PORT",
     "HELD_OVERHEAD",
     "HELLO_PREFIX",
     "Action",
@@ -73,6 +74,8 @@ __all__ = [
     "hello_text",
 ]
 
+DEFAULT_RELAY_PORT: Final = 13337
+"""The relay's port beside the coordinator and for ``mu relay`` (``--relay-port``)."""
 HELLO_PREFIX: Final = "HELLO_STATE:"
 HELD_OVERHEAD: Final = 64
 """Bytes charged to each held frame beyond its length (its entry in the queue)."""

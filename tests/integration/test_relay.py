@@ -7,19 +7,29 @@ every wait is a bounded socket timeout.
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 import socket
 import ssl
 import tempfile
+import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mu.errors import ConfigError
+from mu.launch import FunctionSpec, Invocation, LaunchReport, LaunchSpec
+from mu.options import RunOptions
 from mu.protocol import NEED_DATA, FrameDecoder, encode_frame, encode_text
 from mu.relay import Relay, RelayLimits
 from mu.relay_core import hello_text
+from mu.runopts import run
+from mu.states import CommandListState, TerminalState
 from mu.tls import KeySet
+from mu.worker import session
 
 TOKEN = "the-run-token"
 WAIT = 10.0  # seconds any single read may wait
@@ -189,3 +199,182 @@ def test_the_hello_may_arrive_with_the_last_handshake_flight(keys: KeySet) -> No
             while (frame := decoder.next_frame()) is NEED_DATA:
                 decoder.receive_data(sock.recv(4096))
             assert frame == b"self"
+
+
+# -- beside the coordinator: mu.runopts.run starts it for a job that needs it ---------------
+
+
+class Done(TerminalState):
+    pass
+
+
+class Echo(CommandListState):
+    commandlist = [("OK:HELLO", "echo:hi"), ("OK:ECHO", "quit:")]
+    nextState = Done
+
+
+class PairJob:
+    """Two workers that greet each other through the relay, then echo for the coordinator."""
+
+    first_state = Echo
+    config = None
+    function = "pair"
+    bucket = "pair-bucket"
+    workers = 2
+    offset = 0
+
+    def __init__(self, needs_relay: bool = True) -> None:
+        self.needs_relay = needs_relay
+
+    def deploy(self, launcher: Any, regions: Any, role: str) -> None:
+        return None
+
+    def upload_inputs(self, s3: Any, create_bucket: bool, out: Any) -> None:
+        return None
+
+    def preflight(self, s3: Any, actors: list[int]) -> list[str]:
+        return []
+
+    def finished(self, s3: Any, actors: list[int]) -> list[int]:
+        return []
+
+    def download_outputs(self, s3: Any, actors: list[int], out: Any) -> list[str]:
+        return []
+
+
+def worker_context(event: dict[str, Any], tmp: Path) -> ssl.SSLContext:
+    """The stdlib client context a worker makes from its payload."""
+    (tmp / "crt.pem").write_text(event["wrkcrt"])
+    (tmp / "key.pem").write_text(event["wrkkey"])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cadata=event["cacert"])
+    ctx.load_cert_chain(tmp / "crt.pem", tmp / "key.pem")
+    return ctx
+
+
+class ThreadLauncher:
+    """Invocations are threads: each pairs with the other worker through the relay named in
+    its payload, then serves the coordinator with the real worker session."""
+
+    name = "threads"
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.payloads: list[dict[str, Any]] = []
+        self.heard: dict[int, bytes | None] = {}
+        self.threads: list[threading.Thread] = []
+
+    def create_function(self, spec: FunctionSpec, region: str) -> dict[str, Any]:
+        return {}
+
+    def function_exists(self, name: str, region: str) -> bool:
+        return True
+
+    def delete_function(self, name: str, region: str) -> None:
+        return None
+
+    def launch(self, spec: LaunchSpec) -> LaunchReport:
+        event = json.loads(spec.payload)
+        self.payloads.append(event)
+        for i in range(spec.count):
+            thread = threading.Thread(target=self._worker, args=(i, event), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+        return LaunchReport(tuple(Invocation(i, "us-east-1", True, status=202)
+                                  for i in range(spec.count)))
+
+    def _worker(self, i: int, event: dict[str, Any]) -> None:
+        if "relay" in event:
+            host, port = event["relay"].rsplit(":", 1)
+            where = self.tmp / f"w{i}"
+            where.mkdir()
+            peer = Peer((host, int(port)), worker_context(event, where))
+            with contextlib.closing(peer):
+                peer.hello(i, 1 - i, run=event["token"])
+                peer.send(b"hello from %d" % i)
+                self.heard[i] = peer.recv()
+        session.run(event, cwd=str(self.tmp))
+
+    def close(self) -> None:
+        for thread in self.threads:
+            thread.join(WAIT)
+
+
+class ThreadSite:
+    """A site on this machine whose launcher is a :class:`ThreadLauncher`."""
+
+    name = "threads"
+    regions: tuple[str, ...] = ("us-east-1",)
+    default_role = ""
+    listen_host = "127.0.0.1"
+    max_handshakes = 16
+    deploys_jobs = False
+    private = True
+    max_zipped = None
+
+    def __init__(self, tmp: Path) -> None:
+        self.threads = ThreadLauncher(tmp)
+
+    @property
+    def launcher(self) -> ThreadLauncher:
+        return self.threads
+
+    def s3_client(self, region: str) -> Any:
+        return object()
+
+    def logs_client(self, region: str) -> Any:
+        return None
+
+    def dial_back_address(self, region: str) -> str | None:
+        return None
+
+    def check_credentials(self) -> list[str]:
+        return []
+
+    def duplicated(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.threads.close()
+
+
+def test_a_job_that_needs_the_relay_gets_one_beside_the_coordinator(tmp_path: Path) -> None:
+    site = ThreadSite(tmp_path)
+    out = io.StringIO()
+    try:
+        result = run(PairJob(), RunOptions(port=0, relay_port=0, retries=0), site, out)
+    finally:
+        site.close()
+    assert result.exit_status == 0, out.getvalue()
+    assert site.threads.heard == {0: b"hello from 1", 1: b"hello from 0"}
+    (payload,) = site.threads.payloads
+    assert payload["relay"].startswith("127.0.0.1:")
+    assert result.relay is not None
+    assert (result.relay.hellos, result.relay.frames, result.relay.connections) == (2, 2, 0)
+    assert f"mu: relay: {result.relay.line()}\n" in out.getvalue()
+
+
+def test_a_job_without_relay_gets_none(tmp_path: Path) -> None:
+    site = ThreadSite(tmp_path)
+    try:
+        result = run(PairJob(needs_relay=False), RunOptions(port=0, retries=0), site,
+                     io.StringIO())
+    finally:
+        site.close()
+    assert result.exit_status == 0 and result.relay is None
+    assert "relay" not in site.threads.payloads[0]
+
+
+def test_a_relay_port_that_cannot_be_bound_is_a_preflight_problem(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        site = ThreadSite(tmp_path)
+        out = io.StringIO()
+        result = run(PairJob(), RunOptions(port=0, relay_port=port), site, out)
+    assert result.exit_status == 2 and not site.threads.payloads
+    assert result.problems == (
+        f"the relay cannot listen on 127.0.0.1:{port}: Address already in use",)
+    assert "nothing was launched" in out.getvalue()
