@@ -395,6 +395,9 @@ class Relay:
             self._update(conn)
 
     def _apply(self, actions: Sequence[Action]) -> None:
+        # Writes wait until the whole batch is applied: a write makes the core act again
+        # (written -> Resume), which must come after this batch's Pause, not before it.
+        flush: list[_Conn] = []
         for action in actions:
             conn = self._conns.get(action.cid)
             if conn is None:
@@ -402,7 +405,7 @@ class Relay:
             if isinstance(action, Deliver):
                 conn.out.append(action.data)
                 if len(conn.out) == 1:
-                    self._flush(conn)
+                    flush.append(conn)
             elif isinstance(action, Pause):
                 conn.paused = True
                 self._update(conn)
@@ -417,6 +420,9 @@ class Relay:
                 log.info("relay: ending %s: %s", conn.pipe.peer, action.reason)
                 conn.out.append(action.farewell)
                 self._at(LINGER, conn.id, "linger")
+                flush.append(conn)
+        for conn in flush:
+            if conn.id in self._conns:
                 self._flush(conn)
 
     def _update(self, conn: _Conn) -> None:
