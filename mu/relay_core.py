@@ -376,7 +376,8 @@ class RelayCore:
                     continue
             else:
                 take = min(link.remaining, n - i)
-                self._payload(link, view[i:i + take], actions)
+                # the usual case, a read inside a frame: hand it on without a copy
+                self._payload(link, data if take == n else view[i:i + take], actions)
                 i += take
                 link.remaining -= take
                 if link.remaining:
@@ -486,7 +487,7 @@ class RelayCore:
         link.cost = cost
         return True
 
-    def _payload(self, link: _Link, chunk: memoryview, actions: list[Action]) -> None:
+    def _payload(self, link: _Link, chunk: bytes | memoryview, actions: list[Action]) -> None:
         if link.building is not None:
             link.building += chunk
         elif link.dest is not None:

@@ -517,10 +517,11 @@ class RelayMachine(RuleBasedStateMachine):
     def contend(self, data: st.DataObject, size: int) -> None:
         """Send a whole frame to a partner inside another sender's frame."""
         me = data.draw(st.sampled_from(self.contenders()))
+        cid = self.live[me]
         payload = b"%d:%d:" % (me, next(self.seq)) + b"z" * size
         if self.start(me, payload):
             self.complete(me)
-        self.apply(self.feed(self.live[me], encode_frame(payload), data))
+        self.apply(self.feed(cid, encode_frame(payload), data))
 
     @precondition(lambda self: self.inflight)
     @rule(data=st.data())
