@@ -15,7 +15,7 @@ them); on a small machine they compete with the relay for the cores, so the figu
 lower bound of what the relay alone would do.
 
 Usage: python bench/relay.py [--pairs 1000] [--size 6MB] [--frame 1MiB] [--procs 1]
-       [--handshakes 64]
+       [--handshakes 64] [--client-buffer 256KiB]
 Prints one JSON object, then a summary line.
 """
 
@@ -30,6 +30,7 @@ import os
 import re
 import resource
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -75,10 +76,16 @@ class Client:
         self.writer: asyncio.StreamWriter | None = None
 
     async def connect(self, address: tuple[str, int], ctx: ssl.SSLContext,
-                      gate: asyncio.Semaphore) -> None:
+                      gate: asyncio.Semaphore, buffer: int | None) -> None:
         async with gate:
+            sock = socket.socket()
+            if buffer:  # a worker's buffers are on its own machine, not the relay's
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, address)
             self.reader, self.writer = await asyncio.open_connection(
-                *address, ssl=ctx, server_hostname="mu")
+                sock=sock, ssl=ctx, server_hostname="mu")
             self.writer.write(encode_text(hello_text(TOKEN, self.me, self.partner)))
             await self.writer.drain()
 
@@ -120,7 +127,8 @@ class Client:
 
 
 async def run_pairs(first: int, pairs: int, address: tuple[str, int], keydir: str,
-                    total: int, frame: int, handshakes: int, ready: Any, start: Any) -> float:
+                    total: int, frame: int, handshakes: int, buffer: int | None, ready: Any,
+                    start: Any) -> float:
     """Connect this process's pairs, wait for the start signal, exchange; the seconds."""
     ctx = client_context(keydir)
     block = os.urandom(frame)
@@ -129,7 +137,7 @@ async def run_pairs(first: int, pairs: int, address: tuple[str, int], keydir: st
         clients += [Client(2 * i, 2 * i + 1, total, frame, block),
                     Client(2 * i + 1, 2 * i, total, frame, block)]
     gate = asyncio.Semaphore(handshakes)
-    await asyncio.gather(*(c.connect(address, ctx, gate) for c in clients))
+    await asyncio.gather(*(c.connect(address, ctx, gate, buffer) for c in clients))
     ready.set()
     await asyncio.get_running_loop().run_in_executor(None, start.wait)
     t0 = time.perf_counter()
@@ -140,10 +148,11 @@ async def run_pairs(first: int, pairs: int, address: tuple[str, int], keydir: st
 
 
 def client_process(first: int, pairs: int, address: tuple[str, int], keydir: str, total: int,
-                   frame: int, handshakes: int, ready: Any, start: Any, results: Any) -> None:
+                   frame: int, handshakes: int, buffer: int | None, ready: Any, start: Any,
+                   results: Any) -> None:
     try:
         seconds = asyncio.run(run_pairs(first, pairs, address, keydir, total, frame,
-                                        handshakes, ready, start))
+                                        handshakes, buffer, ready, start))
         results.put(("ok", seconds))
     except Exception as exc:  # reported by the parent as the run's failure
         ready.set()
@@ -162,7 +171,8 @@ def proc_status(pid: int, key: str) -> float:
     raise KeyError(key)
 
 
-def bench(pairs: int, total: int, frame: int, procs: int, handshakes: int) -> dict[str, Any]:
+def bench(pairs: int, total: int, frame: int, procs: int, handshakes: int,
+          buffer: int | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as keydir:
         generate_keys(days=1).write(keydir)
         relay = subprocess.Popen(
@@ -188,8 +198,8 @@ def bench(pairs: int, total: int, frame: int, procs: int, handshakes: int) -> di
             for n in share:
                 ready = ctx.Event()
                 worker = ctx.Process(target=client_process, args=(
-                    first, n, address, keydir, total, frame, handshakes, ready, start,
-                    results))
+                    first, n, address, keydir, total, frame, handshakes, buffer, ready,
+                    start, results))
                 worker.start()
                 readies.append(ready)
                 workers.append(worker)
@@ -219,6 +229,7 @@ def bench(pairs: int, total: int, frame: int, procs: int, handshakes: int) -> di
     relayed = 2 * pairs * total
     return {
         "pairs": pairs, "size_each_way": total, "frame": frame, "client_procs": procs,
+        "client_buffer": buffer,
         "connections": 2 * pairs, "setup_s": round(setup, 3), "transfer_s": round(seconds, 3),
         "relayed_bytes": relayed, "relayed_mb_s": round(relayed / seconds / 1e6, 1),
         "relay_cpu_s": round(cpu, 2),
@@ -239,8 +250,13 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=1, help="client processes (1)")
     parser.add_argument("--handshakes", type=int, default=64,
                         help="TLS connects in progress at once per client process (64)")
+    parser.add_argument("--client-buffer", type=size, default=size("256KiB"),
+                        help="the clients' kernel socket buffers (256KiB; 0: autotuned). On "
+                        "AWS each worker's buffers are on its own machine; here they would "
+                        "push the host's TCP memory into pressure")
     args = parser.parse_args()
-    row = bench(args.pairs, args.size, args.frame, args.procs, args.handshakes)
+    row = bench(args.pairs, args.size, args.frame, args.procs, args.handshakes,
+                args.client_buffer or None)
     print(json.dumps(row), flush=True)
     print(f"relay: {row['pairs']} pairs x {row['size_each_way'] / 1e6:g} MB each way: "
           f"{row['relayed_mb_s']} MB/s relayed ({row['transfer_s']} s), relay CPU "

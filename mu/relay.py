@@ -16,8 +16,10 @@ everything else (pairing, holding, bounds, hello deadline). Each turn of the loo
    and hand it to the core; apply its actions: :class:`~mu.relay_core.Deliver` queues bytes
    for a connection and writes what its socket takes now, :class:`~mu.relay_core.Pause` /
    :class:`~mu.relay_core.Resume` take a sender's read interest away and back,
-   :class:`~mu.relay_core.Close` writes the connection's last frame and closes it once that
-   is out (or after :data:`LINGER` seconds).
+   :class:`~mu.relay_core.Close` writes the connection's last frame, ends the sending side
+   once that is out, and closes when the peer has closed (or after :data:`LINGER` seconds),
+   reading and dropping what still comes: closing with unread bytes would reset the
+   connection, and the reset could discard the last frame before the peer reads it.
 4. **Write** queued bytes where the socket is writable, telling the core how many went
    (``written``), which may resume paused senders.
 5. **Time**: the core's ``tick`` and the pump's handshake and linger deadlines.
@@ -73,8 +75,10 @@ _SEND_MAX: Final = 65536  # what one pyOpenSSL send takes at most (mu.net.Pipe)
 _WAKE: Final = "wake"
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port``.
+def _listen(host: str, port: int, buffer: int | None = None) -> socket.socket:
+    """A listening socket on ``host:port``; ``buffer``: the kernel's send and receive
+    buffers of every connection accepted (set before listening, so that they inherit it and
+    the TCP window scale fits it).
 
     Raises:
         ConfigError: it cannot be bound (the message names the address and why).
@@ -82,6 +86,9 @@ def _listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
         sock.bind((host, port))
         sock.listen(4096)
     except OSError as exc:
@@ -104,7 +111,8 @@ def check_port(host: str, port: int) -> str | None:
 class _Conn:
     """One connection: its pipe, its queued output and what the selector watches."""
 
-    __slots__ = ("closing", "events", "id", "offset", "out", "paused", "pipe", "tls_done")
+    __slots__ = ("closing", "draining", "events", "id", "offset", "out", "paused", "pipe",
+                 "tls_done")
 
     def __init__(self, cid: int, pipe: Pipe, tls_done: bool) -> None:
         self.id = cid
@@ -113,7 +121,8 @@ class _Conn:
         self.out: deque[bytes] = deque()
         self.offset = 0  # bytes of out[0] already sent
         self.paused = False
-        self.closing = False
+        self.closing = False  # ended by the relay: its last frame goes out, then it closes
+        self.draining = False  # that frame is out: read and discard until the peer closes
         self.events = selectors.EVENT_READ
 
 
@@ -190,7 +199,7 @@ class Relay:
         """
         if self._thread is not None:
             return
-        sock = _listen(self.host, self.port)
+        sock = _listen(self.host, self.port, self.limits.socket_buffer)
         sock.setblocking(False)
         self._listener = sock
         host, port = sock.getsockname()[:2]
@@ -331,6 +340,9 @@ class Relay:
         if not conn.tls_done:
             self._handshake(conn)
             return
+        if conn.draining:
+            self._drain(conn)
+            return
         if mask & selectors.EVENT_READ and not conn.paused and not conn.closing:
             self._read(conn)
         if conn.id in self._conns and conn.out:
@@ -396,9 +408,27 @@ class Relay:
         if conn.id not in self._conns:
             return
         if conn.closing and not out:
-            self._drop(conn)
+            # A close with unread bytes from the peer would reset the connection, and a
+            # reset can discard the last frame before the peer reads it: end our side of
+            # the stream, then read what comes until the peer closes (or the linger ends).
+            conn.draining = True
+            with contextlib.suppress(OSError):
+                pipe.sock.shutdown(socket.SHUT_WR)
+            self._watch(conn, selectors.EVENT_READ)
         else:
             self._update(conn)
+
+    def _drain(self, conn: _Conn) -> None:
+        for _ in range(_READS):
+            try:
+                data = conn.pipe.receive()
+            except TransportError:
+                data = b""
+            if data is None:
+                return
+            if not data:
+                self._drop(conn)
+                return
 
     def _apply(self, actions: Sequence[Action]) -> None:
         # Writes wait until the whole batch is applied: a write makes the core act again

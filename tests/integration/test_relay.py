@@ -493,6 +493,7 @@ def test_a_sender_that_dies_inside_a_frame_ends_its_partners_link(
         a.send(b"whole")
         a.sock.sendall(encode_frame(b"x" * 100_000)[:50_000])
         assert b.recv() == b"whole"
+        relay.wait_stats(lambda s: s.bytes > 5, WAIT)  # the relay has begun the second frame
         a.close()
         with pytest.raises(RemoteProtocolError, match="stream ended inside a frame"):
             b.recv()
