@@ -10,8 +10,10 @@ a bound; a sender is paused only while its partner's window is full.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import defaultdict
+from typing import Any
 
 import pytest
 from hypothesis import event, given, settings
@@ -280,6 +282,17 @@ def test_senders_paused_on_a_reader_that_leaves_resume_and_their_frames_are_held
     assert core.stats().queued == 0
     assert core.received(1, encode_frame(b"x"), 1.0) == []
     assert core.held_bytes(RUN, 1) == 14 + HELD_OVERHEAD
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("window", 0, "window must be >= 1, got 0"),
+    ("held_total", -5, "held_total must be >= 1, got -5"),
+    ("tombstone", 0, "tombstone must be a positive number of seconds, got 0"),
+    ("socket_buffer", 100, "socket_buffer must be >= 4096 or None, got 100"),
+])
+def test_limits_name_a_bad_value(field: str, value: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(RelayLimits(), **{field: value})
 
 
 def test_events_for_unknown_connections_are_ignored() -> None:
