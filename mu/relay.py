@@ -9,7 +9,11 @@ everything else (pairing, holding, bounds, hello deadline). Each turn of the loo
 1. **Accept** a batch of connections. Each gets a :class:`~mu.net.Pipe`, the coordinator's
    non-blocking pyOpenSSL adapter (mutual TLS against the run's CA with
    :func:`mu.tls.server_context`, or plain TCP without keys), and a handshake deadline.
-   Over :attr:`~mu.relay_core.RelayLimits.max_connections` a newcomer is closed at once.
+   Connections still in their handshake are bounded in all and per source address
+   (:class:`~mu.net.Admission`, as the coordinator's): when full, the oldest goes for the
+   newcomer, so a crowd of strangers cannot lock workers out. Over
+   :attr:`~mu.relay_core.RelayLimits.max_connections` the oldest such goes too, or, with
+   none, the newcomer.
 2. **Handshake** until the pipe says it is done; then the core hears ``connected`` and its
    hello deadline starts.
 3. **Read** what the socket has (one read per readiness; the selector is level-triggered)
@@ -26,7 +30,7 @@ everything else (pairing, holding, bounds, hello deadline). Each turn of the loo
 
 A connection that fails (reset, TLS error) ends that connection only. :meth:`Relay.stats`
 merges the core's counts with the pump's own drops (``tls_failed``,
-``handshake_timeout``, ``over_max_connections``).
+``handshake_timeout``, ``evicted``, ``over_max_connections``).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from typing import Final
 from OpenSSL import SSL
 
 from mu.errors import ConfigError, TransportError
-from mu.net import Pipe
+from mu.net import Admission, Pipe
 from mu.relay_core import (
     DEFAULT_RELAY_PORT,
     Action,
@@ -171,6 +175,10 @@ class Relay:
         self._seq = itertools.count()
         self._ids = itertools.count()
         self._drops: dict[str, int] = {}
+        # Connections whose TLS handshake has not finished (mu.net.Admission, as the
+        # coordinator's): when full, the oldest is dropped for a newcomer.
+        self._admission: Admission[int] = Admission(
+            self.limits.max_unauthenticated, self.limits.max_unauthenticated_per_address)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # notified after each turn
         self._thread: threading.Thread | None = None
@@ -321,12 +329,20 @@ class Relay:
                 log.warning("relay: accept failed: %s", exc)
                 return
             if len(self._conns) >= self.limits.max_connections:
-                self._count("over_max_connections")
-                sock.close()
-                continue
+                oldest = self._admission.oldest()
+                if oldest is None:  # every connection is a worker's: the newcomer goes
+                    self._count("over_max_connections")
+                    sock.close()
+                    continue
+                self._count("evicted")
+                self._drop(self._conns[oldest])
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             cid = next(self._ids)
             conn = _Conn(cid, Pipe(sock, self._ctx, f"{addr[0]}:{addr[1]}"), self._ctx is None)
+            if not conn.tls_done:  # not authenticated yet: the oldest such may go for it
+                for old in self._admission.admit(cid, str(addr[0])):
+                    self._count("evicted")
+                    self._drop(self._conns[old])
             self._conns[cid] = conn
             self._sel.register(sock, selectors.EVENT_READ, conn)
             if conn.tls_done:
@@ -358,6 +374,7 @@ class Relay:
             return
         if done:
             conn.tls_done = True
+            self._admission.forget(conn.id)
             self._apply(self._core.connected(conn.id, self.clock()))
             self._read(conn)  # the hello may have come with the last flight
         elif conn.pipe.wants_write:
@@ -485,6 +502,7 @@ class Relay:
         """Close ``conn`` (the core has forgotten it, or never knew it)."""
         if self._conns.pop(conn.id, None) is None:
             return
+        self._admission.forget(conn.id)
         if conn.events:
             with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(conn.pipe.sock)
