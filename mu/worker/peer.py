@@ -575,7 +575,7 @@ class Links:
                 if left <= 0:
                     return f"FAIL({where}: no file within {timeout:g} s)"
                 self._cond.wait(left)
-            if not link.arrived:
+            if not link.arrived or link.discard:  # discard: close_link took its files
                 return f"FAIL({where}: link closed: {link.reason})"
             arrival = link.arrived.popleft()
             try:
