@@ -527,11 +527,11 @@ def _close_link(worker: Worker, args: str) -> Reply:
     links = _links(worker, "close_link")
     if not args:
         raise CommandError("close_link: expected close_link:NAME, got close_link:")
-    try:
+    try:  # answers OK:CLOSE_LINK(name) itself, before a waiting send/recv on it fails
         links.close_link(args)
     except LinkError as exc:
         raise CommandError(str(exc)) from None
-    return Reply((f"OK:CLOSE_LINK({args})",))
+    return Reply()
 
 
 def _quit(worker: Worker, args: str) -> Reply:

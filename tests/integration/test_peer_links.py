@@ -333,6 +333,32 @@ def test_recv_before_and_after_the_arrival(keys: KeySet, relay: Relay) -> None:
         assert b.ask("recv:left:got3") == f"OK:RECV(left:{len(first)}:{sha(first)})"
 
 
+def test_files_come_in_order_and_close_link_ends_a_waiting_recv(
+    keys: KeySet, relay: Relay
+) -> None:
+    with workers(keys, relay, 2) as (a, b):
+        a_dir, b_dir = tmpdir_of(a), tmpdir_of(b)
+        assert a.ask("link:right:21:22") == "OK:LINK(right)"
+        assert b.ask("link:left:22:21") == "OK:LINK(left)"
+        files = [blob(n, 100 * n) for n in range(4)]
+        for n, data in enumerate(files):
+            (a_dir / f"f{n}").write_bytes(data)
+            assert a.ask(f"send:right:f{n}") == f"OK:SEND(right:{len(data)}:{sha(data)})"
+        for data in files:
+            assert b.recv() == f"INFO:file:left:{len(data)}:{sha(data)}"
+        for n, data in enumerate(files[:3]):
+            assert b.ask(f"recv:left:g{n}") == f"OK:RECV(left:{len(data)}:{sha(data)})"
+            assert (b_dir / f"g{n}").read_bytes() == data
+        assert b.ask("close_link:left") == "OK:CLOSE_LINK(left)"  # f3 is dropped, no INFO
+        assert not (b_dir / ".links").exists() or not any((b_dir / ".links").rglob("*"))
+        assert b.ask("link:left:24:23") == "OK:LINK(left)"
+        assert b.ask("seti:nonblock:1") == "OK:SETI(nonblock)"
+        assert b.ask("recv:left:g3") == "OK:RECEIVING(left)"
+        assert b.ask("close_link:left") == "OK:CLOSE_LINK(left)"
+        assert b.recv() == "FAIL(recv left: link closed: closed by close_link)"
+        assert b.ask("echo:nothing else") == "OK:ECHO(nothing else)"
+
+
 def test_recv_timeout(keys: KeySet, relay: Relay) -> None:
     with workers(keys, relay, 1) as (a,):
         assert a.ask("link:left:2:1") == "OK:LINK(left)"
