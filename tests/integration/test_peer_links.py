@@ -493,6 +493,8 @@ def test_the_relays_fail_ends_the_link_with_its_reason(keys: KeySet, tmp_path: P
         assert closed.startswith("INFO:link_closed:left:relay: "), closed
         reason = closed.removeprefix("INFO:link_closed:left:")
         assert a.ask("recv:left:x") == f"FAIL(recv left: link closed: {reason})"
+        assert a.ask("link:left:2:1") == "OK:LINK(left)"  # an ended link's name is free
+        assert a.recv() == closed
         assert a.ask("close_link:left") == "OK:CLOSE_LINK(left)"
 
 
