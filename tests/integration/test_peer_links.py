@@ -67,7 +67,7 @@ def relay_field(relay: Relay) -> str:
 
 
 @contextmanager
-def workers(keys: KeySet, relay: Relay, count: int, **fields: Any) -> Iterator[list[Conn]]:
+def workers(keys: KeySet | None, relay: Relay, count: int, **fields: Any) -> Iterator[list[Conn]]:
     """``count`` workers, each with its own coordinator, the payload naming ``relay``."""
     with ExitStack() as stack:
         conns = []
@@ -357,6 +357,17 @@ def test_files_come_in_order_and_close_link_ends_a_waiting_recv(
         assert b.ask("close_link:left") == "OK:CLOSE_LINK(left)"
         assert b.recv() == "FAIL(recv left: link closed: closed by close_link)"
         assert b.ask("echo:nothing else") == "OK:ECHO(nothing else)"
+
+
+def test_links_over_plain_tcp_in_a_no_tls_run() -> None:
+    with Relay(None, TOKEN) as plain, workers(None, plain, 2) as (a, b):
+        (tmpdir_of(a) / "f").write_bytes(b"no tls")
+        assert a.ask("link:right:1:2") == "OK:LINK(right)"
+        assert b.ask("link:left:2:1") == "OK:LINK(left)"
+        assert a.ask("send:right:f") == f"OK:SEND(right:6:{sha(b'no tls')})"
+        assert b.recv() == f"INFO:file:left:6:{sha(b'no tls')}"
+        assert b.ask("recv:left:g") == f"OK:RECV(left:6:{sha(b'no tls')})"
+        assert (tmpdir_of(b) / "g").read_bytes() == b"no tls"
 
 
 def test_recv_timeout(keys: KeySet, relay: Relay) -> None:
