@@ -326,6 +326,9 @@ class ThreadSite:
     def logs_client(self, region: str) -> Any:
         return None
 
+    def function_settings(self, name: str, region: str) -> None:
+        return None  # threads, not a deployed function: the bill uses lambdaize's defaults
+
     def dial_back_address(self, region: str) -> str | None:
         return None
 
