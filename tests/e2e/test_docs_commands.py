@@ -81,6 +81,9 @@ SKIPPED = {
     ("docs/vpxenc.md", "mu frames --count 24 --size 320x180 --out frames"):
         "runs from the checkout (function/...): tests/integration/test_vpxenc.py::"
         "test_docs_block_runs_from_the_checkout runs it there",
+    ("docs/denoise.md", "mu frames --count 12 --size 320x180 --out frames"):
+        "runs from the checkout (function/...): tests/integration/test_denoise_binary.py::"
+        "test_docs_block_runs_from_the_checkout runs it there",
 }
 
 XFAIL: dict[tuple[str, str], str] = {
