@@ -7,7 +7,8 @@ The coordinator is the pump around two sans-IO objects: each worker connection's
 :class:`~mu.scheduler.Scheduler` (who works on what, retries, deadlines, stragglers,
 starvation, fault plans). It owns the sockets, TLS, the selector, the launch threads and
 the clock; it feeds the scheduler what happened and applies the actions it returns. It
-decides nothing about the work itself.
+decides nothing about the work itself. The selector, listener, wake-up pair and deadline
+heap are a :class:`mu.net.Server` (the relay's pump uses one too).
 
 1. **Accept** connections at each wake-up (a batch at most); the listener never pauses.
    Each gets a :class:`~mu.net.Pipe` (TLS, mutual, unless disabled), a ClientHello deadline
@@ -43,9 +44,7 @@ A peer's misbehaviour ends that peer's connection only.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import heapq
 import itertools
 import logging
 import secrets
@@ -65,7 +64,7 @@ from mu.actor import Actor, Failed, Finished, HelloReceived, Lifecycle, Rejected
 from mu.config import RunConfig
 from mu.errors import MuError, TransportError
 from mu.launch import Launcher, LaunchReport, LaunchSpec, WorkerPayload
-from mu.net import Admission, Pipe
+from mu.net import WAKE, Admission, Pipe, Server, listen
 from mu.protocol import NEED_DATA, encode_text
 from mu.scheduler import (
     Action,
@@ -229,9 +228,6 @@ _ACCEPT_BATCH: Final = 256
 _ACCEPT_PAUSE: Final = 0.05
 """Seconds the listener rests when accept() fails and no connection can be dropped for it."""
 
-_WAKE: Final = "wake"
-"""Selector data of the wake-up socket (the listener's is None, a connection's its _Conn)."""
-
 
 class _Conn:
     """One connection: its pipe, its actor and its pending output."""
@@ -265,7 +261,7 @@ class _Conn:
         self.hello_whole = False  # a whole ClientHello was seen waiting
         self.closing = False
         self.counted_out = 0
-        self.events = selectors.EVENT_READ  # what the selector watches for
+        self.events = 0  # what the selector watches for (mu.net.Server.watch)
         self.fault: str | None = None
         self.hello_at = 0.0  # clock() when its hello came
 
@@ -320,7 +316,7 @@ class Coordinator:
         self.status = status
         self.token = secrets.token_urlsafe(24)
         self._ctx: SSL.Context | None = server_context(keys) if keys and run_config.tls else None
-        self._listener: socket.socket | None = None
+        self._io = Server(clock)
         # Connections not yet authenticated (no hello yet), oldest first.
         self._admission: Admission[int] = Admission(
             run_config.max_unauthenticated, run_config.max_unauthenticated_per_address
@@ -330,14 +326,9 @@ class Coordinator:
         self._accept_paused = False  # listener out of the selector: out of descriptors
         self._drops: dict[str, int] = {}
         self._bound: tuple[str, int] | None = None
-        self._sel = selectors.DefaultSelector()
-        self._wake_r: socket.socket | None = None
-        self._wake_w: socket.socket | None = None
         self._sched: Scheduler[_Conn] = Scheduler(run_config, can_launch=launcher is not None)
         self._conns: dict[int, _Conn] = {}
-        self._heap: list[tuple[float, int, int, str]] = []  # connection deadlines
         self._ids = itertools.count()
-        self._seq = itertools.count()
         self._results: list[ActorResult] = []
         self._rejected = 0
         self._rejections: deque[str] = deque(maxlen=100)
@@ -372,23 +363,14 @@ class Coordinator:
         """
         if self._bound is not None:
             return self._bound
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        config = self.config
         try:
-            sock.bind((self.config.host, self.config.port))
+            sock = listen(config.host, config.port, _backlog(config.workers_to_launch))
         except OSError as exc:
-            sock.close()
             raise TransportError(
-                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror}"
+                f"cannot listen on {config.host}:{config.port}: {exc.strerror}"
             ) from exc
-        sock.listen(_backlog(self.config.workers_to_launch))
-        sock.setblocking(False)
-        self._listener = sock
-        host, port = sock.getsockname()[:2]
-        self._bound = (str(host), int(port))
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._sel.register(sock, selectors.EVENT_READ, None)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        self._bound = self._io.open(sock)
         return self.address
 
     def payload(self) -> WorkerPayload:
@@ -472,13 +454,7 @@ class Coordinator:
     def stop(self) -> None:
         """Ask a running loop (in another thread) to end; unfinished actors fail."""
         self._stop = True
-        self._wake()
-
-    def _wake(self) -> None:
-        # If the loop is gone or the pipe is full, it wakes anyway.
-        if self._wake_w is not None:
-            with contextlib.suppress(OSError):
-                self._wake_w.send(b"!")
+        self._io.wake()
 
     def _start_launch(self, count: int) -> None:
         """Launch ``count`` workers from a helper thread (the loop keeps serving)."""
@@ -502,7 +478,7 @@ class Coordinator:
             report = getattr(exc, "report", None)
         finally:
             self._landed.append((spec.count, report, error, main))  # the loop hands it on
-            self._wake()
+            self._io.wake()
 
     def _land(self) -> None:
         """Tell the scheduler about the launch calls that returned."""
@@ -514,24 +490,23 @@ class Coordinator:
             self._sched.launched(count, report.accepted if report else 0, error, now)
 
     def _loop(self) -> None:
-        select = self._sel.select
+        io = self._io
+        select = io.selector.select
         sched = self._sched
         progress = _progress
         next_status = 0.0
         while not self._over and not self._stop:
             now = self.clock()
             timeout = _STATUS_EVERY if self.status else 1.0
-            wake_at = sched.wake_at
-            if self._heap and (wake_at is None or self._heap[0][0] < wake_at):
-                wake_at = self._heap[0][0]
+            wake_at = io.earliest(sched.wake_at)
             if wake_at is not None:
                 timeout = max(0.0, min(timeout, wake_at - now))
             for key, mask in select(timeout):
                 data = key.data
                 if data is None:
                     self._accept()
-                elif data is _WAKE:
-                    self._drain_wake()
+                elif data is WAKE:
+                    io.drain_wake()
                 else:
                     self._service(data, mask)
             if self._queued:
@@ -548,11 +523,6 @@ class Coordinator:
             self._apply(sched.stop("the run was stopped"))
         if self.status:
             self.status(self.statistics())
-
-    def _drain_wake(self) -> None:
-        assert self._wake_r is not None
-        with contextlib.suppress(BlockingIOError):
-            self._wake_r.recv(4096)
 
     # -- applying the scheduler's actions -------------------------------------------------
 
@@ -624,12 +594,13 @@ class Coordinator:
     # -- connections ---------------------------------------------------------------------
 
     def _accept(self) -> None:
-        assert self._listener is not None
+        listener = self._io.listener
+        assert listener is not None
         # At most a batch per wake-up: a crowd that reconnects as fast as it is dropped must
         # not keep the loop here, away from the workers' connections.
         for _ in range(_ACCEPT_BATCH):
             try:
-                sock, addr = self._listener.accept()
+                sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE, ENFILE, ENOBUFS...: the rest wait in the backlog
@@ -641,9 +612,9 @@ class Coordinator:
                     continue
                 log.warning("accept failed: %s; pausing the listener for %g s", exc,
                             _ACCEPT_PAUSE)
-                self._sel.unregister(self._listener)
+                self._io.selector.unregister(listener)
                 self._accept_paused = True
-                self._at(_ACCEPT_PAUSE, -1, "listen")
+                self._io.at(_ACCEPT_PAUSE, -1, "listen")
                 return
             peer = f"{addr[0]}:{addr[1]}"
             if len(self._conns) >= self.config.max_connections:
@@ -664,12 +635,12 @@ class Coordinator:
             conn = _Conn(cid, pipe, actor, peer)
             conn.tls_done = self._ctx is None
             self._conns[cid] = conn
-            self._sel.register(sock, selectors.EVENT_READ, conn)
+            self._io.watch(conn, selectors.EVENT_READ)
             if conn.tls_done:
-                self._at(self.config.hello_timeout, cid, "hello")
+                self._io.at(self.config.hello_timeout, cid, "hello")
             else:
-                self._at(self.config.client_hello_timeout, cid, "client_hello")
-                self._at(self.config.handshake_timeout, cid, "handshake")
+                self._io.at(self.config.client_hello_timeout, cid, "client_hello")
+                self._io.at(self.config.handshake_timeout, cid, "handshake")
 
     def _full_reason(self, address: str) -> str:
         config = self.config
@@ -693,8 +664,7 @@ class Coordinator:
             if conn.pipe.client_hello_waiting():
                 conn.hello_whole = True
                 if self._handshaking >= self.config.max_handshakes:
-                    self._sel.unregister(conn.pipe.sock)  # back when a place frees
-                    conn.events = 0
+                    self._io.watch(conn, 0)  # back when a place frees
                     self._queued.append(conn)
                     return
                 conn.slot = True
@@ -715,8 +685,7 @@ class Coordinator:
             conn = self._queued.popleft()
             if conn.id not in self._conns:
                 continue  # dropped meanwhile
-            self._sel.register(conn.pipe.sock, selectors.EVENT_READ, conn)
-            conn.events = selectors.EVENT_READ
+            self._io.watch(conn, selectors.EVENT_READ)
             conn.slot = conn.tls_begun = True
             self._handshaking += 1
             self._handshake(conn)
@@ -728,13 +697,13 @@ class Coordinator:
             self._close(conn, rejected=str(exc))
             return
         if conn.pipe.wants_write:
-            self._watch(conn, selectors.EVENT_READ | selectors.EVENT_WRITE)
+            self._io.watch(conn, selectors.EVENT_READ | selectors.EVENT_WRITE)
         elif done or not conn.out:
-            self._watch(conn, selectors.EVENT_READ)
+            self._io.watch(conn, selectors.EVENT_READ)
         if done:
             conn.tls_done = True
             self._release(conn)
-            self._at(self.config.hello_timeout, conn.id, "hello")
+            self._io.at(self.config.hello_timeout, conn.id, "hello")
             self._read(conn)  # the hello may have come with the last handshake flight
 
     def _service(self, conn: _Conn, mask: int) -> None:
@@ -824,17 +793,11 @@ class Coordinator:
             self._close(conn)
             return
         if out or conn.pipe.wants_write:
-            self._watch(conn, selectors.EVENT_READ | selectors.EVENT_WRITE)
+            self._io.watch(conn, selectors.EVENT_READ | selectors.EVENT_WRITE)
         elif conn.closing:
             self._close(conn)
         else:
-            self._watch(conn, selectors.EVENT_READ)
-
-    def _watch(self, conn: _Conn, events: int) -> None:
-        # Most flushes leave the events as they were: skip the selector call then.
-        if events != conn.events:
-            self._sel.modify(conn.pipe.sock, events, conn)
-            conn.events = events
+            self._io.watch(conn, selectors.EVENT_READ)
 
     def _close(self, conn: _Conn, rejected: str | None = None) -> None:
         if self._conns.pop(conn.id, None) is None:
@@ -847,9 +810,7 @@ class Coordinator:
             # Ended without an event (should not happen): record it rather than lose it.
             self._apply(self._sched.failed(conn, "connection closed", by_coordinator=isinstance(
                 conn.actor.state, TerminatedState)))
-        with contextlib.suppress(KeyError, ValueError):
-            self._sel.unregister(conn.pipe.sock)
-        conn.pipe.close()
+        self._io.close_conn(conn)
 
     def _reject_count(self, reason: str) -> None:
         self._rejected += 1
@@ -858,16 +819,12 @@ class Coordinator:
 
     # -- deadlines -----------------------------------------------------------------------
 
-    def _at(self, delay: float, cid: int, kind: str) -> None:
-        heapq.heappush(self._heap, (self.clock() + delay, next(self._seq), cid, kind))
-
     def _expire(self, now: float) -> None:
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, _, cid, kind = heapq.heappop(heap)
+        io = self._io
+        for _, _, cid, kind in io.due(now):
             if kind == "listen":
-                if self._accept_paused and self._listener is not None:
-                    self._sel.register(self._listener, selectors.EVENT_READ, None)
+                if self._accept_paused and io.listener is not None:
+                    io.selector.register(io.listener, selectors.EVENT_READ, None)
                     self._accept_paused = False
                 continue
             conn = self._conns.get(cid)
@@ -899,11 +856,7 @@ class Coordinator:
         """Close every connection and the listening socket (``run()`` does this itself)."""
         for conn in list(self._conns.values()):
             self._close(conn)
-        self._sel.close()
-        for sock in (self._listener, self._wake_r, self._wake_w):
-            if sock is not None:
-                sock.close()
-        self._listener = self._wake_r = self._wake_w = None
+        self._io.close()
 
 
 def _progress(conn: _Conn) -> tuple[float, str] | None:

@@ -30,26 +30,39 @@ address, and when a newcomer would exceed a bound it names the *oldest* connecti
 (from that address, else overall). A stranger therefore never locks a worker out: a
 connection is dropped only after that many others arrived behind it, and a worker finishes
 its handshake in a round trip or two.
+
+:class:`Server` is the skeleton the coordinator and the relay share around their policies:
+one ``selectors`` selector, the listening socket (registered with data None), a wake-up
+socket pair (data :data:`WAKE`) that another thread writes to, and a heap of per-connection
+deadlines ``(when, seq, id, kind)`` whose stale entries the owner skips. A connection it
+watches is any object with ``events`` (what the selector watches, 0: unregistered) and
+``pipe``; it is registered with itself as the selector's data.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
+import selectors
 import socket
 from collections import OrderedDict
-from collections.abc import Hashable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Hashable, Iterator
+from typing import Final, Generic, Protocol, TypeVar
 
 from OpenSSL import SSL
 
 from mu.errors import TransportError
 
-__all__ = ["Admission", "Pipe"]
+__all__ = ["WAKE", "Admission", "Pipe", "Server", "listen"]
 
 K = TypeVar("K", bound=Hashable)
 
 _READ_SIZE = 65536  # bytes per read; more than a TLS record's 16 KiB of plaintext
 _RECORD_MAX = 5 + 16384 + 256  # a TLS record's header and its largest body
+
+WAKE: Final = "wake"
+"""The selector data of :class:`Server`'s wake-up socket."""
 
 
 class Pipe:
@@ -247,3 +260,125 @@ class Admission(Generic[K]):
         del same[key]
         if not same:
             del self._by_address[address]
+
+
+def listen(host: str, port: int, backlog: int, buffer: int | None = None) -> socket.socket:
+    """A listening TCP socket on ``host:port``; ``buffer``: the kernel's send and receive
+    buffers of every connection accepted (set before listening, so that they inherit it and
+    the TCP window scale fits it).
+
+    Raises:
+        OSError: it cannot be bound (the socket is closed).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Watched(Protocol):
+    """A connection :class:`Server` watches: its pipe and the events registered for it."""
+
+    events: int
+    pipe: Pipe
+
+
+class Server:
+    """A one-thread server's selector, listener, wake-up pair and deadlines (see the module
+    doc); the owner decides what its connections and deadlines mean.
+
+    Args:
+        clock: monotonic time source (deadlines are ``clock() + delay``).
+    """
+
+    __slots__ = ("_seq", "_wake_r", "_wake_w", "clock", "heap", "listener", "selector")
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.selector = selectors.DefaultSelector()
+        self.listener: socket.socket | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self.heap: list[tuple[float, int, int, str]] = []
+        self._seq = itertools.count()
+
+    def open(self, listener: socket.socket) -> tuple[str, int]:
+        """Serve ``listener`` (made non-blocking) and make the wake-up pair; return the
+        bound (host, port)."""
+        listener.setblocking(False)
+        self.listener = listener
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self.selector.register(listener, selectors.EVENT_READ, None)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, WAKE)
+        host, port = listener.getsockname()[:2]
+        return str(host), int(port)
+
+    def wake(self) -> None:
+        """Make the selector report :data:`WAKE` (from any thread). If the loop is gone or
+        the pair is full, it wakes anyway."""
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"!")
+
+    def drain_wake(self) -> None:
+        """Read what :meth:`wake` wrote (the selector reported :data:`WAKE`)."""
+        assert self._wake_r is not None
+        with contextlib.suppress(BlockingIOError):
+            self._wake_r.recv(4096)
+
+    def watch(self, conn: Watched, events: int) -> None:
+        """Have the selector watch ``conn`` for ``events`` (0: not at all)."""
+        # Most calls leave the events as they were: no selector call then.
+        if events == conn.events:
+            return
+        sock = conn.pipe.sock
+        if conn.events and events:
+            self.selector.modify(sock, events, conn)
+        elif events:
+            self.selector.register(sock, events, conn)
+        else:
+            self.selector.unregister(sock)
+        conn.events = events
+
+    def close_conn(self, conn: Watched) -> None:
+        """Stop watching ``conn`` and close its pipe."""
+        if conn.events:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(conn.pipe.sock)
+        conn.pipe.close()
+
+    def at(self, delay: float, cid: int, kind: str) -> None:
+        """A ``kind`` deadline for connection ``cid``, ``delay`` seconds from now."""
+        heapq.heappush(self.heap, (self.clock() + delay, next(self._seq), cid, kind))
+
+    def earliest(self, wake_at: float | None) -> float | None:
+        """The earlier of ``wake_at`` and the next deadline (None: neither)."""
+        heap = self.heap
+        if heap and (wake_at is None or heap[0][0] < wake_at):
+            return heap[0][0]
+        return wake_at
+
+    def due(self, now: float) -> Iterator[tuple[float, int, int, str]]:
+        """Take the deadlines reached at ``now`` off the heap, earliest first (deadlines
+        added meanwhile are taken too once due)."""
+        heap = self.heap
+        while heap and heap[0][0] <= now:
+            yield heapq.heappop(heap)
+
+    def close(self) -> None:
+        """Close the selector, the listener and the wake-up pair (the owner closes its
+        connections first)."""
+        self.selector.close()
+        for sock in (self.listener, self._wake_r, self._wake_w):
+            if sock is not None:
+                sock.close()
+        self.listener = self._wake_r = self._wake_w = None

@@ -4,7 +4,9 @@ Theory of operation
 -------------------
 :class:`Relay` listens beside the coordinator (or alone, as ``mu relay``) and owns the
 sockets, TLS, the selector and the clock; :class:`~mu.relay_core.RelayCore` decides
-everything else (pairing, holding, bounds, hello deadline). Each turn of the loop:
+everything else (pairing, holding, bounds, hello deadline). The selector, listener, wake-up
+pair and deadline heap are a :class:`mu.net.Server`, as the coordinator's. Each turn of the
+loop:
 
 1. **Accept** a batch of connections. Each gets a :class:`~mu.net.Pipe`, the coordinator's
    non-blocking pyOpenSSL adapter (mutual TLS against the run's CA with
@@ -37,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import heapq
 import itertools
 import logging
 import selectors
@@ -52,7 +53,7 @@ from typing import Final
 from OpenSSL import SSL
 
 from mu.errors import ConfigError, TransportError
-from mu.net import Admission, Pipe
+from mu.net import WAKE, Admission, Pipe, Server, listen
 from mu.relay_core import (
     DEFAULT_RELAY_PORT,
     Action,
@@ -76,31 +77,20 @@ LINGER: Final = 5.0
 _ACCEPT_BATCH: Final = 256
 _READS: Final = 4  # reads per readiness of a connection at most
 _SEND_MAX: Final = 65536  # what one pyOpenSSL send takes at most (mu.net.Pipe)
-_WAKE: Final = "wake"
 
 
 def _listen(host: str, port: int, buffer: int | None = None) -> socket.socket:
-    """A listening socket on ``host:port``; ``buffer``: the kernel's send and receive
-    buffers of every connection accepted (set before listening, so that they inherit it and
-    the TCP window scale fits it).
+    """A listening socket on ``host:port`` (:func:`mu.net.listen`).
 
     Raises:
         ConfigError: it cannot be bound (the message names the address and why).
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if buffer:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
-        sock.bind((host, port))
-        sock.listen(4096)
+        return listen(host, port, 4096, buffer)
     except OSError as exc:
-        sock.close()
         raise ConfigError(
             f"the relay cannot listen on {host}:{port}: {exc.strerror or exc}"
         ) from exc
-    return sock
 
 
 def check_port(host: str, port: int) -> str | None:
@@ -127,7 +117,7 @@ class _Conn:
         self.paused = False
         self.closing = False  # ended by the relay: its last frame goes out, then it closes
         self.draining = False  # that frame is out: read and discard until the peer closes
-        self.events = selectors.EVENT_READ
+        self.events = 0  # what the selector watches for (mu.net.Server.watch)
 
 
 class Relay:
@@ -165,14 +155,9 @@ class Relay:
             from mu.tls import server_context
 
             self._ctx = server_context(keys)
-        self._sel = selectors.DefaultSelector()
-        self._listener: socket.socket | None = None
-        self._wake_r: socket.socket | None = None
-        self._wake_w: socket.socket | None = None
+        self._io = Server(clock)
         self._bound: tuple[str, int] | None = None
         self._conns: dict[int, _Conn] = {}
-        self._heap: list[tuple[float, int, int, str]] = []
-        self._seq = itertools.count()
         self._ids = itertools.count()
         self._drops: dict[str, int] = {}
         # Connections whose TLS handshake has not finished (mu.net.Admission, as the
@@ -207,15 +192,7 @@ class Relay:
         """
         if self._thread is not None:
             return
-        sock = _listen(self.host, self.port, self.limits.socket_buffer)
-        sock.setblocking(False)
-        self._listener = sock
-        host, port = sock.getsockname()[:2]
-        self._bound = (str(host), int(port))
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._sel.register(sock, selectors.EVENT_READ, None)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        self._bound = self._io.open(_listen(self.host, self.port, self.limits.socket_buffer))
         self._thread = threading.Thread(target=self._serve, name="mu-relay", daemon=True)
         self._thread.start()
 
@@ -224,9 +201,7 @@ class Relay:
         if self._stopped:
             return
         self._stopping = True
-        if self._wake_w is not None:
-            with contextlib.suppress(OSError):
-                self._wake_w.send(b"!")
+        self._io.wake()
         if self._thread is not None:
             self._thread.join()
         self._stopped = True
@@ -292,13 +267,12 @@ class Relay:
             log.exception("the relay stopped")
 
     def _loop(self) -> None:
-        select = self._sel.select
+        io = self._io
+        select = io.selector.select
         core = self._core
         while not self._stopping:
             timeout = 1.0
-            wake_at = core.wake_at
-            if self._heap and (wake_at is None or self._heap[0][0] < wake_at):
-                wake_at = self._heap[0][0]
+            wake_at = io.earliest(core.wake_at)
             if wake_at is not None:
                 timeout = max(0.0, min(timeout, wake_at - self.clock()))
             ready = select(timeout)
@@ -307,9 +281,8 @@ class Relay:
                     data = key.data
                     if data is None:
                         self._accept()
-                    elif data is _WAKE:
-                        with contextlib.suppress(BlockingIOError):
-                            key.fileobj.recv(4096)  # type: ignore[union-attr]
+                    elif data is WAKE:
+                        io.drain_wake()
                     else:
                         self._service(data, mask)
                 now = self.clock()
@@ -318,10 +291,11 @@ class Relay:
                 self._changed.notify_all()
 
     def _accept(self) -> None:
-        assert self._listener is not None
+        listener = self._io.listener
+        assert listener is not None
         for _ in range(_ACCEPT_BATCH):
             try:
-                sock, addr = self._listener.accept()
+                sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # out of descriptors: the rest wait in the backlog
@@ -344,11 +318,11 @@ class Relay:
                     self._count("evicted")
                     self._drop(self._conns[old])
             self._conns[cid] = conn
-            self._sel.register(sock, selectors.EVENT_READ, conn)
+            self._io.watch(conn, selectors.EVENT_READ)
             if conn.tls_done:
                 self._apply(self._core.connected(cid, self.clock()))
             else:
-                self._at(self.limits.handshake_timeout, cid, "handshake")
+                self._io.at(self.limits.handshake_timeout, cid, "handshake")
 
     def _service(self, conn: _Conn, mask: int) -> None:
         if conn.id not in self._conns:
@@ -378,9 +352,9 @@ class Relay:
             self._apply(self._core.connected(conn.id, self.clock()))
             self._read(conn)  # the hello may have come with the last flight
         elif conn.pipe.wants_write:
-            self._watch(conn, selectors.EVENT_READ | selectors.EVENT_WRITE)
+            self._io.watch(conn, selectors.EVENT_READ | selectors.EVENT_WRITE)
         else:
-            self._watch(conn, selectors.EVENT_READ)
+            self._io.watch(conn, selectors.EVENT_READ)
 
     def _read(self, conn: _Conn) -> None:
         # A few reads per wake-up (a TLS read gives one 16 KiB record): fewer turns of the
@@ -431,7 +405,7 @@ class Relay:
             conn.draining = True
             with contextlib.suppress(OSError):
                 pipe.sock.shutdown(socket.SHUT_WR)
-            self._watch(conn, selectors.EVENT_READ)
+            self._io.watch(conn, selectors.EVENT_READ)
         else:
             self._update(conn)
 
@@ -472,7 +446,7 @@ class Relay:
                     continue
                 log.info("relay: ending %s: %s", conn.pipe.peer, action.reason)
                 conn.out.append(action.farewell)
-                self._at(LINGER, conn.id, "linger")
+                self._io.at(LINGER, conn.id, "linger")
                 flush.append(conn)
         for conn in flush:
             if conn.id in self._conns:
@@ -484,40 +458,20 @@ class Relay:
             events |= selectors.EVENT_READ
         if conn.out or conn.pipe.wants_write:
             events |= selectors.EVENT_WRITE
-        self._watch(conn, events)
-
-    def _watch(self, conn: _Conn, events: int) -> None:
-        if events == conn.events:
-            return
-        sock = conn.pipe.sock
-        if conn.events and events:
-            self._sel.modify(sock, events, conn)
-        elif events:
-            self._sel.register(sock, events, conn)
-        else:
-            self._sel.unregister(sock)
-        conn.events = events
+        self._io.watch(conn, events)
 
     def _drop(self, conn: _Conn) -> None:
         """Close ``conn`` (the core has forgotten it, or never knew it)."""
         if self._conns.pop(conn.id, None) is None:
             return
         self._admission.forget(conn.id)
-        if conn.events:
-            with contextlib.suppress(KeyError, ValueError):
-                self._sel.unregister(conn.pipe.sock)
-        conn.pipe.close()
+        self._io.close_conn(conn)
 
     def _count(self, kind: str) -> None:
         self._drops[kind] = self._drops.get(kind, 0) + 1
 
-    def _at(self, delay: float, cid: int, kind: str) -> None:
-        heapq.heappush(self._heap, (self.clock() + delay, next(self._seq), cid, kind))
-
     def _expire(self, now: float) -> None:
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, _, cid, kind = heapq.heappop(heap)
+        for _, _, cid, kind in self._io.due(now):
             conn = self._conns.get(cid)
             if conn is None:
                 continue
@@ -530,8 +484,4 @@ class Relay:
     def _close_all(self) -> None:
         for conn in list(self._conns.values()):
             self._drop(conn)
-        self._sel.close()
-        for sock in (self._listener, self._wake_r, self._wake_w):
-            if sock is not None:
-                sock.close()
-        self._listener = self._wake_r = self._wake_w = None
+        self._io.close()
