@@ -1,7 +1,8 @@
 # mu: two commands on a fresh machine.
 #   make demo   frames to Y4M to a VP9 video locally (emulator + moto S3 + static binaries)
 #   make test   lint, type-check and run the whole test suite
-# Both create .venv, install the project and build the static png2y4m binary when needed.
+# Both create .venv, install the project and build the static binaries (png2y4m, denoise,
+# vpxenc) when needed.
 # Missing system packages (C compiler, libpng/zlib static libraries, valgrind) are installed
 # with apt-get when running as root; otherwise the command to run is printed.
 
@@ -43,6 +44,7 @@ venv: $(STAMP)
 
 binary: sysdeps
 	$(MAKE) -C function/png2y4m
+	$(MAKE) -C function/denoise
 	$(MAKE) -C function/vpxenc
 
 lint: $(STAMP)
@@ -70,5 +72,6 @@ coverage: $(STAMP)
 
 clean:
 	$(MAKE) -C function/png2y4m clean
+	$(MAKE) -C function/denoise clean
 	$(MAKE) -C function/vpxenc clean
 	rm -rf .tox build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-out

@@ -32,7 +32,10 @@ if TYPE_CHECKING:
     from mu.runopts import Job, RunResult
     from mu.states import MachineState
 
-__all__ = ["build_parser", "lambdaize_parser", "main", "parse_lambdaize_args", "parse_png2y4m", "run_job"]
+__all__ = [
+    "add_relay_arguments", "build_parser", "lambdaize_parser", "main", "parse_lambdaize_args",
+    "parse_png2y4m", "run_job",
+]
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -588,6 +591,8 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
         speculate=args.speculate, max_handshakes=args.max_handshakes, resume=args.resume,
         faults=args.faults, actors=args.actors, tls=not args.no_tls,
         dry_run=args.dry_run, estimate_from=args.estimate_from, price_file=args.price_file,
+        # only jobs that call add_relay_arguments have the flag
+        relay_port=vars(args).get("relay_port", RunOptions.relay_port),
         keys=KeyOptions(
             ca_cert=args.ca_cert, server_cert=args.server_cert, server_key=args.server_key,
             worker_cert=args.worker_cert, worker_key=args.worker_key,
@@ -979,6 +984,92 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return run_demo(args.out, site)
     finally:
         site.close()
+
+
+def add_relay_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--relay-port`` for a job whose workers talk through the relay (``needs_relay``);
+    :func:`_run_options` puts it into :attr:`mu.options.RunOptions.relay_port`."""
+    from mu.options import RunOptions
+
+    default = RunOptions.relay_port
+    parser.add_argument(
+        "--relay-port", type=int, default=default, metavar="N",
+        help=f"the relay beside the coordinator listens on this port ({default}; 0 picks "
+        "a free one); the workers get its address in their payload",
+    )
+
+
+@subcommand
+def _register_relay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from mu.relay_core import DEFAULT_RELAY_PORT
+
+    p = sub.add_parser(
+        "relay",
+        help="run the worker-to-worker relay on its own (jobs driven by hand)",
+        description="Pair workers that dial in and say HELLO_STATE:<run>:<me>:<partner>: "
+        "each frame a worker sends goes to the connection whose <me> is its <partner> in "
+        "the same run; frames for a partner not connected are held for 600 s. Clients "
+        "must present a certificate from the CA (-c) unless --no-tls. Prints `mu relay: "
+        "listening on HOST:PORT` once it accepts, serves until Ctrl-C or SIGTERM, then "
+        "prints its statistics.",
+    )
+    p.add_argument("-c", "--ca-cert", metavar="FILE", help="CA certificate (env CA_CERT)")
+    p.add_argument("-s", "--server-cert", metavar="FILE",
+                   help="the relay's certificate, signed by the CA (env SRV_CERT)")
+    p.add_argument("-k", "--server-key", metavar="FILE", help="its key (env SRV_KEY)")
+    p.add_argument("--no-tls", action="store_true",
+                   help="plain TCP: anyone who can reach the port can pair (debugging only)")
+    p.add_argument("--token", default=None,
+                   help="accept only hellos whose <run> is this run token (default: any)")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (127.0.0.1)")
+    p.add_argument("--port", default=str(DEFAULT_RELAY_PORT), metavar="N",
+                   help=f"listen port ({DEFAULT_RELAY_PORT}; 0 picks a free one)")
+    p.set_defaults(func=_cmd_relay)
+
+
+def _cmd_relay(args: argparse.Namespace) -> int:
+    import os
+
+    from mu.relay import Relay
+
+    try:
+        port = int(args.port)
+    except ValueError:
+        raise ConfigError(f"--port {args.port!r} is not a number") from None
+    files = {
+        "-c/CA_CERT": args.ca_cert or os.environ.get("CA_CERT"),
+        "-s/SRV_CERT": args.server_cert or os.environ.get("SRV_CERT"),
+        "-k/SRV_KEY": args.server_key or os.environ.get("SRV_KEY"),
+    }
+    keys = None
+    if args.no_tls:
+        if args.ca_cert or args.server_cert or args.server_key:
+            raise ConfigError("--no-tls and -c/-s/-k exclude each other")
+    else:
+        missing = [name for name, value in files.items() if not value]
+        if missing:
+            raise ConfigError(f"the relay needs its keys: give {', '.join(missing)} (the "
+                              "run's CA and a certificate it signed, e.g. from `mu genkeys`), "
+                              "or --no-tls")
+        from mu.tls import KeySet
+
+        ca, cert, key = files.values()
+        assert ca and cert and key
+        keys = KeySet.load(ca, cert, key)
+    relay = Relay(keys, args.token, args.host, port)
+    relay.start()
+    try:
+        host, bound = relay.address
+        print(f"mu relay: listening on {host}:{bound}", flush=True)
+        relay.wait_stopped()
+    except (KeyboardInterrupt, Terminated):
+        pass
+    finally:
+        relay.stop()
+    if relay.error is not None:
+        raise MuError(f"the relay stopped: {relay.error}")
+    print(f"mu relay: {relay.stats().line()}", flush=True)
+    return 0
 
 
 @subcommand

@@ -33,6 +33,7 @@ from pathlib import Path
 from mu.config import DEFAULT_PORT, RunConfig
 from mu.errors import ConfigError
 from mu.faults import FaultSpec
+from mu.relay_core import DEFAULT_RELAY_PORT
 
 __all__ = [
     "DEFAULT_BINARY",
@@ -111,6 +112,7 @@ class RunOptions:
     dry_run: bool = False  # preflight, plan and estimate; launch nothing
     estimate_from: str | None = None  # a run record whose durations the estimate uses
     price_file: str | None = None  # None: the table in the package (mu/prices.json)
+    relay_port: int = DEFAULT_RELAY_PORT  # the relay beside the coordinator; 0: any
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,12 @@ user asked for into :mod:`mu.options` and builds a :class:`~mu.launch.Site`; the
    problem means exit status 2 and nothing launched.
 6. **Run**: a :class:`~mu.coordinator.Coordinator` launches the workers through the site's
    launcher and drives each through the job's states (:func:`execute`: the live view, the
-   run record ``-O``, profiling ``-P`` and the final report).
+   run record ``-O``, profiling ``-P`` and the final report). A job whose workers talk to
+   each other (``needs_relay = True``) gets a :class:`~mu.relay.Relay` beside the
+   coordinator: same listen host and keys, the coordinator's token as its run token,
+   ``--relay-port``, its ``host:port`` in the payload field ``relay``; a port it cannot
+   bind is a preflight problem; it stops after the run and its statistics are printed in
+   one line and kept in :attr:`RunResult.relay`.
 7. **Outputs**: the job downloads what was produced, whatever happened to the rest.
 
 A job is anything with the members of :class:`Job` (:class:`mu.apps.png2y4m_run.Png2Y4MJob`,
@@ -52,6 +57,7 @@ REPORT_WAIT = 5.0
 if TYPE_CHECKING:  # the coordinator and TLS (pyOpenSSL) load only when a run starts
     from mu.coordinator import Coordinator
     from mu.coordinator import RunResult as CoordinatorResult
+    from mu.relay_core import RelayStats
     from mu.states import MachineState
     from mu.tls import KeySet
 
@@ -117,12 +123,15 @@ class RunResult:
         run: the coordinator's account of the run (None: nothing was launched).
         outputs: the files downloaded.
         problems: what preflight found (then nothing was launched).
+        relay: the statistics of the relay beside the coordinator (a job that
+            ``needs_relay``), taken when it stopped after the run; else None.
     """
 
     exit_status: int
     run: CoordinatorResult | None = None
     outputs: tuple[str, ...] = ()
     problems: tuple[str, ...] = ()
+    relay: RelayStats | None = None
 
 
 def load_keys(options: RunOptions, environ: Mapping[str, str] = os.environ) -> KeySet | None:
@@ -260,14 +269,32 @@ def run(job: Job, options: RunOptions, site: Site, out: TextIO | None = None) ->
         payload_fields={"bucket": job.bucket, "region": region},
         host_addr=host_addr,
     )
+    relay = None
+    if getattr(job, "needs_relay", False):
+        from mu.relay import Relay
+
+        relay = Relay(coordinator.keys if config.tls else None, coordinator.token, config.host,
+                      options.relay_port)
+        try:
+            relay.start()
+        except ConfigError as exc:  # taken since the preflight looked
+            return _report([str(exc)], out)
+        coordinator.payload_fields["relay"] = f"{host_addr or config.host}:{relay.address[1]}"
     started_ms = int(time.time() * 1000) - 60_000  # log clocks may differ a little
-    result = execute(coordinator, options, out,
-                     bill=lambda r: _bill(r, job, options, site, started_ms, out))
+    try:
+        result = execute(coordinator, options, out,
+                         bill=lambda r: _bill(r, job, options, site, started_ms, out))
+    finally:
+        if relay is not None:
+            relay.stop()
+    relay_stats = relay.stats() if relay is not None else None
+    if relay_stats is not None:
+        print(f"mu: relay: {relay_stats.line()}", file=out)
     duplicated = site.duplicated()
     if duplicated:
         print(f"mu: fault: {duplicated} Event invocation(s) were delivered twice", file=out)
     outputs = job.download_outputs(s3, actors, out)
-    return RunResult(result.exit_status, run=result, outputs=tuple(outputs))
+    return RunResult(result.exit_status, run=result, outputs=tuple(outputs), relay=relay_stats)
 
 
 def _prepare(
@@ -310,6 +337,13 @@ def preflight(
         keys = load_keys(options)
     except ConfigError as exc:
         problems.append(str(exc))
+    if getattr(job, "needs_relay", False):  # its workers talk through the relay
+        from mu.relay import check_port
+
+        host = options.host or (site.listen_host if site is not None else "127.0.0.1")
+        taken = check_port(host, options.relay_port)
+        if taken:
+            problems.append(taken)
     if s3 is None or site is None:
         return problems, keys  # nothing below can be checked without them
     try:

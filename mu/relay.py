@@ -1,0 +1,477 @@
+"""The relay's socket pump: one thread, one ``selectors`` loop, around :mod:`mu.relay_core`.
+
+Theory of operation
+-------------------
+:class:`Relay` listens beside the coordinator (or alone, as ``mu relay``) and owns the
+sockets, TLS, the selector and the clock; :class:`~mu.relay_core.RelayCore` decides
+everything else (pairing, holding, bounds, hello deadline). Each turn of the loop:
+
+1. **Accept** a batch of connections. Each gets a :class:`~mu.net.Pipe`, the coordinator's
+   non-blocking pyOpenSSL adapter (mutual TLS against the run's CA with
+   :func:`mu.tls.server_context`, or plain TCP without keys), and a handshake deadline.
+   Over :attr:`~mu.relay_core.RelayLimits.max_connections` a newcomer is closed at once.
+2. **Handshake** until the pipe says it is done; then the core hears ``connected`` and its
+   hello deadline starts.
+3. **Read** what the socket has (one read per readiness; the selector is level-triggered)
+   and hand it to the core; apply its actions: :class:`~mu.relay_core.Deliver` queues bytes
+   for a connection and writes what its socket takes now, :class:`~mu.relay_core.Pause` /
+   :class:`~mu.relay_core.Resume` take a sender's read interest away and back,
+   :class:`~mu.relay_core.Close` writes the connection's last frame and closes it once that
+   is out (or after :data:`LINGER` seconds).
+4. **Write** queued bytes where the socket is writable, telling the core how many went
+   (``written``), which may resume paused senders.
+5. **Time**: the core's ``tick`` and the pump's handshake and linger deadlines.
+
+A connection that fails (reset, TLS error) ends that connection only. :meth:`Relay.stats`
+merges the core's counts with the pump's own drops (``tls_failed``,
+``handshake_timeout``, ``over_max_connections``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import heapq
+import itertools
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Final
+
+from OpenSSL import SSL
+
+from mu.errors import ConfigError, TransportError
+from mu.net import Pipe
+from mu.relay_core import (
+    DEFAULT_RELAY_PORT,
+    Action,
+    Close,
+    Deliver,
+    Pause,
+    RelayCore,
+    RelayLimits,
+    RelayStats,
+    Resume,
+)
+from mu.tls import KeySet
+
+__all__ = ["DEFAULT_RELAY_PORT", "LINGER", "Relay", "RelayLimits", "RelayStats", "check_port"]
+
+log = logging.getLogger(__name__)
+
+LINGER: Final = 5.0
+"""Seconds a connection the relay ends may take to receive its last frame."""
+
+_ACCEPT_BATCH: Final = 256
+_SEND_MAX: Final = 65536  # what one pyOpenSSL send takes at most (mu.net.Pipe)
+_WAKE: Final = "wake"
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``.
+
+    Raises:
+        ConfigError: it cannot be bound (the message names the address and why).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(4096)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"the relay cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from exc
+    return sock
+
+
+def check_port(host: str, port: int) -> str | None:
+    """Why the relay could not listen on ``host:port`` now (None: it could)."""
+    try:
+        _listen(host, port).close()
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+class _Conn:
+    """One connection: its pipe, its queued output and what the selector watches."""
+
+    __slots__ = ("closing", "events", "id", "offset", "out", "paused", "pipe", "tls_done")
+
+    def __init__(self, cid: int, pipe: Pipe, tls_done: bool) -> None:
+        self.id = cid
+        self.pipe = pipe
+        self.tls_done = tls_done
+        self.out: deque[bytes] = deque()
+        self.offset = 0  # bytes of out[0] already sent
+        self.paused = False
+        self.closing = False
+        self.events = selectors.EVENT_READ
+
+
+class Relay:
+    """The relay server (see the module docstring).
+
+    Args:
+        keys: the run's keys (server side: its certificate; clients must present a
+            certificate from its CA); None: plain TCP (a ``--no-tls`` run).
+        token: the run token every hello must carry; None: any ``<run>`` (standalone).
+        host: the address to listen on.
+        port: the port (0: a free one).
+        limits: the bounds (default :class:`~mu.relay_core.RelayLimits`).
+        clock: monotonic time source.
+    """
+
+    def __init__(
+        self,
+        keys: KeySet | None,
+        token: str | None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        limits: RelayLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"relay port {port} is not between 0 and 65535")
+        self.host = host
+        self.port = port
+        self.limits = limits or RelayLimits()
+        self.clock = clock
+        self._core = RelayCore(token, self.limits)
+        self._ctx: SSL.Context | None = None
+        if keys is not None:
+            from mu.tls import server_context
+
+            self._ctx = server_context(keys)
+        self._sel = selectors.DefaultSelector()
+        self._listener: socket.socket | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._bound: tuple[str, int] | None = None
+        self._conns: dict[int, _Conn] = {}
+        self._heap: list[tuple[float, int, int, str]] = []
+        self._seq = itertools.count()
+        self._ids = itertools.count()
+        self._drops: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified after each turn
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._stopped = False
+        self._error: BaseException | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port).
+
+        Raises:
+            RuntimeError: the relay was not started.
+        """
+        if self._bound is None:
+            raise RuntimeError("the relay is not started")
+        return self._bound
+
+    def start(self) -> None:
+        """Bind and listen, then serve in a daemon thread.
+
+        Raises:
+            ConfigError: the address cannot be bound (the message names it and why).
+        """
+        if self._thread is not None:
+            return
+        sock = _listen(self.host, self.port)
+        sock.setblocking(False)
+        self._listener = sock
+        host, port = sock.getsockname()[:2]
+        self._bound = (str(host), int(port))
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._sel.register(sock, selectors.EVENT_READ, None)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        self._thread = threading.Thread(target=self._serve, name="mu-relay", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Close every connection and the listener; join the thread. Idempotent."""
+        if self._stopped:
+            return
+        self._stopping = True
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"!")
+        if self._thread is not None:
+            self._thread.join()
+        self._stopped = True
+        self._close_all()
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Wait until the loop has ended (:meth:`stop` from another thread, or a bug: see
+        :attr:`error`); True if it has. Signals interrupt the wait in the main thread."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def __enter__(self) -> Relay:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def stats(self) -> RelayStats:
+        """The core's counts, with the pump's drops among the refusals."""
+        with self._lock:
+            return self._stats()
+
+    def wait_stats(self, predicate: Callable[[RelayStats], bool],
+                   timeout: float) -> RelayStats:
+        """Wait until ``predicate(stats)`` holds (checked after each turn of the loop).
+
+        Raises:
+            TimeoutError: it did not within ``timeout`` seconds (the message shows the
+                last statistics).
+        """
+        with self._changed:
+            if self._changed.wait_for(lambda: predicate(self._stats()), timeout):
+                return self._stats()
+            raise TimeoutError(f"relay statistics not as awaited within {timeout:g} s: "
+                               f"{self._stats()}")
+
+    def _stats(self) -> RelayStats:
+        core = self._core.stats()
+        drops = dict(self._drops)
+        reasons = dict(core.reasons)
+        for kind, n in drops.items():
+            reasons[kind] = reasons.get(kind, 0) + n
+        return dataclasses.replace(core, refused=core.refused + sum(drops.values()),
+                                   connections=len(self._conns),
+                                   reasons=tuple(sorted(reasons.items())))
+
+    @property
+    def error(self) -> BaseException | None:
+        """What ended the loop, if it was not :meth:`stop` (a bug)."""
+        return self._error
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug: keep it for the owner, end the relay
+            self._error = exc
+            log.exception("the relay stopped")
+
+    def _loop(self) -> None:
+        select = self._sel.select
+        core = self._core
+        while not self._stopping:
+            timeout = 1.0
+            wake_at = core.wake_at
+            if self._heap and (wake_at is None or self._heap[0][0] < wake_at):
+                wake_at = self._heap[0][0]
+            if wake_at is not None:
+                timeout = max(0.0, min(timeout, wake_at - self.clock()))
+            ready = select(timeout)
+            with self._lock:
+                for key, mask in ready:
+                    data = key.data
+                    if data is None:
+                        self._accept()
+                    elif data is _WAKE:
+                        with contextlib.suppress(BlockingIOError):
+                            key.fileobj.recv(4096)  # type: ignore[union-attr]
+                    else:
+                        self._service(data, mask)
+                now = self.clock()
+                self._apply(core.tick(now))
+                self._expire(now)
+                self._changed.notify_all()
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of descriptors: the rest wait in the backlog
+                self._count("accept_errors")
+                log.warning("relay: accept failed: %s", exc)
+                return
+            if len(self._conns) >= self.limits.max_connections:
+                self._count("over_max_connections")
+                sock.close()
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            cid = next(self._ids)
+            conn = _Conn(cid, Pipe(sock, self._ctx, f"{addr[0]}:{addr[1]}"), self._ctx is None)
+            self._conns[cid] = conn
+            self._sel.register(sock, selectors.EVENT_READ, conn)
+            if conn.tls_done:
+                self._apply(self._core.connected(cid, self.clock()))
+            else:
+                self._at(self.limits.handshake_timeout, cid, "handshake")
+
+    def _service(self, conn: _Conn, mask: int) -> None:
+        if conn.id not in self._conns:
+            return
+        if not conn.tls_done:
+            self._handshake(conn)
+            return
+        if mask & selectors.EVENT_READ and not conn.paused and not conn.closing:
+            self._read(conn)
+        if conn.id in self._conns and conn.out:
+            self._flush(conn)
+
+    def _handshake(self, conn: _Conn) -> None:
+        try:
+            done = conn.pipe.handshake()
+        except TransportError as exc:
+            self._count("tls_failed")
+            log.info("relay: %s", exc)
+            self._drop(conn)
+            return
+        if done:
+            conn.tls_done = True
+            self._apply(self._core.connected(conn.id, self.clock()))
+            self._read(conn)  # the hello may have come with the last flight
+        elif conn.pipe.wants_write:
+            self._watch(conn, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        else:
+            self._watch(conn, selectors.EVENT_READ)
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.pipe.receive()
+        except TransportError as exc:
+            self._apply(self._core.closed(conn.id, str(exc)))
+            self._drop(conn)
+            return
+        if data is None:
+            self._update(conn)
+            return
+        self._apply(self._core.received(conn.id, data, self.clock()))
+
+    def _flush(self, conn: _Conn) -> None:
+        out = conn.out
+        pipe = conn.pipe
+        total = 0
+        try:
+            while out:
+                head = out[0]
+                view = memoryview(head)[conn.offset:conn.offset + _SEND_MAX]
+                sent = pipe.send(view)
+                if not sent:
+                    break
+                total += sent
+                conn.offset += sent
+                if conn.offset == len(head):
+                    out.popleft()
+                    conn.offset = 0
+        except TransportError as exc:
+            if not conn.closing:
+                self._apply(self._core.closed(conn.id, str(exc)))
+            self._drop(conn)
+            return
+        if total and not conn.closing:
+            self._apply(self._core.written(conn.id, total))
+        if conn.id not in self._conns:
+            return
+        if conn.closing and not out:
+            self._drop(conn)
+        else:
+            self._update(conn)
+
+    def _apply(self, actions: Sequence[Action]) -> None:
+        for action in actions:
+            conn = self._conns.get(action.cid)
+            if conn is None:
+                continue
+            if isinstance(action, Deliver):
+                conn.out.append(action.data)
+                if len(conn.out) == 1:
+                    self._flush(conn)
+            elif isinstance(action, Pause):
+                conn.paused = True
+                self._update(conn)
+            elif isinstance(action, Resume):
+                conn.paused = False
+                self._update(conn)
+            elif isinstance(action, Close):
+                conn.closing = True
+                if not action.farewell:  # the peer has gone
+                    self._drop(conn)
+                    continue
+                log.info("relay: ending %s: %s", conn.pipe.peer, action.reason)
+                conn.out.append(action.farewell)
+                self._at(LINGER, conn.id, "linger")
+                self._flush(conn)
+
+    def _update(self, conn: _Conn) -> None:
+        events = 0
+        if not conn.paused and not conn.closing:
+            events |= selectors.EVENT_READ
+        if conn.out or conn.pipe.wants_write:
+            events |= selectors.EVENT_WRITE
+        self._watch(conn, events)
+
+    def _watch(self, conn: _Conn, events: int) -> None:
+        if events == conn.events:
+            return
+        sock = conn.pipe.sock
+        if conn.events and events:
+            self._sel.modify(sock, events, conn)
+        elif events:
+            self._sel.register(sock, events, conn)
+        else:
+            self._sel.unregister(sock)
+        conn.events = events
+
+    def _drop(self, conn: _Conn) -> None:
+        """Close ``conn`` (the core has forgotten it, or never knew it)."""
+        if self._conns.pop(conn.id, None) is None:
+            return
+        if conn.events:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(conn.pipe.sock)
+        conn.pipe.close()
+
+    def _count(self, kind: str) -> None:
+        self._drops[kind] = self._drops.get(kind, 0) + 1
+
+    def _at(self, delay: float, cid: int, kind: str) -> None:
+        heapq.heappush(self._heap, (self.clock() + delay, next(self._seq), cid, kind))
+
+    def _expire(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, cid, kind = heapq.heappop(heap)
+            conn = self._conns.get(cid)
+            if conn is None:
+                continue
+            if kind == "handshake" and not conn.tls_done:
+                self._count("handshake_timeout")
+                self._drop(conn)
+            elif kind == "linger":
+                self._drop(conn)
+
+    def _close_all(self) -> None:
+        for conn in list(self._conns.values()):
+            self._drop(conn)
+        self._sel.close()
+        for sock in (self._listener, self._wake_r, self._wake_w):
+            if sock is not None:
+                sock.close()
+        self._listener = self._wake_r = self._wake_w = None
