@@ -63,6 +63,7 @@ from typing import Any
 
 from mu.apps.encode import _failure
 from mu.apps.png2y4m import FinalState, Png2Y4MConfig, UploadState
+from mu.denoise import MAX_RADIUS
 from mu.errors import ConfigError
 from mu.states import (
     CommandListState,
@@ -93,9 +94,6 @@ __all__ = [
     "links",
     "plan_chunk",
 ]
-
-MAX_RADIUS = 3
-"""The largest radius whose weights the issue fixes (1 6 15 20 15 6 1)."""
 
 DEFAULT_HALO_TIMEOUT = 30.0
 """Seconds a worker waits for a halo before it takes the recovery path."""

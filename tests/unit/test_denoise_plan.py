@@ -69,8 +69,8 @@ def test_a_run_over_part_of_the_video_has_neighbours_beyond_it() -> None:
 
 @pytest.mark.parametrize(("frames", "radius", "message"), [
     (2, 3, "--radius 3 is more than -f 2 frames per chunk"),
-    (6, 4, "--radius 4 is outside 0..3"),
-    (6, -1, "--radius -1 is outside 0..3"),
+    (6, 5, "--radius 5 is outside 0..4"),
+    (6, -1, "--radius -1 is outside 0..4"),
 ])
 def test_bad_radius_is_refused_with_one_clear_line(frames: int, radius: int, message: str
                                                    ) -> None:
