@@ -289,13 +289,18 @@ EXPECT: Final[dict[str, str | None]] = {
     "echo": "OK:ECHO",
     "connect": "OK:CONNECT",
     "close_connect": "OK:CLOSE_CONNECT",
+    "link": "OK:LINK",
+    "send": "OK:SEND",
+    "recv": "OK:REC",
+    "close_link": "OK:CLOSE_LINK",
     "quit": None,
     "fault": None,
 }
 """Command name -> prefix of the response that completes it (``None``: no response).
 
 The prefixes cover both blocking and nonblock answers: ``OK:RETRIEV`` matches ``OK:RETRIEVE(``
-and ``OK:RETRIEVING(``; ``OK:R`` matches ``OK:RETVAL(`` and ``OK:RUNNING(``.
+and ``OK:RETRIEVING(``; ``OK:R`` matches ``OK:RETVAL(`` and ``OK:RUNNING(``; ``OK:SEND`` matches
+``OK:SEND(`` and ``OK:SENDING(``; ``OK:REC`` matches ``OK:RECV(`` and ``OK:RECEIVING(``.
 """
 
 

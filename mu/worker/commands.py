@@ -16,8 +16,14 @@ the worker's ``send`` function. The table and its exact responses::
     run:[cmd]            OK:RETVAL(n):OUTPUT(...):COMMAND(...)   for every exit status n
                          FAIL(run: cannot start ...)              the shell could not start
     echo:x               OK:ECHO(x)
-    connect:h:p:first    OK:CONNECT(h:p)
+    connect:h:p:first    OK:CONNECT(h:p:first)
     close_connect:       OK:CLOSE_CONNECT
+    link:NAME:me:partner             OK:LINK(NAME)     (the payload's relay)
+    link:NAME:h:p:me:partner         OK:LINK(NAME)     (the relay at h:p)
+    send:NAME:path                   OK:SEND(NAME:size:sha256)
+    recv:NAME:path                   OK:RECV(NAME:size:sha256)
+                                     FAIL(recv NAME: no file within 30 s)
+    close_link:NAME                  OK:CLOSE_LINK(NAME)
     quit:                (no response; the session closes)
     fault:plan           (no response) arms a rehearsal fault, only in a run with faults
                          (payload ``faults``: 1); see :mod:`mu.faults`
@@ -25,6 +31,14 @@ the worker's ``send`` function. The table and its exact responses::
 
 While a peer link is open, frames from the peer arrive as ``INFO:peer:<text>`` and its end
 as ``INFO:peer_closed:host:port`` (asynchronous: they never answer a command).
+
+Named links go through the relay (:class:`mu.worker.peer.Links`, which documents the framing
+and the threads): ``link`` dials it and says ``HELLO_STATE:<token>:<me>:<partner>``; ``send``
+sends a file (its path confined like ``upload``'s); ``recv`` moves the next file that arrived
+on the link to its path (confined like ``retrieve``'s), waiting at most ``recv_timeout``
+seconds (a value; default the session's idle timeout). A file's arrival is told once as
+``INFO:file:NAME:size:sha256`` and a link's end as ``INFO:link_closed:NAME:reason``. A link
+name that is not open answers ``FAIL(<command>: no link named NAME)``.
 
 A command whose arguments are malformed answers ``FAIL(<name>: <what was wrong>)``; the worker
 keeps serving after every FAIL.
@@ -46,8 +60,9 @@ function's own directory (read only). Anything else answers
 ``FAIL(retrieve: targfile '../x' resolves to /tmp/x, outside the worker's private directory
 ...)`` and transfers nothing (:func:`confined_path`).
 
-Nonblock: when ``nonblock`` is 1, ``retrieve``, ``upload`` and ``run`` first answer
-``OK:RETRIEVING(bucket/key)``, ``OK:UPLOADING(bucket/key)`` or ``OK:RUNNING(cmd)`` (unless
+Nonblock: when ``nonblock`` is 1, ``retrieve``, ``upload``, ``run``, ``send`` and ``recv``
+first answer ``OK:RETRIEVING(bucket/key)``, ``OK:UPLOADING(bucket/key)``, ``OK:RUNNING(cmd)``,
+``OK:SENDING(NAME)`` or ``OK:RECEIVING(NAME)`` (unless
 ``bg_silent`` is 1), then do the work in a background job and send the same final response as
 in blocking mode when it ends. The arguments of a job are fixed when the command arrives, so
 later ``set`` commands do not change a running job.
@@ -71,6 +86,7 @@ from typing import Any, Final
 from mu.faults import Fault
 from mu.protocol import Retval
 from mu.worker.jobs import JobSet
+from mu.worker.peer import LinkError, Links
 from mu.worker.s3 import S3, TransferError
 
 __all__ = [
@@ -130,6 +146,7 @@ class Worker:
         jobs: the background jobs and subprocesses of this invocation.
         s3: the invocation's S3 client holder.
         connect_peer: opens a peer link ``(host, port, first)``; ``None`` disables ``connect``.
+        links: the invocation's named links; ``None`` disables ``link``/``send``/``recv``.
         run_blocking: carries out a blocking job ``(name, job)``: it must send the job's
             result before the next command is served. ``None``: run it here, in the caller.
     """
@@ -144,6 +161,7 @@ class Worker:
     connect_peer: Callable[[str, int, str], Any] | None = None
     run_blocking: Callable[[str, Callable[[], str]], None] | None = None
     peer: Any = None
+    links: Links | None = None
     commands_served: int = 0
     faults_allowed: bool = False
     fault: Fault | None = None
@@ -407,14 +425,19 @@ def _echo(worker: Worker, args: str) -> Reply:
     return Reply((f"OK:ECHO({args})",))
 
 
+def _port(name: str, text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise CommandError(f"{name}: port {text!r} is not an integer") from None
+    if not 0 < port < 65536:
+        raise CommandError(f"{name}: port {port} is out of range 1-65535")
+    return port
+
+
 def _connect(worker: Worker, args: str) -> Reply:
     host, port_text, first = _split("connect", args, 3, "connect:host:port:first")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise CommandError(f"connect: port {port_text!r} is not an integer") from None
-    if not 0 < port < 65536:
-        raise CommandError(f"connect: port {port} is out of range 1-65535")
+    port = _port("connect", port_text)
     if worker.connect_peer is None:
         raise CommandError("connect: peer links are not available in this session")
     if worker.peer is not None:
@@ -423,7 +446,7 @@ def _connect(worker: Worker, args: str) -> Reply:
         worker.peer = worker.connect_peer(host, port, first)
     except OSError as exc:
         raise CommandError(f"connect {host}:{port}: {type(exc).__name__}: {exc}") from exc
-    return Reply((f"OK:CONNECT({host}:{port})",))
+    return Reply((f"OK:CONNECT({args})",))
 
 
 def _close_connect(worker: Worker, args: str) -> Reply:
@@ -431,6 +454,84 @@ def _close_connect(worker: Worker, args: str) -> Reply:
     if peer is not None:
         peer.close()
     return Reply(("OK:CLOSE_CONNECT",))
+
+
+def _links(worker: Worker, name: str) -> Links:
+    if worker.links is None:
+        raise CommandError(f"{name}: peer links are not available in this session")
+    return worker.links
+
+
+def _link_and_path(worker: Worker, name: str, args: str) -> tuple[Links, str, str]:
+    links = _links(worker, name)
+    link, sep, path = args.partition(":")
+    if not link or not sep or not path:
+        raise CommandError(f"{name}: expected {name}:NAME:path, got {name}:{args}")
+    try:
+        links.check(name, link)
+    except LinkError as exc:
+        raise CommandError(str(exc)) from None
+    return links, link, path
+
+
+def _number(name: str, what: str, text: str) -> int:
+    if not text.isdigit() or not text.isascii():
+        raise CommandError(f"{name}: {what} {text!r} is not a decimal number")
+    return int(text)
+
+
+def _link(worker: Worker, args: str) -> Reply:
+    links = _links(worker, "link")
+    parts = args.split(":")
+    host: str | None = None
+    port = 0
+    if len(parts) == 3:
+        name, me, partner = parts
+    elif len(parts) == 5:
+        name, host, port_text, me, partner = parts
+        port = _port("link", port_text)
+    else:
+        raise CommandError(
+            f"link: expected link:NAME:me:partner or link:NAME:host:port:me:partner, "
+            f"got link:{args}"
+        )
+    try:
+        links.open(name, host, port, _number("link", "me", me), _number("link", "partner", partner))
+    except LinkError as exc:
+        raise CommandError(str(exc)) from None
+    return Reply((f"OK:LINK({name})",))
+
+
+def _send(worker: Worker, args: str) -> Reply:
+    links, name, path = _link_and_path(worker, "send", args)
+    real = confined_path("send: file", path, worker.tmpdir, (worker.cwd,))
+    return Reply(job=lambda: links.send_file(name, real), ack=f"OK:SENDING({name})")
+
+
+def _recv(worker: Worker, args: str) -> Reply:
+    links, name, path = _link_and_path(worker, "recv", args)
+    real = confined_path("recv: file", path, worker.tmpdir)
+    timeout = float(links.recv_timeout)
+    if "recv_timeout" in worker.vals:
+        text = worker.text("recv_timeout")
+        try:
+            timeout = float(text)
+        except ValueError:
+            timeout = -1.0
+        if not 0 <= timeout < float("inf"):
+            raise CommandError(f"recv: recv_timeout {text!r} is not a number of seconds >= 0")
+    return Reply(job=lambda: links.recv_file(name, real, timeout), ack=f"OK:RECEIVING({name})")
+
+
+def _close_link(worker: Worker, args: str) -> Reply:
+    links = _links(worker, "close_link")
+    if not args:
+        raise CommandError("close_link: expected close_link:NAME, got close_link:")
+    try:
+        links.close_link(args)
+    except LinkError as exc:
+        raise CommandError(str(exc)) from None
+    return Reply((f"OK:CLOSE_LINK({args})",))
 
 
 def _quit(worker: Worker, args: str) -> Reply:
@@ -464,6 +565,10 @@ COMMANDS: Final[dict[str, Handler]] = {
     "echo": _echo,
     "connect": _connect,
     "close_connect": _close_connect,
+    "link": _link,
+    "send": _send,
+    "recv": _recv,
+    "close_link": _close_link,
     "quit": _quit,
     "fault": _fault,
 }

@@ -34,10 +34,10 @@ the session serves no further command until the job's response is queued, but it
 reading the socket, so a coordinator that goes away mid-job gets the job killed at once
 instead of after it finishes.
 
-Threads: only the session's thread touches the coordinator socket. Background jobs and the
-peer reader call :meth:`Session.send`, which appends to a queue and wakes the session's
-``select()`` through a socket pair; the session thread frames and writes the queue. Writes are
-therefore serialised and responses leave in the order they were queued.
+Threads: only the session's thread touches the coordinator socket. Background jobs, the
+peer reader and the link thread call :meth:`Session.send`, which appends to a queue and wakes
+the session's ``select()`` through a socket pair; the session thread frames and writes the
+queue. Writes are therefore serialised and responses leave in the order they were queued.
 
 The private directory is ``mu-worker-<pid>-<random>`` in the temporary folder (``/tmp`` on
 Lambda). A Lambda execution environment is reused while warm, and its ``/tmp`` with it,
@@ -47,8 +47,10 @@ can own: those of a pid that no longer runs, and those of this very process that
 invocation of it uses now (:func:`sweep_stale`). Directories of live processes, and
 anything not named so or not ours, are left alone.
 
-At the end every background job is stopped (:meth:`mu.worker.jobs.JobSet.close` kills the
-process groups and joins the threads, then every process a command left, detached or not:
+At the end the named links are closed (:meth:`mu.worker.peer.Links.close`: their thread
+joined, sockets closed, spools deleted, waiting ``send``/``recv`` jobs woken), every
+background job is stopped (:meth:`mu.worker.jobs.JobSet.close` kills the process groups and
+joins the threads, then every process a command left, detached or not:
 :mod:`mu.worker.reaper`), the peer link and socket are closed, and the private directory is
 removed. The return value is a JSON-able summary dict:
 
@@ -96,7 +98,7 @@ from mu.protocol import (
 from mu.worker import reaper
 from mu.worker.commands import Worker, dispatch, initial_vals, render
 from mu.worker.jobs import JobSet
-from mu.worker.peer import PeerLink, open_link
+from mu.worker.peer import Links, PeerLink, open_link
 from mu.worker.s3 import S3
 
 __all__ = [
@@ -376,6 +378,10 @@ class Session:
             jobs=JobSet(self.send, own_process=own_process),
             s3=S3(str(event.get("region") or "")),
             connect_peer=self._connect_peer,
+            links=Links(
+                tmpdir, self.send, self.tls, self.token, str(event.get("relay") or ""),
+                recv_timeout=self.timeout, connect_timeout=CONNECT_TIMEOUT,
+            ),
             run_blocking=self._run_blocking,
             faults_allowed=bool(_int(event, "faults", 0)),
         )
@@ -605,6 +611,10 @@ class Session:
         return summary
 
     def _shutdown(self, sock: socket.socket | None) -> None:
+        # Links first: ending them wakes the send/recv jobs waiting on them, so the jobs can
+        # be joined at once.
+        if self.worker.links is not None:
+            self.worker.links.close()
         stuck = self.worker.jobs.close()
         if stuck:
             log.warning("background jobs still running at exit: %s", ", ".join(stuck))

@@ -434,7 +434,7 @@ def test_peer_link(keys: KeySet) -> None:
         thread = threading.Thread(target=lambda: accepted.append(peer_server.accept()))
         thread.start()
         assert conn.ask(f"connect:127.0.0.1:{peer_server.port}:hi peer") == (
-            f"OK:CONNECT(127.0.0.1:{peer_server.port})"
+            f"OK:CONNECT(127.0.0.1:{peer_server.port}:hi peer)"
         )
         thread.join(WAIT)
         peer = accepted[0]

@@ -110,7 +110,7 @@ def full_session(conn: Conn, keys: KeySet) -> None:
     assert answer.startswith("OK:RETVAL(0)"), answer
     peer = Peer(keys)
     try:
-        assert conn.ask(peer.command("hi")).startswith("OK:CONNECT(")
+        assert conn.ask(peer.command("hi")) == f"OK:CONNECT(127.0.0.1:{peer.server.port}:hi)"
         assert peer.first_frame() == "hi"
         assert conn.ask(f"upload:out-{uuid.uuid4().hex[:6]}\0out").startswith(
             f"OK:UPLOAD({BUCKET}/out-")
