@@ -286,6 +286,13 @@ class FilterState(CommandListState):
         return _checked(self, msg, f"filtering chunk {self.actorNum}")
 
 
+def _failed(command: str, side: str, msg: str) -> bool:
+    """Whether ``msg`` is ``command`` failing on ``side``'s link (its own failure, or the
+    link gone: ``FAIL(recv left: ...)``, ``FAIL(recv: no link named left)``)."""
+    return msg.startswith(f"FAIL({command} {side}:") or msg == (
+        f"FAIL({command}: no link named {side})")
+
+
 class SideStep(MachineState):
     """A step of one side's sub-machine; :attr:`side` says which side.
 
@@ -350,7 +357,7 @@ class GotState(SideStep, OnePassState):
         self.nextState = self.step("done")
 
     def on_fail(self, msg: str) -> StateFactory | None:
-        return self.step("fetch") if msg.startswith(f"FAIL(recv {self.side}:") else None
+        return self.step("fetch") if _failed("recv", self.side, msg) else None
 
 
 class AwaitState(SideStep, InfoWatcherState):
@@ -373,7 +380,7 @@ class AwaitState(SideStep, InfoWatcherState):
         return super().on_info(key, value)
 
     def on_fail(self, msg: str) -> StateFactory | None:
-        return self.step("fetch") if msg.startswith(f"FAIL(recv {self.side}:") else None
+        return self.step("fetch") if _failed("recv", self.side, msg) else None
 
 
 class RecvState(SideStep, CommandListState):
@@ -390,7 +397,7 @@ class RecvState(SideStep, CommandListState):
         self.nextState = self.step("await")
 
     def on_fail(self, msg: str) -> StateFactory | None:
-        return self.step("fetch") if msg.startswith(f"FAIL(recv {self.side}:") else None
+        return self.step("fetch") if _failed("recv", self.side, msg) else None
 
 
 class SendState(SideStep, CommandListState):
@@ -412,7 +419,7 @@ class SendState(SideStep, CommandListState):
     def on_fail(self, msg: str) -> StateFactory | None:
         if self.pos == 1 and msg.startswith("FAIL(link"):
             return self.step("fetch")  # no link: nothing sent; the neighbour recovers too
-        if msg.startswith(f"FAIL(send {self.side}:"):
+        if _failed("send", self.side, msg):
             return self.step("recv")  # not delivered: the neighbour recovers from S3
         return None
 
@@ -514,7 +521,7 @@ class CutState(CommandListState):
             if side.via_relay:
                 run = f"run:./denoise {side.send} {cfg.radius} -o {SENT[side.name]} {CHUNK}"
                 commands.append((None, run) if not commands else ("OK:RETVAL(0)", run))
-        timeout = f"seti:recv_timeout:{math.ceil(cfg.halo_timeout)}"
+        timeout = f"set:recv_timeout:{cfg.halo_timeout:g}"
         commands.append((None, timeout) if not commands else ("OK:RETVAL(0)", timeout))
         commands += ["seti:nonblock:1", None]
         self.commandlist = commands

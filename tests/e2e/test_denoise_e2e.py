@@ -26,7 +26,7 @@ from mu.cli import parse_denoise
 from mu.denoise import filter_video
 from mu.launch import Site
 from mu.runopts import RunResult, run
-from mu.y4m import Video, write_y4m
+from mu.y4m import Video, chroma_size, write_y4m
 
 W, H = 40, 24
 
@@ -42,7 +42,7 @@ def denoise_binary() -> Path:
 def make_video(frames: int, seed: int, chroma: str = "420") -> Video:
     """Noisy frames: a filter that mixed up frames would change them."""
     rng = np.random.default_rng(seed)
-    cw, ch = (W + 1) // 2, (H + 1) // 2 if chroma == "420" else H
+    cw, ch = chroma_size(W, H, chroma)
     video = Video(W, H, chroma=chroma)
     for _ in range(frames):
         video.frames.append((rng.integers(0, 256, (H, W), dtype=np.uint8),
@@ -144,8 +144,10 @@ def test_faults_during_the_exchange_are_recovered_byte_for_byte(
     want = expected_chunks(video, f, r, tmp_path / "want")
     assert [(tmp_path / "out" / f"{i:08d}.y4m").read_bytes() for i in range(n)] == want
     rows = [json.loads(line) for line in record.read_text().splitlines()]
-    failed = [row for row in rows if not row["ok"]]
-    assert failed, "the seed should make some attempts fail"
+    # Seed 3 crashes actor 2 twice, the second time in the middle of the exchange (after 12
+    # commands: the plans depend on the seed only); its neighbours are not stuck on it.
+    failed = [(row["actor"], row["state"]) for row in rows if not row["ok"]]
+    assert (2, "ExchangeState") in failed, failed
     assert {row["actor"] for row in rows if row["ok"]} == set(range(n))
 
 
