@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mu.apps.denoise_check import expected_chunks as reference
 from mu.apps.denoise_run import DenoiseJob
 from mu.cli import parse_denoise
-from mu.denoise import filter_video
 from mu.launch import Site
 from mu.runopts import RunResult, run
 from mu.y4m import Video, chroma_size, write_y4m
@@ -64,9 +64,8 @@ def chunk_files(video: Video, f: int, directory: Path) -> list[Path]:
 
 
 def expected_chunks(video: Video, f: int, r: int, directory: Path) -> list[bytes]:
-    """The reference over the whole video, cut into chunks as Y4M files (the binary keeps
-    the input's header line and writes bare FRAME lines, as write_y4m does)."""
-    return [p.read_bytes() for p in chunk_files(filter_video(video, r), f, directory)]
+    """The reference over the whole video, cut into chunks as the binary writes them."""
+    return [want for want, _ in reference(chunk_files(video, f, directory), r)]
 
 
 def denoise(local: Site, binary: Path, argv: list[str]) -> tuple[RunResult, str]:
