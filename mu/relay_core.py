@@ -187,6 +187,7 @@ class RelayStats:
         held: bytes held now for absent partners (with :data:`HELD_OVERHEAD` per frame).
         peak_held: the most ``held`` ever was.
         queued: bytes handed to connections and not yet written.
+        paused: connections paused now (their partner's window is full).
         peak_queued: the most ``queued`` ever was.
         expired_frames: held frames dropped after the tombstone time.
         runs: runs seen.
@@ -204,6 +205,7 @@ class RelayStats:
     held: int = 0
     peak_held: int = 0
     queued: int = 0
+    paused: int = 0
     peak_queued: int = 0
     expired_frames: int = 0
     runs: int = 0
@@ -306,6 +308,7 @@ class RelayCore:
             connections=len(self._links), paired=self._paired, hellos=self._hellos,
             refused=sum(self._reasons.values()), frames=self._frames, bytes=self._bytes,
             held=self._held, peak_held=self._peak_held, queued=self._queued,
+            paused=sum(1 for link in self._links.values() if link.paused),
             peak_queued=self._peak_queued, expired_frames=self._expired,
             runs=len(self._runs), reasons=tuple(sorted(self._reasons.items())),
         )

@@ -46,6 +46,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define HEADER_MAX 1024 /* the longest Y4M stream or frame header line accepted */
@@ -303,7 +304,8 @@ static void close_output(struct output *o) {
 
 /* out = the weighted average of in[0..2R], sample by sample. The weights are constants in
  * each case so the multiplications become shifts and adds; the sums are 16-bit lanes. */
-static void filter_frame(uint8_t *restrict out, const uint8_t *const *in, size_t n, int r) {
+__attribute__((target_clones("avx2", "default"))) static void
+filter_frame(uint8_t *restrict out, const uint8_t *const *in, size_t n, int r) {
     switch (r) {
     case 0:
         memcpy(out, in[0], n);
@@ -390,8 +392,22 @@ static void pull(struct window *w, struct source *s, int at, uint8_t *newest) {
     w->win[at] = w->pool[p];
 }
 
+static long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* --stats: one JSON line on stdout once OUT is in place. */
+static void print_stats(long frames, size_t frame_bytes, long long filter_ns, long long start) {
+    printf("{\"frames\": %ld, \"frame_bytes\": %zu, \"filter_ns\": %lld, \"total_ns\": %lld}\n",
+           frames, frame_bytes, filter_ns, now_ns() - start);
+}
+
 static void run_filter(const char *in_name, const char *prev_name, const char *next_name,
-                       int r, const char *out_name) {
+                       int r, const char *out_name, int stats) {
+    long long start = now_ns(), filter_ns = 0;
+    long frames = 0;
     struct y4m in, prev, next;
     open_y4m(&in, in_name);
     if (prev_name) {
@@ -431,7 +447,10 @@ static void run_filter(const char *in_name, const char *prev_name, const char *n
         while (w.is_input[r]) {
             const uint8_t *samples[2 * MAX_RADIUS + 1] = {NULL};
             for (int i = 0; i < w.size; i++) samples[i] = w.win[i] + FRAME_PREFIX;
+            long long t0 = now_ns();
             filter_frame(result + FRAME_PREFIX, samples, in.frame_bytes, r);
+            filter_ns += now_ns() - t0;
+            frames++;
             write_all(&out, result, FRAME_PREFIX + in.frame_bytes);
             /* Shift the window by one frame and pull the next one into its last entry. */
             uint8_t *newest = w.win[w.size - 1];
@@ -441,6 +460,7 @@ static void run_filter(const char *in_name, const char *prev_name, const char *n
         }
     }
     close_output(&out);
+    if (stats) print_stats(frames, in.frame_bytes, filter_ns, start);
     for (int i = 0; i < w.size; i++) free(w.pool[i]);
     free(result);
     fclose(in.f);
@@ -509,6 +529,8 @@ static void usage(FILE *to) {
           "  -o OUT       the Y4M to write (required); nothing is left there on an error\n"
           "  --head N     write the first N frames of IN instead of filtering\n"
           "  --tail N     write the last N frames of IN instead of filtering\n"
+          "  --stats      print a JSON line on stdout: frames, frame_bytes, and the ns spent\n"
+          "               in the filter alone (filter_ns) and in all (total_ns)\n"
           "  -h, --help   this help\n",
           to);
 }
@@ -526,10 +548,12 @@ int main(int argc, char **argv) {
     static const struct option longs[] = {{"head", required_argument, NULL, 1},
                                           {"tail", required_argument, NULL, 2},
                                           {"help", no_argument, NULL, 'h'},
+                                          {"stats", no_argument, NULL, 3},
                                           {NULL, 0, NULL, 0}};
     const char *output = NULL, *prev = NULL, *next = NULL;
     long radius = -1, count = -1;
     int mode = 0; /* 0 filter, 1 head, 2 tail */
+    int stats = 0;
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, ":r:o:p:n:h", longs, NULL)) != -1) {
@@ -544,6 +568,7 @@ int main(int argc, char **argv) {
             mode = c;
             count = parse_long(c == 1 ? "--head" : "--tail", optarg, INT_MAX);
             break;
+        case 3: stats = 1; break;
         case 'h': usage(stdout); return 0;
         case ':': fail(argv[optind - 1], "needs a value (see --help)");
         default: fail(argv[optind - 1], "unknown option (see --help)");
@@ -555,8 +580,9 @@ int main(int argc, char **argv) {
     const char *input = argv[optind];
     if (!output) fail(input, "no output file: give -o OUT");
     if (mode) {
-        if (radius >= 0 || prev || next)
-            fail(mode == 1 ? "--head" : "--tail", "cuts frames; -r, -p and -n filter (give one or the other)");
+        if (radius >= 0 || prev || next || stats)
+            fail(mode == 1 ? "--head" : "--tail",
+                 "cuts frames; -r, -p, -n and --stats filter (give one or the other)");
     } else if (radius < 0) {
         fail(input, "no radius: give -r R (0..%d)", MAX_RADIUS);
     }
@@ -564,6 +590,6 @@ int main(int argc, char **argv) {
     same_file_check(output, prev);
     same_file_check(output, next);
     if (mode) run_cut(input, count, mode == 2, output);
-    else run_filter(input, prev, next, (int)radius, output);
+    else run_filter(input, prev, next, (int)radius, output, stats);
     return 0;
 }

@@ -495,11 +495,11 @@ def _link(worker: Worker, args: str) -> Reply:
             f"link: expected link:NAME:me:partner or link:NAME:host:port:me:partner, "
             f"got link:{args}"
         )
-    try:
+    try:  # answers OK:LINK(name) itself, before any INFO about the link
         links.open(name, host, port, _number("link", "me", me), _number("link", "partner", partner))
     except LinkError as exc:
         raise CommandError(str(exc)) from None
-    return Reply((f"OK:LINK({name})",))
+    return Reply()
 
 
 def _send(worker: Worker, args: str) -> Reply:

@@ -448,7 +448,9 @@ class Links:
     # ------------------------------------------------------------------ commands
 
     def open(self, name: str, host: str | None, port: int, me: int, partner: int) -> None:
-        """Open link ``name`` to the relay (the payload's when ``host`` is ``None``).
+        """Open link ``name`` to the relay (the payload's when ``host`` is ``None``) and answer
+        ``OK:LINK(name)``: here, before the link thread sees the link, so that the answer
+        comes before any ``INFO`` about it.
 
         Raises:
             LinkError: a bad name, no relay known, a name in use, or the relay unreachable.
@@ -490,6 +492,7 @@ class Links:
             spool_dir = os.path.join(self.spool_root, str(self._seq))
             os.makedirs(spool_dir, 0o700)
             peer = f"link {name} (relay {host}:{port})"
+            self._send(f"OK:LINK({name})")
             self._links[name] = _Link(
                 name, sock, spool_dir, FrameDecoder(FILE_FRAME, peer), FileAssembler(peer)
             )
@@ -815,6 +818,9 @@ class Links:
                 link.write_wants_read = True  # wait for readability, not writability
                 return
             except OSError as exc:
+                # A relay that ends a link while we write to it has sent its reason first:
+                # read what is left, so that its FAIL frame is the reason when it arrived.
+                self._read(link)
                 self._ended(link, f"connection lost while sending: {exc.strerror or exc}")
                 return
             with self._cond:

@@ -4,6 +4,8 @@ and --tail cut exactly; bad input ends in one line on stderr, status 1 and no ou
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -131,6 +133,16 @@ def test_plain_c420_header_and_frame_parameters(denoise_binary: Path, tmp_path: 
             assert pa.tobytes() == pb.tobytes()
 
 
+def test_stats_line(denoise_binary: Path, tmp_path: Path) -> None:
+    src = small(tmp_path, "in.y4m", frames=3)
+    result = run(denoise_binary, "--stats", "-r", "2", "-o", tmp_path / "out.y4m", src)
+    assert result.returncode == 0 and result.stderr == ""
+    stats = json.loads(result.stdout)
+    assert (stats["frames"], stats["frame_bytes"]) == (3, 4 * 3 + 2 * 2 * 2)
+    assert 0 <= stats["filter_ns"] <= stats["total_ns"]
+    assert result.stdout.count("\n") == 1
+
+
 def test_help(denoise_binary: Path) -> None:
     result = run(denoise_binary, "--help")
     assert result.returncode == 0 and result.stdout.startswith("usage: denoise -r R -o OUT")
@@ -225,7 +237,7 @@ def test_bad_neighbours_and_arguments(denoise_binary: Path, tmp_path: Path) -> N
         (["-r", "-1"], "-r: '-1' is not an integer in 0..4"),
         (["-r", "x"], "-r: 'x' is not an integer in 0..4"),
         ([], f"{src}: no radius: give -r R (0..4)"),
-        (["--head", "1", "-r", "1"], "--head: cuts frames; -r, -p and -n filter"),
+        (["--head", "1", "-r", "1"], "--head: cuts frames; -r, -p, -n and --stats filter"),
         (["--head", "1", "--tail", "1"], "--tail: give --head or --tail, not both"),
         (["--bogus"], "--bogus: unknown option (see --help)"),
         (["-r", "1", "-p", tmp_path / "missing.y4m"], f"{tmp_path / 'missing.y4m'}: cannot open"),
@@ -246,3 +258,36 @@ def test_bad_neighbours_and_arguments(denoise_binary: Path, tmp_path: Path) -> N
             result.stderr
         )
     assert src.read_bytes() == small(tmp_path, "again.y4m").read_bytes()
+
+
+def test_docs_block_runs_from_the_checkout(
+    denoise_binary: Path, png2y4m_binary: Path, tmp_path: Path
+) -> None:
+    """docs/denoise.md's commands, run as a user runs them in the checkout (a directory with
+    the checkout's function/ and .venv, so nothing is written into the real one): three
+    chunks filtered with their neighbours' frames are the clip filtered in one piece."""
+    text = (ROOT / "docs" / "denoise.md").read_text()
+    blocks = re.findall(r"^```sh[ \t]*\n(.*?)^```", text, re.M | re.S)
+    assert len(blocks) == 1
+    for name in ("function", ".venv"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    env = {
+        "PATH": f"{ROOT / '.venv' / 'bin'}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+    }
+    done = subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", blocks[0]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    clip = read_y4m(tmp_path / "clip.y4m")
+    whole = read_y4m(tmp_path / "clip-tf2.y4m")
+    assert len(whole.frames) == 12
+    expected = filter_frames(clip.frames, 2)
+    for got, want in zip(whole.frames, expected, strict=True):
+        assert all(a.tobytes() == b.tobytes() for a, b in zip(got, want, strict=True))

@@ -177,3 +177,27 @@ def test_sanitized_valid_runs(asan_binary: Path, tmp_path: Path) -> None:
             )
             assert result.returncode == 0, result.stderr
             assert len(read_y4m(tmp_path / "c.y4m").frames) == count
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_valgrind_clean(cases: list[Case], tmp_path: Path) -> None:
+    """The plain -O2 build (no sanitizer) under valgrind: a filter with both neighbours, a
+    tail cut, and the first damaged inputs of the corpus."""
+    subprocess.run(["make", "-s", "-C", str(BUILD), "denoise-debug"], check=True)
+    seeds = seed_videos(tmp_path)
+    a, p, n = (str(s) for s in seeds[:3])
+    runs = [
+        ["-r", "2", "-p", p, "-n", n, "-o", str(tmp_path / "a.y4m"), a],
+        ["--tail", "2", "-o", str(tmp_path / "b.y4m"), str(seeds[0])],
+        *([*c.argv, "-o", str(tmp_path / "c.y4m"), str(c.input)] for c in cases[:4]),
+    ]
+    valgrind = ["valgrind", "--error-exitcode=99", "--leak-check=full"]
+    valgrind += ["--errors-for-leak-kinds=definite", "-q", str(BUILD / "denoise-debug")]
+    for argv in runs:
+        result = subprocess.run(
+            [*valgrind, *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode in (0, 1), (argv, result.stderr)

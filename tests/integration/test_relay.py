@@ -378,3 +378,108 @@ def test_a_relay_port_that_cannot_be_bound_is_a_preflight_problem(tmp_path: Path
     assert result.problems == (
         f"the relay cannot listen on 127.0.0.1:{port}: Address already in use",)
     assert "nothing was launched" in out.getvalue()
+
+
+# -- hostile and slow peers ------------------------------------------------------------------
+
+
+def test_a_peer_that_never_says_hello_is_dropped_with_a_reason(
+        keys: KeySet, peers: list[Peer]) -> None:
+    with Relay(keys, TOKEN, limits=RelayLimits(hello_timeout=0.3)) as relay:
+        silent = Peer(relay.address, client_context(keys))
+        peers.append(silent)
+        assert silent.recv() == b"FAIL(relay: no hello within 0.3 s)"
+        assert silent.recv() is None
+    assert dict(relay.stats().reasons) == {"no_hello": 1}
+
+
+def test_a_peer_that_never_finishes_tls_is_dropped(keys: KeySet) -> None:
+    relay = Relay(keys, TOKEN, limits=RelayLimits(handshake_timeout=0.3))
+    with relay, socket.create_connection(relay.address, timeout=WAIT) as raw:
+        raw.sendall(b"\x16\x03\x01")  # the start of a TLS record, and nothing more
+        assert raw.recv(100) == b""
+    assert dict(relay.stats().reasons) == {"handshake_timeout": 1}
+
+
+def test_a_malformed_hello_is_refused_with_a_reason(keys: KeySet, peers: list[Peer]) -> None:
+    with Relay(keys, TOKEN) as relay:
+        peer = Peer(relay.address, client_context(keys))
+        peers.append(peer)
+        peer.send(b"HELLO_STATE:" + TOKEN.encode() + b":one:2")
+        assert peer.recv() == (b"FAIL(relay: malformed hello 'HELLO_STATE:the-run-token:one:2': "
+                               b"expected HELLO_STATE:<run>:<me>:<partner> with decimal <me> "
+                               b"and <partner>)")
+        assert peer.recv() is None
+
+
+def test_an_oversized_frame_ends_that_connection_only(keys: KeySet, peers: list[Peer]) -> None:
+    ctx = client_context(keys)
+    with Relay(keys, TOKEN, limits=RelayLimits(max_frame=1000)) as relay:
+        a, b = join(peers, relay, ctx, 0, 1), join(peers, relay, ctx, 1, 0)
+        c, d = join(peers, relay, ctx, 2, 3), join(peers, relay, ctx, 3, 2)
+        a.send(b"fine")
+        a.sock.sendall(b"%012d " % 1001)
+        assert a.recv() == b"FAIL(relay: frame length 1001 exceeds maximum 1000 from connection 0)"
+        assert a.recv() is None
+        assert b.recv() == b"fine"
+        c.send(b"x" * 1000)
+        assert d.recv() == b"x" * 1000
+
+
+def test_a_second_connection_with_the_same_me_is_refused(
+        keys: KeySet, peers: list[Peer]) -> None:
+    ctx = client_context(keys)
+    with Relay(keys, TOKEN) as relay:
+        join(peers, relay, ctx, 4, 5)
+        twin = join(peers, relay, ctx, 4, 5)
+        assert twin.recv() == b"FAIL(relay: <me> 4 is already connected in this run)"
+
+
+def test_held_bytes_over_the_bound_end_the_sender_with_a_clear_error(
+        keys: KeySet, peers: list[Peer]) -> None:
+    ctx = client_context(keys)
+    limits = RelayLimits(held_per_partner=100_000)
+    with Relay(keys, TOKEN, limits=limits) as relay:
+        sender = join(peers, relay, ctx, 0, 1)
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            for _ in range(3):
+                sender.send(b"h" * 40_000)
+        assert sender.recv() == (b"FAIL(relay: held bytes for <me> 1 would be 120231, over "
+                                 b"the limit 100000 (<me> 1 is not connected))")
+        assert sender.recv() is None
+        stats = relay.stats()
+        assert stats.held == stats.peak_held == 2 * (40_000 + 13 + 64)
+        late = join(peers, relay, ctx, 1, 0)
+        assert late.recv() == late.recv() == b"h" * 40_000
+
+
+def test_a_slow_reader_pauses_its_sender_and_stalls_no_other_pair(
+        keys: KeySet, peers: list[Peer]) -> None:
+    ctx = client_context(keys)
+    frame, count = 64 * 1024, 200
+    limits = RelayLimits(window=256 * 1024)
+    with Relay(keys, TOKEN, limits=limits) as relay:
+        writer, sleeper = join(peers, relay, ctx, 0, 1), join(peers, relay, ctx, 1, 0)
+        c, d = join(peers, relay, ctx, 2, 3), join(peers, relay, ctx, 3, 2)
+        payloads = [bytes([i % 256]) * frame for i in range(count)]
+
+        def write_all() -> None:
+            for payload in payloads:
+                writer.send(payload)
+
+        sent = threading.Thread(target=write_all, daemon=True)
+        sent.start()
+        # The sleeper reads nothing: once the socket buffers towards it are full, the
+        # relay's queue for it passes the window and the writer is no longer read.
+        relay.wait_stats(lambda s: s.paused == 1, WAIT)
+        for i in range(20):  # another pair goes on meanwhile
+            c.send(b"%d" % i)
+            assert d.recv() == b"%d" % i
+        assert relay.stats().paused == 1
+        assert [sleeper.recv() for _ in range(count)] == payloads
+        sent.join(WAIT)
+        assert not sent.is_alive()
+    stats = relay.stats()
+    # the window, plus what one read (64 KiB) completed after it filled, plus a frame
+    assert stats.peak_queued <= limits.window + 65536 + 2 * (frame + 13)
+    assert stats.peak_held == 0 and stats.paused == 0

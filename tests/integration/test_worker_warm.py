@@ -18,6 +18,7 @@ detached process reports its pid through a FIFO.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -36,6 +37,7 @@ import boto3
 import pytest
 
 from emulator.s3 import S3Server
+from mu.relay import Relay
 from mu.tls import KeySet
 from mu.worker.session import TMP_PREFIX, sweep_stale
 from tests.worker_helpers import WAIT, Conn, ScriptedCoordinator, event_for, server_context
@@ -102,8 +104,17 @@ class Peer:
         self.server.close()
 
 
+@pytest.fixture(scope="module")
+def relay(keys: KeySet) -> Iterator[str]:
+    """The run's relay (``host:port``), for the payload's ``relay`` field."""
+    with Relay(keys, "t0k3n") as server:  # event_for's token
+        host, port = server.address
+        yield f"{host}:{port}"
+
+
 def full_session(conn: Conn, keys: KeySet) -> None:
-    """Transfers both ways, a command that leaves a detached process, a peer link left open."""
+    """Transfers both ways, a command that leaves a detached process, a peer link left open,
+    named links through the relay with a file left unreceived."""
     assert conn.ask("retrieve:in\0data") == f"OK:RETRIEVE({BUCKET}/in)"
     answer = conn.ask("run:cat ##TMPDIR##/data > ##TMPDIR##/out; "
                       "(setsid sleep 300 >/dev/null 2>&1 &)")
@@ -114,6 +125,16 @@ def full_session(conn: Conn, keys: KeySet) -> None:
         assert peer.first_frame() == "hi"
         assert conn.ask(f"upload:out-{uuid.uuid4().hex[:6]}\0out").startswith(
             f"OK:UPLOAD({BUCKET}/out-")
+        # named links: this worker at both ends of one pairing (<me> 1 and 2)
+        assert conn.ask("link:a:1:2") == "OK:LINK(a)"
+        assert conn.ask("link:b:2:1") == "OK:LINK(b)"
+        size, digest = len(b"frame data\n"), hashlib.sha256(b"frame data\n").hexdigest()
+        for path in ("out", "got"):  # the second one arrives and is never received
+            conn.send(f"send:a:{path}")
+            assert sorted([conn.recv(), conn.recv()]) == [
+                f"INFO:file:b:{size}:{digest}", f"OK:SEND(a:{size}:{digest})"]
+            if path == "out":
+                assert conn.ask("recv:b:got") == f"OK:RECV(b:{size}:{digest})"
         conn.send("quit:")
         conn.recv_eof()
     finally:
@@ -126,7 +147,9 @@ def killed_mid_job(conn: Conn, keys: KeySet, fifo: Path) -> int:
     peer = Peer(keys)
     try:
         assert conn.ask(peer.command("x")).startswith("OK:CONNECT(")
+        assert conn.ask("link:c:3:4") == "OK:LINK(c)"
         assert conn.ask("seti:nonblock:1") == "OK:SETI(nonblock)"
+        assert conn.ask("recv:c:x") == "OK:RECEIVING(c)"  # still waiting when the end comes
         reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
         try:
             body = f"echo $$ > {fifo}; exec sleep 300"
@@ -224,7 +247,7 @@ def non_sockets(fds: dict[str, str]) -> dict[str, str]:
 
 
 def test_three_invocations_on_one_warm_environment(
-    keys: KeySet, s3_server: S3Server, bucket: Any, tmp_path: Path
+    keys: KeySet, s3_server: S3Server, bucket: Any, relay: str, tmp_path: Path
 ) -> None:
     env = lambda_env(s3_server, tmp_path / "tmp")
     fifo = tmp_path / "pid"
@@ -239,7 +262,8 @@ def test_three_invocations_on_one_warm_environment(
         init = harness.report()
         for session in ("full", "killed", "short"):
             with ScriptedCoordinator(server_context(keys)) as coord:
-                event = event_for(keys, coord.port, bucket=BUCKET, region="us-east-1")
+                event = event_for(keys, coord.port, bucket=BUCKET, region="us-east-1",
+                                  relay=relay)
                 harness.invoke(event)
                 conn = coord.accept()
                 assert conn.recv() == f"OK:HELLO:{event['token']}"
@@ -356,7 +380,7 @@ def held_by(pid: int, tmp: Path) -> dict[str, Any]:
 
 
 def test_awslambdaric_runs_the_handler_warm(
-    keys: KeySet, s3_server: S3Server, bucket: Any, tmp_path: Path
+    keys: KeySet, s3_server: S3Server, bucket: Any, relay: str, tmp_path: Path
 ) -> None:
     pytest.importorskip("awslambdaric")
     env = lambda_env(s3_server, tmp_path / "tmp")
@@ -373,7 +397,8 @@ def test_awslambdaric_runs_the_handler_warm(
         assert api.waiting.wait(WAIT), "the runtime did not ask for an invocation"
         for session in ("full", "killed", "short"):
             with ScriptedCoordinator(server_context(keys)) as coord:
-                event = event_for(keys, coord.port, bucket=BUCKET, region="us-east-1")
+                event = event_for(keys, coord.port, bucket=BUCKET, region="us-east-1",
+                                  relay=relay)
                 request_id = str(uuid.uuid4())
                 api.events.put((request_id, json.dumps(event).encode()))
                 conn = coord.accept()

@@ -409,6 +409,7 @@ class RelayMachine(RuleBasedStateMachine):
             if paused:
                 assert partner is not None
                 assert self.queued[partner] > LIMITS.window // 2
+        assert self.core.stats().paused == len(self.paused)
 
 
 RelayMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40)
