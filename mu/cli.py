@@ -1049,11 +1049,13 @@ def run_job(
 def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the whole flow locally, frames to Y4M to a VP9 video, and verify it",
+        help="run the whole flow locally, frames to Y4M, denoised, to a VP9 video, and verify it",
         description="Make 24 frames of 1280x720 16-bit content, convert them with 4 workers "
         "x 6 frames on the local backend (embedded emulator and S3), download the Y4M "
-        "chunks, verify them against the Python reference, encode them to VP9 with 4 "
-        "workers into demo.ivf, check it with vpxdec, and draw the timeline.",
+        "chunks, verify them against the Python reference, denoise them with 4 workers "
+        "trading edge frames through the relay and check the result against the one-piece "
+        "reference, encode them to VP9 with 4 workers into demo.ivf, check it with vpxdec, "
+        "and draw the timelines.",
     )
     p.add_argument("--out", default="demo-out", help="output directory (default ./demo-out)")
     p.set_defaults(func=_cmd_demo)
