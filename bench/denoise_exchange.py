@@ -9,7 +9,8 @@ copies) for comparison, both after a first radius-0 run that uploads the chunks 
 the execution environments up. Reported: for each run the coordinator's wall time; for the
 radius-R run, each worker's time in the exchange (from entering ``ExchangeState`` to
 entering ``FilterState``: links, sends, waits, receives) as a share of the run's wall
-time (median and worst), and the wall time the exchange run took beyond the radius-0 run.
+time (median and worst), split per side into opening the link and sending, and receiving
+(which includes waiting for a neighbour that started later), and the wall time the exchange run took beyond the radius-0 run.
 The relay's statistics are kept too. Prints one JSON object, then a summary line.
 
 Usage: python bench/denoise_exchange.py [--workers 16] [--f 4] [--size 1920x1080]
@@ -70,6 +71,19 @@ def exchange_seconds(timestamps: list[tuple[float, str]]) -> float:
     return stop - start
 
 
+def side_seconds(timestamps: list[tuple[float, str]], first: str, then: tuple[str, ...]
+                 ) -> list[float]:
+    """For each side, the time from entering its ``first`` state to entering the first of
+    its ``then`` states (e.g. ``Send`` to ``Recv``: opening the link and sending)."""
+    spans = []
+    for side in ("Left", "Right"):
+        start = next((t for t, n in timestamps if n == f"{side}{first}State"), None)
+        stop = next((t for t, n in timestamps if n in {f"{side}{x}State" for x in then}), None)
+        if start is not None and stop is not None:
+            spans.append(stop - start)
+    return spans
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=16)
@@ -94,6 +108,10 @@ def main() -> int:
     wall = halos.run.wall
     spent = [exchange_seconds(list(a.timestamps)) for a in halos.run.actors]
     shares = [s / wall for s in spent]
+    sending = [x for a in halos.run.actors for x in side_seconds(list(a.timestamps), "Send",
+                                                                 ("Recv", "Fetch"))]
+    waiting = [x for a in halos.run.actors for x in side_seconds(list(a.timestamps), "Recv",
+                                                                 ("Done", "Fetch"))]
     stats = halos.relay
     row = {
         "workers": args.workers, "frames_per_worker": args.f, "size": args.size,
@@ -101,6 +119,9 @@ def main() -> int:
         "run_s": round(wall, 3), "run_radius0_s": round(plain.run.wall, 3),
         "exchange_s": {"median": round(statistics.median(spent), 3),
                        "max": round(max(spent), 3)},
+        "per_side_s": {"link_and_send_median": round(statistics.median(sending), 3),
+                       "recv_median": round(statistics.median(waiting), 3),
+                       "recv_max": round(max(waiting), 3)},
         "exchange_share_of_run": {"median": round(statistics.median(shares), 3),
                                   "max": round(max(shares), 3)},
         "added_over_radius0_s": round(wall - plain.run.wall, 3),
