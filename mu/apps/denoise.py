@@ -417,7 +417,7 @@ class SendState(SideStep, CommandListState):
         self.nextState = self.step("recv")
 
     def on_fail(self, msg: str) -> StateFactory | None:
-        if self.pos == 1 and msg.startswith("FAIL(link"):
+        if self.expecting() == f"OK:LINK({self.side})" and msg.startswith("FAIL(link:"):
             return self.step("fetch")  # no link: nothing sent; the neighbour recovers too
         if _failed("send", self.side, msg):
             return self.step("recv")  # not delivered: the neighbour recovers from S3
@@ -471,7 +471,10 @@ class ExchangeState(SuperpositionState):
 
     Beyond :class:`~mu.states.SuperpositionState`'s routing: ``INFO:file:<side>:...`` goes
     to that side's sub-machine, and a ``FAIL`` a side survives (:meth:`SideStep.on_fail`)
-    moves that side on instead of failing the machine.
+    moves that side on instead of failing the machine (the ``FAIL`` is kept in
+    ``info["halo_failure_<side>"]``). ``link`` answers at once, in the order the links were
+    asked for, so a ``FAIL(link: ...)`` belongs to the first side still waiting for its
+    ``OK:LINK``.
     """
 
     extra = "(trading halos)"
