@@ -227,7 +227,8 @@ class DenoiseConfig(Png2Y4MConfig):
                 f"chunk's halo of {self.radius} frames must come from its neighbour alone "
                 f"(use -f >= {self.radius} or a smaller --radius)")
         if not (math.isfinite(self.halo_timeout) and 0 < self.halo_timeout <= 900):
-            raise ConfigError(f"--halo-timeout {self.halo_timeout:g} is outside 0..900 s")
+            raise ConfigError(f"--halo-timeout {self.halo_timeout:g}: give more than 0 and at most "
+                              "900 seconds")
 
     @property
     def input_prefix(self) -> str:

@@ -78,6 +78,12 @@ def test_bad_radius_is_refused_with_one_clear_line(frames: int, radius: int, mes
         DenoiseConfig(video="v", bucket="b", frames=frames, radius=radius)
 
 
+@pytest.mark.parametrize("timeout", [0.0, -1.0, 901.0, float("nan"), float("inf")])
+def test_bad_halo_timeout_is_refused(timeout: float) -> None:
+    with pytest.raises(ConfigError, match=r"--halo-timeout .*: give more than 0 and at most 900"):
+        DenoiseConfig(video="v", bucket="b", frames=4, radius=1, halo_timeout=timeout)
+
+
 def test_keys() -> None:
     cfg = DenoiseConfig(video="clip", bucket="b", frames=6, radius=2)
     assert cfg.chunk_input_key(3) == "clip-y4m_06/00000003.y4m"
