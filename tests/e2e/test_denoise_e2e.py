@@ -150,6 +150,27 @@ def test_faults_during_the_exchange_are_recovered_byte_for_byte(
     assert {row["actor"] for row in rows if row["ok"]} == set(range(n))
 
 
+def test_preflight_names_missing_chunks_and_missing_neighbours(
+    local: Site, s3: Any, denoise_binary: Path, tmp_path: Path
+) -> None:
+    paths = chunk_files(make_video(6, seed=2), 2, tmp_path / "in")
+    s3.create_bucket(Bucket="dn-gaps")
+    for chunk in (0, 2):  # the video's chunk 1 is missing, and it ends after chunk 2
+        s3.upload_file(str(paths[chunk]), "dn-gaps", f"gap-y4m_02/{chunk:08d}.y4m")
+    argv = ["-f", "2", "--radius", "1", "-v", "gap", "-b", "dn-gaps"]
+    done, report = denoise(local, denoise_binary, ["-n", "4", *argv])
+    assert done.exit_status == 2 and done.run is None, report
+    assert ("2 of the 4 input chunks are missing from s3://dn-gaps/gap-y4m_02/ (make them "
+            "with `mu png2y4m -f 2`): gap-y4m_02/00000001.y4m, gap-y4m_02/00000003.y4m") \
+        in report
+    done, report = denoise(local, denoise_binary, ["-N", "0,2", *argv])
+    assert done.exit_status == 2 and done.run is None, report
+    assert "chunk 1, a neighbour of chunk 0 whose halo it needs, is missing from " \
+        "s3://dn-gaps/gap-y4m_02/00000001.y4m" in report
+    assert "chunk 1, a neighbour of chunk 2 whose halo it needs" in report
+    assert "nothing was launched" in report
+
+
 def test_radius_above_frames_is_refused_before_launch(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "mu.cli", "denoise", "-n", "2", "-f", "2", "--radius", "3",
