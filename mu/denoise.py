@@ -78,11 +78,11 @@ def filter_frames(
             different plane shapes.
     """
     w = weights(r)
-    if not frames:
-        return []
     for name, given in (("prev", prev), ("next", next)):
         if given is not None and len(given) < r:
             raise DenoiseError(f"{name} holds {len(given)} frames, radius {r} needs {r}")
+    if not frames:
+        return []
     before = list(prev[len(prev) - r :]) if prev is not None and r else []
     after = list(next[:r]) if next is not None else []
     if prev is None:

@@ -32,16 +32,26 @@ event                                      actions it may return
                                            expire
 =========================================  ==================================================
 
-Memory is bounded in two ways. Frames for a *live* partner are handed to the pump at once
-(:class:`Deliver`); the pump reports with :meth:`RelayCore.written` what its socket took, and
-while more than :attr:`RelayLimits.window` bytes wait for one connection, every sender to it
-is paused (:class:`Pause`: the pump stops reading it, so TCP pushes back on that sender
-alone; a slow reader stalls nobody else). Frames for an *absent* partner are held here, and
-held bytes are bounded per partner, per run and in all; each held frame is charged
-:data:`HELD_OVERHEAD` bytes beyond its length, so a flood of empty frames is bounded too.
-A frame that would exceed a bound ends its sender: ``FAIL(relay: ...)`` naming the bound and
-the value. Before its hello a connection may send at most :attr:`RelayLimits.max_hello`
-bytes, after it frames of at most :attr:`RelayLimits.max_frame`.
+Frames are cut through: the core reads each frame's 13-byte header itself, and when the
+partner is live the frame's bytes go to it as they arrive (:class:`Deliver` of whatever part
+came), so no frame is ever assembled for a live partner and a connection costs at most one
+read and its partner's window, whatever the frame size. A frame whose partner is *absent*
+when its header arrives is assembled and held whole; its whole announced size is charged at
+the header, so a bound is checked before any of it is kept. Two consequences: a frame that
+has begun towards a connection that goes away is lost with it (as what was queued for it),
+its remainder dropped; and a sender that goes away inside a frame it was cutting through
+ends its partner's connection too, which holds a part of a frame and cannot go on (counted
+as ``truncated``).
+
+Memory is bounded in two ways. For a *live* partner the pump reports with
+:meth:`RelayCore.written` what its socket took, and while more than
+:attr:`RelayLimits.window` bytes wait for one connection, every sender to it is paused
+(:class:`Pause`: the pump stops reading it, so TCP pushes back on that sender alone; a slow
+reader stalls nobody else). Frames for an *absent* partner are held here, bounded per
+partner, per run and in all; each held frame is charged :data:`HELD_OVERHEAD` bytes beyond
+its length, so a flood of empty frames is bounded too. A frame that would exceed a bound
+ends its sender: ``FAIL(relay: ...)`` naming the bound and the value. A hello may be at
+most :attr:`RelayLimits.max_hello` bytes, any later frame :attr:`RelayLimits.max_frame`.
 
 Everything is keyed by the connection id the pump chose; the clock is a parameter. Nothing
 here raises for anything a peer sends: bad input closes that connection only.
@@ -55,8 +65,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
-from mu.errors import RemoteProtocolError
-from mu.protocol import NEED_DATA, FrameDecoder, Sentinel, encode_frame, encode_text
+from mu.errors import FrameTooLarge
+from mu.protocol import DIGITS, HEADER_LEN, encode_text
 
 __all__ = [
     "DEFAULT_RELAY_PORT",
@@ -193,7 +203,7 @@ class RelayStats:
         runs: runs seen.
         reasons: relay-ended connections by kind: ``malformed_hello``, ``wrong_token``,
             ``duplicate_me``, ``no_hello``, ``protocol_error`` (framing, a frame over the
-            size limit), ``held_limit``.
+            size limit), ``held_limit``, ``truncated`` (its partner left inside a frame).
     """
 
     connections: int = 0
@@ -221,18 +231,28 @@ class RelayStats:
 
 
 class _Link:
-    """One connection as the core sees it."""
+    """One connection as the core sees it, and where the frame it is sending goes."""
 
-    __slots__ = ("cid", "decoder", "key", "partner", "paused", "queued", "run")
+    __slots__ = ("building", "cid", "closed", "cost", "dest", "gate", "header", "key",
+                 "partner", "paused", "pending", "queued", "remaining", "run")
 
-    def __init__(self, cid: int, max_hello: int) -> None:
+    def __init__(self, cid: int) -> None:
         self.cid = cid
-        self.decoder = FrameDecoder(max_hello, peer=f"connection {cid}")
         self.run: _Run | None = None  # set by the hello
         self.key = -1  # <me>
         self.partner = -1
         self.queued = 0  # bytes handed to the pump for it, not yet written
         self.paused = False
+        self.closed = False
+        self.header = bytearray()  # the part of a frame header received so far
+        self.remaining = 0  # payload bytes of the current frame still to come
+        self.dest: _Link | None = None  # the live partner the current frame is cut through to
+        self.building: bytearray | None = None  # the current frame, whole (held, or the hello)
+        self.cost = 0  # held bytes reserved for the frame being built
+        # As a receiver: the sender cutting a frame through to it now, and the whole frames
+        # of other senders waiting for that frame to end (held: charged as held bytes).
+        self.gate: _Link | None = None
+        self.pending: deque[tuple[float, bytes, _Link]] = deque()
 
 
 class _Held:
@@ -242,7 +262,7 @@ class _Held:
 
     def __init__(self) -> None:
         self.frames: deque[tuple[float, bytes]] = deque()
-        self.bytes = 0
+        self.bytes = 0  # the frames' cost, and what frames being built for it reserved
 
 
 class _Run:
@@ -298,7 +318,8 @@ class RelayCore:
         return link is not None and link.paused
 
     def held_bytes(self, run: str, me: int) -> int:
-        """Bytes held now for ``<me>`` of ``run`` (frames and their overhead)."""
+        """Bytes held now for ``<me>`` of ``run`` (frames, their overhead, and what frames
+        still arriving for it reserved)."""
         r = self._runs.get(run)
         held = r.held.get(me) if r else None
         return held.bytes if held else 0
@@ -323,7 +344,7 @@ class RelayCore:
         """
         if cid in self._links:
             raise ValueError(f"connection {cid} is already known")
-        self._links[cid] = _Link(cid, self.limits.max_hello)
+        self._links[cid] = _Link(cid)
         heapq.heappush(self._hello_heap, (now + self.limits.hello_timeout, cid))
         return []
 
@@ -332,24 +353,37 @@ class RelayCore:
         link = self._links.get(cid)
         if link is None:
             return []
-        decoder = link.decoder
-        decoder.receive_data(data)
         actions: list[Action] = []
-        while True:
-            try:
-                frame = decoder.next_frame()
-            except RemoteProtocolError as exc:
-                return self._end(link, "protocol_error", str(exc), actions)
-            if isinstance(frame, Sentinel):
-                if frame is not NEED_DATA:  # CLOSED: a clean end
-                    self._forget(link, actions)
-                    actions.append(Close(cid, "closed by the peer"))
-                return actions
-            if link.run is None:
-                if not self._hello(link, frame, actions):
+        if not data:
+            inside = link.remaining > 0 or bool(link.header)
+            self._forget(link, actions)
+            actions.append(Close(cid, "ended inside a frame" if inside else "closed by the peer"))
+            return actions
+        view = memoryview(data)
+        i, n = 0, len(data)
+        while i < n:
+            if link.remaining == 0:  # a header, or its rest
+                need = HEADER_LEN - len(link.header)
+                link.header += view[i:i + need]
+                i += need
+                if len(link.header) < HEADER_LEN:
+                    if not link.header.isdigit():
+                        self._bad_header(link, actions)
                     return actions
-            elif not self._relay(link, frame, now, actions):
+                if not self._begin(link, now, actions):
+                    return actions
+                if link.remaining:
+                    continue
+            else:
+                take = min(link.remaining, n - i)
+                self._payload(link, view[i:i + take], actions)
+                i += take
+                link.remaining -= take
+                if link.remaining:
+                    continue
+            if not self._complete(link, now, actions):  # a whole frame (or an empty one)
                 return actions
+        return actions
 
     def written(self, cid: int, n: int) -> list[Action]:
         """The pump wrote ``n`` bytes of what was delivered to ``cid``."""
@@ -393,13 +427,122 @@ class RelayCore:
             ttl = self.limits.tombstone
             while held.frames and held.frames[0][0] + ttl <= now:
                 _, frame = held.frames.popleft()
-                self._unhold(run, held, len(frame) + HELD_OVERHEAD)
+                self._unhold(run, me, len(frame) + HELD_OVERHEAD)
                 self._expired += 1
             if held.frames:
                 heapq.heappush(expiry, (held.frames[0][0] + ttl, name, me))
-            else:
-                del run.held[me]
         return actions
+
+    # -- frames ---------------------------------------------------------------------------
+
+    def _bad_header(self, link: _Link, actions: list[Action]) -> None:
+        header = bytes(link.header)
+        what = ("is not 12 decimal digits and a space" if not header[:DIGITS].isdigit()
+                else "lacks the space after the length")
+        self._end(link, "protocol_error",
+                  f"frame header {header!r} {what} from connection {link.cid}", actions)
+
+    def _begin(self, link: _Link, now: float, actions: list[Action]) -> bool:
+        """A whole header arrived: check it and decide where the frame goes. False: ``link``
+        was ended."""
+        header = bytes(link.header)
+        if header[DIGITS] != 0x20 or not header[:DIGITS].isdigit():
+            self._bad_header(link, actions)
+            return False
+        length = int(header[:DIGITS])
+        run = link.run
+        limit = self.limits.max_hello if run is None else self.limits.max_frame
+        if length > limit:
+            error = FrameTooLarge(length, limit, f"connection {link.cid}")
+            self._end(link, "protocol_error", str(error), actions)
+            return False
+        link.header.clear()
+        link.remaining = length
+        if run is None:  # the hello, assembled
+            link.building = bytearray()
+            return True
+        target = run.live.get(link.partner)
+        if target is not None and target.gate is None:  # cut through
+            link.dest = target
+            target.gate = link
+            self._send(link, target, header, 0, actions)
+            return True
+        # Held whole: its partner is absent, or busy with another sender's frame.
+        why = "busy with another sender's frame" if target else "not connected"
+        cost = HELD_OVERHEAD + HEADER_LEN + length
+        held = run.held.get(link.partner)
+        limits = self.limits
+        for what, have, bound in (
+            (f"for <me> {link.partner}", held.bytes if held else 0, limits.held_per_partner),
+            ("in this run", run.held_bytes, limits.held_per_run),
+            ("in all runs", self._held, limits.held_total),
+        ):
+            if have + cost > bound:
+                self._end(link, "held_limit", f"held bytes {what} would be {have + cost}, "
+                          f"over the limit {bound} (<me> {link.partner} is {why})", actions)
+                return False
+        self._hold(run, link.partner, cost)
+        link.building = bytearray(header)
+        link.cost = cost
+        return True
+
+    def _payload(self, link: _Link, chunk: memoryview, actions: list[Action]) -> None:
+        if link.building is not None:
+            link.building += chunk
+        elif link.dest is not None:
+            if link.dest.closed:  # its partner left inside the frame: the rest goes nowhere
+                link.dest = None
+            else:
+                self._send(link, link.dest, bytes(chunk), len(chunk), actions)
+
+    def _complete(self, link: _Link, now: float, actions: list[Action]) -> bool:
+        """The current frame has ended. False: ``link`` was ended (its hello refused)."""
+        frame, link.building = link.building, None
+        dest, link.dest = link.dest, None
+        run = link.run
+        if run is None:
+            assert frame is not None
+            return self._hello(link, bytes(frame), actions)
+        if frame is None:  # cut through
+            if dest is not None and not dest.closed:
+                self._frames += 1
+                dest.gate = None
+                self._release(dest, actions)
+            return True
+        # A held frame: its partner may have said hello, or become free, meanwhile.
+        self._unhold(run, link.partner, link.cost)
+        link.cost = 0
+        whole = bytes(frame)
+        target = run.live.get(link.partner)
+        if target is not None and target.gate is None:
+            self._frames += 1
+            self._send(link, target, whole, len(whole) - HEADER_LEN, actions)
+            return True
+        cost = len(whole) + HELD_OVERHEAD
+        self._hold(run, link.partner, cost)
+        if target is not None:  # after the frame it is receiving now
+            target.pending.append((now, whole, link))
+            return True
+        held = run.held[link.partner]
+        if not held.frames:
+            heapq.heappush(self._expiry_heap, (now + self.limits.tombstone, run.name,
+                                               link.partner))
+        held.frames.append((now, whole))
+        return True
+
+    def _release(self, target: _Link, actions: list[Action]) -> None:
+        """``target``'s gate is free: deliver the whole frames that waited for it."""
+        run = target.run
+        assert run is not None
+        while target.pending:
+            _, frame, sender = target.pending.popleft()
+            self._unhold(run, target.key, len(frame) + HELD_OVERHEAD)
+            self._frames += 1
+            if sender.closed:
+                self._deliver(target, frame, actions)
+                self._bytes += len(frame) - HEADER_LEN
+            else:
+                self._send(sender, target, frame, len(frame) - HEADER_LEN, actions)
 
     # -- decisions ------------------------------------------------------------------------
 
@@ -424,66 +567,54 @@ class RelayCore:
                       actions)
             return False
         link.run, link.key, link.partner = run, me, partner
-        link.decoder.max_frame = self.limits.max_frame
         run.live[me] = link
         self._hellos += 1
         self._paired += 1
-        held = run.held.pop(me, None)
+        held = run.held.get(me)
         if held is not None:  # tombstones: what came while it was away, first
-            for _, frame_bytes in held.frames:
-                self._unhold(run, held, len(frame_bytes) + HELD_OVERHEAD)
+            while held.frames:
+                _, frame_bytes = held.frames.popleft()
+                self._unhold(run, me, len(frame_bytes) + HELD_OVERHEAD)
+                self._frames += 1
                 self._deliver(link, frame_bytes, actions)
-        # Senders paused on this <me> while it was away cannot be: absent partners hold.
+                self._bytes += len(frame_bytes) - HEADER_LEN
         return True
 
-    def _relay(self, link: _Link, payload: bytes, now: float, actions: list[Action]) -> bool:
-        run = link.run
-        assert run is not None
-        frame = encode_frame(payload)
-        target = run.live.get(link.partner)
-        if target is not None:
-            self._deliver(target, frame, actions)
-            if target.queued > self.limits.window and not link.paused:
-                link.paused = True
-                run.waiting.setdefault(target.key, set()).add(link.cid)
-                actions.append(Pause(link.cid))
-            return True
-        cost = len(frame) + HELD_OVERHEAD
-        held = run.held.get(link.partner)
-        limits = self.limits
-        for what, have, bound in (
-            (f"for <me> {link.partner}", held.bytes if held else 0, limits.held_per_partner),
-            ("in this run", run.held_bytes, limits.held_per_run),
-            ("in all runs", self._held, limits.held_total),
-        ):
-            if have + cost > bound:
-                self._end(link, "held_limit", f"held bytes {what} would be {have + cost}, "
-                          f"over the limit {bound} (<me> {link.partner} is not connected)",
-                          actions)
-                return False
+    def _send(self, sender: _Link, target: _Link, data: bytes, payload: int,
+              actions: list[Action]) -> None:
+        """Hand ``data`` (holding ``payload`` bytes of frame payload) from ``sender`` to
+        ``target``; pause ``sender`` when that fills ``target``'s window."""
+        self._deliver(target, data, actions)
+        self._bytes += payload
+        if target.queued > self.limits.window and not sender.paused:
+            sender.paused = True
+            assert sender.run is not None
+            sender.run.waiting.setdefault(target.key, set()).add(sender.cid)
+            actions.append(Pause(sender.cid))
+
+    def _deliver(self, target: _Link, data: bytes, actions: list[Action]) -> None:
+        actions.append(Deliver(target.cid, data))
+        n = len(data)
+        target.queued += n
+        self._queued += n
+        self._peak_queued = max(self._peak_queued, self._queued)
+
+    def _hold(self, run: _Run, me: int, cost: int) -> None:
+        held = run.held.get(me)
         if held is None:
-            held = run.held[link.partner] = _Held()
-            heapq.heappush(self._expiry_heap, (now + limits.tombstone, run.name, link.partner))
-        held.frames.append((now, frame))
+            held = run.held[me] = _Held()
         held.bytes += cost
         run.held_bytes += cost
         self._held += cost
         self._peak_held = max(self._peak_held, self._held)
-        return True
 
-    def _deliver(self, target: _Link, frame: bytes, actions: list[Action]) -> None:
-        actions.append(Deliver(target.cid, frame))
-        n = len(frame)
-        target.queued += n
-        self._queued += n
-        self._peak_queued = max(self._peak_queued, self._queued)
-        self._frames += 1
-        self._bytes += n - 13  # the header is 12 digits and a space
-
-    def _unhold(self, run: _Run, held: _Held, cost: int) -> None:
+    def _unhold(self, run: _Run, me: int, cost: int) -> None:
+        held = run.held[me]
         held.bytes -= cost
         run.held_bytes -= cost
         self._held -= cost
+        if not held.bytes:
+            del run.held[me]
 
     def _resume_senders(self, run: _Run, me: int, actions: list[Action]) -> None:
         for cid in sorted(run.waiting.pop(me, ())):
@@ -492,23 +623,35 @@ class RelayCore:
                 sender.paused = False
                 actions.append(Resume(cid))
 
-    def _end(self, link: _Link, kind: str, reason: str, actions: list[Action]) -> list[Action]:
-        """The relay ends ``link`` (counted under ``kind``): its last frame says why."""
+    def _end(self, link: _Link, kind: str, reason: str, actions: list[Action],
+             farewell: bool = True) -> None:
+        """The relay ends ``link`` (counted under ``kind``): its last frame says why, unless
+        it is inside a frame (then it is closed without a word)."""
         self._forget(link, actions)
         self._reasons[kind] = self._reasons.get(kind, 0) + 1
-        actions.append(Close(link.cid, reason, fail_frame(reason)))
-        return actions
+        actions.append(Close(link.cid, reason, fail_frame(reason) if farewell else b""))
 
     def _forget(self, link: _Link, actions: list[Action]) -> None:
         del self._links[link.cid]
+        link.closed = True
         self._queued -= link.queued
         link.queued = 0
         run = link.run
         if run is None:
             return
+        if link.cost:  # a frame for an absent partner, unfinished: nothing of it is kept
+            self._unhold(run, link.partner, link.cost)
+            link.cost = 0
         if run.live.get(link.key) is link:
             del run.live[link.key]
             self._paired -= 1
+        if link.pending:  # whole frames that waited for it: held for its return
+            held = run.held[link.key]  # they are charged there already
+            if not held.frames:
+                heapq.heappush(self._expiry_heap, (link.pending[0][0] + self.limits.tombstone,
+                                                   run.name, link.key))
+            held.frames.extend((t, frame) for t, frame, _ in link.pending)
+            link.pending.clear()
         # Its senders were paused on its window: from now on their frames are held.
         self._resume_senders(run, link.key, actions)
         if link.paused:
@@ -517,3 +660,8 @@ class RelayCore:
                 waiting.discard(link.cid)
                 if not waiting:
                     del run.waiting[link.partner]
+        dest = link.dest
+        if dest is not None and not dest.closed and link.remaining:
+            # Its partner holds a part of a frame: that stream cannot go on.
+            self._end(dest, "truncated", f"<me> {link.key} left inside a frame", actions,
+                      farewell=False)

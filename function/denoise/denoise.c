@@ -458,6 +458,11 @@ static void run_filter(const char *in_name, const char *prev_name, const char *n
             memmove(w.is_input, w.is_input + 1, (size_t)(w.size - 1) * sizeof *w.is_input);
             pull(&w, &src, w.size - 1, newest);
         }
+    } else if (next_name) { /* no frames, but NEXT must still hold R, as PREV must */
+        for (int i = 0; i < r; i++)
+            if (!read_frame(&next, &w.pool[p]))
+                fail(next_name, "holds %ld frames, the filter needs the %d after %s (-r %d)",
+                     next.frames_read, r, in_name, r);
     }
     close_output(&out);
     if (stats) print_stats(frames, in.frame_bytes, filter_ns, start);

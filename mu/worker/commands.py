@@ -18,12 +18,13 @@ the worker's ``send`` function. The table and its exact responses::
     echo:x               OK:ECHO(x)
     connect:h:p:first    OK:CONNECT(h:p:first)
     close_connect:       OK:CLOSE_CONNECT
-    link:NAME:me:partner             OK:LINK(NAME)     (the payload's relay)
-    link:NAME:h:p:me:partner         OK:LINK(NAME)     (the relay at h:p)
-    send:NAME:path                   OK:SEND(NAME:size:sha256)
-    recv:NAME:path                   OK:RECV(NAME:size:sha256)
-                                     FAIL(recv NAME: no file within 30 s)
-    close_link:NAME                  OK:CLOSE_LINK(NAME)
+    link:NAME:me:partner OK:LINK(NAME)                          to the payload's relay
+    link:NAME:h:p:me:partner
+                         OK:LINK(NAME)                          to the relay at h:p
+    send:NAME:path       OK:SEND(NAME:size:sha256)
+    recv:NAME:path       OK:RECV(NAME:size:sha256)
+                         FAIL(recv NAME: no file within 30 s)
+    close_link:NAME      OK:CLOSE_LINK(NAME)
     quit:                (no response; the session closes)
     fault:plan           (no response) arms a rehearsal fault, only in a run with faults
                          (payload ``faults``: 1); see :mod:`mu.faults`
@@ -527,11 +528,11 @@ def _close_link(worker: Worker, args: str) -> Reply:
     links = _links(worker, "close_link")
     if not args:
         raise CommandError("close_link: expected close_link:NAME, got close_link:")
-    try:
+    try:  # answers OK:CLOSE_LINK(name) itself, before a waiting send/recv on it fails
         links.close_link(args)
     except LinkError as exc:
         raise CommandError(str(exc)) from None
-    return Reply((f"OK:CLOSE_LINK({args})",))
+    return Reply()
 
 
 def _quit(worker: Worker, args: str) -> Reply:

@@ -501,7 +501,8 @@ class Links:
         log.info("link %s to relay %s:%d open (me %d, partner %d)", name, host, port, me, partner)
 
     def close_link(self, name: str) -> None:
-        """End link ``name`` (no ``INFO``) and delete its spooled files.
+        """End link ``name`` (no ``INFO``), delete its spooled files and answer
+        ``OK:CLOSE_LINK(name)``: before a ``send``/``recv`` waiting on the link answers.
 
         Raises:
             LinkError: no link of that name.
@@ -510,9 +511,12 @@ class Links:
             link = self._links.pop(name, None)
             if link is None:
                 raise LinkError(f"close_link: no link named {name}")
+            self._send(f"OK:CLOSE_LINK({name})")
             self._retire(link, "closed by close_link")
         self._wake()
-        self._await_release([link])
+        self._await_release(link)
+        # released: the link thread writes no more spool (it may remove it too: idempotent)
+        shutil.rmtree(link.spool_dir, ignore_errors=True)
 
     def check(self, command: str, name: str) -> None:
         """Raise ``LinkError("<command>: no link named NAME")`` unless the link exists."""
@@ -575,7 +579,7 @@ class Links:
                 if left <= 0:
                     return f"FAIL({where}: no file within {timeout:g} s)"
                 self._cond.wait(left)
-            if not link.arrived:
+            if not link.arrived or link.discard:  # discard: close_link took its files
                 return f"FAIL({where}: link closed: {link.reason})"
             arrival = link.arrived.popleft()
             try:
@@ -628,15 +632,13 @@ class Links:
         with self._cond:
             if self._links.get(link.name) is link:
                 del self._links[link.name]
-            if not link.released.is_set() and link not in self._retired:
+            if not link.discard:
                 self._retire(link, reason)
         self._wake()
 
-    def _await_release(self, links: list[_Link], timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        for link in links:
-            if not link.released.wait(max(0.0, deadline - time.monotonic())):
-                log.warning("link %s was not released within %g s", link.name, timeout)
+    def _await_release(self, link: _Link, timeout: float = 5.0) -> None:
+        if not link.released.wait(timeout):
+            log.warning("link %s was not released within %g s", link.name, timeout)
 
     def _enqueue(self, link: _Link, data: bytes) -> str:
         """Queue ``data`` for writing, waiting while the outbox is full; "" or why not."""

@@ -233,6 +233,10 @@ def test_bad_neighbours_and_arguments(denoise_binary: Path, tmp_path: Path) -> N
             ["-r", "1", "-p", small(tmp_path, "p6.y4m", w=6)],
             f"{tmp_path / 'p6.y4m'}: header mismatch: 6x3 4:2:0, but {src} is 4x3 4:2:0",
         ),
+        (
+            ["-r", "1", "-n", small(tmp_path, "n0.y4m", frames=0)],
+            f"{tmp_path / 'n0.y4m'}: holds 0 frames, the filter needs the 1 after {src} (-r 1)",
+        ),
         (["-r", "5"], "-r: '5' is not an integer in 0..4"),
         (["-r", "-1"], "-r: '-1' is not an integer in 0..4"),
         (["-r", "x"], "-r: 'x' is not an integer in 0..4"),
@@ -258,6 +262,25 @@ def test_bad_neighbours_and_arguments(denoise_binary: Path, tmp_path: Path) -> N
             result.stderr
         )
     assert src.read_bytes() == small(tmp_path, "again.y4m").read_bytes()
+
+
+def test_empty_chunk(denoise_binary: Path, tmp_path: Path) -> None:
+    """A chunk of no frames gives a header alone, but its neighbours are checked all the same
+    (as the reference does)."""
+    empty = small(tmp_path, "empty.y4m", frames=0)
+    out = tmp_path / "out.y4m"
+    result = run(denoise_binary, "-r", "2", "-o", out, empty)
+    assert result.returncode == 0 and out.read_bytes() == empty.read_bytes()
+    out.unlink()
+    n1 = small(tmp_path, "n1.y4m", frames=1)
+    result = run(
+        denoise_binary, "-r", "2", "-p", small(tmp_path, "p2.y4m"), "-n", n1, "-o", out, empty
+    )
+    assert result.returncode == 1 and not out.exists()
+    assert (
+        result.stderr
+        == f"denoise: {n1}: holds 1 frames, the filter needs the 2 after {empty} (-r 2)\n"
+    )
 
 
 def test_docs_block_runs_from_the_checkout(

@@ -67,7 +67,7 @@ def relay_field(relay: Relay) -> str:
 
 
 @contextmanager
-def workers(keys: KeySet, relay: Relay, count: int, **fields: Any) -> Iterator[list[Conn]]:
+def workers(keys: KeySet | None, relay: Relay, count: int, **fields: Any) -> Iterator[list[Conn]]:
     """``count`` workers, each with its own coordinator, the payload naming ``relay``."""
     with ExitStack() as stack:
         conns = []
@@ -333,6 +333,43 @@ def test_recv_before_and_after_the_arrival(keys: KeySet, relay: Relay) -> None:
         assert b.ask("recv:left:got3") == f"OK:RECV(left:{len(first)}:{sha(first)})"
 
 
+def test_files_come_in_order_and_close_link_ends_a_waiting_recv(
+    keys: KeySet, relay: Relay
+) -> None:
+    with workers(keys, relay, 2) as (a, b):
+        a_dir, b_dir = tmpdir_of(a), tmpdir_of(b)
+        assert a.ask("link:right:21:22") == "OK:LINK(right)"
+        assert b.ask("link:left:22:21") == "OK:LINK(left)"
+        files = [blob(n, 100 * n) for n in range(4)]
+        for n, data in enumerate(files):
+            (a_dir / f"f{n}").write_bytes(data)
+            assert a.ask(f"send:right:f{n}") == f"OK:SEND(right:{len(data)}:{sha(data)})"
+        for data in files:
+            assert b.recv() == f"INFO:file:left:{len(data)}:{sha(data)}"
+        for n, data in enumerate(files[:3]):
+            assert b.ask(f"recv:left:g{n}") == f"OK:RECV(left:{len(data)}:{sha(data)})"
+            assert (b_dir / f"g{n}").read_bytes() == data
+        assert b.ask("close_link:left") == "OK:CLOSE_LINK(left)"  # f3 is dropped, no INFO
+        assert not (b_dir / ".links").exists() or not any((b_dir / ".links").rglob("*"))
+        assert b.ask("link:left:24:23") == "OK:LINK(left)"
+        assert b.ask("seti:nonblock:1") == "OK:SETI(nonblock)"
+        assert b.ask("recv:left:g3") == "OK:RECEIVING(left)"
+        assert b.ask("close_link:left") == "OK:CLOSE_LINK(left)"
+        assert b.recv() == "FAIL(recv left: link closed: closed by close_link)"
+        assert b.ask("echo:nothing else") == "OK:ECHO(nothing else)"
+
+
+def test_links_over_plain_tcp_in_a_no_tls_run() -> None:
+    with Relay(None, TOKEN) as plain, workers(None, plain, 2) as (a, b):
+        (tmpdir_of(a) / "f").write_bytes(b"no tls")
+        assert a.ask("link:right:1:2") == "OK:LINK(right)"
+        assert b.ask("link:left:2:1") == "OK:LINK(left)"
+        assert a.ask("send:right:f") == f"OK:SEND(right:6:{sha(b'no tls')})"
+        assert b.recv() == f"INFO:file:left:6:{sha(b'no tls')}"
+        assert b.ask("recv:left:g") == f"OK:RECV(left:6:{sha(b'no tls')})"
+        assert (tmpdir_of(b) / "g").read_bytes() == b"no tls"
+
+
 def test_recv_timeout(keys: KeySet, relay: Relay) -> None:
     with workers(keys, relay, 1) as (a,):
         assert a.ask("link:left:2:1") == "OK:LINK(left)"
@@ -467,6 +504,8 @@ def test_the_relays_fail_ends_the_link_with_its_reason(keys: KeySet, tmp_path: P
         assert closed.startswith("INFO:link_closed:left:relay: "), closed
         reason = closed.removeprefix("INFO:link_closed:left:")
         assert a.ask("recv:left:x") == f"FAIL(recv left: link closed: {reason})"
+        assert a.ask("link:left:2:1") == "OK:LINK(left)"  # an ended link's name is free
+        assert a.recv() == closed
         assert a.ask("close_link:left") == "OK:CLOSE_LINK(left)"
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from mu.errors import ConfigError
+from mu.errors import ConfigError, RemoteProtocolError
 from mu.launch import FunctionSpec, Invocation, LaunchReport, LaunchSpec
 from mu.options import RunOptions
 from mu.protocol import NEED_DATA, FrameDecoder, encode_frame, encode_text
@@ -456,7 +456,7 @@ def test_held_bytes_over_the_bound_end_the_sender_with_a_clear_error(
 def test_a_slow_reader_pauses_its_sender_and_stalls_no_other_pair(
         keys: KeySet, peers: list[Peer]) -> None:
     ctx = client_context(keys)
-    frame, count = 64 * 1024, 200
+    frame, count = 1 << 20, 13  # frames 4x the window: they are cut through, never whole
     limits = RelayLimits(window=256 * 1024)
     with Relay(keys, TOKEN, limits=limits) as relay:
         writer, sleeper = join(peers, relay, ctx, 0, 1), join(peers, relay, ctx, 1, 0)
@@ -480,6 +480,20 @@ def test_a_slow_reader_pauses_its_sender_and_stalls_no_other_pair(
         sent.join(WAIT)
         assert not sent.is_alive()
     stats = relay.stats()
-    # the window, plus what one read (64 KiB) completed after it filled, plus a frame
-    assert stats.peak_queued <= limits.window + 65536 + 2 * (frame + 13)
+    # the window, and at most one read (64 KiB) more: no frame is ever assembled
+    assert stats.peak_queued <= limits.window + 65536 + 1024
     assert stats.peak_held == 0 and stats.paused == 0
+
+
+def test_a_sender_that_dies_inside_a_frame_ends_its_partners_link(
+        keys: KeySet, peers: list[Peer]) -> None:
+    ctx = client_context(keys)
+    with Relay(keys, TOKEN) as relay:
+        a, b = join(peers, relay, ctx, 0, 1), join(peers, relay, ctx, 1, 0)
+        a.send(b"whole")
+        a.sock.sendall(encode_frame(b"x" * 100_000)[:50_000])
+        assert b.recv() == b"whole"
+        a.close()
+        with pytest.raises(RemoteProtocolError, match="stream ended inside a frame"):
+            b.recv()
+    assert dict(relay.stats().reasons) == {"truncated": 1}

@@ -148,6 +148,8 @@ def test_too_few_neighbours_and_shape_mismatch() -> None:
         filter_frames(frames, 2, prev=frames[:1])
     with pytest.raises(DenoiseError, match="next holds 0 frames"):
         filter_frames(frames, 1, next=[])
+    with pytest.raises(DenoiseError, match="next holds 0 frames"):
+        filter_frames([], 1, next=[])
     with pytest.raises(DenoiseError, match="plane shapes"):
         filter_frames(frames, 1, next=make_frames(1, 4, 3, "444", 2))
 
