@@ -134,7 +134,9 @@ class FakeWorker:
     """Answers commands as the worker does. What a command answers at once (a plain
     command's reply, a nonblocking job's ``OK:...ING``) goes out in command order; a
     nonblocking job's later messages wait in a queue of their own, released by its first
-    answer, and the test delivers the released queues in any order it picks."""
+    answer, and the test delivers the released queues in any order it picks. A halo's
+    ``INFO:file`` is released by its link's ``OK:LINK``: it may come before the ``recv``
+    that takes it is even sent, or after."""
 
     lost: set[str] = field(default_factory=set)  # sides whose halo never comes
     broken_links: set[str] = field(default_factory=set)  # sides whose link cannot open
@@ -160,14 +162,18 @@ class FakeWorker:
         elif name == "run":
             self.job(f"OK:RUNNING({args})", [f"OK:RETVAL(0):OUTPUT():COMMAND({args})"])
         elif name == "link":
-            self.immediate.append("FAIL(link: cannot reach the relay)"
-                                  if link in self.broken_links else f"OK:LINK({link})")
+            if link in self.broken_links:
+                self.immediate.append("FAIL(link: cannot reach the relay)")
+            else:
+                self.immediate.append(f"OK:LINK({link})")
+                if link not in self.lost:  # the halo may arrive any time after the link opens
+                    self.later[f"OK:LINK({link})"] = deque([f"INFO:file:{link}:10:ab"])
         elif name == "send":
             self.job(f"OK:SENDING({link})", [f"OK:SEND({link}:10:ab)"])
         elif name == "recv":
             self.job(f"OK:RECEIVING({link})",
                      [f"FAIL(recv {link}: no file within 30 s)"] if link in self.lost
-                     else [f"INFO:file:{link}:10:ab", f"OK:RECV({link}:10:ab)"])
+                     else [f"OK:RECV({link}:10:ab)"])
         elif name == "upload":
             self.job("OK:UPLOADING(b/out)", ["OK:UPLOAD(b/out)"])
         elif name == "quit":
