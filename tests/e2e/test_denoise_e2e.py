@@ -150,6 +150,38 @@ def test_faults_during_the_exchange_are_recovered_byte_for_byte(
     assert {row["actor"] for row in rows if row["ok"]} == set(range(n))
 
 
+def test_a_retry_whose_halos_died_with_its_first_attempt_recovers_them_from_s3(
+    local: Site, s3: Any, denoise_binary: Path, tmp_path: Path
+) -> None:
+    """Seed 13 crashes only actor 1's first attempt, at its 17th command (the filter's run),
+    after it has received both halos; its neighbours finish and never send again, so the
+    retry's ``recv`` times out on both sides and takes the recovery path."""
+    n, f, r = 3, 2, 2
+    video = make_video(n * f, seed=13)
+    chunk_files(video, f, tmp_path / "in")
+    record = tmp_path / "run.jsonl"
+    done, report = denoise(local, denoise_binary, [
+        "-n", str(n), "-f", str(f), "--radius", str(r), "-v", "lost", "-b", "dn-lost",
+        "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "out"),
+        "--faults", "crash=0.3,seed=13", "--retries", "2", "--halo-timeout", "1",
+        "-O", str(record)])
+    assert done.exit_status == 0, report
+    want = expected_chunks(video, f, r, tmp_path / "want")
+    assert [(tmp_path / "out" / f"{i:08d}.y4m").read_bytes() for i in range(n)] == want
+    rows = {(row["actor"], row["attempt"]): row
+            for row in map(json.loads, record.read_text().splitlines())}
+    assert sorted(rows) == [(0, 1), (1, 1), (1, 2), (2, 1)]
+    first, retry = rows[(1, 1)], rows[(1, 2)]
+    assert not first["ok"] and first["state"] == "FilterState"
+    # Both halos had come through the relay (no side fetched) when it died.
+    before = {name for _, name in first["timestamps"]}
+    assert {"LeftDoneState", "RightDoneState"} <= before
+    assert not {"LeftFetchState", "RightFetchState"} & before
+    names = [name for _, name in retry["timestamps"]]
+    assert retry["ok"] and {"LeftFetchState", "RightFetchState"} <= set(names)
+    assert names.index("LeftAwaitState") < names.index("LeftFetchState")
+
+
 def test_preflight_names_missing_chunks_and_missing_neighbours(
     local: Site, s3: Any, denoise_binary: Path, tmp_path: Path
 ) -> None:
