@@ -9,9 +9,9 @@ every worker where it is.
 
 ``--input-dir`` uploads ``DIR/*.y4m`` (sorted) as chunks 0, 1, ... of the video (what
 ``mu png2y4m --output-dir`` downloads). The preflight lists the input chunks around the
-actors and fixes the plan in the job's config: every actor's chunk must be there, and its
-left neighbour (a halo needs it); the video's last chunk is the last one present after the
-highest actor; the chunks that run are the actors (``--resume`` leaves the finished ones
+actors and fixes the plan in the job's config: every actor's chunk must be there, and so
+must each neighbour whose halo it needs; the highest actor's chunk ends the video unless
+the chunk after it is in S3; the chunks that run are the actors (``--resume`` leaves the finished ones
 out, and their neighbours read their halos from S3). ``--resume`` finds the chunks whose
 output is already complete (:mod:`mu.integrity`); ``--output-dir`` downloads the outputs.
 On a site that deploys its jobs (the local one) it lambdaizes png2y4m with ``denoise``
