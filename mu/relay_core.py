@@ -126,7 +126,7 @@ class RelayLimits:
 
     max_frame: int = 4 * 1024 * 1024
     max_hello: int = 1024
-    window: int = 2 * 1024 * 1024
+    window: int = 256 * 1024
     held_per_partner: int = 64 * 1024 * 1024
     held_per_run: int = 256 * 1024 * 1024
     held_total: int = 512 * 1024 * 1024

@@ -123,3 +123,19 @@ def test_keys_that_are_not_pem_are_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("mu: error: CA certificate ")
     assert "is not a PEM file" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_relay_port_flag_reaches_the_run_options() -> None:
+    import argparse
+
+    from mu import cli
+    from mu.options import RunOptions
+
+    with_relay = argparse.ArgumentParser()
+    cli._add_run_arguments(with_relay)
+    cli.add_relay_arguments(with_relay)
+    assert cli._run_options(with_relay.parse_args(["--relay-port", "0"])).relay_port == 0
+    assert cli._run_options(with_relay.parse_args([])).relay_port == 13337
+    without = argparse.ArgumentParser()
+    cli._add_run_arguments(without)
+    assert cli._run_options(without.parse_args([])).relay_port == RunOptions.relay_port == 13337
