@@ -15,7 +15,7 @@ them); on a small machine they compete with the relay for the cores, so the figu
 lower bound of what the relay alone would do.
 
 Usage: python bench/relay.py [--pairs 1000] [--size 6MB] [--frame 1MiB] [--procs 1]
-       [--handshakes 64]
+       [--handshakes 64] [--client-buffer 256KiB]
 Prints one JSON object, then a summary line.
 """
 
@@ -28,7 +28,9 @@ import json
 import multiprocessing as mp
 import os
 import re
+import resource
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -42,6 +44,7 @@ from mu.relay_core import hello_text
 from mu.tls import generate_keys
 
 TOKEN = "bench-relay"
+_PIECE = 64 * 1024  # bytes a client hands its transport at a time
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20,
           "GIB": 2**30}
 
@@ -73,21 +76,31 @@ class Client:
         self.writer: asyncio.StreamWriter | None = None
 
     async def connect(self, address: tuple[str, int], ctx: ssl.SSLContext,
-                      gate: asyncio.Semaphore) -> None:
+                      gate: asyncio.Semaphore, buffer: int | None) -> None:
         async with gate:
+            sock = socket.socket()
+            if buffer:  # a worker's buffers are on its own machine, not the relay's
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, address)
             self.reader, self.writer = await asyncio.open_connection(
-                *address, ssl=ctx, server_hostname="mu")
+                sock=sock, ssl=ctx, server_hostname="mu")
             self.writer.write(encode_text(hello_text(TOKEN, self.me, self.partner)))
             await self.writer.drain()
 
     async def send(self) -> None:
         assert self.writer is not None
         left = self.total
-        whole = encode_frame(self.block[:self.frame])
+        whole = memoryview(encode_frame(self.block[:self.frame]))
         while left:
             n = min(left, self.frame)
-            self.writer.write(whole if n == self.frame else encode_frame(self.block[:n]))
-            await self.writer.drain()
+            frame = whole if n == self.frame else memoryview(encode_frame(self.block[:n]))
+            # In pieces: asyncio's transport buffer is a bytearray consumed from the front,
+            # so a whole 1 MiB frame written at once costs a copy of the rest per send().
+            for i in range(0, len(frame), _PIECE):
+                self.writer.write(frame[i:i + _PIECE])
+                await self.writer.drain()
             left -= n
 
     async def receive(self) -> None:
@@ -114,7 +127,8 @@ class Client:
 
 
 async def run_pairs(first: int, pairs: int, address: tuple[str, int], keydir: str,
-                    total: int, frame: int, handshakes: int, ready: Any, start: Any) -> float:
+                    total: int, frame: int, handshakes: int, buffer: int | None, ready: Any,
+                    start: Any) -> float:
     """Connect this process's pairs, wait for the start signal, exchange; the seconds."""
     ctx = client_context(keydir)
     block = os.urandom(frame)
@@ -123,7 +137,7 @@ async def run_pairs(first: int, pairs: int, address: tuple[str, int], keydir: st
         clients += [Client(2 * i, 2 * i + 1, total, frame, block),
                     Client(2 * i + 1, 2 * i, total, frame, block)]
     gate = asyncio.Semaphore(handshakes)
-    await asyncio.gather(*(c.connect(address, ctx, gate) for c in clients))
+    await asyncio.gather(*(c.connect(address, ctx, gate, buffer) for c in clients))
     ready.set()
     await asyncio.get_running_loop().run_in_executor(None, start.wait)
     t0 = time.perf_counter()
@@ -134,10 +148,11 @@ async def run_pairs(first: int, pairs: int, address: tuple[str, int], keydir: st
 
 
 def client_process(first: int, pairs: int, address: tuple[str, int], keydir: str, total: int,
-                   frame: int, handshakes: int, ready: Any, start: Any, results: Any) -> None:
+                   frame: int, handshakes: int, buffer: int | None, ready: Any, start: Any,
+                   results: Any) -> None:
     try:
         seconds = asyncio.run(run_pairs(first, pairs, address, keydir, total, frame,
-                                        handshakes, ready, start))
+                                        handshakes, buffer, ready, start))
         results.put(("ok", seconds))
     except Exception as exc:  # reported by the parent as the run's failure
         ready.set()
@@ -156,7 +171,8 @@ def proc_status(pid: int, key: str) -> float:
     raise KeyError(key)
 
 
-def bench(pairs: int, total: int, frame: int, procs: int, handshakes: int) -> dict[str, Any]:
+def bench(pairs: int, total: int, frame: int, procs: int, handshakes: int,
+          buffer: int | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as keydir:
         generate_keys(days=1).write(keydir)
         relay = subprocess.Popen(
@@ -175,13 +191,15 @@ def bench(pairs: int, total: int, frame: int, procs: int, handshakes: int) -> di
             start, results = ctx.Event(), ctx.Queue()
             readies, workers = [], []
             t_setup = time.perf_counter()
+            children0 = sum(getattr(resource.getrusage(resource.RUSAGE_CHILDREN), f)
+                            for f in ("ru_utime", "ru_stime"))
             share = [pairs // procs + (1 if k < pairs % procs else 0) for k in range(procs)]
             first = 0
             for n in share:
                 ready = ctx.Event()
                 worker = ctx.Process(target=client_process, args=(
-                    first, n, address, keydir, total, frame, handshakes, ready, start,
-                    results))
+                    first, n, address, keydir, total, frame, handshakes, buffer, ready,
+                    start, results))
                 worker.start()
                 readies.append(ready)
                 workers.append(worker)
@@ -196,6 +214,8 @@ def bench(pairs: int, total: int, frame: int, procs: int, handshakes: int) -> di
             peak_rss = proc_status(relay.pid, "VmHWM")
             for worker in workers:
                 worker.join()
+            clients_cpu = sum(getattr(resource.getrusage(resource.RUSAGE_CHILDREN), f)
+                              for f in ("ru_utime", "ru_stime")) - children0
             errors = [text for kind, text in outcomes if kind == "error"]
             if errors:
                 raise RuntimeError(errors[0])
@@ -209,11 +229,13 @@ def bench(pairs: int, total: int, frame: int, procs: int, handshakes: int) -> di
     relayed = 2 * pairs * total
     return {
         "pairs": pairs, "size_each_way": total, "frame": frame, "client_procs": procs,
+        "client_buffer": buffer,
         "connections": 2 * pairs, "setup_s": round(setup, 3), "transfer_s": round(seconds, 3),
         "relayed_bytes": relayed, "relayed_mb_s": round(relayed / seconds / 1e6, 1),
         "relay_cpu_s": round(cpu, 2),
         "relay_mb_per_cpu_s": round(relayed / cpu / 1e6, 1) if cpu else None,
         "relay_peak_rss_mb": round(peak_rss, 1),
+        "clients_cpu_s": round(clients_cpu, 2),
         "relay_stats": stats.strip().removeprefix("mu relay: "),
     }
 
@@ -228,13 +250,19 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=1, help="client processes (1)")
     parser.add_argument("--handshakes", type=int, default=64,
                         help="TLS connects in progress at once per client process (64)")
+    parser.add_argument("--client-buffer", type=size, default=size("256KiB"),
+                        help="the clients' kernel socket buffers (256KiB; 0: autotuned). On "
+                        "AWS each worker's buffers are on its own machine; here they would "
+                        "push the host's TCP memory into pressure")
     args = parser.parse_args()
-    row = bench(args.pairs, args.size, args.frame, args.procs, args.handshakes)
+    row = bench(args.pairs, args.size, args.frame, args.procs, args.handshakes,
+                args.client_buffer or None)
     print(json.dumps(row), flush=True)
     print(f"relay: {row['pairs']} pairs x {row['size_each_way'] / 1e6:g} MB each way: "
           f"{row['relayed_mb_s']} MB/s relayed ({row['transfer_s']} s), relay CPU "
           f"{row['relay_cpu_s']} s ({row['relay_mb_per_cpu_s']} MB per CPU-second), peak "
-          f"RSS {row['relay_peak_rss_mb']} MB, setup {row['setup_s']} s")
+          f"RSS {row['relay_peak_rss_mb']} MB, clients' CPU {row['clients_cpu_s']} s, setup "
+          f"{row['setup_s']} s")
 
 
 if __name__ == "__main__":

@@ -9,22 +9,28 @@ everything else (pairing, holding, bounds, hello deadline). Each turn of the loo
 1. **Accept** a batch of connections. Each gets a :class:`~mu.net.Pipe`, the coordinator's
    non-blocking pyOpenSSL adapter (mutual TLS against the run's CA with
    :func:`mu.tls.server_context`, or plain TCP without keys), and a handshake deadline.
-   Over :attr:`~mu.relay_core.RelayLimits.max_connections` a newcomer is closed at once.
+   Connections still in their handshake are bounded in all and per source address
+   (:class:`~mu.net.Admission`, as the coordinator's): when full, the oldest goes for the
+   newcomer, so a crowd of strangers cannot lock workers out. Over
+   :attr:`~mu.relay_core.RelayLimits.max_connections` the oldest such goes too, or, with
+   none, the newcomer.
 2. **Handshake** until the pipe says it is done; then the core hears ``connected`` and its
    hello deadline starts.
 3. **Read** what the socket has (one read per readiness; the selector is level-triggered)
    and hand it to the core; apply its actions: :class:`~mu.relay_core.Deliver` queues bytes
    for a connection and writes what its socket takes now, :class:`~mu.relay_core.Pause` /
    :class:`~mu.relay_core.Resume` take a sender's read interest away and back,
-   :class:`~mu.relay_core.Close` writes the connection's last frame and closes it once that
-   is out (or after :data:`LINGER` seconds).
+   :class:`~mu.relay_core.Close` writes the connection's last frame, ends the sending side
+   once that is out, and closes when the peer has closed (or after :data:`LINGER` seconds),
+   reading and dropping what still comes: closing with unread bytes would reset the
+   connection, and the reset could discard the last frame before the peer reads it.
 4. **Write** queued bytes where the socket is writable, telling the core how many went
    (``written``), which may resume paused senders.
 5. **Time**: the core's ``tick`` and the pump's handshake and linger deadlines.
 
 A connection that fails (reset, TLS error) ends that connection only. :meth:`Relay.stats`
 merges the core's counts with the pump's own drops (``tls_failed``,
-``handshake_timeout``, ``over_max_connections``).
+``handshake_timeout``, ``evicted``, ``over_max_connections``).
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from typing import Final
 from OpenSSL import SSL
 
 from mu.errors import ConfigError, TransportError
-from mu.net import Pipe
+from mu.net import Admission, Pipe
 from mu.relay_core import (
     DEFAULT_RELAY_PORT,
     Action,
@@ -73,8 +79,10 @@ _SEND_MAX: Final = 65536  # what one pyOpenSSL send takes at most (mu.net.Pipe)
 _WAKE: Final = "wake"
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port``.
+def _listen(host: str, port: int, buffer: int | None = None) -> socket.socket:
+    """A listening socket on ``host:port``; ``buffer``: the kernel's send and receive
+    buffers of every connection accepted (set before listening, so that they inherit it and
+    the TCP window scale fits it).
 
     Raises:
         ConfigError: it cannot be bound (the message names the address and why).
@@ -82,6 +90,9 @@ def _listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
         sock.bind((host, port))
         sock.listen(4096)
     except OSError as exc:
@@ -104,7 +115,8 @@ def check_port(host: str, port: int) -> str | None:
 class _Conn:
     """One connection: its pipe, its queued output and what the selector watches."""
 
-    __slots__ = ("closing", "events", "id", "offset", "out", "paused", "pipe", "tls_done")
+    __slots__ = ("closing", "draining", "events", "id", "offset", "out", "paused", "pipe",
+                 "tls_done")
 
     def __init__(self, cid: int, pipe: Pipe, tls_done: bool) -> None:
         self.id = cid
@@ -113,7 +125,8 @@ class _Conn:
         self.out: deque[bytes] = deque()
         self.offset = 0  # bytes of out[0] already sent
         self.paused = False
-        self.closing = False
+        self.closing = False  # ended by the relay: its last frame goes out, then it closes
+        self.draining = False  # that frame is out: read and discard until the peer closes
         self.events = selectors.EVENT_READ
 
 
@@ -162,6 +175,10 @@ class Relay:
         self._seq = itertools.count()
         self._ids = itertools.count()
         self._drops: dict[str, int] = {}
+        # Connections whose TLS handshake has not finished (mu.net.Admission, as the
+        # coordinator's): when full, the oldest is dropped for a newcomer.
+        self._admission: Admission[int] = Admission(
+            self.limits.max_unauthenticated, self.limits.max_unauthenticated_per_address)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # notified after each turn
         self._thread: threading.Thread | None = None
@@ -190,7 +207,7 @@ class Relay:
         """
         if self._thread is not None:
             return
-        sock = _listen(self.host, self.port)
+        sock = _listen(self.host, self.port, self.limits.socket_buffer)
         sock.setblocking(False)
         self._listener = sock
         host, port = sock.getsockname()[:2]
@@ -312,12 +329,20 @@ class Relay:
                 log.warning("relay: accept failed: %s", exc)
                 return
             if len(self._conns) >= self.limits.max_connections:
-                self._count("over_max_connections")
-                sock.close()
-                continue
+                oldest = self._admission.oldest()
+                if oldest is None:  # every connection is a worker's: the newcomer goes
+                    self._count("over_max_connections")
+                    sock.close()
+                    continue
+                self._count("evicted")
+                self._drop(self._conns[oldest])
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             cid = next(self._ids)
             conn = _Conn(cid, Pipe(sock, self._ctx, f"{addr[0]}:{addr[1]}"), self._ctx is None)
+            if not conn.tls_done:  # not authenticated yet: the oldest such may go for it
+                for old in self._admission.admit(cid, str(addr[0])):
+                    self._count("evicted")
+                    self._drop(self._conns[old])
             self._conns[cid] = conn
             self._sel.register(sock, selectors.EVENT_READ, conn)
             if conn.tls_done:
@@ -330,6 +355,9 @@ class Relay:
             return
         if not conn.tls_done:
             self._handshake(conn)
+            return
+        if conn.draining:
+            self._drain(conn)
             return
         if mask & selectors.EVENT_READ and not conn.paused and not conn.closing:
             self._read(conn)
@@ -346,6 +374,7 @@ class Relay:
             return
         if done:
             conn.tls_done = True
+            self._admission.forget(conn.id)
             self._apply(self._core.connected(conn.id, self.clock()))
             self._read(conn)  # the hello may have come with the last flight
         elif conn.pipe.wants_write:
@@ -396,9 +425,27 @@ class Relay:
         if conn.id not in self._conns:
             return
         if conn.closing and not out:
-            self._drop(conn)
+            # A close with unread bytes from the peer would reset the connection, and a
+            # reset can discard the last frame before the peer reads it: end our side of
+            # the stream, then read what comes until the peer closes (or the linger ends).
+            conn.draining = True
+            with contextlib.suppress(OSError):
+                pipe.sock.shutdown(socket.SHUT_WR)
+            self._watch(conn, selectors.EVENT_READ)
         else:
             self._update(conn)
+
+    def _drain(self, conn: _Conn) -> None:
+        for _ in range(_READS):
+            try:
+                data = conn.pipe.receive()
+            except TransportError:
+                data = b""
+            if data is None:
+                return
+            if not data:
+                self._drop(conn)
+                return
 
     def _apply(self, actions: Sequence[Action]) -> None:
         # Writes wait until the whole batch is applied: a write makes the core act again
@@ -455,6 +502,7 @@ class Relay:
         """Close ``conn`` (the core has forgotten it, or never knew it)."""
         if self._conns.pop(conn.id, None) is None:
             return
+        self._admission.forget(conn.id)
         if conn.events:
             with contextlib.suppress(KeyError, ValueError):
                 self._sel.unregister(conn.pipe.sock)

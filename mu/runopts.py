@@ -288,7 +288,9 @@ def run(job: Job, options: RunOptions, site: Site, out: TextIO | None = None) ->
         if relay is not None:
             relay.stop()
     relay_stats = relay.stats() if relay is not None else None
-    if relay_stats is not None:
+    if relay is not None and relay_stats is not None:
+        if relay.error is not None:
+            print(f"mu: relay: stopped during the run: {relay.error}", file=out)
         print(f"mu: relay: {relay_stats.line()}", file=out)
     duplicated = site.duplicated()
     if duplicated:

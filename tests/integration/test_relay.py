@@ -493,7 +493,23 @@ def test_a_sender_that_dies_inside_a_frame_ends_its_partners_link(
         a.send(b"whole")
         a.sock.sendall(encode_frame(b"x" * 100_000)[:50_000])
         assert b.recv() == b"whole"
+        relay.wait_stats(lambda s: s.bytes > 5, WAIT)  # the relay has begun the second frame
         a.close()
         with pytest.raises(RemoteProtocolError, match="stream ended inside a frame"):
             b.recv()
     assert dict(relay.stats().reasons) == {"truncated": 1}
+
+
+def test_strangers_that_never_finish_tls_cannot_lock_workers_out(
+        keys: KeySet, peers: list[Peer]) -> None:
+    limits = RelayLimits(max_unauthenticated=3, max_connections=4)
+    with Relay(keys, TOKEN, limits=limits) as relay, contextlib.ExitStack() as stack:
+        crowd = [stack.enter_context(socket.create_connection(relay.address, timeout=WAIT))
+                 for _ in range(5)]
+        assert crowd[0].recv(10) == b"" and crowd[1].recv(10) == b""  # dropped, oldest first
+        ctx = client_context(keys)
+        a = join(peers, relay, ctx, 0, 1)  # each worker's arrival drops another stranger
+        b = join(peers, relay, ctx, 1, 0)
+        a.send(b"through the crowd")
+        assert b.recv() == b"through the crowd"
+    assert dict(relay.stats().reasons)["evicted"] >= 2

@@ -10,8 +10,10 @@ a bound; a sender is paused only while its partner's window is full.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import defaultdict
+from typing import Any
 
 import pytest
 from hypothesis import event, given, settings
@@ -282,6 +284,17 @@ def test_senders_paused_on_a_reader_that_leaves_resume_and_their_frames_are_held
     assert core.held_bytes(RUN, 1) == 14 + HELD_OVERHEAD
 
 
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("window", 0, "window must be >= 1, got 0"),
+    ("held_total", -5, "held_total must be >= 1, got -5"),
+    ("tombstone", 0, "tombstone must be a positive number of seconds, got 0"),
+    ("socket_buffer", 100, "socket_buffer must be >= 4096 or None, got 100"),
+])
+def test_limits_name_a_bad_value(field: str, value: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(RelayLimits(), **{field: value})
+
+
 def test_events_for_unknown_connections_are_ignored() -> None:
     core = RelayCore(RUN)
     assert core.received(9, b"junk", 0.0) == []
@@ -517,10 +530,11 @@ class RelayMachine(RuleBasedStateMachine):
     def contend(self, data: st.DataObject, size: int) -> None:
         """Send a whole frame to a partner inside another sender's frame."""
         me = data.draw(st.sampled_from(self.contenders()))
+        cid = self.live[me]
         payload = b"%d:%d:" % (me, next(self.seq)) + b"z" * size
         if self.start(me, payload):
             self.complete(me)
-        self.apply(self.feed(self.live[me], encode_frame(payload), data))
+        self.apply(self.feed(cid, encode_frame(payload), data))
 
     @precondition(lambda self: self.inflight)
     @rule(data=st.data())
