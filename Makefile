@@ -1,5 +1,6 @@
 # mu: two commands on a fresh machine.
-#   make demo   frames to Y4M to a VP9 video locally (emulator + moto S3 + static binaries)
+#   make demo   frames to Y4M, denoised through the relay, to a VP9 video locally
+#               (emulator + moto S3 + static binaries)
 #   make test   lint, type-check and run the whole test suite
 # Both create .venv, install the project and build the static binaries (png2y4m, denoise,
 # vpxenc) when needed.

@@ -28,13 +28,20 @@ from mu.errors import ConfigError, MuError
 from mu.launch import DEFAULT_MEMORY, DEFAULT_RUNTIME, DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
+    from mu.apps.denoise_run import DenoiseOptions
     from mu.options import Png2Y4MOptions, RunOptions, SiteOptions
     from mu.runopts import Job, RunResult
     from mu.states import MachineState
 
 __all__ = [
-    "add_relay_arguments", "build_parser", "lambdaize_parser", "main", "parse_lambdaize_args",
-    "parse_png2y4m", "run_job",
+    "add_relay_arguments",
+    "build_parser",
+    "lambdaize_parser",
+    "main",
+    "parse_denoise",
+    "parse_lambdaize_args",
+    "parse_png2y4m",
+    "run_job",
 ]
 
 Handler = Callable[[argparse.Namespace], int]
@@ -698,11 +705,12 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 
 
 def _add_video_job_arguments(
-    parser: argparse.ArgumentParser, d: Png2Y4MOptions, frames: str, informat: str,
+    parser: argparse.ArgumentParser, d: Png2Y4MOptions, frames: str, informat: str | None,
     function: str,
 ) -> None:
     """The 2016 job flags of a video job (``-n -f -o -v -b -i -l -r``), defaults from ``d``;
-    ``frames`` is -f's help, ``informat`` and ``function`` end -i's and -l's."""
+    ``frames`` is -f's help, ``informat`` and ``function`` end -i's and -l's (``informat``
+    None: the job has no -i)."""
     from mu.options import SiteOptions
 
     job = parser.add_argument_group("job")
@@ -713,8 +721,9 @@ def _add_video_job_arguments(
                      help=f"skip this many chunks ({d.offset})")
     job.add_argument("-v", "--video", default=d.video, help=f"video name ('{d.video}')")
     job.add_argument("-b", "--bucket", default=d.bucket, help=f"S3 bucket ('{d.bucket}')")
-    job.add_argument("-i", "--informat", default=d.informat,
-                     help=f"input format, the key infix ('{d.informat}'){informat}")
+    if informat is not None:
+        job.add_argument("-i", "--informat", default=d.informat,
+                         help=f"input format, the key infix ('{d.informat}'){informat}")
     job.add_argument("-l", "--function", default=d.function,
                      help=f"Lambda function{function} ('{d.function}')")
     job.add_argument(
@@ -851,6 +860,81 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 @subcommand
+def _register_denoise(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from mu.apps.denoise import MAX_RADIUS
+    from mu.apps.denoise_run import DenoiseOptions
+
+    p = sub.add_parser(
+        "denoise",
+        help="temporally denoise Y4M chunks in S3 on many workers that trade halo frames "
+        "through the relay",
+        description="Filter s3://BUCKET/VIDEO-y4m_FF/%08d.y4m (the chunks `mu png2y4m` "
+        "writes) into s3://BUCKET/VIDEO-y4m_FF-tfR/%08d.y4m, one chunk per worker: output "
+        "frame t is the binomial average of input frames t-R..t+R. Each worker sends its "
+        "first and last R frames to its neighbours through the relay beside the coordinator "
+        "and receives theirs, so the chunks are the whole video filtered in one piece. With "
+        "--backend local (the default) everything runs on this machine.",
+    )
+    d = DenoiseOptions()
+    _add_video_job_arguments(p, d, frames="frames per chunk, as the chunks were made",
+                             informat=None, function=" carrying png2y4m and denoise")
+    flt = p.add_argument_group("filter")
+    flt.add_argument("--radius", type=int, default=d.radius, metavar="R",
+                     help=f"average frames t-R..t+R, 0..{MAX_RADIUS}, at most -f ({d.radius})")
+    flt.add_argument("--halo-timeout", type=float, default=d.halo_timeout, metavar="SECONDS",
+                     help="how long a worker waits for a neighbour's frames before it reads "
+                     f"the neighbour's chunk from S3 instead ({d.halo_timeout:g})")
+    _add_site_arguments(p, regions=False)
+    files = p.add_argument_group("files")
+    files.add_argument("--input-dir", help="upload DIR/*.y4m (sorted) as chunks 0, 1, ... first")
+    files.add_argument("--output-dir", help="download every output chunk here after the run")
+    files.add_argument("--binary", default=d.binary,
+                       help="local backend: the png2y4m binary to lambdaize (default: the one "
+                       "built from function/png2y4m)")
+    files.add_argument("--denoiser", default=d.denoiser,
+                       help="local backend: the denoise binary shipped beside it (default: the "
+                       "one built from function/denoise)")
+    _add_run_arguments(p)
+    add_relay_arguments(p)
+    p.set_defaults(func=_cmd_denoise)
+
+
+def _denoise_options(
+    args: argparse.Namespace,
+) -> tuple[DenoiseOptions, RunOptions, SiteOptions]:
+    from mu.apps.denoise_run import DenoiseOptions
+
+    if args.backend == "none":
+        raise ConfigError("mu denoise runs on --backend local or lambda (its workers call "
+                          "./denoise inside the function and meet at the relay)")
+    options = DenoiseOptions(
+        workers=args.workers, offset=args.offset, bucket=args.bucket, function=args.function,
+        input_dir=args.input_dir, output_dir=args.output_dir, frames=args.frames,
+        video=args.video, binary=args.binary, denoiser=args.denoiser, radius=args.radius,
+        halo_timeout=args.halo_timeout,
+    )
+    return options, _run_options(args), _site_options(args)
+
+
+def parse_denoise(argv: Sequence[str]) -> tuple[DenoiseOptions, RunOptions, SiteOptions]:
+    """The typed options of ``mu denoise ARGV`` (for tools and tests that run the job
+    themselves through :func:`mu.runopts.run`).
+
+    Raises:
+        ConfigError: a bad value.
+        SystemExit: argparse's own refusals (an unknown flag), as on the command line.
+    """
+    return _denoise_options(build_parser().parse_args(["denoise", *argv]))
+
+
+def _cmd_denoise(args: argparse.Namespace) -> int:
+    from mu.apps.denoise_run import DenoiseJob
+
+    options, run_options, site_options = _denoise_options(args)
+    return _run_on_site(DenoiseJob(options), run_options, site_options).exit_status
+
+
+@subcommand
 def _register_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from mu.options import JobOptions
 
@@ -957,11 +1041,13 @@ def run_job(
 def _register_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the whole flow locally, frames to Y4M to a VP9 video, and verify it",
+        help="run the whole flow locally, frames to Y4M, denoised, to a VP9 video, and verify it",
         description="Make 24 frames of 1280x720 16-bit content, convert them with 4 workers "
         "x 6 frames on the local backend (embedded emulator and S3), download the Y4M "
-        "chunks, verify them against the Python reference, encode them to VP9 with 4 "
-        "workers into demo.ivf, check it with vpxdec, and draw the timeline.",
+        "chunks, verify them against the Python reference, denoise them with 4 workers "
+        "trading edge frames through the relay and check the result against the one-piece "
+        "reference, encode them to VP9 with 4 workers into demo.ivf, check it with vpxdec, "
+        "and draw the timelines.",
     )
     p.add_argument("--out", default="demo-out", help="output directory (default ./demo-out)")
     p.set_defaults(func=_cmd_demo)

@@ -141,7 +141,8 @@ def plot_timeline(
     cmap = plt.get_cmap("tab20" if len(states) > 10 else "tab10")
     colour = {name: cmap(i % cmap.N) for i, name in enumerate(states)}
 
-    height = max(2.5, min(0.28 * len(attempts) + 1.5, 40))
+    # tall enough for one bar per attempt and for the legend's one line per state
+    height = max(2.5, 0.19 * len(states) + 1.2, min(0.28 * len(attempts) + 1.5, 40))
     fig, ax = plt.subplots(figsize=(11, height), dpi=110)
     end = 0.0
     for row, a in enumerate(attempts):

@@ -322,5 +322,8 @@ def test_mu_demo_runs_as_make_demo_runs_it(tmp_path: Path) -> None:
     assert chunks == [f"{c:08d}.y4m" for c in range(4)]
     assert (tmp_path / "demo-out" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "demo-out" / "demo.ivf").read_bytes()[:4] == b"DKIF"
+    [denoised] = [line for line in done.stdout.splitlines() if line.startswith("  denoised: ")]
+    assert "identical to the one-piece reference" in denoised
+    assert (tmp_path / "demo-out" / "denoise-timeline.png").read_bytes()[:4] == b"\x89PNG"
     [video] = [line for line in done.stdout.splitlines() if line.startswith("  video: ")]
     assert "VP9 1280x720, 24 frames" in video and "by vpxdec" in video
