@@ -556,7 +556,10 @@ class Coordinator:
                 conn.fault = str(fault)
         actor = conn.actor
         before = actor.messages_in
-        actor.start(action.actor, self.first_state, self.job_config)
+        # a job may act on its attempt number (info["attempt"], from 1), e.g. a retry that
+        # knows what went with its predecessor
+        actor.start(action.actor, self.first_state, self.job_config,
+                    info={"attempt": action.attempt})
         self._messages_in += actor.messages_in - before
         self._events(conn)
 

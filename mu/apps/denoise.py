@@ -35,6 +35,7 @@ The machine (states defined in reverse order, each naming the next)::
                 --yes--> LeftSendState (link, send) --> LeftRecvState (recv)
                   --> LeftAwaitState (InfoWatcher: INFO:file:left) --> LeftGotState
                   --> LeftDoneState
+                (a retry goes from LeftSendState to LeftFetchState)
             RightSideState ... the same on the right
       --> FilterState (denoise -r R [-p prev] [-n next]) --> UploadState --> FinalState
 
@@ -50,9 +51,11 @@ the neighbour died before sending, or it was delivered to this actor's previous 
 or the link closed), and the side takes the *recovery path*: it retrieves the
 neighbour's input chunk from S3 and cuts the halo from it, exactly as for a neighbour that
 does not run. A halo is a pure function of the neighbour's input chunk, so the output is
-the same bytes whichever way the halo came. A ``send`` that fails is not fatal either:
-the neighbour recovers the same way. Halos that arrive late (from a neighbour's retry)
-are left unread.
+the same bytes whichever way the halo came. A retry (``info["attempt"]`` > 1) takes the
+recovery path at once, after sending its own halos: what its neighbours sent went to the
+attempt that died, and a neighbour that has finished never sends again. A ``send`` that
+fails is not fatal either: the neighbour recovers the same way. Halos that arrive late
+(from a neighbour's retry) are left unread.
 """
 
 from __future__ import annotations
@@ -318,6 +321,11 @@ class SideStep(MachineState):
         survive (then the whole machine fails)."""
         return None
 
+    def after_send(self) -> StateFactory:
+        """Receive the halo, or on a retry fetch it at once: what the neighbours sent went
+        to the attempt that died (a neighbour that has finished never sends again)."""
+        return self.step("fetch" if self.info.get("attempt", 1) > 1 else "recv")
+
 
 class EdgeState(SideStep, TerminalState):
     extra = "(the video's edge: no halo)"
@@ -415,13 +423,13 @@ class SendState(SideStep, CommandListState):
             (f"OK:SENDING({self.side})", None),
             (f"OK:SEND({self.side}:", None),
         ]
-        self.nextState = self.step("recv")
+        self.nextState = self.after_send()
 
     def on_fail(self, msg: str) -> StateFactory | None:
         if self.expecting() == f"OK:LINK({self.side})" and msg.startswith("FAIL(link:"):
             return self.step("fetch")  # no link: nothing sent; the neighbour recovers too
         if _failed("send", self.side, msg):
-            return self.step("recv")  # not delivered: the neighbour recovers from S3
+            return self.after_send()  # not delivered: the neighbour recovers from S3
         return None
 
 

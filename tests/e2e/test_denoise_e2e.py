@@ -155,7 +155,8 @@ def test_a_retry_whose_halos_died_with_its_first_attempt_recovers_them_from_s3(
 ) -> None:
     """Seed 13 crashes only actor 1's first attempt, at its 17th command (the filter's run),
     after it has received both halos; its neighbours finish and never send again, so the
-    retry's ``recv`` times out on both sides and takes the recovery path."""
+    retry (it knows it is one: ``info["attempt"]``) sends its halos and takes the recovery
+    path at once on both sides, without waiting for the halo timeout."""
     n, f, r = 3, 2, 2
     video = make_video(n * f, seed=13)
     chunk_files(video, f, tmp_path / "in")
@@ -163,7 +164,7 @@ def test_a_retry_whose_halos_died_with_its_first_attempt_recovers_them_from_s3(
     done, report = denoise(local, denoise_binary, [
         "-n", str(n), "-f", str(f), "--radius", str(r), "-v", "lost", "-b", "dn-lost",
         "--input-dir", str(tmp_path / "in"), "--output-dir", str(tmp_path / "out"),
-        "--faults", "crash=0.3,seed=13", "--retries", "2", "--halo-timeout", "1",
+        "--faults", "crash=0.3,seed=13", "--retries", "2",
         "-O", str(record)])
     assert done.exit_status == 0, report
     want = expected_chunks(video, f, r, tmp_path / "want")
@@ -179,7 +180,8 @@ def test_a_retry_whose_halos_died_with_its_first_attempt_recovers_them_from_s3(
     assert not {"LeftFetchState", "RightFetchState"} & before
     names = [name for _, name in retry["timestamps"]]
     assert retry["ok"] and {"LeftFetchState", "RightFetchState"} <= set(names)
-    assert names.index("LeftAwaitState") < names.index("LeftFetchState")
+    assert names.index("LeftSendState") < names.index("LeftFetchState")
+    assert not {"LeftRecvState", "RightRecvState", "LeftAwaitState"} & set(names)
 
 
 def test_preflight_names_missing_chunks_and_missing_neighbours(
