@@ -21,7 +21,6 @@ beside it (``--binary``, ``--denoiser``), as ``mu lambdaize ... --also`` does.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,6 @@ from typing import Any, TextIO
 
 from mu.apps.denoise import DEFAULT_HALO_TIMEOUT, ConfigState, DenoiseConfig
 from mu.apps.png2y4m import (
-    COMMAND,
     bucket_exists,
     create,
     download_outputs,
@@ -37,6 +35,7 @@ from mu.apps.png2y4m import (
     keys_under,
     s3_where,
 )
+from mu.apps.png2y4m_run import deploy_programs
 from mu.aws import aws_errors
 from mu.errors import ConfigError
 from mu.integrity import file_digest, metadata
@@ -110,27 +109,10 @@ class DenoiseJob:
     def deploy(self, launcher: Launcher, regions: Sequence[str], role: str) -> None:
         """Lambdaize png2y4m with denoise beside it into a private temp dir; create the
         function."""
-        from mu.lambdaize import LambdaizeOptions, lambdaize
-
-        programs = {"png2y4m": (self.options.binary, "--binary", "function/png2y4m"),
-                    "denoise": (self.options.denoiser, "--denoiser", "function/denoise")}
-        for name, (path, flag, source) in programs.items():
-            if not Path(path).is_file():
-                raise ConfigError(f"{name} binary {path!r} not found (build it with "
-                                  f"`make -C {source}`, or pass {flag})")
-        with tempfile.TemporaryDirectory(prefix="mu-bundle-") as tmp:
-            lambdaize(
-                LambdaizeOptions(
-                    executable=self.options.binary,
-                    post_args=COMMAND,
-                    also=(self.options.denoiser,),
-                    name=self.function,
-                    role=role,
-                    regions=tuple(regions),
-                    out_dir=tmp,
-                ),
-                launcher,
-            )
+        deploy_programs(launcher, regions, role, self.function, {
+            "png2y4m": (self.options.binary, "--binary", "function/png2y4m"),
+            "denoise": (self.options.denoiser, "--denoiser", "function/denoise"),
+        })
 
     def upload_inputs(self, s3: Any, create_bucket: bool, out: TextIO) -> None:
         if self.options.input_dir:

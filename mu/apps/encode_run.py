@@ -18,7 +18,6 @@ chunk once, and a chunk is a few kB to a few MB.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ from typing import Any, TextIO
 from mu import ivf
 from mu.apps.encode import EncodeConfig, first_state
 from mu.apps.png2y4m import (
-    COMMAND,
     _status,
     bucket_exists,
     finished_chunks,
@@ -36,6 +34,7 @@ from mu.apps.png2y4m import (
     s3_where,
     upload_inputs,
 )
+from mu.apps.png2y4m_run import deploy_programs
 from mu.aws import aws_errors
 from mu.errors import ConfigError
 from mu.launch import Launcher
@@ -85,27 +84,10 @@ class EncodeJob:
     def deploy(self, launcher: Launcher, regions: Sequence[str], role: str) -> None:
         """Lambdaize png2y4m with vpxenc beside it into a private temp dir; create the
         function."""
-        from mu.lambdaize import LambdaizeOptions, lambdaize
-
-        programs = {"png2y4m": (self.options.binary, "--binary", "function/png2y4m"),
-                    "vpxenc": (self.options.encoder, "--encoder", "function/vpxenc")}
-        for name, (path, flag, source) in programs.items():
-            if not Path(path).is_file():
-                raise ConfigError(f"{name} binary {path!r} not found (build it with "
-                                  f"`make -C {source}`, or pass {flag})")
-        with tempfile.TemporaryDirectory(prefix="mu-bundle-") as tmp:
-            lambdaize(
-                LambdaizeOptions(
-                    executable=self.options.binary,
-                    post_args=COMMAND,
-                    also=(self.options.encoder,),
-                    name=self.function,
-                    role=role,
-                    regions=tuple(regions),
-                    out_dir=tmp,
-                ),
-                launcher,
-            )
+        deploy_programs(launcher, regions, role, self.function, {
+            "png2y4m": (self.options.binary, "--binary", "function/png2y4m"),
+            "vpxenc": (self.options.encoder, "--encoder", "function/vpxenc"),
+        })
 
     def upload_inputs(self, s3: Any, create_bucket: bool, out: TextIO) -> None:
         if not self.options.input_dir:

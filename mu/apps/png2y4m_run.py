@@ -33,7 +33,7 @@ from mu.errors import ConfigError
 from mu.launch import Launcher
 from mu.options import DEFAULT_BINARY, Png2Y4MOptions
 
-__all__ = ["DEFAULT_BINARY", "Png2Y4MJob", "worker_command"]
+__all__ = ["DEFAULT_BINARY", "Png2Y4MJob", "deploy_programs", "worker_command"]
 
 
 def worker_command(binary: str) -> str:
@@ -41,6 +41,32 @@ def worker_command(binary: str) -> str:
     import shlex
 
     return f"{shlex.quote(str(Path(binary).resolve()))} {COMMAND}"
+
+
+def deploy_programs(launcher: Launcher, regions: Sequence[str], role: str, function: str,
+                    programs: dict[str, tuple[str, str, str]]) -> None:
+    """Lambdaize the first of ``programs`` (the worker's command runs it with ``COMMAND``)
+    with the others beside it, into a private temp dir, and create ``function``.
+
+    Args:
+        programs: name -> (path, the flag that names it, the source dir that builds it).
+
+    Raises:
+        ConfigError: a program is not a file (named, with how to build it or the flag).
+    """
+    from mu.lambdaize import LambdaizeOptions, lambdaize
+
+    for name, (path, flag, source) in programs.items():
+        if not Path(path).is_file():
+            raise ConfigError(f"{name} binary {str(path)!r} not found (build it with "
+                              f"`make -C {source}`, or pass {flag})")
+    executable, *also = (path for path, _, _ in programs.values())
+    with tempfile.TemporaryDirectory(prefix="mu-bundle-") as tmp:
+        lambdaize(
+            LambdaizeOptions(executable=executable, post_args=COMMAND, also=tuple(also),
+                             name=function, role=role, regions=tuple(regions), out_dir=tmp),
+            launcher,
+        )
 
 
 class Png2Y4MJob:
@@ -68,26 +94,8 @@ class Png2Y4MJob:
 
     def deploy(self, launcher: Launcher, regions: Sequence[str], role: str) -> None:
         """Lambdaize ``--binary`` into a private temp dir and create the function."""
-        from mu.lambdaize import LambdaizeOptions, lambdaize
-
-        binary = Path(self.options.binary)
-        if not binary.is_file():
-            raise ConfigError(
-                f"png2y4m binary {str(binary)!r} not found (build it with "
-                "`make -C function/png2y4m`, or pass --binary)"
-            )
-        with tempfile.TemporaryDirectory(prefix="mu-bundle-") as tmp:
-            lambdaize(
-                LambdaizeOptions(
-                    executable=str(binary),
-                    post_args=COMMAND,
-                    name=self.function,
-                    role=role,
-                    regions=tuple(regions),
-                    out_dir=tmp,
-                ),
-                launcher,
-            )
+        deploy_programs(launcher, regions, role, self.function,
+                        {"png2y4m": (self.options.binary, "--binary", "function/png2y4m")})
 
     def upload_inputs(self, s3: Any, create_bucket: bool, out: TextIO) -> None:
         if self.options.input_dir:
