@@ -23,22 +23,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
 from mu.apps.denoise import DEFAULT_HALO_TIMEOUT, ConfigState, DenoiseConfig
 from mu.apps.png2y4m import (
     bucket_exists,
-    create,
     download_outputs,
     finished_chunks,
     keys_under,
-    s3_where,
+    upload_numbered,
 )
 from mu.apps.png2y4m_run import deploy_programs
-from mu.aws import aws_errors
-from mu.errors import ConfigError
-from mu.integrity import file_digest, metadata
 from mu.launch import Launcher
 from mu.options import DEFAULT_BINARY, Png2Y4MOptions
 
@@ -69,19 +64,8 @@ def upload_chunks(s3: Any, cfg: DenoiseConfig, directory: str, create_bucket: bo
     Raises:
         ConfigError: no Y4M in ``directory``, or the bucket is missing and may not be made.
     """
-    chunks = sorted(Path(directory).glob("*.y4m"))
-    if not chunks:
-        raise ConfigError(f"no .y4m files in input directory {directory!r}")
-    if not bucket_exists(s3, cfg.bucket):
-        if not create_bucket:
-            raise ConfigError(f"bucket {cfg.bucket!r} does not exist")
-        create(s3, cfg.bucket)
-    for number, path in enumerate(chunks):
-        extra = {"ChecksumAlgorithm": "SHA256", "Metadata": metadata(*file_digest(str(path)))}
-        key = cfg.chunk_input_key(number)
-        with aws_errors(s3_where(s3, f"upload {path} to s3://{cfg.bucket}/{key}")):
-            s3.upload_file(str(path), cfg.bucket, key, ExtraArgs=extra)
-    return len(chunks)
+    return upload_numbered(s3, cfg.bucket, directory, "y4m", cfg.chunk_input_key, 0,
+                           create_bucket)
 
 
 class DenoiseJob:

@@ -28,6 +28,7 @@ The worker's private tmpdir is the only place anything is written or deleted.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,22 +193,34 @@ def upload_inputs(s3: Any, cfg: Png2Y4MConfig, directory: str, create_bucket: bo
     Raises:
         ConfigError: no PNG in ``directory``, or the bucket is missing and may not be made.
     """
+    return upload_numbered(s3, cfg.bucket, directory, "png", cfg.input_key, 1, create_bucket)
+
+
+def upload_numbered(s3: Any, bucket: str, directory: str, suffix: str,
+                    key: Callable[[int], str], first: int, create_bucket: bool) -> int:
+    """Upload ``directory/*.suffix`` (sorted) to ``bucket`` as ``key(first)``,
+    ``key(first + 1)``, ... each with its SHA-256 (one S3 verifies, and the digest the
+    workers check after downloading); the number uploaded.
+
+    Raises:
+        ConfigError: no such file in ``directory``, or the bucket is missing and may not be
+            made.
+    """
     from pathlib import Path
 
-    pngs = sorted(Path(directory).glob("*.png"))
-    if not pngs:
-        raise ConfigError(f"no .png files in input directory {directory!r}")
-    if not bucket_exists(s3, cfg.bucket):
+    files = sorted(Path(directory).glob(f"*.{suffix}"))
+    if not files:
+        raise ConfigError(f"no .{suffix} files in input directory {directory!r}")
+    if not bucket_exists(s3, bucket):
         if not create_bucket:
-            raise ConfigError(f"bucket {cfg.bucket!r} does not exist")
-        create(s3, cfg.bucket)
-    for number, path in enumerate(pngs, 1):
-        # A SHA-256 that S3 verifies, and the digest the workers check after downloading.
+            raise ConfigError(f"bucket {bucket!r} does not exist")
+        create(s3, bucket)
+    for number, path in enumerate(files, first):
         extra = {"ChecksumAlgorithm": "SHA256", "Metadata": metadata(*file_digest(str(path)))}
-        key = cfg.input_key(number)
-        with aws_errors(s3_where(s3, f"upload {path} to s3://{cfg.bucket}/{key}")):
-            s3.upload_file(str(path), cfg.bucket, key, ExtraArgs=extra)
-    return len(pngs)
+        where = key(number)
+        with aws_errors(s3_where(s3, f"upload {path} to s3://{bucket}/{where}")):
+            s3.upload_file(str(path), bucket, where, ExtraArgs=extra)
+    return len(files)
 
 
 def finished_chunks(s3: Any, cfg: Png2Y4MConfig, chunks: list[int]) -> list[int]:
