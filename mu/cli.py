@@ -445,7 +445,10 @@ def _parse_faults(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _add_site_arguments(parser: argparse.ArgumentParser, regions: bool) -> None:
+def _add_site_arguments(parser: argparse.ArgumentParser, regions: bool,
+                        by_hand: bool = True) -> None:
+    """Where a run happens; ``by_hand=False``: a job whose workers cannot be started by hand
+    (its help leaves ``--backend none`` out; choosing it is refused with one line)."""
     from mu.options import SiteOptions
 
     where = parser.add_argument_group("where it runs")
@@ -454,20 +457,23 @@ def _add_site_arguments(parser: argparse.ArgumentParser, regions: bool) -> None:
             "-r", "--regions", default=",".join(SiteOptions.regions),
             help=f"comma-separated regions ('{','.join(SiteOptions.regions)}')",
         )
+    backend_help = "local: embedded emulator + S3 (default); lambda: AWS"
+    if by_hand:
+        backend_help += ("; none: launch nothing, write the payload (--payload-out), print how "
+                         "to start workers by hand with it and wait for them (--arrival-timeout)")
     where.add_argument(
         "--backend",
         choices=("local", "lambda", "none"),
+        metavar=None if by_hand else "{local,lambda}",
         default=SiteOptions.backend,
-        help="local: embedded emulator + S3 (default); lambda: AWS; none: launch nothing, "
-        "write the payload (--payload-out), print how to start workers by hand with it and "
-        "wait for them (--arrival-timeout)",
+        help=backend_help,
     )
     where.add_argument("--endpoint-url", help="a Lambda-compatible endpoint (e.g. a running "
                        "`mu emulator`)")
     where.add_argument(
         "--s3-endpoint-url",
-        help="S3 endpoint instead of AWS's (with --backend lambda beside --endpoint-url; with "
-        "--backend none, where the workers find S3 too)",
+        help="S3 endpoint instead of AWS's (with --backend lambda beside --endpoint-url"
+        + ("; with --backend none, where the workers find S3 too)" if by_hand else ")"),
     )
     where.add_argument(
         "--host-addr",
@@ -476,8 +482,9 @@ def _add_site_arguments(parser: argparse.ArgumentParser, regions: bool) -> None:
     )
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The coordinator's flags (the 2016 ``-t -D -O -P -m -N -X`` and mu's own) and the keys'."""
+def _add_run_arguments(parser: argparse.ArgumentParser, by_hand: bool = True) -> None:
+    """The coordinator's flags (the 2016 ``-t -D -O -P -m -N -X`` and mu's own) and the keys';
+    ``by_hand`` as in :func:`_add_site_arguments`."""
     from mu.options import SPECULATE_FACTOR, RunOptions
 
     defaults = RunOptions()
@@ -548,7 +555,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--payload-out", metavar="FILE",
         help="backend none: write the invocation payload here (default: a private temporary "
-        "file, removed when the run ends); the run prints how to start workers with it",
+        "file, removed when the run ends); the run prints how to start workers with it"
+        if by_hand else argparse.SUPPRESS,
     )
     c = parser.add_argument_group("cost")
     c.add_argument(
@@ -828,7 +836,7 @@ def _register_encode(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                       help="variable bitrate aiming at K kbit/s instead of --cq-level")
     enc.add_argument("--threads", type=int, default=d.threads, metavar="N",
                      help=f"encoder threads in each worker ({d.threads})")
-    _add_site_arguments(p, regions=False)
+    _add_site_arguments(p, regions=False, by_hand=False)
     files = p.add_argument_group("files")
     files.add_argument("--input-dir", help="upload DIR/*.png as the input frames first")
     files.add_argument("--output-dir", help="download the chunks and the stitched video here")
@@ -838,7 +846,7 @@ def _register_encode(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     files.add_argument("--encoder", default=d.encoder,
                        help="local backend: the vpxenc binary shipped beside it (default: the "
                        "one built from function/vpxenc)")
-    _add_run_arguments(p)
+    _add_run_arguments(p, by_hand=False)
     p.set_defaults(func=_cmd_encode)
 
 
@@ -884,7 +892,7 @@ def _register_denoise(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     flt.add_argument("--halo-timeout", type=float, default=d.halo_timeout, metavar="SECONDS",
                      help="how long a worker waits for a neighbour's frames before it reads "
                      f"the neighbour's chunk from S3 instead ({d.halo_timeout:g})")
-    _add_site_arguments(p, regions=False)
+    _add_site_arguments(p, regions=False, by_hand=False)
     files = p.add_argument_group("files")
     files.add_argument("--input-dir", help="upload DIR/*.y4m (sorted) as chunks 0, 1, ... first")
     files.add_argument("--output-dir", help="download every output chunk here after the run")
@@ -894,7 +902,7 @@ def _register_denoise(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     files.add_argument("--denoiser", default=d.denoiser,
                        help="local backend: the denoise binary shipped beside it (default: the "
                        "one built from function/denoise)")
-    _add_run_arguments(p)
+    _add_run_arguments(p, by_hand=False)
     add_relay_arguments(p)
     p.set_defaults(func=_cmd_denoise)
 

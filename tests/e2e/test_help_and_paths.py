@@ -28,6 +28,21 @@ def test_help_has_no_percent_escapes(words: list[str], tmp_path: Path) -> None:
     assert done.stdout.strip() and "%%" not in done.stdout
 
 
+@pytest.mark.parametrize(("command", "by_hand"),
+                         [("png2y4m", True), ("run", True), ("encode", False), ("denoise", False)])
+def test_help_offers_backend_none_only_where_it_runs(command: str, by_hand: bool,
+                                                      tmp_path: Path) -> None:
+    """encode and denoise refuse ``--backend none``; their help does not offer it."""
+    done = subprocess.run([sys.executable, "-m", "mu.cli", command, "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    offered = "{local,lambda,none}" in done.stdout
+    assert offered is by_hand
+    assert ("--payload-out" in done.stdout) is by_hand
+    if not by_hand:
+        assert "--backend {local,lambda}" in done.stdout
+
+
 def test_readme_lambdaize_command_works_from_any_directory(
     tmp_path: Path, png2y4m_binary: Path
 ) -> None:
