@@ -78,7 +78,7 @@ LINGER: Final = 5.0
 """Seconds a connection the relay ends may take to receive its last frame."""
 
 _ACCEPT_BATCH: Final = 256
-_READS: Final = 4  # reads per readiness of a connection at most
+_READS: Final = 8  # reads per readiness of a connection at most
 _SEND_MAX: Final = 65536  # what one pyOpenSSL send takes at most (mu.net.Pipe)
 _RECORD: Final = 16384  # a TLS record's payload at most
 
