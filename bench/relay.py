@@ -288,7 +288,7 @@ def bench(pairs: int, total: int, frame: int, procs: int, buffer: int | None) ->
             errors = [text for kind, text in outcomes if kind == "error"]
             if errors:
                 raise RuntimeError(errors[0])
-            relay.send_signal(signal.SIGINT)
+            relay.send_signal(signal.SIGTERM)  # as a service manager stops it
             stats, _ = relay.communicate(timeout=60)
         finally:
             if relay.poll() is None:
