@@ -18,16 +18,19 @@ loop:
    none, the newcomer.
 2. **Handshake** until the pipe says it is done; then the core hears ``connected`` and its
    hello deadline starts.
-3. **Read** what the socket has (one read per readiness; the selector is level-triggered)
-   and hand it to the core; apply its actions: :class:`~mu.relay_core.Deliver` queues bytes
-   for a connection and writes what its socket takes now, :class:`~mu.relay_core.Pause` /
+3. **Read** what the socket has (up to :data:`_READS` TLS records per readiness; the
+   selector is level-triggered) and hand it to the core; apply its actions:
+   :class:`~mu.relay_core.Deliver` queues bytes for a connection, written after the last of
+   those reads (what its socket takes now), :class:`~mu.relay_core.Pause` /
    :class:`~mu.relay_core.Resume` take a sender's read interest away and back,
    :class:`~mu.relay_core.Close` writes the connection's last frame, ends the sending side
    once that is out, and closes when the peer has closed (or after :data:`LINGER` seconds),
    reading and dropping what still comes: closing with unread bytes would reset the
    connection, and the reset could discard the last frame before the peer reads it.
 4. **Write** queued bytes where the socket is writable, telling the core how many went
-   (``written``), which may resume paused senders.
+   (``written``), which may resume paused senders. Several records are written corked
+   (``TCP_CORK``): OpenSSL sends each 16 KiB record with its own ``send()``, and corked they
+   leave as one segment, which the receiving end handles once.
 5. **Time**: the core's ``tick`` and the pump's handshake and linger deadlines.
 
 A connection that fails (reset, TLS error) ends that connection only. :meth:`Relay.stats`
@@ -75,8 +78,9 @@ LINGER: Final = 5.0
 """Seconds a connection the relay ends may take to receive its last frame."""
 
 _ACCEPT_BATCH: Final = 256
-_READS: Final = 4  # reads per readiness of a connection at most
+_READS: Final = 8  # reads per readiness of a connection at most
 _SEND_MAX: Final = 65536  # what one pyOpenSSL send takes at most (mu.net.Pipe)
+_RECORD: Final = 16384  # a TLS record's payload at most
 
 
 def _listen(host: str, port: int, buffer: int | None = None) -> socket.socket:
@@ -358,25 +362,35 @@ class Relay:
 
     def _read(self, conn: _Conn) -> None:
         # A few reads per wake-up (a TLS read gives one 16 KiB record): fewer turns of the
-        # loop per byte, and still a bounded share for one connection.
+        # loop per byte, and still a bounded share for one connection. What they deliver is
+        # written after the last, so that a partner's socket takes it in one corked batch.
+        flush: list[_Conn] = []
         for _ in range(_READS):
             try:
                 data = conn.pipe.receive()
             except TransportError as exc:
-                self._apply(self._core.closed(conn.id, str(exc)))
+                self._apply(self._core.closed(conn.id, str(exc)), flush)
                 self._drop(conn)
-                return
+                break
             if data is None:
                 self._update(conn)
-                return
-            self._apply(self._core.received(conn.id, data, self.clock()))
+                break
+            self._apply(self._core.received(conn.id, data, self.clock()), flush)
             if not data or conn.paused or conn.closing or conn.id not in self._conns:
-                return
+                break
+        self._flush_each(flush)
 
     def _flush(self, conn: _Conn) -> None:
         out = conn.out
         pipe = conn.pipe
         total = 0
+        # OpenSSL writes each 16 KiB record with its own send(): corked, the kernel sends
+        # them as one segment, and the receiving end (its softirq, its wake-up) handles
+        # one instead of several.
+        corked = len(out) > 1 or len(out[0]) - conn.offset > _RECORD
+        if corked:
+            with contextlib.suppress(OSError):
+                pipe.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         try:
             while out:
                 head = out[0]
@@ -394,6 +408,9 @@ class Relay:
                 self._apply(self._core.closed(conn.id, str(exc)))
             self._drop(conn)
             return
+        if corked:
+            with contextlib.suppress(OSError):
+                pipe.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
         if total and not conn.closing:
             self._apply(self._core.written(conn.id, total))
         if conn.id not in self._conns:
@@ -421,10 +438,14 @@ class Relay:
                 self._drop(conn)
                 return
 
-    def _apply(self, actions: Sequence[Action]) -> None:
+    def _apply(self, actions: Sequence[Action], flush: list[_Conn] | None = None) -> None:
+        """Apply the core's ``actions``; the connections with new output are written to at
+        the end, or left in ``flush`` for the caller to write to (:meth:`_flush_each`)."""
         # Writes wait until the whole batch is applied: a write makes the core act again
         # (written -> Resume), which must come after this batch's Pause, not before it.
-        flush: list[_Conn] = []
+        mine = flush is None
+        if flush is None:
+            flush = []
         for action in actions:
             conn = self._conns.get(action.cid)
             if conn is None:
@@ -448,8 +469,12 @@ class Relay:
                 conn.out.append(action.farewell)
                 self._io.at(LINGER, conn.id, "linger")
                 flush.append(conn)
-        for conn in flush:
-            if conn.id in self._conns:
+        if mine:
+            self._flush_each(flush)
+
+    def _flush_each(self, conns: list[_Conn]) -> None:
+        for conn in conns:
+            if conn.id in self._conns and conn.out:
                 self._flush(conn)
 
     def _update(self, conn: _Conn) -> None:

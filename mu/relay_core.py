@@ -127,10 +127,13 @@ class RelayLimits:
             oldest is dropped for a newcomer (the coordinator's bound).
         max_unauthenticated_per_address: the same from one source address.
         socket_buffer: the kernel's send and receive buffers of each connection (the pump
-            sets them on its listening socket), so that the kernel's memory for the relay's
-            connections is bounded too; None leaves them to the kernel's autotuning. 256 KiB
-            carries about 250 MB/s per connection at a 1 ms round trip (workers in the
-            relay's region).
+            sets them on its listening socket; the kernel doubles the value for its
+            bookkeeping), so that the kernel's memory for the relay's connections is bounded
+            too; None leaves them to the kernel's autotuning. 128 KiB carries about 125 MB/s
+            per connection at a 1 ms round trip (workers in the relay's region), and keeps
+            2,000 connections' buffers at most 1 GB, under the TCP memory pressure threshold
+            of a machine of about 16 GB or more (``net.ipv4.tcp_mem``): in pressure the kernel
+            drops segments and TCP waits out retransmit timeouts.
     """
 
     max_frame: int = 4 * 1024 * 1024
@@ -145,7 +148,7 @@ class RelayLimits:
     max_connections: int = 20_000
     max_unauthenticated: int = 8192
     max_unauthenticated_per_address: int = 4096
-    socket_buffer: int | None = 256 * 1024
+    socket_buffer: int | None = 128 * 1024
 
     def __post_init__(self) -> None:
         for name in ("max_frame", "max_hello", "window", "held_per_partner", "held_per_run",
