@@ -21,7 +21,13 @@ once it has answered and asked for the next. A timeout, a memory kill, an exit o
 destroys the environment (its whole process group), so the next invocation is cold; idle
 environments are reaped after ``idle_timeout`` seconds, and beyond ``kept`` idle ones in
 all, the one idle longest goes first. ``warm_pool`` environments per function are made when
-its code is set, and never reaped (like provisioned concurrency).
+its code is set, and never reaped (like provisioned concurrency). ``spares`` environments
+per function are initialised ahead of its cold starts (as Lambda's *proactive
+initialization* does): made once the function has been invoked and, after a burst has taken
+them, again once its invocations pause for ``_REFILL`` seconds; an invocation takes one only
+when no warm environment is idle, and its ``REPORT`` carries the ``Init Duration`` its Init
+took (ahead of it). Spares are reaped like idle environments and kept only for the functions
+that have a zygote.
 
 Environments are forked by a *zygote* per function version (the one used least recently
 is stopped beyond ``KEPT_ZYGOTES``), or spawned one by one (``fork_server=False``). With
@@ -71,6 +77,7 @@ KEPT_ZYGOTES = 2  # zygotes kept (for the functions invoked most recently)
 INIT_TIMEOUT = 10.0  # seconds Init may take, as on Lambda
 _POLL = 0.05  # seconds between memory checks of busy environments
 _CHECKS = 32  # busy environments measured per check at most (in turn)
+_REFILL = 0.1  # seconds without an invocation of a function before its spares are made
 _BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "SSL_CERT_FILE", "SSL_CERT_DIR")
 _API = "/2018-06-01/runtime"
 _MAX_BODY = 6 * 1024 * 1024 + 1024
@@ -153,6 +160,7 @@ class _Env:
     parked: asyncio.Future[_Invocation | None] | None = None
     idle_since: float = 0.0
     provisioned: bool = False
+    spare: bool = False  # made ahead of any invocation, not yet taken
     retiring: bool = False  # destroyed once its invocation ends (code updated)
     dead: bool = False
     init_timer: asyncio.TimerHandle | None = None
@@ -280,6 +288,8 @@ class Runner:
         fork_server: fork environments from a zygote per function (False: spawn each).
         kept: idle environments kept in all (the one idle longest is reaped beyond).
         warm_pool: environments made per function when its code is set, never reaped.
+        spares: environments per function made ahead of its invocations, once it has been
+            invoked, and made again after a burst takes them (reaped like idle ones).
         idle_timeout: seconds after which an idle environment is reaped.
         sandbox: run environments under bubblewrap; None: where it works (else a warning).
         logs_endpoint_url: CloudWatch Logs endpoint (default: ``s3_endpoint_url``).
@@ -299,11 +309,14 @@ class Runner:
         idle_timeout: float = IDLE_TIMEOUT,
         sandbox: bool | None = None,
         logs_endpoint_url: str | None = None,
+        spares: int = 0,
     ) -> None:
         if kept < 0:
             raise ValueError(f"kept environments {kept} is negative")
         if warm_pool < 0:
             raise ValueError(f"warm pool {warm_pool} is negative")
+        if spares < 0:
+            raise ValueError(f"spares {spares} is negative")
         if not idle_timeout >= 0:
             raise ValueError(f"idle timeout {idle_timeout} is negative")
         self.state_dir = Path(state_dir)
@@ -313,6 +326,7 @@ class Runner:
         self.kept = kept
         self.kept_zygotes = KEPT_ZYGOTES
         self.warm_pool = warm_pool
+        self.spares = spares
         self.idle_timeout = idle_timeout
         self.sandbox: str | None = None  # bwrap's path when sandboxed
         if sandbox is not False:
@@ -330,6 +344,9 @@ class Runner:
         self._envs: dict[str, _Env] = {}  # every live environment by id
         self._idle: dict[tuple[str, str], list[_Env]] = {}  # parked in /next, newest last
         self._returning: dict[tuple[str, str], set[_Env]] = {}  # answered, /next to come
+        self._spare: dict[tuple[str, str], list[_Env]] = {}  # spares parked in /next
+        self._codes: dict[tuple[str, str], Code] = {}  # functions invoked, for their spares
+        self._refills: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._zygotes: OrderedDict[tuple[str, str], _Zygote] = OrderedDict()
         self._running: dict[str, int] = {}  # request id -> pid (read from any thread)
         self._closed = False
@@ -456,7 +473,34 @@ class Runner:
             if not env.dead and env.inv is None:
                 env.inv = inv
                 return
+        if self.spares:
+            self._codes[key] = inv.code
+            self._refill_later(key)
+            spares = self._spare.get(key)
+            while spares:
+                env = spares.pop()
+                if not env.dead and env.parked is not None and not env.parked.done():
+                    env.spare, env.idle_since = False, 0.0  # its REPORT has Init Duration
+                    self._deliver(env, inv)
+                    return
         self._loop.create_task(self._make(inv.code, inv))
+
+    def _refill_later(self, key: tuple[str, str]) -> None:
+        """Make ``key``'s spares again once its invocations pause (:data:`_REFILL` s without
+        one), so that making them does not compete with the burst that took them."""
+        timer = self._refills.get(key)
+        if timer is not None:
+            timer.cancel()
+        self._refills[key] = self._loop.call_later(_REFILL, self._refill, key)
+
+    def _refill(self, key: tuple[str, str]) -> None:
+        self._refills.pop(key, None)
+        code = self._codes.get(key)
+        if code is None or self._closed or (self.fork_server and key not in self._zygotes):
+            return  # updated or deleted since, or its zygote was stopped (KEPT_ZYGOTES)
+        have = sum(1 for e in self._envs.values() if e.key == key and e.spare)
+        for _ in range(self.spares - have):
+            self._loop.create_task(self._make(code, None, spare=True))
 
     def _warm(self, code: Code) -> None:
         key = (code.name, code.sha)
@@ -464,13 +508,13 @@ class Runner:
         for _ in range(self.warm_pool - have):
             self._loop.create_task(self._make(code, None, provisioned=True))
 
-    async def _make(self, code: Code, inv: _Invocation | None, provisioned: bool = False
-                    ) -> None:
+    async def _make(self, code: Code, inv: _Invocation | None, provisioned: bool = False,
+                    spare: bool = False) -> None:
         """A new environment of ``code``; ``inv`` is its first invocation (cold start)."""
         env_id = uuid.uuid4().hex
         day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y/%m/%d")
         env = _Env(env_id, (code.name, code.sha), code, time.monotonic(),
-                   f"{day}/[{code.version}]{env_id}", provisioned=provisioned)
+                   f"{day}/[{code.version}]{env_id}", provisioned=provisioned, spare=spare)
         env.inv = inv
         self._envs[env_id] = env
         try:
@@ -622,6 +666,8 @@ class Runner:
         while zygote.waiting:
             self._destroy(zygote.waiting.popleft(),
                           _error("the zygote exited", "Runtime.StartError"))
+        for env in [e for e in self._envs.values() if e.key == key and e.spare]:
+            self._destroy(env, None)  # spares are kept for the functions with a zygote only
 
     def _zygote_says(self, key: tuple[str, str], zygote: _Zygote) -> None:
         try:
@@ -750,7 +796,7 @@ class Runner:
                                              "InvalidStateTransition"))
             env.parked = self._loop.create_future()
             env.idle_since = time.monotonic()
-            self._idle.setdefault(env.key, []).append(env)
+            (self._spare if env.spare else self._idle).setdefault(env.key, []).append(env)
             if env.retiring:
                 self._destroy(env, None)
                 return 0, {}, b""
@@ -882,9 +928,9 @@ class Runner:
         if env.tmpdir:
             shutil.rmtree(env.tmpdir, ignore_errors=True)
         self._envs.pop(env.id, None)
-        idle = self._idle.get(env.key)
-        if idle and env in idle:
-            idle.remove(env)
+        for parked in (self._idle.get(env.key), self._spare.get(env.key)):
+            if parked and env in parked:
+                parked.remove(env)
         self._returning.get(env.key, set()).discard(env)
 
     def _exited(self, env: _Env) -> None:
@@ -893,6 +939,8 @@ class Runner:
     def _forget(self, name: str, reason: str | None) -> None:
         for key in [k for k in self._zygotes if k[0] == name]:
             self._drop_zygote(key)
+        for key in [k for k in self._codes if k[0] == name]:
+            del self._codes[key]
         for env in list(self._envs.values()):
             if env.code.name != name:
                 continue
@@ -946,8 +994,8 @@ class Runner:
         """Destroy environments idle too long, and the oldest beyond ``kept``."""
         try:
             now = time.monotonic()
-            idle = [e for envs in self._idle.values() for e in envs
-                    if not e.dead and not e.provisioned]
+            idle = [e for parked in (self._idle, self._spare) for envs in parked.values()
+                    for e in envs if not e.dead and not e.provisioned]
             idle.sort(key=lambda e: e.idle_since)
             extra = len(idle) - self.kept
             for i, env in enumerate(idle):

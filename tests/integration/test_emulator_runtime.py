@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,45 @@ def test_a_warm_pool_is_made_ahead_and_its_first_invocation_has_no_init(
         assert set(server.runner.environments()) == made
         report = base64.b64decode(resp["LogResult"]).decode()
         assert "REPORT RequestId:" in report and "Init Duration" not in report
+
+
+def test_spares_take_cold_starts_after_warm_ones_and_are_made_again(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    with ThreadedEmulatorServer(state_dir=tmp_path, s3_endpoint_url=s3_server.url,
+                                spares=2) as server:
+        client = boto3.client("lambda", endpoint_url=server.url, **CREDS)
+        name = make(client)
+        first = call(client, name, {})[1]
+        runner = server.runner
+
+        def spares() -> list[Any]:
+            return [e for envs in runner._spare.values() for e in envs]
+
+        assert wait_for(lambda: len(spares()) == 2)
+        made = {e.pid for e in spares()}
+        # A warm environment goes first: the spares wait for invocations that find none.
+        resp = client.invoke(FunctionName=name, Payload=b"{}", LogType="Tail")
+        warm = json.loads(resp["Payload"].read())
+        assert (warm["pid"], warm["count"]) == (first["pid"], 2)
+        assert "Init Duration" not in base64.b64decode(resp["LogResult"]).decode()
+        # Two at once: one is warm, the other a spare's first invocation, which is a cold
+        # start (fresh globals, Init Duration in its REPORT).
+        def run(_: int) -> tuple[Any, str]:
+            resp = client.invoke(FunctionName=name, LogType="Tail", Payload=json.dumps(
+                {"action": "sleep", "seconds": 1}).encode())
+            return (json.loads(resp["Payload"].read()),
+                    base64.b64decode(resp["LogResult"]).decode())
+
+        with ThreadPoolExecutor(2) as pool:
+            runs = list(pool.map(run, range(2)))
+        runs.sort(key=lambda r: r[0]["count"])
+        (spare, spare_log), (warm, warm_log) = runs
+        assert (warm["pid"], warm["count"]) == (first["pid"], 3)
+        assert "Init Duration" not in warm_log
+        assert spare["pid"] in made and spare["count"] == 1
+        assert "Init Duration" in spare_log
+        assert wait_for(lambda: len(spares()) == 2)  # made again after the burst
 
 
 # ------------------------------------------------------------------------------ logs
