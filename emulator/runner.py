@@ -320,6 +320,7 @@ class Runner:
         if not idle_timeout >= 0:
             raise ValueError(f"idle timeout {idle_timeout} is negative")
         self.state_dir = Path(state_dir)
+        self._logs_dir = str(self.state_dir / "logs")
         self.s3_endpoint_url = s3_endpoint_url
         self.region = region
         self.fork_server = fork_server
@@ -340,7 +341,7 @@ class Runner:
                            "write wherever you can")
         self.logs = LogWriter(logs_endpoint_url or s3_endpoint_url, region)
         self._tmp = tempfile.mkdtemp(prefix="mu-emulator-tmp-")
-        self._folders: set[Path] = set()
+        self._folders: set[str] = set()  # log folders made
         self._envs: dict[str, _Env] = {}  # every live environment by id
         self._idle: dict[tuple[str, str], list[_Env]] = {}  # parked in /next, newest last
         self._returning: dict[tuple[str, str], set[_Env]] = {}  # answered, /next to come
@@ -383,7 +384,7 @@ class Runner:
         inv = _Invocation(code, request_id, payload, on_done)
         if self._closed:
             on_done(Result(False, error=_error("the emulator is stopping", "Runtime.Stopped"),
-                           log_path=str(self._log_path(code.name, request_id))))
+                           log_path=self._log_path(code.name, request_id)))
             return
         try:
             self._loop.call_soon_threadsafe(self._launch, inv)
@@ -878,13 +879,13 @@ class Runner:
             inv.log += env.init_log
         path = self._log_path(inv.code.name, inv.request_id)
         try:
-            self._folder(path.parent)
+            self._folder(os.path.dirname(path))
             if inv.log:
                 with open(path, "ab") as f:
                     f.write(inv.log)
         except OSError:
             pass  # the state dir went away under us: the outcome still counts
-        result.log_path, result.duration = str(path), duration
+        result.log_path, result.duration = path, duration
         result.pid = env.pid if env is not None else 0
         try:
             inv.on_done(result)
@@ -1048,14 +1049,13 @@ class Runner:
             target.log += line
         self.logs.put(f"/aws/lambda/{env.code.name}", env.stream, line)
 
-    def _log_path(self, name: str, request_id: str) -> Path:
-        return self.state_dir / "logs" / name / f"{request_id}.log"
+    def _log_path(self, name: str, request_id: str) -> str:
+        return os.path.join(self._logs_dir, name, f"{request_id}.log")
 
-    def _folder(self, path: Path) -> Path:
+    def _folder(self, path: str) -> None:
         if path not in self._folders:
-            path.mkdir(parents=True, exist_ok=True)
+            os.makedirs(path, exist_ok=True)
             self._folders.add(path)
-        return path
 
 
 _WARNED: set[str] = set()
@@ -1157,13 +1157,15 @@ def _tree_rss(pid: int) -> int:
 def _max_rss_mb(pid: int) -> int:
     """The peak resident size of ``pid`` in MB (Lambda's Max Memory Used)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return max(1, math.ceil(int(line.split()[1]) / 1024))
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+        fd = os.open(f"/proc/{pid}/status", os.O_RDONLY)
+        try:
+            status = os.read(fd, 8192)
+        finally:
+            os.close(fd)
+        at = status.index(b"VmHWM:") + 6
+        return max(1, math.ceil(int(status[at:status.index(b"kB", at)]) / 1024))
+    except (OSError, ValueError):
+        return 0
 
 
 def _kill_group(pid: int) -> None:
