@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from emulator.cloudwatch import LogWriter
+from emulator.environment import under_tmp
 
 __all__ = ["IDLE_TIMEOUT", "KEPT", "KEPT_ZYGOTES", "Code", "Result", "Runner", "sandbox_problem"]
 
@@ -181,17 +182,15 @@ def sandbox_problem() -> str | None:
     global _SANDBOX
     if _SANDBOX is None:
         bwrap = shutil.which("bwrap")
-        hidden = _under_tmp()
         if bwrap is None:
             _SANDBOX = ("bubblewrap (bwrap) is not installed",)
-        elif hidden:
-            _SANDBOX = (f"the emulator's Python files are under /tmp ({hidden}), which the "
-                        "sandbox replaces with a private /tmp",)
         else:
+            shown = under_tmp()
             try:
                 probe = subprocess.run(
-                    [*_bwrap_args(bwrap, None), sys.executable, "-I", "-c",
-                     "from emulator.environment import _private_tmp; _private_tmp(1)"],
+                    [*_bwrap_args(bwrap, None, shown=shown), sys.executable, "-I", "-c",
+                     "from emulator.environment import _private_tmp; "
+                     f"_private_tmp(1, {shown!r})"],
                     capture_output=True, timeout=30, check=False)
                 _SANDBOX = (None,) if probe.returncode == 0 else (
                     "bubblewrap cannot make a sandbox here: "
@@ -201,21 +200,13 @@ def sandbox_problem() -> str | None:
     return _SANDBOX[0]
 
 
-def _under_tmp() -> str | None:
-    """The first of the interpreter's prefix, its executable's folder and this package's
-    checkout that lies under /tmp (the sandbox hides the host's /tmp), or None."""
-    here = Path(__file__).resolve().parent.parent
-    for path in (sys.prefix, os.path.dirname(os.path.realpath(sys.executable)), str(here)):
-        real = os.path.realpath(path)
-        if real == "/tmp" or real.startswith("/tmp/"):
-            return real
-    return None
-
-
-def _bwrap_args(bwrap: str, task_root: str | None, tmp_mb: int = 0) -> list[str]:
+def _bwrap_args(bwrap: str, task_root: str | None, tmp_mb: int = 0,
+                shown: list[str] | tuple[str, ...] = ()) -> list[str]:
     """bubblewrap's command line: every file system read-only, ``task_root`` at /var/task;
     with ``tmp_mb`` a ``tmpfs`` of that size at /tmp (spawn), else the zygote's children
-    make their own (it keeps the capability to mount, in its own user namespace)."""
+    make their own (it keeps the capability to mount, in its own user namespace); the
+    folders ``shown`` (under /tmp: :func:`~emulator.environment.under_tmp`) bound back into
+    that /tmp, read-only."""
     args = [bwrap, "--die-with-parent", "--unshare-user", "--unshare-ipc", "--unshare-uts"]
     for entry in sorted(os.listdir("/")):
         path = "/" + entry
@@ -234,13 +225,16 @@ def _bwrap_args(bwrap: str, task_root: str | None, tmp_mb: int = 0) -> list[str]
         args += ["--size", str(tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]
     else:
         args += ["--tmpfs", "/tmp", "--cap-add", "CAP_SYS_ADMIN"]
+    for path in shown:
+        args += ["--ro-bind", path, path]
     return args
 
 
 class _Zygote:
     """A process that has imported the runtime and forks environments of one function."""
 
-    def __init__(self, code: Code, sandbox: str | None, env: dict[str, str]) -> None:
+    def __init__(self, code: Code, sandbox: str | None, env: dict[str, str],
+                 shown: list[str]) -> None:
         parent, child = socket.socketpair()
         self.sock = parent
         self.waiting: deque[_Env] = deque()  # forks asked for, answered in order
@@ -249,7 +243,7 @@ class _Zygote:
         # a blocking send: the zygote blocks on its answers while they are not read, and
         # they are read by the loop that would be blocked.
         self.outbox: deque[tuple[bytes, int]] = deque()
-        prefix = _bwrap_args(sandbox, code.code_dir) if sandbox else []
+        prefix = _bwrap_args(sandbox, code.code_dir, shown=shown) if sandbox else []
         try:
             self.proc = subprocess.Popen(
                 [*prefix, sys.executable, "-I", "-m", "emulator.environment", "zygote",
@@ -330,6 +324,7 @@ class Runner:
         self.spares = spares
         self.idle_timeout = idle_timeout
         self.sandbox: str | None = None  # bwrap's path when sandboxed
+        self._shown = under_tmp()  # bound back into the sandbox's private /tmp
         if sandbox is not False:
             problem = sandbox_problem()
             if problem is None:
@@ -585,7 +580,8 @@ class Runner:
             vars_["AWS_ENDPOINT_URL_S3"] = self.s3_endpoint_url
         vars_.update(code.environment)
         return {"env": vars_, "task_root": task_root, "handler": code.handler,
-                "tmp_mb": code.tmp_mb if self.sandbox and self.fork_server else 0}
+                "tmp_mb": code.tmp_mb if self.sandbox and self.fork_server else 0,
+                "shown": self._shown}
 
     def _fork(self, env: _Env, spec: dict[str, Any], log_w: int) -> None:
         zygote = self._zygote(env.code)
@@ -622,7 +618,7 @@ class Runner:
                 self._loop.remove_writer(zygote.sock.fileno())
 
     def _spawn(self, env: _Env, spec: dict[str, Any], log_w: int) -> None:
-        prefix = (_bwrap_args(self.sandbox, env.code.code_dir, env.code.tmp_mb)
+        prefix = (_bwrap_args(self.sandbox, env.code.code_dir, env.code.tmp_mb, self._shown)
                   if self.sandbox else [])
         vars_ = dict(spec["env"], _MU_ENVIRONMENT=json.dumps(spec))
         env.proc = subprocess.Popen(
@@ -639,7 +635,7 @@ class Runner:
             zygote = None
         if zygote is None:
             base = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
-            zygote = _Zygote(code, self.sandbox, base)
+            zygote = _Zygote(code, self.sandbox, base, self._shown)
             self._zygotes[key] = zygote
             self._loop.add_reader(zygote.sock.fileno(), self._zygote_says, key, zygote)
         self._zygotes.move_to_end(key)

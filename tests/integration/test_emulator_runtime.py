@@ -372,6 +372,46 @@ def test_a_handler_cannot_write_or_delete_outside_its_tmp(
     assert not Path("/tmp/mine").exists()  # its /tmp is its own
 
 
+SHOWN = b'''
+import os
+def handler(event, context):
+    folder = event["folder"]
+    seen = open(os.path.join(folder, "data.txt")).read()
+    try:
+        open(os.path.join(folder, "new.txt"), "w").close()
+        wrote = "written"
+    except OSError as exc:
+        wrote = "refused: " + exc.strerror
+    open("/tmp/mine", "w").close()
+    return {"seen": seen, "wrote": wrote, "tmp": sorted(os.listdir("/tmp"))}
+'''
+
+
+@needs_sandbox
+@pytest.mark.parametrize("fork_server", [True, False], ids=["zygote", "spawn"])
+def test_a_checkout_under_tmp_stays_visible_and_read_only_in_the_sandbox(
+    s3_server: S3Server, tmp_path: Path, fork_server: bool
+) -> None:
+    """The interpreter, packages and checkout found under /tmp (a checkout or a virtual
+    environment made there) are bound back into the sandbox's private /tmp, read-only;
+    here a folder of the test's stands for them."""
+    folder = Path(tmp_path.resolve(), "checkout")
+    folder.mkdir()
+    (folder / "data.txt").write_text("from the host")
+    if not str(folder).startswith("/tmp/"):
+        pytest.skip(f"pytest's tmp_path {folder} is not under /tmp")
+    with ThreadedEmulatorServer(state_dir=tmp_path / "state", s3_endpoint_url=s3_server.url,
+                                sandbox=True, fork_server=fork_server) as server:
+        server.runner._shown = [*server.runner._shown, str(folder)]
+        client = boto3.client("lambda", endpoint_url=server.url, **CREDS)
+        name = make(client, SHOWN)
+        out = call(client, name, {"folder": str(folder)})[1]
+    assert out["seen"] == "from the host"
+    assert out["wrote"] == "refused: Read-only file system"
+    assert "mine" in out["tmp"] and not (folder / "new.txt").exists()
+    assert not Path("/tmp/mine").exists()
+
+
 @needs_sandbox
 def test_a_mode_0_delete_cannot_remove_a_users_file(lam: Any) -> None:
     keep = Path.home() / ".cache" / "mu" / "a-users-frame.png"
