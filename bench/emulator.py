@@ -17,7 +17,14 @@ which run in those environments (*warm*). Between the two waves it reads the pro
 set size (Pss) of each idle environment, and over each wave the CPU time of the emulator
 process and of the environments, per invocation. One JSON line per run, then a summary.
 
+With ``--spares N`` the emulator makes N spare environments after the warm-up invocation
+(the ``mu emulator --spares`` option): the warm-up's own environment is killed and the cold
+wave takes the spares (their Init was done before the clock started; its CPU is reported
+apart, per environment), then the bench waits until the spares have been made again before
+the warm wave.
+
 Usage: python bench/emulator.py [--n 1,100] [--modes fork,spawn] [--spawn-max N]
+                                [--spares 0,100]
 """
 
 from __future__ import annotations
@@ -123,8 +130,9 @@ def read_responses(sock: socket.socket, count: int) -> list[int]:
 class Emulator:
     """``python -m emulator`` in a child process; ``url`` once it serves."""
 
-    def __init__(self, state_dir: Path, fork: bool) -> None:
-        cmd = [sys.executable, "-m", "emulator", "--state-dir", str(state_dir)]
+    def __init__(self, state_dir: Path, fork: bool, spares: int = 0) -> None:
+        cmd = [sys.executable, "-m", "emulator", "--state-dir", str(state_dir),
+               "--spares", str(spares)]
         if not fork:
             cmd.append("--no-fork-server")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -152,6 +160,29 @@ class Emulator:
         self.proc.wait(timeout=60)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+def settle(emulator: Emulator, at_least: int) -> list[int]:
+    """Wait (at most a minute) until at least ``at_least`` environments run and none has
+    used the CPU for a quarter of a second (the spares have been made and are parked)."""
+    deadline = time.monotonic() + 60
+    last: dict[int, float] = {}
+    while time.monotonic() < deadline:
+        now = {p: run_seconds(p) for p in emulator.environments()}
+        if len(now) >= at_least and now == last:
+            break
+        last = now
+        time.sleep(0.25)
+    return sorted(last)
+
+
+def started_at(pid: int) -> int:
+    """When ``pid`` started, in clock ticks since boot."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def cmdline(pid: int) -> bytes:
@@ -234,9 +265,9 @@ def wave(emulator: Emulator, requests: list[bytes], inbox: socket.socket, n: int
     return latencies, max(starts.values(), default=0.0) - min(sent), statuses.count(202)
 
 
-def measure(n: int, fork: bool, tmp: Path) -> dict[str, Any]:
-    tag = f"{n}-{'fork' if fork else 'spawn'}"
-    emulator = Emulator(tmp / f"state-{tag}", fork)
+def measure(n: int, fork: bool, tmp: Path, spares: int = 0) -> dict[str, Any]:
+    tag = f"{n}-{'fork' if fork else 'spawn'}-{spares}"
+    emulator = Emulator(tmp / f"state-{tag}", fork, spares)
     inbox = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     inbox.bind(("127.0.0.1", 0))
     inbox.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -254,14 +285,25 @@ def measure(n: int, fork: bool, tmp: Path) -> dict[str, Any]:
         # Warm up: the zygote (a one-time cost per function) and one environment.
         client.invoke(FunctionName="bench", Payload=json.dumps({"port": port, "i": -1}))
         inbox.recv(256)
-        row: dict[str, Any] = {"mode": "fork-server" if fork else "spawn", "concurrent": n}
+        row: dict[str, Any] = {"mode": "fork-server" if fork else "spawn", "concurrent": n,
+                               "spares": spares}
         for phase in ("cold", "warm"):
-            if phase == "cold":  # the warm-up's environment would serve one warm: end it
+            if phase == "cold" and spares:
+                # The warm-up's environment (the first made) would serve one warm: end it;
+                # the spares the warm-up made stay, for the cold wave.
+                envs = settle(emulator, spares + 1)
+                spare_cpu = sum(run_seconds(p) for p in envs) / max(1, len(envs))
+                row["spare_init_cpu_ms_per_environment"] = round(spare_cpu * 1000, 2)
+                os.kill(min(envs, key=started_at), signal.SIGKILL)
+                settle(emulator, spares)
+            elif phase == "cold":  # the warm-up's environment would serve one warm: end it
                 for pid in emulator.environments():
                     os.kill(pid, signal.SIGKILL)
                 deadline = time.monotonic() + 30
                 while emulator.environments() and time.monotonic() < deadline:
                     time.sleep(0.05)
+            elif spares:  # the spares made again after the cold wave took them
+                settle(emulator, n + spares)
             requests = [signed_event(emulator.url, "bench",
                                      json.dumps({"port": port, "i": i}).encode())
                         for i in range(n)]
@@ -274,7 +316,11 @@ def measure(n: int, fork: bool, tmp: Path) -> dict[str, Any]:
                 time.sleep(0.05)
             time.sleep(0.5)  # the last ones answer and park: their CPU counts
             envs = emulator.environments()
-            env_cpu = sum(run_seconds(p) - envs_before.get(p, 0.0) for p in envs)
+            # With spares, the cold wave's environments are those that were there before it;
+            # the spares made again meanwhile are not its cost (their Init is reported as
+            # spare_init_cpu_ms_per_environment).
+            ran = [p for p in envs if p in envs_before] if spares and phase == "cold" else envs
+            env_cpu = sum(run_seconds(p) - envs_before.get(p, 0.0) for p in ran)
             row[phase] = {
                 "started": len(latencies), "accepted": accepted,
                 "p50_ms": round(statistics.median(latencies) * 1000, 1),
@@ -303,19 +349,22 @@ def main() -> int:
     parser.add_argument("--modes", default="fork,spawn", help="fork and/or spawn")
     parser.add_argument("--spawn-max", type=int, default=100,
                         help="largest run measured with plain spawn")
+    parser.add_argument("--spares", default="0",
+                        help="the emulator's --spares, one run per value (e.g. 0,100)")
     args = parser.parse_args()
     sizes = [int(x) for x in args.n.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):
             for n in sizes:
-                if mode == "spawn" and n > args.spawn_max:
-                    continue
-                row = measure(n, mode == "fork", Path(tmp))
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                for spares in (int(x) for x in args.spares.split(",")):
+                    if mode == "spawn" and n > args.spawn_max:
+                        continue
+                    row = measure(n, mode == "fork", Path(tmp), spares)
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
     print("emulator: " + "; ".join(
-        f"{r['mode']} x{r['concurrent']}: cold p50 {r['cold']['p50_ms']} ms, warm p50 "
+        f"{r['mode']} x{r['concurrent']} spares {r['spares']}: cold p50 {r['cold']['p50_ms']} ms, warm p50 "
         f"{r['warm']['p50_ms']} ms, idle Pss {r['idle_pss_mib_median']} MiB "
         f"(load {r['load_average_1min']})" for r in rows))
     return 0 if all(r[p]["started"] == r["concurrent"] == r[p]["accepted"]

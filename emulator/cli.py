@@ -56,6 +56,10 @@ def _serve_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument("--warm-pool", type=_at_least(0), default=default(0),
                         help="execution environments made per function when its code is "
                         "set, ahead of its invocations, never reaped (default 0)")
+    parser.add_argument("--spares", type=_at_least(0), default=default(0),
+                        help="execution environments per function initialised ahead of its "
+                        "cold starts once it has been invoked, and again after a burst "
+                        "takes them; reaped like idle ones (default 0)")
     parser.add_argument("--idle-timeout", type=_seconds, default=default(IDLE_TIMEOUT),
                         help="seconds an idle execution environment is kept for warm starts "
                         f"(default {IDLE_TIMEOUT:g})")
@@ -137,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
                 state_dir=args.state_dir, s3_endpoint_url=s3.endpoint_url,
                 concurrency_limit=args.concurrency, fork_server=not args.no_fork_server,
                 port=args.port, warm_pool=args.warm_pool, idle_timeout=args.idle_timeout,
-                kept=args.kept,
+                kept=args.kept, spares=args.spares,
             )
             server.start()
         except OSError as exc:  # a port taken, a state dir that cannot be made

@@ -10,12 +10,14 @@ An environment is made in one of two ways, with identical results:
 
 * **zygote** (``python -I -m emulator.environment zygote FD``): one process per function
   version imports what every environment needs (boto3, as the Lambda Python runtime provides
-  it, and every module of ``awslambdaric`` but its native client), freezes the collector,
+  it, and every module of ``awslambdaric`` but its native client, whose C++ runtime library
+  it links all the same), freezes the collector,
   then forks one child per environment the emulator asks for. The emulator writes one JSON
   line (the environment's variables, its task root and the ``/tmp`` size) with the write end
   of the environment's log pipe attached (``SCM_RIGHTS``); the zygote answers the child's
-  pid. The native client reads ``AWS_LAMBDA_RUNTIME_API`` once, when it is loaded, so it is
-  loaded only in the child, after that variable is set (about 2 ms);
+  pid. The native client reads ``AWS_LAMBDA_RUNTIME_API`` once, when its shared object is
+  loaded (a C++ static initialiser), so it is loaded only in the child, after that variable
+  is set (about 1 ms);
 * **spawn** (``python -I -m emulator.environment spawn``): the process is the environment;
   its variables come from its own environment, its log is its standard output.
 
@@ -43,7 +45,7 @@ __all__ = ["become", "main", "zygote"]
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
-_MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x4000, 0x40000
+_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000, 0x40000
 
 
 def _preload() -> None:
@@ -63,10 +65,30 @@ def _preload() -> None:
     import awslambdaric.lambda_runtime_log_utils
     import awslambdaric.lambda_runtime_marshaller  # noqa: F401
 
+    # The native client's C++ library, linked here once rather than in every child (about
+    # 1 ms of each cold start): the child's dlopen of the client finds it loaded.
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libstdc++.so.6")
 
-def _private_tmp(size_mb: int) -> None:
-    """A ``tmpfs`` of ``size_mb`` at ``/tmp`` seen by this process only, then a user
-    namespace of its own, in which it cannot change any mount."""
+
+def under_tmp() -> list[str]:
+    """The folders this interpreter and this package are loaded from that lie under /tmp
+    (its prefix, its executable's folder, the package's checkout), which a private /tmp
+    would hide: the sandbox binds them back, read-only, at the same paths."""
+    here = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    found: list[str] = []
+    for path in (sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)),
+                 here):
+        real = os.path.realpath(path)
+        if real.startswith("/tmp/") and real not in found:
+            found.append(real)
+    return [p for p in found if not any(p.startswith(q + "/") for q in found)]
+
+
+def _private_tmp(size_mb: int, shown: list[str] | tuple[str, ...] = ()) -> None:
+    """A ``tmpfs`` of ``size_mb`` at ``/tmp`` seen by this process only, with the folders
+    ``shown`` (under /tmp) bound back at their paths as they were (read-only in the
+    sandbox), then a user namespace of its own, in which it cannot change any mount."""
     libc = ctypes.CDLL(None, use_errno=True)
     uid, gid = os.getuid(), os.getgid()
 
@@ -77,8 +99,20 @@ def _private_tmp(size_mb: int) -> None:
 
     check(libc.unshare(_CLONE_NEWNS), "unshare mounts")
     check(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "private mounts")
-    options = f"size={size_mb}m,mode=1777".encode()
-    check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV, options), "tmpfs")
+    held: list[int] = []  # the folders shown, opened before the tmpfs hides them
+    try:
+        for path in shown:
+            held.append(os.open(path, os.O_PATH | os.O_DIRECTORY))
+        options = f"size={size_mb}m,mode=1777".encode()
+        check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", _MS_NOSUID | _MS_NODEV, options),
+              "tmpfs")
+        for path, fd in zip(shown, held, strict=True):
+            os.makedirs(path, exist_ok=True)
+            check(libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None,
+                             _MS_BIND | _MS_REC, None), f"bind {path}")
+    finally:
+        for fd in held:
+            os.close(fd)
     check(libc.unshare(_CLONE_NEWUSER), "unshare user")
     for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
                        ("gid_map", f"{gid} {gid} 1")):
@@ -90,7 +124,8 @@ def become(spec: dict[str, Any], log_fd: int) -> None:
     """Become the environment ``spec`` describes and run ``awslambdaric`` (never returns).
 
     ``spec``: ``env`` (its variables), ``task_root``, ``handler``, and ``tmp_mb`` (a private
-    ``/tmp`` of that size, in a sandbox) or 0 (``TMPDIR`` is already private).
+    ``/tmp`` of that size, in a sandbox, with the folders ``shown`` bound back) or 0
+    (``TMPDIR`` is already private).
     """
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
@@ -103,7 +138,7 @@ def become(spec: dict[str, Any], log_fd: int) -> None:
     os.close(devnull)
     try:
         if spec.get("tmp_mb"):
-            _private_tmp(int(spec["tmp_mb"]))
+            _private_tmp(int(spec["tmp_mb"]), spec.get("shown", ()))
         os.chdir(spec["task_root"])
     except OSError as exc:
         print(f"emulator: cannot set up the environment: {exc}", flush=True)

@@ -21,7 +21,13 @@ once it has answered and asked for the next. A timeout, a memory kill, an exit o
 destroys the environment (its whole process group), so the next invocation is cold; idle
 environments are reaped after ``idle_timeout`` seconds, and beyond ``kept`` idle ones in
 all, the one idle longest goes first. ``warm_pool`` environments per function are made when
-its code is set, and never reaped (like provisioned concurrency).
+its code is set, and never reaped (like provisioned concurrency). ``spares`` environments
+per function are initialised ahead of its cold starts (as Lambda's *proactive
+initialization* does): made once the function has been invoked and, after a burst has taken
+them, again once its invocations pause for ``_REFILL`` seconds; an invocation takes one only
+when no warm environment is idle, and its ``REPORT`` carries the ``Init Duration`` its Init
+took (ahead of it). Spares are reaped like idle environments and kept only for the functions
+that have a zygote.
 
 Environments are forked by a *zygote* per function version (the one used least recently
 is stopped beyond ``KEPT_ZYGOTES``), or spawned one by one (``fork_server=False``). With
@@ -62,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from emulator.cloudwatch import LogWriter
+from emulator.environment import under_tmp
 
 __all__ = ["IDLE_TIMEOUT", "KEPT", "KEPT_ZYGOTES", "Code", "Result", "Runner", "sandbox_problem"]
 
@@ -71,6 +78,7 @@ KEPT_ZYGOTES = 2  # zygotes kept (for the functions invoked most recently)
 INIT_TIMEOUT = 10.0  # seconds Init may take, as on Lambda
 _POLL = 0.05  # seconds between memory checks of busy environments
 _CHECKS = 32  # busy environments measured per check at most (in turn)
+_REFILL = 0.1  # seconds without an invocation of a function before its spares are made
 _BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "SSL_CERT_FILE", "SSL_CERT_DIR")
 _API = "/2018-06-01/runtime"
 _MAX_BODY = 6 * 1024 * 1024 + 1024
@@ -153,6 +161,7 @@ class _Env:
     parked: asyncio.Future[_Invocation | None] | None = None
     idle_since: float = 0.0
     provisioned: bool = False
+    spare: bool = False  # made ahead of any invocation, not yet taken
     retiring: bool = False  # destroyed once its invocation ends (code updated)
     dead: bool = False
     init_timer: asyncio.TimerHandle | None = None
@@ -173,17 +182,15 @@ def sandbox_problem() -> str | None:
     global _SANDBOX
     if _SANDBOX is None:
         bwrap = shutil.which("bwrap")
-        hidden = _under_tmp()
         if bwrap is None:
             _SANDBOX = ("bubblewrap (bwrap) is not installed",)
-        elif hidden:
-            _SANDBOX = (f"the emulator's Python files are under /tmp ({hidden}), which the "
-                        "sandbox replaces with a private /tmp",)
         else:
+            shown = under_tmp()
             try:
                 probe = subprocess.run(
-                    [*_bwrap_args(bwrap, None), sys.executable, "-I", "-c",
-                     "from emulator.environment import _private_tmp; _private_tmp(1)"],
+                    [*_bwrap_args(bwrap, None, shown=shown), sys.executable, "-I", "-c",
+                     "from emulator.environment import _private_tmp; "
+                     f"_private_tmp(1, {shown!r})"],
                     capture_output=True, timeout=30, check=False)
                 _SANDBOX = (None,) if probe.returncode == 0 else (
                     "bubblewrap cannot make a sandbox here: "
@@ -193,21 +200,13 @@ def sandbox_problem() -> str | None:
     return _SANDBOX[0]
 
 
-def _under_tmp() -> str | None:
-    """The first of the interpreter's prefix, its executable's folder and this package's
-    checkout that lies under /tmp (the sandbox hides the host's /tmp), or None."""
-    here = Path(__file__).resolve().parent.parent
-    for path in (sys.prefix, os.path.dirname(os.path.realpath(sys.executable)), str(here)):
-        real = os.path.realpath(path)
-        if real == "/tmp" or real.startswith("/tmp/"):
-            return real
-    return None
-
-
-def _bwrap_args(bwrap: str, task_root: str | None, tmp_mb: int = 0) -> list[str]:
+def _bwrap_args(bwrap: str, task_root: str | None, tmp_mb: int = 0,
+                shown: list[str] | tuple[str, ...] = ()) -> list[str]:
     """bubblewrap's command line: every file system read-only, ``task_root`` at /var/task;
     with ``tmp_mb`` a ``tmpfs`` of that size at /tmp (spawn), else the zygote's children
-    make their own (it keeps the capability to mount, in its own user namespace)."""
+    make their own (it keeps the capability to mount, in its own user namespace); the
+    folders ``shown`` (under /tmp: :func:`~emulator.environment.under_tmp`) bound back into
+    that /tmp, read-only."""
     args = [bwrap, "--die-with-parent", "--unshare-user", "--unshare-ipc", "--unshare-uts"]
     for entry in sorted(os.listdir("/")):
         path = "/" + entry
@@ -226,13 +225,16 @@ def _bwrap_args(bwrap: str, task_root: str | None, tmp_mb: int = 0) -> list[str]
         args += ["--size", str(tmp_mb * 1024 * 1024), "--tmpfs", "/tmp"]
     else:
         args += ["--tmpfs", "/tmp", "--cap-add", "CAP_SYS_ADMIN"]
+    for path in shown:
+        args += ["--ro-bind", path, path]
     return args
 
 
 class _Zygote:
     """A process that has imported the runtime and forks environments of one function."""
 
-    def __init__(self, code: Code, sandbox: str | None, env: dict[str, str]) -> None:
+    def __init__(self, code: Code, sandbox: str | None, env: dict[str, str],
+                 shown: list[str]) -> None:
         parent, child = socket.socketpair()
         self.sock = parent
         self.waiting: deque[_Env] = deque()  # forks asked for, answered in order
@@ -241,7 +243,7 @@ class _Zygote:
         # a blocking send: the zygote blocks on its answers while they are not read, and
         # they are read by the loop that would be blocked.
         self.outbox: deque[tuple[bytes, int]] = deque()
-        prefix = _bwrap_args(sandbox, code.code_dir) if sandbox else []
+        prefix = _bwrap_args(sandbox, code.code_dir, shown=shown) if sandbox else []
         try:
             self.proc = subprocess.Popen(
                 [*prefix, sys.executable, "-I", "-m", "emulator.environment", "zygote",
@@ -280,6 +282,8 @@ class Runner:
         fork_server: fork environments from a zygote per function (False: spawn each).
         kept: idle environments kept in all (the one idle longest is reaped beyond).
         warm_pool: environments made per function when its code is set, never reaped.
+        spares: environments per function made ahead of its invocations, once it has been
+            invoked, and made again after a burst takes them (reaped like idle ones).
         idle_timeout: seconds after which an idle environment is reaped.
         sandbox: run environments under bubblewrap; None: where it works (else a warning).
         logs_endpoint_url: CloudWatch Logs endpoint (default: ``s3_endpoint_url``).
@@ -299,22 +303,28 @@ class Runner:
         idle_timeout: float = IDLE_TIMEOUT,
         sandbox: bool | None = None,
         logs_endpoint_url: str | None = None,
+        spares: int = 0,
     ) -> None:
         if kept < 0:
             raise ValueError(f"kept environments {kept} is negative")
         if warm_pool < 0:
             raise ValueError(f"warm pool {warm_pool} is negative")
+        if spares < 0:
+            raise ValueError(f"spares {spares} is negative")
         if not idle_timeout >= 0:
             raise ValueError(f"idle timeout {idle_timeout} is negative")
         self.state_dir = Path(state_dir)
+        self._logs_dir = str(self.state_dir / "logs")
         self.s3_endpoint_url = s3_endpoint_url
         self.region = region
         self.fork_server = fork_server
         self.kept = kept
         self.kept_zygotes = KEPT_ZYGOTES
         self.warm_pool = warm_pool
+        self.spares = spares
         self.idle_timeout = idle_timeout
         self.sandbox: str | None = None  # bwrap's path when sandboxed
+        self._shown = under_tmp()  # bound back into the sandbox's private /tmp
         if sandbox is not False:
             problem = sandbox_problem()
             if problem is None:
@@ -326,10 +336,13 @@ class Runner:
                            "write wherever you can")
         self.logs = LogWriter(logs_endpoint_url or s3_endpoint_url, region)
         self._tmp = tempfile.mkdtemp(prefix="mu-emulator-tmp-")
-        self._folders: set[Path] = set()
+        self._folders: set[str] = set()  # log folders made
         self._envs: dict[str, _Env] = {}  # every live environment by id
         self._idle: dict[tuple[str, str], list[_Env]] = {}  # parked in /next, newest last
         self._returning: dict[tuple[str, str], set[_Env]] = {}  # answered, /next to come
+        self._spare: dict[tuple[str, str], list[_Env]] = {}  # spares parked in /next
+        self._codes: dict[tuple[str, str], Code] = {}  # functions invoked, for their spares
+        self._refills: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._zygotes: OrderedDict[tuple[str, str], _Zygote] = OrderedDict()
         self._running: dict[str, int] = {}  # request id -> pid (read from any thread)
         self._closed = False
@@ -366,7 +379,7 @@ class Runner:
         inv = _Invocation(code, request_id, payload, on_done)
         if self._closed:
             on_done(Result(False, error=_error("the emulator is stopping", "Runtime.Stopped"),
-                           log_path=str(self._log_path(code.name, request_id))))
+                           log_path=self._log_path(code.name, request_id)))
             return
         try:
             self._loop.call_soon_threadsafe(self._launch, inv)
@@ -456,7 +469,34 @@ class Runner:
             if not env.dead and env.inv is None:
                 env.inv = inv
                 return
+        if self.spares:
+            self._codes[key] = inv.code
+            self._refill_later(key)
+            spares = self._spare.get(key)
+            while spares:
+                env = spares.pop()
+                if not env.dead and env.parked is not None and not env.parked.done():
+                    env.spare, env.idle_since = False, 0.0  # its REPORT has Init Duration
+                    self._deliver(env, inv)
+                    return
         self._loop.create_task(self._make(inv.code, inv))
+
+    def _refill_later(self, key: tuple[str, str]) -> None:
+        """Make ``key``'s spares again once its invocations pause (:data:`_REFILL` s without
+        one), so that making them does not compete with the burst that took them."""
+        timer = self._refills.get(key)
+        if timer is not None:
+            timer.cancel()
+        self._refills[key] = self._loop.call_later(_REFILL, self._refill, key)
+
+    def _refill(self, key: tuple[str, str]) -> None:
+        self._refills.pop(key, None)
+        code = self._codes.get(key)
+        if code is None or self._closed or (self.fork_server and key not in self._zygotes):
+            return  # updated or deleted since, or its zygote was stopped (KEPT_ZYGOTES)
+        have = sum(1 for e in self._envs.values() if e.key == key and e.spare)
+        for _ in range(self.spares - have):
+            self._loop.create_task(self._make(code, None, spare=True))
 
     def _warm(self, code: Code) -> None:
         key = (code.name, code.sha)
@@ -464,13 +504,13 @@ class Runner:
         for _ in range(self.warm_pool - have):
             self._loop.create_task(self._make(code, None, provisioned=True))
 
-    async def _make(self, code: Code, inv: _Invocation | None, provisioned: bool = False
-                    ) -> None:
+    async def _make(self, code: Code, inv: _Invocation | None, provisioned: bool = False,
+                    spare: bool = False) -> None:
         """A new environment of ``code``; ``inv`` is its first invocation (cold start)."""
         env_id = uuid.uuid4().hex
         day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y/%m/%d")
         env = _Env(env_id, (code.name, code.sha), code, time.monotonic(),
-                   f"{day}/[{code.version}]{env_id}", provisioned=provisioned)
+                   f"{day}/[{code.version}]{env_id}", provisioned=provisioned, spare=spare)
         env.inv = inv
         self._envs[env_id] = env
         try:
@@ -540,7 +580,8 @@ class Runner:
             vars_["AWS_ENDPOINT_URL_S3"] = self.s3_endpoint_url
         vars_.update(code.environment)
         return {"env": vars_, "task_root": task_root, "handler": code.handler,
-                "tmp_mb": code.tmp_mb if self.sandbox and self.fork_server else 0}
+                "tmp_mb": code.tmp_mb if self.sandbox and self.fork_server else 0,
+                "shown": self._shown}
 
     def _fork(self, env: _Env, spec: dict[str, Any], log_w: int) -> None:
         zygote = self._zygote(env.code)
@@ -577,7 +618,7 @@ class Runner:
                 self._loop.remove_writer(zygote.sock.fileno())
 
     def _spawn(self, env: _Env, spec: dict[str, Any], log_w: int) -> None:
-        prefix = (_bwrap_args(self.sandbox, env.code.code_dir, env.code.tmp_mb)
+        prefix = (_bwrap_args(self.sandbox, env.code.code_dir, env.code.tmp_mb, self._shown)
                   if self.sandbox else [])
         vars_ = dict(spec["env"], _MU_ENVIRONMENT=json.dumps(spec))
         env.proc = subprocess.Popen(
@@ -594,7 +635,7 @@ class Runner:
             zygote = None
         if zygote is None:
             base = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
-            zygote = _Zygote(code, self.sandbox, base)
+            zygote = _Zygote(code, self.sandbox, base, self._shown)
             self._zygotes[key] = zygote
             self._loop.add_reader(zygote.sock.fileno(), self._zygote_says, key, zygote)
         self._zygotes.move_to_end(key)
@@ -622,6 +663,8 @@ class Runner:
         while zygote.waiting:
             self._destroy(zygote.waiting.popleft(),
                           _error("the zygote exited", "Runtime.StartError"))
+        for env in [e for e in self._envs.values() if e.key == key and e.spare]:
+            self._destroy(env, None)  # spares are kept for the functions with a zygote only
 
     def _zygote_says(self, key: tuple[str, str], zygote: _Zygote) -> None:
         try:
@@ -750,7 +793,7 @@ class Runner:
                                              "InvalidStateTransition"))
             env.parked = self._loop.create_future()
             env.idle_since = time.monotonic()
-            self._idle.setdefault(env.key, []).append(env)
+            (self._spare if env.spare else self._idle).setdefault(env.key, []).append(env)
             if env.retiring:
                 self._destroy(env, None)
                 return 0, {}, b""
@@ -832,13 +875,13 @@ class Runner:
             inv.log += env.init_log
         path = self._log_path(inv.code.name, inv.request_id)
         try:
-            self._folder(path.parent)
+            self._folder(os.path.dirname(path))
             if inv.log:
                 with open(path, "ab") as f:
                     f.write(inv.log)
         except OSError:
             pass  # the state dir went away under us: the outcome still counts
-        result.log_path, result.duration = str(path), duration
+        result.log_path, result.duration = path, duration
         result.pid = env.pid if env is not None else 0
         try:
             inv.on_done(result)
@@ -882,9 +925,9 @@ class Runner:
         if env.tmpdir:
             shutil.rmtree(env.tmpdir, ignore_errors=True)
         self._envs.pop(env.id, None)
-        idle = self._idle.get(env.key)
-        if idle and env in idle:
-            idle.remove(env)
+        for parked in (self._idle.get(env.key), self._spare.get(env.key)):
+            if parked and env in parked:
+                parked.remove(env)
         self._returning.get(env.key, set()).discard(env)
 
     def _exited(self, env: _Env) -> None:
@@ -893,6 +936,8 @@ class Runner:
     def _forget(self, name: str, reason: str | None) -> None:
         for key in [k for k in self._zygotes if k[0] == name]:
             self._drop_zygote(key)
+        for key in [k for k in self._codes if k[0] == name]:
+            del self._codes[key]
         for env in list(self._envs.values()):
             if env.code.name != name:
                 continue
@@ -946,8 +991,8 @@ class Runner:
         """Destroy environments idle too long, and the oldest beyond ``kept``."""
         try:
             now = time.monotonic()
-            idle = [e for envs in self._idle.values() for e in envs
-                    if not e.dead and not e.provisioned]
+            idle = [e for parked in (self._idle, self._spare) for envs in parked.values()
+                    for e in envs if not e.dead and not e.provisioned]
             idle.sort(key=lambda e: e.idle_since)
             extra = len(idle) - self.kept
             for i, env in enumerate(idle):
@@ -1000,14 +1045,13 @@ class Runner:
             target.log += line
         self.logs.put(f"/aws/lambda/{env.code.name}", env.stream, line)
 
-    def _log_path(self, name: str, request_id: str) -> Path:
-        return self.state_dir / "logs" / name / f"{request_id}.log"
+    def _log_path(self, name: str, request_id: str) -> str:
+        return os.path.join(self._logs_dir, name, f"{request_id}.log")
 
-    def _folder(self, path: Path) -> Path:
+    def _folder(self, path: str) -> None:
         if path not in self._folders:
-            path.mkdir(parents=True, exist_ok=True)
+            os.makedirs(path, exist_ok=True)
             self._folders.add(path)
-        return path
 
 
 _WARNED: set[str] = set()
@@ -1109,13 +1153,15 @@ def _tree_rss(pid: int) -> int:
 def _max_rss_mb(pid: int) -> int:
     """The peak resident size of ``pid`` in MB (Lambda's Max Memory Used)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return max(1, math.ceil(int(line.split()[1]) / 1024))
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+        fd = os.open(f"/proc/{pid}/status", os.O_RDONLY)
+        try:
+            status = os.read(fd, 8192)
+        finally:
+            os.close(fd)
+        at = status.index(b"VmHWM:") + 6
+        return max(1, math.ceil(int(status[at:status.index(b"kB", at)]) / 1024))
+    except (OSError, ValueError):
+        return 0
 
 
 def _kill_group(pid: int) -> None:

@@ -501,6 +501,7 @@ class ThreadedEmulatorServer:
         warm_pool: environments made per function when its code is set (provisioned).
         idle_timeout: seconds after which an idle environment is reaped.
         sandbox: run environments under bubblewrap; None: where it works.
+        spares: environments per invoked function initialised ahead of its cold starts.
     """
 
     def __init__(
@@ -518,6 +519,7 @@ class ThreadedEmulatorServer:
         warm_pool: int = 0,
         idle_timeout: float = IDLE_TIMEOUT,
         sandbox: bool | None = None,
+        spares: int = 0,
     ) -> None:
         self.state_dir = Path(state_dir) if state_dir else DEFAULT_STATE_DIR
         self.s3_endpoint_url = s3_endpoint_url
@@ -525,7 +527,7 @@ class ThreadedEmulatorServer:
         if not 0 <= port <= 65535:
             raise ValueError(f"port {port} is outside 0-65535")
         self.runner = Runner(self.state_dir, s3_endpoint_url, region, fork_server, kept,
-                             warm_pool, idle_timeout, sandbox)
+                             warm_pool, idle_timeout, sandbox, spares=spares)
         try:
             self.registry = FunctionRegistry(
                 self.state_dir, self.runner, region, concurrency_limit, duplicate_rate,

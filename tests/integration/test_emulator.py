@@ -835,3 +835,36 @@ def test_launches_from_many_threads_at_once_all_end_in_warm_environments(
         assert set(runner.environments()) == made  # the second wave ran warm
     finally:
         runner.close()
+
+
+def test_hundreds_of_cold_starts_at_once_all_end(tmp_path: Path) -> None:
+    """Regression: the runner's fork requests and the zygote's pid answers once filled the
+    socket pair both ways when about 300 cold starts were asked for at once, and nothing
+    started. Every one of 300 simultaneous cold starts ends, within a bounded wait."""
+    from emulator.runner import Code, Runner
+
+    code_dir = tmp_path / "code"
+    code_dir.mkdir()
+    (code_dir / "trivial.py").write_text("def handler(event, context):\n    return 1\n")
+    code = Code(name="trivial", version="$LATEST",
+                arn="arn:aws:lambda:us-east-1:123456789012:function:trivial",
+                code_dir=str(code_dir), handler="trivial.handler", memory=128, timeout=120.0)
+    runner = Runner(tmp_path / "state", fork_server=True, sandbox=False)
+    results: list[Any] = []
+    lock = threading.Lock()
+    count = 300
+    done = threading.Event()
+
+    def record(result: Any) -> None:
+        with lock:
+            results.append(result)
+            if len(results) == count:
+                done.set()
+
+    try:
+        for i in range(count):
+            runner.launch(code, b"{}", f"cold-{i}", record)
+        assert done.wait(180), f"{len(results)} of {count} cold starts ended"
+        assert all(r.ok and r.payload == 1 for r in results)
+    finally:
+        runner.close()

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +259,45 @@ def test_a_warm_pool_is_made_ahead_and_its_first_invocation_has_no_init(
         assert "REPORT RequestId:" in report and "Init Duration" not in report
 
 
+def test_spares_take_cold_starts_after_warm_ones_and_are_made_again(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    with ThreadedEmulatorServer(state_dir=tmp_path, s3_endpoint_url=s3_server.url,
+                                spares=2) as server:
+        client = boto3.client("lambda", endpoint_url=server.url, **CREDS)
+        name = make(client)
+        first = call(client, name, {})[1]
+        runner = server.runner
+
+        def spares() -> list[Any]:
+            return [e for envs in runner._spare.values() for e in envs]
+
+        assert wait_for(lambda: len(spares()) == 2)
+        made = {e.pid for e in spares()}
+        # A warm environment goes first: the spares wait for invocations that find none.
+        resp = client.invoke(FunctionName=name, Payload=b"{}", LogType="Tail")
+        warm = json.loads(resp["Payload"].read())
+        assert (warm["pid"], warm["count"]) == (first["pid"], 2)
+        assert "Init Duration" not in base64.b64decode(resp["LogResult"]).decode()
+        # Two at once: one is warm, the other a spare's first invocation, which is a cold
+        # start (fresh globals, Init Duration in its REPORT).
+        def run(_: int) -> tuple[Any, str]:
+            resp = client.invoke(FunctionName=name, LogType="Tail", Payload=json.dumps(
+                {"action": "sleep", "seconds": 1}).encode())
+            return (json.loads(resp["Payload"].read()),
+                    base64.b64decode(resp["LogResult"]).decode())
+
+        with ThreadPoolExecutor(2) as pool:
+            runs = list(pool.map(run, range(2)))
+        runs.sort(key=lambda r: r[0]["count"])
+        (spare, spare_log), (warm, warm_log) = runs
+        assert (warm["pid"], warm["count"]) == (first["pid"], 3)
+        assert "Init Duration" not in warm_log
+        assert spare["pid"] in made and spare["count"] == 1
+        assert "Init Duration" in spare_log
+        assert wait_for(lambda: len(spares()) == 2)  # made again after the burst
+
+
 # ------------------------------------------------------------------------------ logs
 
 
@@ -330,6 +370,46 @@ def test_a_handler_cannot_write_or_delete_outside_its_tmp(
         assert not Path(path).exists()
     assert call(lam, name, {"action": "write", "path": "/tmp/mine"})[1] == "written"
     assert not Path("/tmp/mine").exists()  # its /tmp is its own
+
+
+SHOWN = b'''
+import os
+def handler(event, context):
+    folder = event["folder"]
+    seen = open(os.path.join(folder, "data.txt")).read()
+    try:
+        open(os.path.join(folder, "new.txt"), "w").close()
+        wrote = "written"
+    except OSError as exc:
+        wrote = "refused: " + exc.strerror
+    open("/tmp/mine", "w").close()
+    return {"seen": seen, "wrote": wrote, "tmp": sorted(os.listdir("/tmp"))}
+'''
+
+
+@needs_sandbox
+@pytest.mark.parametrize("fork_server", [True, False], ids=["zygote", "spawn"])
+def test_a_checkout_under_tmp_stays_visible_and_read_only_in_the_sandbox(
+    s3_server: S3Server, tmp_path: Path, fork_server: bool
+) -> None:
+    """The interpreter, packages and checkout found under /tmp (a checkout or a virtual
+    environment made there) are bound back into the sandbox's private /tmp, read-only;
+    here a folder of the test's stands for them."""
+    folder = Path(tmp_path.resolve(), "checkout")
+    folder.mkdir()
+    (folder / "data.txt").write_text("from the host")
+    if not str(folder).startswith("/tmp/"):
+        pytest.skip(f"pytest's tmp_path {folder} is not under /tmp")
+    with ThreadedEmulatorServer(state_dir=tmp_path / "state", s3_endpoint_url=s3_server.url,
+                                sandbox=True, fork_server=fork_server) as server:
+        server.runner._shown = [*server.runner._shown, str(folder)]
+        client = boto3.client("lambda", endpoint_url=server.url, **CREDS)
+        name = make(client, SHOWN)
+        out = call(client, name, {"folder": str(folder)})[1]
+    assert out["seen"] == "from the host"
+    assert out["wrote"] == "refused: Read-only file system"
+    assert "mine" in out["tmp"] and not (folder / "new.txt").exists()
+    assert not Path("/tmp/mine").exists()
 
 
 @needs_sandbox
