@@ -10,9 +10,11 @@ the execution environments up. Reported: for each run the coordinator's wall tim
 radius-R run, each worker's time in the exchange (from entering ``ExchangeState`` to
 entering ``FilterState``: links, sends, waits, receives) as a share of the run's wall
 time (median and worst), split per side into opening the link and sending, and receiving
-(which includes waiting for a neighbour that started later), and the wall time the exchange run took beyond the radius-0 run.
-Each run's CPU-seconds (this process and its descendants: execution environments, the
-relay's process, the S3 server) come from /proc. The relay's statistics are kept too. Prints one JSON object, then a summary line.
+(which includes waiting for a neighbour that started later), and the wall time the
+exchange run took beyond the radius-0 run. Each run's CPU-seconds come from /proc, by
+where (:func:`tree_cpu`: this process, the relay's process, the execution environments).
+The relay's statistics are kept too; ``--timeline FILE`` writes each actor's state
+timestamps of the radius-R run. Prints one JSON object, then a summary line.
 
 Usage: python bench/denoise_exchange.py [--workers 16] [--f 4] [--size 1920x1080]
        [--radius 2] [--timeline FILE]
