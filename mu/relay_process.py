@@ -222,11 +222,10 @@ def _read_message(stream: IO[bytes], timeout: float) -> dict[str, Any] | None:
 
 def _child() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent says when: end of stdin
-    out = sys.stdout.buffer
-
     def say(message: dict[str, Any]) -> None:
-        out.write(json.dumps(message).encode() + b"\n")
-        out.flush()
+        # unbuffered, and quiet if the parent has gone (killed: nobody is left to tell)
+        with contextlib.suppress(OSError):
+            os.write(sys.stdout.fileno(), json.dumps(message).encode() + b"\n")
 
     setup = json.loads(sys.stdin.buffer.readline() or b"null")
     if not isinstance(setup, dict):
