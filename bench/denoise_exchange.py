@@ -10,11 +10,14 @@ the execution environments up. Reported: for each run the coordinator's wall tim
 radius-R run, each worker's time in the exchange (from entering ``ExchangeState`` to
 entering ``FilterState``: links, sends, waits, receives) as a share of the run's wall
 time (median and worst), split per side into opening the link and sending, and receiving
-(which includes waiting for a neighbour that started later), and the wall time the exchange run took beyond the radius-0 run.
-The relay's statistics are kept too. Prints one JSON object, then a summary line.
+(which includes waiting for a neighbour that started later), and the wall time the
+exchange run took beyond the radius-0 run. Each run's CPU-seconds come from /proc, by
+where (:func:`tree_cpu`: this process, the relay's process, the execution environments).
+The relay's statistics are kept too; ``--timeline FILE`` writes each actor's state
+timestamps of the radius-R run. Prints one JSON object, then a summary line.
 
 Usage: python bench/denoise_exchange.py [--workers 16] [--f 4] [--size 1920x1080]
-       [--radius 2]
+       [--radius 2] [--timeline FILE]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -55,13 +59,61 @@ def write_chunks(directory: Path, workers: int, frames: int, width: int, height:
         write_y4m(directory / f"{chunk:08d}.y4m", video)
 
 
-def one_run(site: Site, options: DenoiseOptions) -> tuple[Any, str]:
+def tree_cpu() -> dict[str, float]:
+    """CPU-seconds used so far by this process and its descendants, live or reaped, by
+    where: ``mu`` this process (the coordinator, and the threads of whatever runs in it),
+    ``reaped`` what its children that ended used (the relay's process ends with each run),
+    ``workers`` the emulator's execution environments with what they ran, ``other`` the
+    rest (an S3 server in its own process...); ``total`` all of it."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    used: dict[int, tuple[int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        # utime stime, and cutime cstime (what its reaped children used)
+        used[int(entry)] = (int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14]))
+    me = os.getpid()
+    where = {me: "mu"}
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if ppid in where and pid not in where:
+                kind = where[ppid]
+                if kind == "mu":
+                    try:
+                        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    except OSError:
+                        cmdline = b""
+                    kind = "workers" if b"emulator.environment" in cmdline else "other"
+                where[pid] = kind
+                grew = True
+    out = dict.fromkeys(("mu", "reaped", "workers", "other"), 0.0)
+    for pid, kind in where.items():
+        own, reaped = used.get(pid, (0, 0))
+        out[kind] += own / tick
+        out["reaped" if pid == me else kind] += reaped / tick
+    out["total"] = sum(out.values())
+    return out
+
+
+def one_run(site: Site, options: DenoiseOptions) -> tuple[Any, dict[str, float]]:
+    """The run's result and the CPU-seconds it took (:func:`tree_cpu`)."""
     log = io.StringIO()
+    before = tree_cpu()
     done = run(DenoiseJob(options), RunOptions(port=0, relay_port=0), site, out=log)
+    after = tree_cpu()
+    cpu = {k: round(after[k] - before[k], 2) for k in after}
     if done.exit_status != 0 or done.run is None:
         print(log.getvalue(), file=sys.stderr)
         raise SystemExit(1)
-    return done, log.getvalue()
+    return done, cpu
 
 
 def exchange_seconds(timestamps: list[tuple[float, str]]) -> float:
@@ -90,6 +142,8 @@ def main() -> int:
     parser.add_argument("--f", type=int, default=4)
     parser.add_argument("--size", default="1920x1080")
     parser.add_argument("--radius", type=int, default=2)
+    parser.add_argument("--timeline", metavar="FILE",
+                        help="also write each actor's state timestamps of the radius-R run")
     args = parser.parse_args()
     width, height = parse_size(args.size)
     with tempfile.TemporaryDirectory(prefix="mu-denoise-exchange-") as tmp:
@@ -101,11 +155,14 @@ def main() -> int:
             # a first run uploads the chunks and warms the execution environments up, so
             # that neither measured run pays the cold starts
             one_run(site, DenoiseOptions(**common, radius=0, input_dir=str(work / "in")))
-            halos, _ = one_run(site, DenoiseOptions(**common, radius=args.radius))
-            plain, _ = one_run(site, DenoiseOptions(**common, radius=0))
+            halos, halos_cpu = one_run(site, DenoiseOptions(**common, radius=args.radius))
+            plain, plain_cpu = one_run(site, DenoiseOptions(**common, radius=0))
         finally:
             site.close()
     wall = halos.run.wall
+    if args.timeline:
+        Path(args.timeline).write_text(json.dumps(
+            {a.actor: list(a.timestamps) for a in halos.run.actors}))
     spent = [exchange_seconds(list(a.timestamps)) for a in halos.run.actors]
     shares = [s / wall for s in spent]
     sending = [x for a in halos.run.actors for x in side_seconds(list(a.timestamps), "Send",
@@ -125,13 +182,17 @@ def main() -> int:
         "exchange_share_of_run": {"median": round(statistics.median(shares), 3),
                                   "max": round(max(shares), 3)},
         "added_over_radius0_s": round(wall - plain.run.wall, 3),
+        "cpu_s": halos_cpu, "cpu_radius0_s": plain_cpu,
         "relay": stats.line() if stats else None,
     }
     print(json.dumps(row), flush=True)
     print(f"summary: {args.workers} workers x {args.f} frames {args.size} r={args.radius}: "
           f"run {wall:.2f} s (r=0: {plain.run.wall:.2f} s); exchange per worker median "
           f"{statistics.median(spent):.2f} s, max {max(spent):.2f} s = "
-          f"{100 * max(shares):.0f} % of the run's wall time")
+          f"{100 * max(shares):.0f} % of the run's wall time (median "
+          f"{100 * statistics.median(shares):.0f} %); CPU-s "
+          + " ".join(f"{k} {v:.1f} ({plain_cpu[k]:.1f})" for k, v in halos_cpu.items())
+          + " (r=0 in brackets)")
     return 0
 
 

@@ -20,7 +20,9 @@ user asked for into :mod:`mu.options` and builds a :class:`~mu.launch.Site`; the
    launcher and drives each through the job's states (:func:`execute`: the live view, the
    run record ``-O``, profiling ``-P`` and the final report). A job whose workers talk to
    each other (``needs_relay = True``) gets a :class:`~mu.relay.Relay` beside the
-   coordinator: same listen host and keys, the coordinator's token as its run token,
+   coordinator, in a process of its own (:class:`~mu.relay_process.RelayProcess`: the
+   relayed bytes' TLS work never holds the coordinator's interpreter lock): same listen
+   host and keys, the coordinator's token as its run token,
    ``--relay-port``, its ``host:port`` in the payload field ``relay``; a port it cannot
    bind is a preflight problem; it stops after the run and its statistics are printed in
    one line and kept in :attr:`RunResult.relay`.
@@ -272,13 +274,13 @@ def run(job: Job, options: RunOptions, site: Site, out: TextIO | None = None) ->
     )
     relay = None
     if getattr(job, "needs_relay", False):
-        from mu.relay import Relay
+        from mu.relay_process import RelayProcess
 
-        relay = Relay(coordinator.keys if config.tls else None, coordinator.token, config.host,
+        relay = RelayProcess(coordinator.keys if config.tls else None, coordinator.token, config.host,
                       options.relay_port)
         try:
             relay.start()
-        except ConfigError as exc:  # taken since the preflight looked
+        except MuError as exc:  # taken since the preflight looked, or it did not start
             return _report([str(exc)], out)
         coordinator.payload_fields["relay"] = f"{host_addr or config.host}:{relay.address[1]}"
     started_ms = int(time.time() * 1000)
