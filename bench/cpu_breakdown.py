@@ -8,7 +8,8 @@ cgroup's, counted by the kernel, even for processes that are reaped by nobody we
 (the emulator's environments and what they run). A thread samples, every ``interval``
 seconds, the CPU of every thread of every process in the cgroup (``/proc/PID/task/TID/stat``)
 and keeps the last value seen per thread; each thread is put in a *part* by what it is (its
-process's command line and name, its thread's name, its parent). What a thread used after its
+process's command line and name, its parent; the command's own threads: its main thread and
+the others). What a thread used after its
 last sample (short-lived processes and threads) is not in the parts; it is the difference
 between the cgroup's total and the parts' sum (``unsampled``). The machine's busy share over
 the run comes from ``/proc/stat``.
@@ -136,25 +137,23 @@ class Breakdown:
             return "png2y4m"
         return f"other:{name}"
 
-    def _part(self, pid: int, tid: int) -> str:
-        kind = self._kind(pid)
-        if kind != "mu":
-            return kind
+    def _thread(self, pid: int, tid: int) -> str:
+        """The part of a thread of the command's own process ("" for any other process's:
+        those are put by their process's kind once the run is over, when every parent
+        is known)."""
+        if pid != self._root:
+            return ""
         if tid == pid:
             return "mu:main"
         got = _stat(f"/proc/{pid}/task/{tid}/stat")
-        thread = got[0] if got else "?"
-        if thread.startswith("mu-emulator-s3") or "process_request" in thread:
-            return "mu:s3 server"
-        if thread.startswith("mu-emulator-run"):
-            return "mu:runner"
-        return f"mu:{thread}"
+        return f"mu:{got[0] if got else '?'}"
 
     def _sample(self, cgroup: _Cgroup) -> None:
         pids = cgroup.pids() or [self._root]
         kinds: dict[str, int] = defaultdict(int)
         for pid in pids:  # first all, so that a process's parent is known when it is put
-            if pid not in self._info:
+            # (read again while it may be a fork that has not exec'd its program yet)
+            if pid not in self._info or self._info[pid][0] in ("bwrap", "sh"):
                 got = _stat(f"/proc/{pid}/stat")
                 if got is None:
                     continue
@@ -179,7 +178,7 @@ class Breakdown:
                 got = _stat(f"/proc/{pid}/task/{tid}/stat")
                 if got is None:
                     continue
-                part = self._seen[key][0] if key in self._seen else self._part(pid, tid)
+                part = self._seen[key][0] if key in self._seen else self._thread(pid, tid)
                 self._seen[key] = (part, got[2])
         self.timeline.append((time.monotonic(), dict(kinds)))
 
@@ -221,8 +220,8 @@ class Breakdown:
                 proc.wait()
             cgroup.remove()
         parts: dict[str, float] = defaultdict(float)
-        for part, cpu in self._seen.values():
-            parts[part] += cpu
+        for (pid, _), (part, cpu) in self._seen.items():
+            parts[part or self._kind(pid)] += cpu
         # what a process's threads used after their last sample, or in threads never seen
         for pid, cpu in self._process.items():
             threads = sum(c for (p, _), (_, c) in self._seen.items() if p == pid)
