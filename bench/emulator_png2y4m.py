@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+
+from cpu_breakdown import Breakdown
 
 ROOT = Path(__file__).resolve().parents[1]
 BINARY = ROOT / "function" / "png2y4m" / "png2y4m"
@@ -34,15 +34,10 @@ def one_run(workers: int, frames: int, inputs: Path, work: Path, n: int) -> dict
     argv = [sys.executable, "-m", "mu.cli", "png2y4m", "--binary", str(BINARY),
             "-n", str(workers), "-f", str(frames), "-v", f"emu{n}", "-b", f"bench-emu-{n}",
             "--input-dir", str(inputs), "-O", str(record)]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.monotonic()
     with open(work / f"run{n}.log", "wb") as log:
-        status = subprocess.run(argv, cwd=work, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                                stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, timeout=900, check=False).returncode
-    wall = time.monotonic() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        got = Breakdown().run(argv, cwd=work, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                              stdout=log, stderr=subprocess.STDOUT)
+    status, wall, cpu = got["exit"], got["wall_s"], got["cpu_s"]
     rows = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() \
         else []
     done = {r["actor"] for r in rows if r["ok"]}
@@ -50,7 +45,11 @@ def one_run(workers: int, frames: int, inputs: Path, work: Path, n: int) -> dict
     return {"workers": workers, "frames": frames, "exit": status, "actors_done": len(done),
             "run_s": round(run, 3), "command_s": round(wall, 3), "cpu_s": round(cpu, 2),
             "cpu_ms_per_worker": round(cpu / workers * 1000, 1),
-            "load_average_1min": round(os.getloadavg()[0], 2)}
+            "load_average_1min": round(os.getloadavg()[0], 2),
+            "machine_busy_share": round(got["machine_busy_share"], 3),
+            "cpu_ms_per_worker_by_part": {k: round(v / workers * 1000, 1)
+                                          for k, v in got["parts"].items()},
+            "processes": got["processes"]}
 
 
 def main() -> int:

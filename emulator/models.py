@@ -26,6 +26,7 @@ has an :class:`Invocation` record (status, attempts, error, log file), kept for 
 from __future__ import annotations
 
 import base64
+import compileall
 import dataclasses
 import datetime
 import functools
@@ -498,6 +499,11 @@ class FunctionRegistry:
     def _unpack(self, zip_bytes: bytes) -> Path:
         """Unpack a zip into a folder of its own under ``STATE_DIR/unpacking/``; the folder.
 
+        Its Python files are compiled there, once: environments import them from a read-only
+        task root (a sandbox's ``/var/task``), where Python could not keep what it compiles,
+        and would compile every module again in every cold start (about 25 ms of CPU for
+        the mu worker). A file that does not compile is left for the import to report.
+
         Raises:
             InvalidParameterValue: not a zip, or one that unpacks above ``UNZIPPED_LIMIT``;
                 nothing is left behind.
@@ -506,6 +512,7 @@ class FunctionRegistry:
         folder.parent.mkdir(parents=True, exist_ok=True)
         try:
             _unzip(zip_bytes, folder)
+            compileall.compile_dir(folder, quiet=2)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

@@ -17,6 +17,7 @@ import logging
 import socket
 import threading
 from types import TracebackType
+from typing import Any
 
 from moto.moto_server import werkzeug_app
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
@@ -26,6 +27,25 @@ __all__ = ["S3Server", "served_here"]
 
 _READY_TIMEOUT = 10.0
 _SERVED: set[str] = set()  # endpoint URLs of the servers running in this process
+
+
+class _Dispatcher(DomainDispatcherApplication):
+    """moto's dispatcher, remembering which backend serves which host.
+
+    moto finds a request's backend by listing its own package directory (a ``stat`` per
+    service, about 200) and matching the host against every service's URL patterns, for
+    every request; the answer for a host never changes while the server runs.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._backends: dict[str | None, Any] = {}
+
+    def get_backend_for_host(self, host: str | None) -> Any:
+        # called with moto's lock held
+        if host not in self._backends:
+            self._backends[host] = super().get_backend_for_host(host)
+        return self._backends[host]
 
 
 def served_here(url: str | None) -> bool:
@@ -64,7 +84,7 @@ class S3Server:
         """
         # moto's server logs every request through werkzeug; a run is not a web log.
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        app = DomainDispatcherApplication(create_backend_app)
+        app = _Dispatcher(create_backend_app)
         # Newer moto ships a request handler that keeps S3 metadata headers spelt with
         # underscores; older releases have none, and werkzeug's default serves them.
         handler: type[WSGIRequestHandler] | None = getattr(

@@ -65,6 +65,7 @@ SHORT_COMMAND: Final = 1.0
 
 _PR_SET_CHILD_SUBREAPER: Final = 36
 _PROC: Final = "/proc"
+_PASSES: Final = 8  # reads of a process's children files before /proc is scanned instead
 
 _subreaper = False
 
@@ -178,6 +179,10 @@ def last_pid() -> int | None:
 def _table(since: int) -> dict[int, _Proc]:
     """The processes to look at: this one's subtree (a subreaper), else all of /proc; only
     pids from ``since`` on."""
+    if _subreaper:
+        mine = _subtree()
+        if mine is not None:
+            return {pid: proc for pid, proc in mine.items() if pid >= since}
     try:
         names = os.listdir(_PROC)
     except OSError:
@@ -191,13 +196,60 @@ def _table(since: int) -> dict[int, _Proc]:
     children: dict[int, list[int]] = {}
     for proc in procs.values():
         children.setdefault(proc.ppid, []).append(proc.pid)
-    mine: dict[int, _Proc] = {}
+    mine = {}
     todo = list(children.get(os.getpid(), ()))
     while todo:
         pid = todo.pop()
         mine[pid] = procs[pid]
         todo.extend(children.get(pid, ()))
     return mine
+
+
+def _subtree() -> dict[int, _Proc] | None:
+    """This process's descendants, found through each process's ``children`` files (the
+    children its threads started, and the orphans it adopted as the subreaper): a few reads
+    instead of a ``stat`` of every process on the host. ``None`` where the kernel has no
+    such files (built without ``CONFIG_PROC_CHILDREN``)."""
+    mine: dict[int, _Proc] = {}
+    todo = [os.getpid()]
+    while todo:
+        kids = _children(todo.pop())
+        if kids is None:
+            return None
+        for kid in kids:
+            if kid not in mine and (proc := _stat(kid)) is not None:
+                mine[kid] = proc
+                todo.append(kid)
+    return mine
+
+
+def _children(pid: int) -> list[int] | None:
+    """The children of ``pid`` (any of its threads'); [] if it is gone, None without the
+    files that list them, or if they never held still.
+
+    A thread's children move to another thread of its process when it exits (the worker's
+    job threads come and go), so a child can be missed in the file already read and in the
+    one read after it; the files are read until two passes in a row agree."""
+    last: tuple[list[str], set[int]] | None = None
+    for _ in range(_PASSES):
+        try:
+            tasks = sorted(os.listdir(f"{_PROC}/{pid}/task"))
+        except OSError:
+            return []
+        kids: set[int] = set()
+        for task in tasks:
+            try:
+                with open(f"{_PROC}/{pid}/task/{task}/children", "rb") as handle:
+                    kids.update(int(kid) for kid in handle.read().split())
+            except FileNotFoundError:
+                if os.path.isdir(f"{_PROC}/{pid}/task/{task}"):
+                    return None  # the thread is there, its children file is not
+            except (OSError, ValueError):
+                continue
+        if last == (tasks, kids):
+            return sorted(kids)
+        last = (tasks, kids)
+    return None
 
 
 def end_marked(
