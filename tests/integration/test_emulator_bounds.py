@@ -514,6 +514,7 @@ def test_a_function_deleted_while_it_runs_fails_that_invocation(
     ("--concurrency", "0", "argument --concurrency: 0 is below the minimum of 1"),
     ("--port", "99999", "argument --port: 99999 is not a port number (0-65535)"),
     ("--warm-pool", "-1", "argument --warm-pool: -1 is below the minimum of 0"),
+    ("--spares", "-2", "argument --spares: -2 is below the minimum of 0"),
     ("--idle-timeout", "x", "argument --idle-timeout: 'x' is not a number of seconds"),
     ("--s3-port", "70000", "argument --s3-port: 70000 is not a port number (0-65535)"),
 ])
