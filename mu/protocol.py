@@ -53,6 +53,7 @@ __all__ = [
     "encode_frame",
     "encode_text",
     "expected_response",
+    "frame_header",
     "parse_message",
 ]
 
@@ -93,10 +94,22 @@ def encode_frame(payload: bytes) -> bytes:
     >>> encode_frame(b"OK:HELLO")
     b'000000000008 OK:HELLO'
     """
-    n = len(payload)
+    return frame_header(len(payload)) + payload
+
+
+def frame_header(n: int) -> bytes:
+    """The header of a frame of ``n`` payload bytes (sent before the payload, to frame it
+    without copying it).
+
+    Raises:
+        LocalProtocolError: ``n`` is longer than 12 decimal digits can express.
+
+    >>> frame_header(8)
+    b'000000000008 '
+    """
     if n > _MAX_ENCODABLE:
         raise LocalProtocolError(f"payload length {n} exceeds maximum {_MAX_ENCODABLE}")
-    return b"%012d " % n + payload
+    return b"%012d " % n
 
 
 def encode_text(message: str) -> bytes:

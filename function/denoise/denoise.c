@@ -45,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -221,8 +222,21 @@ static void check_same(const struct y4m *y, const struct y4m *o) {
              chroma_name(o->chroma), y->name, y->width, y->height, chroma_name(y->chroma));
 }
 
+/* A frame buffer. One of 1080p is 3 MB: in 4 KiB pages its first touch costs about 760
+ * page faults, which took more CPU than the filter itself, so a buffer of at least a huge
+ * page is aligned to huge pages and asked to be backed by them (where transparent huge
+ * pages are enabled; elsewhere madvise fails and the buffer has small pages, as before). */
 static uint8_t *alloc_frame(const struct y4m *y) {
-    uint8_t *p = malloc(FRAME_PREFIX + y->frame_bytes);
+    enum { HUGE = 2u << 20 };
+    size_t size = FRAME_PREFIX + y->frame_bytes;
+    uint8_t *p;
+    if (size >= HUGE) {
+        size_t rounded = (size + HUGE - 1) / HUGE * HUGE;
+        p = aligned_alloc(HUGE, rounded);
+        if (p) (void)madvise(p, rounded, MADV_HUGEPAGE);
+    } else {
+        p = malloc(size);
+    }
     if (!p) fail(y->name, "out of memory for a frame of %zu bytes", y->frame_bytes);
     memcpy(p, "FRAME\n", FRAME_PREFIX);
     return p;

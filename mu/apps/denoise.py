@@ -261,7 +261,13 @@ def _checked(state: CommandListState, msg: str | None, what: str) -> Transition:
 
 
 class FilterState(CommandListState):
-    """Cut the halos the recovery path fetched, filter the chunk, set up the upload."""
+    """Cut the halos the recovery path fetched, filter the chunk, set up the upload.
+
+    Once the filter has written its output, the inputs go (the chunk, the halos, what was
+    sent, a fetched neighbour's chunk): the upload needs only the output, and deleting them
+    before it gives their pages back while other workers still write theirs (the local
+    emulator's ``/tmp`` is a tmpfs: memory).
+    """
 
     extra = "(filtering)"
     nextState = UploadState
@@ -273,13 +279,18 @@ class FilterState(CommandListState):
         r = cfg.radius
         commands: list[Any] = [(None, "seti:nonblock:0")]
         halos = ""
+        inputs = [CHUNK]
         for side in plan.sides:
             if self.info.get(f"fetched_{side.name}"):
                 commands.append(f"run:./denoise {side.take} {r} -o {HALO[side.name]} "
                                 f"{NEIGHBOUR[side.name]}")
+                inputs.append(NEIGHBOUR[side.name])
+            if side.via_relay:
+                inputs.append(SENT[side.name])
             halos += f" {'-p' if side.name == 'left' else '-n'} {HALO[side.name]}"
+            inputs.append(HALO[side.name])
         commands += [
-            f"run:./denoise -r {r} -o {OUTPUT}{halos} {CHUNK}",
+            f"run:./denoise -r {r} -o {OUTPUT}{halos} {CHUNK} && rm -f {' '.join(inputs)}",
             ("OK:RETVAL(0)", f"set:fromfile:{OUTPUT}"),
             f"set:outkey:{cfg.output_key(self.actorNum)}",
             None,

@@ -63,7 +63,14 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Final, NoReturn
 
 from mu.errors import ProtocolError, RemoteProtocolError
-from mu.protocol import CLOSED, NEED_DATA, FrameDecoder, decode_text, encode_frame, encode_text
+from mu.protocol import (
+    CLOSED,
+    NEED_DATA,
+    FrameDecoder,
+    decode_text,
+    encode_text,
+    frame_header,
+)
 
 __all__ = [
     "FILE_FRAME",
@@ -539,15 +546,20 @@ class Links:
             return f"FAIL({where}: cannot read {path}: {exc.strerror or exc})"
         with handle, link.send_lock:
             try:
+                # One buffer for the digest's pass, and each frame's header queued before its
+                # payload rather than copied with it: every MB of new memory costs its
+                # first touch, which on a host short of free pages is more than TLS.
                 digest = hashlib.sha256()
                 size = 0
-                while chunk := handle.read(FILE_FRAME):
-                    digest.update(chunk)
-                    size += len(chunk)
+                buffer = memoryview(bytearray(FILE_FRAME))
+                while n := handle.readinto(buffer):
+                    digest.update(buffer[:n])
+                    size += n
                 sha256 = digest.hexdigest()
                 handle.seek(0)
                 for payload in file_frames(handle.read, size, sha256):
-                    failure = self._enqueue(link, encode_frame(payload))
+                    failure = (self._enqueue(link, frame_header(len(payload)))
+                               or self._enqueue(link, payload))
                     if failure:
                         return f"FAIL({where}: {failure})"
             except OSError as exc:
