@@ -276,8 +276,8 @@ def run(job: Job, options: RunOptions, site: Site, out: TextIO | None = None) ->
     if getattr(job, "needs_relay", False):
         from mu.relay_process import RelayProcess
 
-        relay = RelayProcess(coordinator.keys if config.tls else None, coordinator.token, config.host,
-                      options.relay_port)
+        relay = RelayProcess(coordinator.keys if config.tls else None, coordinator.token,
+                             config.host, options.relay_port)
         try:
             relay.start()
         except MuError as exc:  # taken since the preflight looked, or it did not start
