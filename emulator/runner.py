@@ -39,8 +39,12 @@ read-only, the code at ``/var/task``, and each environment has a private ``tmpfs
 What an environment writes to its standard output and error is read from its pipe by the
 loop: it goes, with Lambda's ``START``, ``END`` and ``REPORT`` lines, to CloudWatch Logs
 (:class:`~emulator.cloudwatch.LogWriter`, group ``/aws/lambda/FUNCTION``, stream
-``YYYY/MM/DD/[$LATEST]ENVIRONMENT_ID``) and to a file per request
-(``STATE_DIR/logs/FUNCTION/REQUEST_ID.log``, whose tail ``LogType=Tail`` answers).
+``YYYY/MM/DD/[$LATEST]ENVIRONMENT_ID``) and, once the invocation has ended, as one record
+appended to its function's log file, ``STATE_DIR/logs/FUNCTION.log`` (kept open; a new file
+per request cost about 0.3 ms of the kernel's time each). A record is a header line,
+``#mu-invocation REQUEST_ID LENGTH``, then the invocation's LENGTH bytes of log;
+:func:`invocation_logs` reads them back. ``LogType=Tail`` is answered from memory: the last
+4 KB of the invocation's log, kept in its :class:`Result`.
 """
 
 from __future__ import annotations
@@ -70,7 +74,8 @@ from typing import Any
 from emulator.cloudwatch import LogWriter
 from emulator.environment import under_tmp
 
-__all__ = ["IDLE_TIMEOUT", "KEPT", "KEPT_ZYGOTES", "Code", "Result", "Runner", "sandbox_problem"]
+__all__ = ["IDLE_TIMEOUT", "KEPT", "KEPT_ZYGOTES", "Code", "Result", "Runner", "invocation_logs",
+           "log_file", "sandbox_problem"]
 
 IDLE_TIMEOUT = 300.0  # seconds an idle environment is kept
 KEPT = 256  # idle environments kept in all
@@ -82,6 +87,8 @@ _REFILL = 0.1  # seconds without an invocation of a function before its spares a
 _BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "SSL_CERT_FILE", "SSL_CERT_DIR")
 _API = "/2018-06-01/runtime"
 _MAX_BODY = 6 * 1024 * 1024 + 1024
+_TAIL = 4096  # bytes of an invocation's log kept for LogType=Tail
+_RECORD = b"#mu-invocation "  # starts the header line of a record in a function's log file
 
 
 @dataclass(frozen=True)
@@ -108,23 +115,53 @@ class Result:
     ok: bool
     body: bytes = b"null"
     error: dict[str, Any] | None = None
-    log_path: str = ""
+    log_path: str = ""  # the function's log file, where the invocation's record is
     duration: float = 0.0
     pid: int = 0
+    tail: bytes = b""  # the last 4 KB of the invocation's log
 
     @property
     def payload(self) -> Any:
         """The handler's result, decoded."""
         return json.loads(self.body) if self.body else None
 
-    def log_tail(self, limit: int = 4096) -> bytes:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - limit))
-                return f.read()
-        except OSError:
-            return b""
+    def log_tail(self, limit: int = _TAIL) -> bytes:
+        """The last ``limit`` bytes (at most 4 KB) of the invocation's log."""
+        return self.tail[-limit:] if limit > 0 else b""
+
+
+def log_file(state_dir: Path, function: str) -> Path:
+    """The log file of ``function``'s invocations under ``state_dir``."""
+    return state_dir / "logs" / f"{function}.log"
+
+
+def invocation_logs(path: Path, request_id: str | None = None) -> list[bytes]:
+    """The logs of the invocations recorded in the log file ``path`` (of ``request_id``
+    only, if given), one per request, its attempts joined in order; requests in the order
+    their last attempt ended. A record cut short (being written) is left out; no file,
+    nothing."""
+    logs: dict[str, list[bytes]] = {}
+    try:
+        with open(path, "rb") as f:
+            while True:
+                head = f.readline()
+                if not head.startswith(_RECORD) or not head.endswith(b"\n"):
+                    break
+                request, _, length = head[len(_RECORD):-1].decode(
+                    errors="replace").rpartition(" ")
+                if not length.isdigit():
+                    break
+                if request_id is not None and request != request_id:
+                    f.seek(int(length), os.SEEK_CUR)
+                    continue
+                body = f.read(int(length))
+                if len(body) < int(length):
+                    break
+                logs.setdefault(request, []).append(body)
+                logs[request] = logs.pop(request)  # last ended, last
+    except OSError:
+        pass
+    return [b"".join(parts) for parts in logs.values()]
 
 
 @dataclass(eq=False)
@@ -314,7 +351,6 @@ class Runner:
         if not idle_timeout >= 0:
             raise ValueError(f"idle timeout {idle_timeout} is negative")
         self.state_dir = Path(state_dir)
-        self._logs_dir = str(self.state_dir / "logs")
         self.s3_endpoint_url = s3_endpoint_url
         self.region = region
         self.fork_server = fork_server
@@ -336,7 +372,7 @@ class Runner:
                            "write wherever you can")
         self.logs = LogWriter(logs_endpoint_url or s3_endpoint_url, region)
         self._tmp = tempfile.mkdtemp(prefix="mu-emulator-tmp-")
-        self._folders: set[str] = set()  # log folders made
+        self._log_files: dict[str, int] = {}  # function -> its log file, open to append
         self._envs: dict[str, _Env] = {}  # every live environment by id
         self._idle: dict[tuple[str, str], list[_Env]] = {}  # parked in /next, newest last
         self._returning: dict[tuple[str, str], set[_Env]] = {}  # answered, /next to come
@@ -379,7 +415,7 @@ class Runner:
         inv = _Invocation(code, request_id, payload, on_done)
         if self._closed:
             on_done(Result(False, error=_error("the emulator is stopping", "Runtime.Stopped"),
-                           log_path=self._log_path(code.name, request_id)))
+                           log_path=str(log_file(self.state_dir, code.name))))
             return
         try:
             self._loop.call_soon_threadsafe(self._launch, inv)
@@ -448,6 +484,9 @@ class Runner:
             self._destroy(env, _error("the emulator is stopping", "Runtime.Stopped"))
         self._loop.run_until_complete(asyncio.sleep(0))  # transports closing
         self._loop.close()
+        for fd in self._log_files.values():
+            os.close(fd)
+        self._log_files.clear()
 
     # -- in the loop -----------------------------------------------------------------------
 
@@ -873,15 +912,9 @@ class Runner:
             env.idle_since = env.idle_since or time.monotonic()
         elif env is not None and env.init_log:
             inv.log += env.init_log
-        path = self._log_path(inv.code.name, inv.request_id)
-        try:
-            self._folder(os.path.dirname(path))
-            if inv.log:
-                with open(path, "ab") as f:
-                    f.write(inv.log)
-        except OSError:
-            pass  # the state dir went away under us: the outcome still counts
+        path = self._record(inv)
         result.log_path, result.duration = path, duration
+        result.tail = bytes(inv.log[-_TAIL:])
         result.pid = env.pid if env is not None else 0
         try:
             inv.on_done(result)
@@ -934,6 +967,9 @@ class Runner:
         self._destroy(env, None)
 
     def _forget(self, name: str, reason: str | None) -> None:
+        fd = self._log_files.pop(name, None)
+        if fd is not None:  # opened again by its next invocation's end
+            os.close(fd)
         for key in [k for k in self._zygotes if k[0] == name]:
             self._drop_zygote(key)
         for key in [k for k in self._codes if k[0] == name]:
@@ -1045,13 +1081,23 @@ class Runner:
             target.log += line
         self.logs.put(f"/aws/lambda/{env.code.name}", env.stream, line)
 
-    def _log_path(self, name: str, request_id: str) -> str:
-        return os.path.join(self._logs_dir, name, f"{request_id}.log")
-
-    def _folder(self, path: str) -> None:
-        if path not in self._folders:
-            os.makedirs(path, exist_ok=True)
-            self._folders.add(path)
+    def _record(self, inv: _Invocation) -> str:
+        """Append ``inv``'s log to its function's log file, in one write (a reader never
+        sees half of another record); the file's path."""
+        path = log_file(self.state_dir, inv.code.name)
+        if not inv.log:
+            return str(path)
+        record = _RECORD + f"{inv.request_id} {len(inv.log)}\n".encode() + inv.log
+        try:
+            fd = self._log_files.get(inv.code.name)
+            if fd is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                self._log_files[inv.code.name] = fd
+            os.write(fd, record)
+        except OSError:
+            pass  # the state dir went away under us: the outcome still counts
+        return str(path)
 
 
 _WARNED: set[str] = set()
