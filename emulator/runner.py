@@ -75,7 +75,7 @@ from emulator.cloudwatch import LogWriter
 from emulator.environment import under_tmp
 
 __all__ = ["IDLE_TIMEOUT", "KEPT", "KEPT_ZYGOTES", "Code", "Result", "Runner", "invocation_logs",
-           "log_file", "sandbox_problem"]
+           "log_file", "log_record", "sandbox_problem"]
 
 IDLE_TIMEOUT = 300.0  # seconds an idle environment is kept
 KEPT = 256  # idle environments kept in all
@@ -133,6 +133,11 @@ class Result:
 def log_file(state_dir: Path, function: str) -> Path:
     """The log file of ``function``'s invocations under ``state_dir``."""
     return state_dir / "logs" / f"{function}.log"
+
+
+def log_record(request_id: str, log: bytes | bytearray) -> bytes:
+    """One invocation's ``log`` as a record of its function's log file."""
+    return _RECORD + f"{request_id} {len(log)}\n".encode() + log
 
 
 def invocation_logs(path: Path, request_id: str | None = None) -> list[bytes]:
@@ -1087,7 +1092,7 @@ class Runner:
         path = log_file(self.state_dir, inv.code.name)
         if not inv.log:
             return str(path)
-        record = _RECORD + f"{inv.request_id} {len(inv.log)}\n".encode() + inv.log
+        record = log_record(inv.request_id, inv.log)
         try:
             fd = self._log_files.get(inv.code.name)
             if fd is None:
