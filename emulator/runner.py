@@ -14,7 +14,8 @@ All the runner's work happens in one thread running an ``asyncio`` loop: the Run
 endpoints, every environment's log pipe and pidfd, the timers of deadlines, the memory
 checks and idle reaping. :meth:`Runner.launch` (any thread) hands an invocation to that loop.
 There it goes to an idle environment of its function, the one used most recently (a *warm*
-start: module globals and ``/tmp`` are as the last invocation left them), or else a new
+start: module globals and ``/tmp`` are as the last invocation left them; the environment's
+parked ``next`` is answered in that same callback, :class:`_RuntimeAPI`), or else a new
 environment is made for it (a *cold* start, whose ``REPORT`` line carries an
 ``Init Duration``). One invocation at a time per environment: an environment is idle again
 once it has answered and asked for the next. A timeout, a memory kill, an exit or a crash
@@ -87,6 +88,7 @@ _REFILL = 0.1  # seconds without an invocation of a function before its spares a
 _BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "SSL_CERT_FILE", "SSL_CERT_DIR")
 _API = "/2018-06-01/runtime"
 _MAX_BODY = 6 * 1024 * 1024 + 1024
+_MAX_HEAD = 65536  # bytes of a Runtime API request's line and headers
 _TAIL = 4096  # bytes of an invocation's log kept for LogType=Tail
 _RECORD = b"#mu-invocation "  # starts the header line of a record in a function's log file
 
@@ -200,13 +202,99 @@ class _Env:
     init_error: dict[str, Any] | None = None
     inv: _Invocation | None = None
     delivered: bool = False
-    parked: asyncio.Future[_Invocation | None] | None = None
+    parked: _RuntimeAPI | None = None  # the connection whose /next waits for an invocation
+    connections: set[_RuntimeAPI] = field(default_factory=set)
     idle_since: float = 0.0
     provisioned: bool = False
     spare: bool = False  # made ahead of any invocation, not yet taken
     retiring: bool = False  # destroyed once its invocation ends (code updated)
     dead: bool = False
     init_timer: asyncio.TimerHandle | None = None
+
+
+_Answer = tuple[int, dict[str, str], bytes]  # a Runtime API answer: status, headers, body
+
+
+class _RuntimeAPI(asyncio.Protocol):
+    """One connection of an environment to its Runtime API endpoint: requests are parsed
+    as their bytes come and answered in order, in the loop's callback that read them (no
+    task per connection, no turn of the loop between a request and its answer). A /next
+    with no invocation for it is parked (``_Env.parked``) until :meth:`answer` is called;
+    nothing after it is read meanwhile."""
+
+    def __init__(self, runner: Runner, env: _Env) -> None:
+        self.runner, self.env = runner, env
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.parked = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.env.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.env.connections.discard(self)
+        if self.env.parked is self:
+            self.env.parked = None  # no invocation goes to a connection that is gone
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) > _MAX_BODY + _MAX_HEAD:
+            self.close()  # more than a request, sent while one is parked
+        elif not self.parked:
+            self._serve()
+
+    def answer(self, answer: _Answer) -> None:
+        """Answer the parked /next, then serve what came after it."""
+        self.parked = False
+        self._send(answer)
+        self._serve()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    def _send(self, answer: _Answer) -> None:
+        status, headers, body = answer
+        if status == 0:
+            self.close()  # the environment is going away: no answer
+        elif self.transport is not None:
+            self.transport.write(_http(status, body, headers))
+
+    def _serve(self) -> None:
+        while self.transport is not None and not self.parked:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > _MAX_HEAD:
+                    self.close()
+                return
+            lines = self.buf[:end].decode("latin-1").split("\r\n")
+            parts = lines[0].split()
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                if name:
+                    headers[name.strip().lower()] = value.strip()
+            try:
+                length = int(headers.get("content-length", "0") or 0)
+            except ValueError:
+                length = -1
+            if len(parts) != 3 or length > _MAX_BODY or length < 0:
+                self._send((400, {}, _json(_error("bad request", "InvalidRequest"))))
+                self.close()
+                return
+            if len(self.buf) < end + 4 + length:
+                return
+            body = bytes(self.buf[end + 4:end + 4 + length])
+            del self.buf[:end + 4 + length]
+            answer = self.runner._route(self.env, self, parts[0], parts[1], headers, body)
+            if answer is None:
+                self.parked = True
+            else:
+                self._send(answer)
 
 
 def _error(message: str, kind: str, request_id: str = "") -> dict[str, Any]:
@@ -504,7 +592,7 @@ class Runner:
         idle = self._idle.get(key)
         while idle:
             env = idle.pop()
-            if not env.dead and env.parked is not None and not env.parked.done():
+            if not env.dead and env.parked is not None:
                 self._deliver(env, inv)
                 return
         returning = self._returning.get(key)
@@ -519,7 +607,7 @@ class Runner:
             spares = self._spare.get(key)
             while spares:
                 env = spares.pop()
-                if not env.dead and env.parked is not None and not env.parked.done():
+                if not env.dead and env.parked is not None:
                     env.spare, env.idle_since = False, 0.0  # its REPORT has Init Duration
                     self._deliver(env, inv)
                     return
@@ -558,8 +646,8 @@ class Runner:
         env.inv = inv
         self._envs[env_id] = env
         try:
-            server = await asyncio.start_server(
-                lambda r, w: self._serve(env, r, w), "127.0.0.1", 0)
+            server = await self._loop.create_server(
+                lambda: _RuntimeAPI(self, env), "127.0.0.1", 0)
             if env.dead:  # destroyed meanwhile (the emulator stopping, the function deleted)
                 server.close()
                 return
@@ -757,42 +845,12 @@ class Runner:
 
     # -- the Runtime API -------------------------------------------------------------------
 
-    async def _serve(self, env: _Env, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                parts = lines[0].split()
-                headers = {}
-                for line in lines[1:]:
-                    name, _, value = line.partition(":")
-                    if name:
-                        headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length", "0") or 0)
-                if len(parts) != 3 or length > _MAX_BODY or length < 0:
-                    writer.write(_http(400, _json(_error("bad request", "InvalidRequest"))))
-                    return
-                body = await reader.readexactly(length) if length else b""
-                status, extra, out = await self._route(env, parts[0], parts[1], headers, body)
-                if status == 0:
-                    return  # the environment is going away: no answer
-                writer.write(_http(status, out, extra))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError,
-                ValueError):
-            return
-        except asyncio.CancelledError:
-            # Stopping: end normally (asyncio 3.11's stream callback asks a cancelled
-            # task for its exception, and logs the CancelledError that raises).
-            return
-        finally:
-            writer.close()
-
-    async def _route(self, env: _Env, method: str, path: str, headers: dict[str, str],
-                     body: bytes) -> tuple[int, dict[str, str], bytes]:
+    def _route(self, env: _Env, conn: _RuntimeAPI, method: str, path: str,
+               headers: dict[str, str], body: bytes) -> _Answer | None:
+        """The answer to one request of ``env`` on ``conn``; None: a /next parked until an
+        invocation is delivered to it (:meth:`_deliver`)."""
         if method == "GET" and path == f"{_API}/invocation/next":
-            return await self._next(env)
+            return self._next(env, conn)
         if method == "POST" and path == f"{_API}/init/error":
             if env.init_ms is not None:
                 return 403, {}, _json(_error("init is over", "InvalidStateTransition"))
@@ -820,7 +878,7 @@ class Runner:
             return 202, {}, _json({"status": "OK"})
         return 404, {}, _json(_error(f"no such resource: {method} {path}", "NotFound"))
 
-    async def _next(self, env: _Env) -> tuple[int, dict[str, str], bytes]:
+    def _next(self, env: _Env, conn: _RuntimeAPI) -> _Answer | None:
         if env.dead:
             return 0, {}, b""
         self._returning.get(env.key, set()).discard(env)
@@ -832,21 +890,22 @@ class Runner:
         if env.inv is not None and not env.delivered:
             self._deliver(env, env.inv)
         if env.inv is None or not env.delivered:
-            if env.parked is not None and not env.parked.done():
+            if env.parked is not None:
                 return 400, {}, _json(_error("already waiting for an invocation",
                                              "InvalidStateTransition"))
-            env.parked = self._loop.create_future()
+            env.parked = conn
             env.idle_since = time.monotonic()
             (self._spare if env.spare else self._idle).setdefault(env.key, []).append(env)
             if env.retiring:
                 self._destroy(env, None)
                 return 0, {}, b""
-            inv = await env.parked
-            env.parked = None
-            if inv is None:
-                return 0, {}, b""
-        inv = env.inv
-        assert inv is not None
+            return None
+        assert env.inv is not None
+        return self._invocation(env.inv)
+
+    @staticmethod
+    def _invocation(inv: _Invocation) -> _Answer:
+        """The answer to a /next: ``inv``."""
         deadline = inv.started + inv.code.timeout
         trace = inv.request_id.replace("-", "")[:24]
         headers = {
@@ -870,8 +929,9 @@ class Runner:
             inv.log += env.init_log  # what Init printed belongs to the first invocation's log
         self._emit(env, start)
         inv.timer = self._loop.call_later(inv.code.timeout, self._timed_out, env, inv)
-        if env.parked is not None and not env.parked.done():
-            env.parked.set_result(inv)
+        if env.parked is not None:  # answered now, not on a later turn of the loop
+            conn, env.parked = env.parked, None
+            conn.answer(self._invocation(inv))
 
     def _timed_out(self, env: _Env, inv: _Invocation) -> None:
         if env.inv is inv and not env.dead:
@@ -948,8 +1008,9 @@ class Runner:
             if env.init_ms is None:
                 env.idle_since = 0.0  # a cold start's report
             self._complete(inv, Result(False, error=error), env)
-        if env.parked is not None and not env.parked.done():
-            env.parked.set_result(None)
+        env.parked = None
+        for conn in list(env.connections):  # the environment is gone: no answers
+            conn.close()
         for fd in (env.log_r, env.pidfd):
             if fd >= 0:
                 with contextlib.suppress(ValueError, OSError):
