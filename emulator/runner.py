@@ -1065,15 +1065,18 @@ class Runner:
         At most ``_CHECKS`` busy environments are measured per tick, in turn: with hundreds
         busy (a 300-worker run), measuring all of them every tick (a walk of ``/proc`` each)
         would be a steady share of this loop's CPU; each is then measured every
-        ``_POLL * ceil(busy / _CHECKS)`` seconds."""
+        ``_POLL * ceil(busy / _CHECKS)`` seconds. An invocation is measured once it has run
+        for ``_POLL`` seconds: most warm ones end within a few milliseconds, and measuring
+        them in a burst (a walk of ``/proc`` each) held up the loop delivering the others."""
         try:
             busy: list[_Env] = []
+            begun = time.time() - _POLL
             for env in list(self._envs.values()):
                 if env.dead or not env.pid:
                     continue
                 if env.pidfd < 0 and not _alive(env.pid):
                     self._exited(env)
-                elif env.inv is not None and env.delivered:
+                elif env.inv is not None and env.delivered and env.inv.started <= begun:
                     busy.append(env)
             if busy:
                 start = self._checked % len(busy)
