@@ -10,8 +10,8 @@ on an event that SIGTERM sets (Ctrl-C arrives as KeyboardInterrupt); either way 
 are stopped in reverse order, which kills and reaps every execution environment and zygote,
 before ``run`` returns 0.
 
-``logs FUNCTION [REQUEST_ID]`` prints the log files the runner wrote under
-``STATE_DIR/logs/FUNCTION/``: one invocation's, or all of them, oldest first. Without
+``logs FUNCTION [REQUEST_ID]`` prints what the runner recorded of the function's invocations
+in ``STATE_DIR/logs/FUNCTION.log``: one invocation's, or all of them, oldest first. Without
 ``--state-dir`` it looks in the default state dir, then in those of the emulators running
 now, which each ``serve`` records while it runs (:mod:`emulator.running`); when it finds
 none it names every place it looked.
@@ -20,7 +20,6 @@ none it names every place it looked.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import sys
 import threading
@@ -30,7 +29,7 @@ from types import FrameType
 from typing import Any
 
 from emulator import running
-from emulator.runner import IDLE_TIMEOUT, KEPT
+from emulator.runner import IDLE_TIMEOUT, KEPT, invocation_logs, log_file
 from emulator.server import DEFAULT_STATE_DIR, ThreadedEmulatorServer
 
 __all__ = ["add_arguments", "run"]
@@ -190,32 +189,14 @@ def _logs(state_dir: str, function: str | None, request_id: str | None) -> int:
     if Path(state_dir) == DEFAULT_STATE_DIR:  # not given: look where running emulators live
         dirs += [r.state_dir for r in running.running() if r.state_dir not in dirs]
     for where in dirs:
-        files = _log_files(where / "logs" / function, request_id)
-        if files:
-            for path in files:
-                with contextlib.suppress(OSError):
-                    sys.stdout.write(path.read_text(errors="replace"))
+        logs = invocation_logs(log_file(where, function), request_id)
+        if logs:
+            for log in logs:
+                sys.stdout.write(log.decode(errors="replace"))
             return 0
     what = f"invocation {request_id} of " if request_id else ""
-    looked = ", ".join(str(d / "logs" / function) for d in dirs)
+    looked = ", ".join(str(log_file(d, function)) for d in dirs)
     print(f"mu emulator logs: no logs for {what}{function} in {looked}; an emulator started "
           "with --state-dir DIR keeps them there: pass the same --state-dir DIR",
           file=sys.stderr)
     return 1
-
-
-def _log_files(folder: Path, request_id: str | None) -> list[Path]:
-    """The non-empty log files in ``folder`` (of one request, if given), oldest first."""
-    found = []
-    for path in folder.glob("*.log"):
-        try:
-            info = path.stat()
-        except OSError:
-            continue  # removed meanwhile
-        if info.st_size:
-            found.append((info.st_mtime, path))
-    files = [path for _, path in sorted(found)]
-    if request_id:
-        files = [p for p in files if p.name == f"{request_id}.log"]
-    return files
-

@@ -14,7 +14,8 @@ All the runner's work happens in one thread running an ``asyncio`` loop: the Run
 endpoints, every environment's log pipe and pidfd, the timers of deadlines, the memory
 checks and idle reaping. :meth:`Runner.launch` (any thread) hands an invocation to that loop.
 There it goes to an idle environment of its function, the one used most recently (a *warm*
-start: module globals and ``/tmp`` are as the last invocation left them), or else a new
+start: module globals and ``/tmp`` are as the last invocation left them; the environment's
+parked ``next`` is answered in that same callback, :class:`_RuntimeAPI`), or else a new
 environment is made for it (a *cold* start, whose ``REPORT`` line carries an
 ``Init Duration``). One invocation at a time per environment: an environment is idle again
 once it has answered and asked for the next. A timeout, a memory kill, an exit or a crash
@@ -39,8 +40,12 @@ read-only, the code at ``/var/task``, and each environment has a private ``tmpfs
 What an environment writes to its standard output and error is read from its pipe by the
 loop: it goes, with Lambda's ``START``, ``END`` and ``REPORT`` lines, to CloudWatch Logs
 (:class:`~emulator.cloudwatch.LogWriter`, group ``/aws/lambda/FUNCTION``, stream
-``YYYY/MM/DD/[$LATEST]ENVIRONMENT_ID``) and to a file per request
-(``STATE_DIR/logs/FUNCTION/REQUEST_ID.log``, whose tail ``LogType=Tail`` answers).
+``YYYY/MM/DD/[$LATEST]ENVIRONMENT_ID``) and, once the invocation has ended, as one record
+appended to its function's log file, ``STATE_DIR/logs/FUNCTION.log`` (kept open; a new file
+per request cost about 0.3 ms of the kernel's time each). A record is a header line,
+``#mu-invocation REQUEST_ID LENGTH``, then the invocation's LENGTH bytes of log;
+:func:`invocation_logs` reads them back. ``LogType=Tail`` is answered from memory: the last
+4 KB of the invocation's log, kept in its :class:`Result`.
 """
 
 from __future__ import annotations
@@ -70,7 +75,8 @@ from typing import Any
 from emulator.cloudwatch import LogWriter
 from emulator.environment import under_tmp
 
-__all__ = ["IDLE_TIMEOUT", "KEPT", "KEPT_ZYGOTES", "Code", "Result", "Runner", "sandbox_problem"]
+__all__ = ["IDLE_TIMEOUT", "KEPT", "KEPT_ZYGOTES", "Code", "Result", "Runner", "invocation_logs",
+           "log_file", "log_record", "sandbox_problem"]
 
 IDLE_TIMEOUT = 300.0  # seconds an idle environment is kept
 KEPT = 256  # idle environments kept in all
@@ -82,6 +88,9 @@ _REFILL = 0.1  # seconds without an invocation of a function before its spares a
 _BASE_ENV = ("PATH", "LANG", "LC_ALL", "HOME", "SSL_CERT_FILE", "SSL_CERT_DIR")
 _API = "/2018-06-01/runtime"
 _MAX_BODY = 6 * 1024 * 1024 + 1024
+_MAX_HEAD = 65536  # bytes of a Runtime API request's line and headers
+_TAIL = 4096  # bytes of an invocation's log kept for LogType=Tail
+_RECORD = b"#mu-invocation "  # starts the header line of a record in a function's log file
 
 
 @dataclass(frozen=True)
@@ -108,23 +117,58 @@ class Result:
     ok: bool
     body: bytes = b"null"
     error: dict[str, Any] | None = None
-    log_path: str = ""
+    log_path: str = ""  # the function's log file, where the invocation's record is
     duration: float = 0.0
     pid: int = 0
+    tail: bytes = b""  # the last 4 KB of the invocation's log
 
     @property
     def payload(self) -> Any:
         """The handler's result, decoded."""
         return json.loads(self.body) if self.body else None
 
-    def log_tail(self, limit: int = 4096) -> bytes:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - limit))
-                return f.read()
-        except OSError:
-            return b""
+    def log_tail(self, limit: int = _TAIL) -> bytes:
+        """The last ``limit`` bytes (at most 4 KB) of the invocation's log."""
+        return self.tail[-limit:] if limit > 0 else b""
+
+
+def log_file(state_dir: Path, function: str) -> Path:
+    """The log file of ``function``'s invocations under ``state_dir``."""
+    return state_dir / "logs" / f"{function}.log"
+
+
+def log_record(request_id: str, log: bytes | bytearray) -> bytes:
+    """One invocation's ``log`` as a record of its function's log file."""
+    return _RECORD + f"{request_id} {len(log)}\n".encode() + log
+
+
+def invocation_logs(path: Path, request_id: str | None = None) -> list[bytes]:
+    """The logs of the invocations recorded in the log file ``path`` (of ``request_id``
+    only, if given), one per request, its attempts joined in order; requests in the order
+    their last attempt ended. A record cut short (being written) is left out; no file,
+    nothing."""
+    logs: dict[str, list[bytes]] = {}
+    try:
+        with open(path, "rb") as f:
+            while True:
+                head = f.readline()
+                if not head.startswith(_RECORD) or not head.endswith(b"\n"):
+                    break
+                request, _, length = head[len(_RECORD):-1].decode(
+                    errors="replace").rpartition(" ")
+                if not length.isdigit():
+                    break
+                if request_id is not None and request != request_id:
+                    f.seek(int(length), os.SEEK_CUR)
+                    continue
+                body = f.read(int(length))
+                if len(body) < int(length):
+                    break
+                logs.setdefault(request, []).append(body)
+                logs[request] = logs.pop(request)  # last ended, last
+    except OSError:
+        pass
+    return [b"".join(parts) for parts in logs.values()]
 
 
 @dataclass(eq=False)
@@ -158,13 +202,99 @@ class _Env:
     init_error: dict[str, Any] | None = None
     inv: _Invocation | None = None
     delivered: bool = False
-    parked: asyncio.Future[_Invocation | None] | None = None
+    parked: _RuntimeAPI | None = None  # the connection whose /next waits for an invocation
+    connections: set[_RuntimeAPI] = field(default_factory=set)
     idle_since: float = 0.0
     provisioned: bool = False
     spare: bool = False  # made ahead of any invocation, not yet taken
     retiring: bool = False  # destroyed once its invocation ends (code updated)
     dead: bool = False
     init_timer: asyncio.TimerHandle | None = None
+
+
+_Answer = tuple[int, dict[str, str], bytes]  # a Runtime API answer: status, headers, body
+
+
+class _RuntimeAPI(asyncio.Protocol):
+    """One connection of an environment to its Runtime API endpoint: requests are parsed
+    as their bytes come and answered in order, in the loop's callback that read them (no
+    task per connection, no turn of the loop between a request and its answer). A /next
+    with no invocation for it is parked (``_Env.parked``) until :meth:`answer` is called;
+    nothing after it is read meanwhile."""
+
+    def __init__(self, runner: Runner, env: _Env) -> None:
+        self.runner, self.env = runner, env
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.parked = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.env.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.env.connections.discard(self)
+        if self.env.parked is self:
+            self.env.parked = None  # no invocation goes to a connection that is gone
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) > _MAX_BODY + _MAX_HEAD:
+            self.close()  # more than a request, sent while one is parked
+        elif not self.parked:
+            self._serve()
+
+    def answer(self, answer: _Answer) -> None:
+        """Answer the parked /next, then serve what came after it."""
+        self.parked = False
+        self._send(answer)
+        self._serve()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    def _send(self, answer: _Answer) -> None:
+        status, headers, body = answer
+        if status == 0:
+            self.close()  # the environment is going away: no answer
+        elif self.transport is not None:
+            self.transport.write(_http(status, body, headers))
+
+    def _serve(self) -> None:
+        while self.transport is not None and not self.parked:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > _MAX_HEAD:
+                    self.close()
+                return
+            lines = self.buf[:end].decode("latin-1").split("\r\n")
+            parts = lines[0].split()
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                if name:
+                    headers[name.strip().lower()] = value.strip()
+            try:
+                length = int(headers.get("content-length", "0") or 0)
+            except ValueError:
+                length = -1
+            if len(parts) != 3 or length > _MAX_BODY or length < 0:
+                self._send((400, {}, _json(_error("bad request", "InvalidRequest"))))
+                self.close()
+                return
+            if len(self.buf) < end + 4 + length:
+                return
+            body = bytes(self.buf[end + 4:end + 4 + length])
+            del self.buf[:end + 4 + length]
+            answer = self.runner._route(self.env, self, parts[0], parts[1], headers, body)
+            if answer is None:
+                self.parked = True
+            else:
+                self._send(answer)
 
 
 def _error(message: str, kind: str, request_id: str = "") -> dict[str, Any]:
@@ -314,7 +444,6 @@ class Runner:
         if not idle_timeout >= 0:
             raise ValueError(f"idle timeout {idle_timeout} is negative")
         self.state_dir = Path(state_dir)
-        self._logs_dir = str(self.state_dir / "logs")
         self.s3_endpoint_url = s3_endpoint_url
         self.region = region
         self.fork_server = fork_server
@@ -336,7 +465,7 @@ class Runner:
                            "write wherever you can")
         self.logs = LogWriter(logs_endpoint_url or s3_endpoint_url, region)
         self._tmp = tempfile.mkdtemp(prefix="mu-emulator-tmp-")
-        self._folders: set[str] = set()  # log folders made
+        self._log_files: dict[str, int] = {}  # function -> its log file, open to append
         self._envs: dict[str, _Env] = {}  # every live environment by id
         self._idle: dict[tuple[str, str], list[_Env]] = {}  # parked in /next, newest last
         self._returning: dict[tuple[str, str], set[_Env]] = {}  # answered, /next to come
@@ -379,7 +508,7 @@ class Runner:
         inv = _Invocation(code, request_id, payload, on_done)
         if self._closed:
             on_done(Result(False, error=_error("the emulator is stopping", "Runtime.Stopped"),
-                           log_path=self._log_path(code.name, request_id)))
+                           log_path=str(log_file(self.state_dir, code.name))))
             return
         try:
             self._loop.call_soon_threadsafe(self._launch, inv)
@@ -448,6 +577,9 @@ class Runner:
             self._destroy(env, _error("the emulator is stopping", "Runtime.Stopped"))
         self._loop.run_until_complete(asyncio.sleep(0))  # transports closing
         self._loop.close()
+        for fd in self._log_files.values():
+            os.close(fd)
+        self._log_files.clear()
 
     # -- in the loop -----------------------------------------------------------------------
 
@@ -460,7 +592,7 @@ class Runner:
         idle = self._idle.get(key)
         while idle:
             env = idle.pop()
-            if not env.dead and env.parked is not None and not env.parked.done():
+            if not env.dead and env.parked is not None:
                 self._deliver(env, inv)
                 return
         returning = self._returning.get(key)
@@ -475,7 +607,7 @@ class Runner:
             spares = self._spare.get(key)
             while spares:
                 env = spares.pop()
-                if not env.dead and env.parked is not None and not env.parked.done():
+                if not env.dead and env.parked is not None:
                     env.spare, env.idle_since = False, 0.0  # its REPORT has Init Duration
                     self._deliver(env, inv)
                     return
@@ -514,8 +646,8 @@ class Runner:
         env.inv = inv
         self._envs[env_id] = env
         try:
-            server = await asyncio.start_server(
-                lambda r, w: self._serve(env, r, w), "127.0.0.1", 0)
+            server = await self._loop.create_server(
+                lambda: _RuntimeAPI(self, env), "127.0.0.1", 0)
             if env.dead:  # destroyed meanwhile (the emulator stopping, the function deleted)
                 server.close()
                 return
@@ -713,42 +845,12 @@ class Runner:
 
     # -- the Runtime API -------------------------------------------------------------------
 
-    async def _serve(self, env: _Env, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                parts = lines[0].split()
-                headers = {}
-                for line in lines[1:]:
-                    name, _, value = line.partition(":")
-                    if name:
-                        headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length", "0") or 0)
-                if len(parts) != 3 or length > _MAX_BODY or length < 0:
-                    writer.write(_http(400, _json(_error("bad request", "InvalidRequest"))))
-                    return
-                body = await reader.readexactly(length) if length else b""
-                status, extra, out = await self._route(env, parts[0], parts[1], headers, body)
-                if status == 0:
-                    return  # the environment is going away: no answer
-                writer.write(_http(status, out, extra))
-                await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError,
-                ValueError):
-            return
-        except asyncio.CancelledError:
-            # Stopping: end normally (asyncio 3.11's stream callback asks a cancelled
-            # task for its exception, and logs the CancelledError that raises).
-            return
-        finally:
-            writer.close()
-
-    async def _route(self, env: _Env, method: str, path: str, headers: dict[str, str],
-                     body: bytes) -> tuple[int, dict[str, str], bytes]:
+    def _route(self, env: _Env, conn: _RuntimeAPI, method: str, path: str,
+               headers: dict[str, str], body: bytes) -> _Answer | None:
+        """The answer to one request of ``env`` on ``conn``; None: a /next parked until an
+        invocation is delivered to it (:meth:`_deliver`)."""
         if method == "GET" and path == f"{_API}/invocation/next":
-            return await self._next(env)
+            return self._next(env, conn)
         if method == "POST" and path == f"{_API}/init/error":
             if env.init_ms is not None:
                 return 403, {}, _json(_error("init is over", "InvalidStateTransition"))
@@ -776,7 +878,7 @@ class Runner:
             return 202, {}, _json({"status": "OK"})
         return 404, {}, _json(_error(f"no such resource: {method} {path}", "NotFound"))
 
-    async def _next(self, env: _Env) -> tuple[int, dict[str, str], bytes]:
+    def _next(self, env: _Env, conn: _RuntimeAPI) -> _Answer | None:
         if env.dead:
             return 0, {}, b""
         self._returning.get(env.key, set()).discard(env)
@@ -788,21 +890,22 @@ class Runner:
         if env.inv is not None and not env.delivered:
             self._deliver(env, env.inv)
         if env.inv is None or not env.delivered:
-            if env.parked is not None and not env.parked.done():
+            if env.parked is not None:
                 return 400, {}, _json(_error("already waiting for an invocation",
                                              "InvalidStateTransition"))
-            env.parked = self._loop.create_future()
+            env.parked = conn
             env.idle_since = time.monotonic()
             (self._spare if env.spare else self._idle).setdefault(env.key, []).append(env)
             if env.retiring:
                 self._destroy(env, None)
                 return 0, {}, b""
-            inv = await env.parked
-            env.parked = None
-            if inv is None:
-                return 0, {}, b""
-        inv = env.inv
-        assert inv is not None
+            return None
+        assert env.inv is not None
+        return self._invocation(env.inv)
+
+    @staticmethod
+    def _invocation(inv: _Invocation) -> _Answer:
+        """The answer to a /next: ``inv``."""
         deadline = inv.started + inv.code.timeout
         trace = inv.request_id.replace("-", "")[:24]
         headers = {
@@ -826,8 +929,9 @@ class Runner:
             inv.log += env.init_log  # what Init printed belongs to the first invocation's log
         self._emit(env, start)
         inv.timer = self._loop.call_later(inv.code.timeout, self._timed_out, env, inv)
-        if env.parked is not None and not env.parked.done():
-            env.parked.set_result(inv)
+        if env.parked is not None:  # answered now, not on a later turn of the loop
+            conn, env.parked = env.parked, None
+            conn.answer(self._invocation(inv))
 
     def _timed_out(self, env: _Env, inv: _Invocation) -> None:
         if env.inv is inv and not env.dead:
@@ -873,15 +977,9 @@ class Runner:
             env.idle_since = env.idle_since or time.monotonic()
         elif env is not None and env.init_log:
             inv.log += env.init_log
-        path = self._log_path(inv.code.name, inv.request_id)
-        try:
-            self._folder(os.path.dirname(path))
-            if inv.log:
-                with open(path, "ab") as f:
-                    f.write(inv.log)
-        except OSError:
-            pass  # the state dir went away under us: the outcome still counts
+        path = self._record(inv)
         result.log_path, result.duration = path, duration
+        result.tail = bytes(inv.log[-_TAIL:])
         result.pid = env.pid if env is not None else 0
         try:
             inv.on_done(result)
@@ -910,8 +1008,9 @@ class Runner:
             if env.init_ms is None:
                 env.idle_since = 0.0  # a cold start's report
             self._complete(inv, Result(False, error=error), env)
-        if env.parked is not None and not env.parked.done():
-            env.parked.set_result(None)
+        env.parked = None
+        for conn in list(env.connections):  # the environment is gone: no answers
+            conn.close()
         for fd in (env.log_r, env.pidfd):
             if fd >= 0:
                 with contextlib.suppress(ValueError, OSError):
@@ -934,6 +1033,9 @@ class Runner:
         self._destroy(env, None)
 
     def _forget(self, name: str, reason: str | None) -> None:
+        fd = self._log_files.pop(name, None)
+        if fd is not None:  # opened again by its next invocation's end
+            os.close(fd)
         for key in [k for k in self._zygotes if k[0] == name]:
             self._drop_zygote(key)
         for key in [k for k in self._codes if k[0] == name]:
@@ -963,15 +1065,18 @@ class Runner:
         At most ``_CHECKS`` busy environments are measured per tick, in turn: with hundreds
         busy (a 300-worker run), measuring all of them every tick (a walk of ``/proc`` each)
         would be a steady share of this loop's CPU; each is then measured every
-        ``_POLL * ceil(busy / _CHECKS)`` seconds."""
+        ``_POLL * ceil(busy / _CHECKS)`` seconds. An invocation is measured once it has run
+        for ``_POLL`` seconds: most warm ones end within a few milliseconds, and measuring
+        them in a burst (a walk of ``/proc`` each) held up the loop delivering the others."""
         try:
             busy: list[_Env] = []
+            begun = time.time() - _POLL
             for env in list(self._envs.values()):
                 if env.dead or not env.pid:
                     continue
                 if env.pidfd < 0 and not _alive(env.pid):
                     self._exited(env)
-                elif env.inv is not None and env.delivered:
+                elif env.inv is not None and env.delivered and env.inv.started <= begun:
                     busy.append(env)
             if busy:
                 start = self._checked % len(busy)
@@ -1045,13 +1150,23 @@ class Runner:
             target.log += line
         self.logs.put(f"/aws/lambda/{env.code.name}", env.stream, line)
 
-    def _log_path(self, name: str, request_id: str) -> str:
-        return os.path.join(self._logs_dir, name, f"{request_id}.log")
-
-    def _folder(self, path: str) -> None:
-        if path not in self._folders:
-            os.makedirs(path, exist_ok=True)
-            self._folders.add(path)
+    def _record(self, inv: _Invocation) -> str:
+        """Append ``inv``'s log to its function's log file, in one write (a reader never
+        sees half of another record); the file's path."""
+        path = log_file(self.state_dir, inv.code.name)
+        if not inv.log:
+            return str(path)
+        record = log_record(inv.request_id, inv.log)
+        try:
+            fd = self._log_files.get(inv.code.name)
+            if fd is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                self._log_files[inv.code.name] = fd
+            os.write(fd, record)
+        except OSError:
+            pass  # the state dir went away under us: the outcome still counts
+        return str(path)
 
 
 _WARNED: set[str] = set()

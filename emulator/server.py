@@ -40,6 +40,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -295,7 +296,11 @@ class _HTTPServer:
         self._advance(conn)
 
     def _advance(self, conn: _Connection) -> None:
-        """Serve the complete requests buffered on ``conn``, in order."""
+        """Serve the complete requests buffered on ``conn``, in order. The answers given at
+        once go out together, in one send, and only then are the Events they accepted
+        started (a burst of pipelined invokes costs one wake-up of the client per read,
+        not one per request)."""
+        starts: list[Callable[[], None]] = []
         while not conn.busy and not conn.closing and not conn.closed:
             buf = conn.inbuf
             while buf.startswith(b"\r\n"):  # blank lines before a request are allowed
@@ -335,12 +340,16 @@ class _HTTPServer:
             conn.started = time.monotonic()  # of the next request, whose bytes follow
             req = Request(method, target, headers, body)
             if answers_at_once(req):
-                self._answer(conn, handle(self.registry, req), keep)
+                self._answer(conn, handle(self.registry, req), keep, starts)
                 self._release(conn)
             else:
                 conn.busy = True
                 threading.Thread(target=self._handle_slow, args=(conn, req, keep),
                                  name="mu-emulator-request", daemon=True).start()
+        if conn.outbuf and not conn.closed:
+            self._flush(conn)
+        for start in starts:
+            _after(start)
         if conn.eof and not conn.busy and not conn.closed:
             conn.closing = True  # every request it sent has been answered or refused
             if not conn.outbuf:
@@ -357,19 +366,26 @@ class _HTTPServer:
         self._answered.append((conn, handle(self.registry, req), keep))
         self._wake()
 
-    def _answer(self, conn: _Connection, resp: Response, keep: bool) -> None:
+    def _answer(self, conn: _Connection, resp: Response, keep: bool,
+                starts: list[Callable[[], None]] | None = None) -> None:
+        """Send ``resp``, then do its work that follows (start the Event just accepted);
+        with ``starts``, queue it and leave that work there, for the caller to flush the
+        connection and then do it."""
         lines = [f"HTTP/1.1 {resp.status} {_reason(resp.status)}",
                  *(f"{k}: {v}" for k, v in resp.headers.items()),
                  f"Content-Length: {len(resp.body)}"]
         if not keep:
             lines.append("Connection: close")
             conn.closing = True
-        self._send(conn, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + resp.body)
-        if resp.after is not None:
-            try:
-                resp.after()  # e.g. start the Event just accepted, now that the 202 is out
-            except Exception:  # a bug of ours: the server goes on
-                traceback.print_exc(file=sys.stderr)
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + resp.body
+        if starts is None:
+            self._send(conn, data)
+            if resp.after is not None:
+                _after(resp.after)
+        else:
+            conn.outbuf += data
+            if resp.after is not None:
+                starts.append(resp.after)
 
     def _refuse(self, conn: _Connection, status: int, why: str) -> None:
         self._answer(conn, Response(status, why.encode() + b"\n",
@@ -436,6 +452,15 @@ class _HTTPServer:
         with contextlib.suppress(KeyError, ValueError):
             self._selector.unregister(conn.sock)
         conn.sock.close()
+
+
+def _after(work: Callable[[], None]) -> None:
+    """Do what follows an answer (start the Event it accepted): a bug there must not stop
+    the server."""
+    try:
+        work()
+    except Exception:
+        traceback.print_exc(file=sys.stderr)
 
 
 class _BadRequest(Exception):

@@ -26,7 +26,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from emulator.runner import _children
+from emulator.runner import _children, invocation_logs, log_file
 from emulator.s3 import S3Server
 from emulator.server import ThreadedEmulatorServer
 
@@ -337,7 +337,8 @@ def test_event_accepted_before_the_function_runs(
     assert emulator.registry.wait_idle(60)
     record = emulator.registry.invocation(request_id)
     assert (record.status, record.attempts, record.kind) == ("succeeded", 1, "Event")
-    assert "hello from the handler" in Path(record.log_path).read_text()
+    assert [b"hello from the handler" in log
+            for log in invocation_logs(Path(record.log_path), request_id)] == [True]
 
 
 def test_async_retries_follow_the_invoke_config(
@@ -367,8 +368,9 @@ def test_async_retries_follow_the_invoke_config(
         assert (record.status, record.attempts) == ("failed", retries + 1)
         assert record.error is not None and record.error["errorMessage"] == "counted failure"
         # Every attempt is in the one log of the request, in order, each with its END.
-        log = Path(record.log_path).read_text()
-        assert Path(record.log_path).name == f"{request_id}.log"
+        assert Path(record.log_path) == log_file(emulator.state_dir, counts[retries])
+        [logged] = invocation_logs(Path(record.log_path), request_id)
+        log = logged.decode()
         assert log.count(f"START RequestId: {request_id}") == retries + 1
         assert log.count(f"END RequestId: {request_id}") == retries + 1
 
@@ -532,7 +534,7 @@ def test_logs_of_a_running_invocation(
     done = logs()
     assert done.returncode == 0
     assert done.stdout.count("waiting at the gate") == 1 and f"END RequestId: {request}" in done.stdout
-    assert (emulator.state_dir / "logs" / name / f"{request}.log").is_file()
+    assert len(invocation_logs(log_file(emulator.state_dir, name), request)) == 1
 
 
 def test_http_framing_edges(emulator: ThreadedEmulatorServer) -> None:
@@ -768,7 +770,9 @@ def test_fork_server_and_plain_spawn_give_identical_results(tmp_path: Path) -> N
         finally:
             runner.close()
         assert ok.ok, ok.error
-        assert "probe {'n': 1}" in Path(ok.log_path).read_text()
+        assert b"probe {'n': 1}" in ok.log_tail()
+        assert [b"probe {'n': 1}" in log for log in invocation_logs(Path(ok.log_path))] == [
+            True, False]
         assert bad.error is not None
         outcomes[fork] = (ok.payload, bad.ok, bad.error["errorType"], bad.error["errorMessage"])
     assert outcomes[True] == outcomes[False]

@@ -1,4 +1,5 @@
-"""CloudWatch Logs writing: into moto's backend in this process, or over HTTP to any other."""
+"""CloudWatch Logs writing: into moto's backend in this process, or over HTTP to any other;
+and the framing of a function's log file (``STATE_DIR/logs/FUNCTION.log``)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from emulator.cloudwatch import LogWriter
+from emulator.runner import invocation_logs, log_record
 from emulator.s3 import S3Server, served_here
 
 CREDS = {"region_name": "us-east-1", "aws_access_key_id": "testing",
@@ -79,3 +84,42 @@ def test_a_stopped_server_is_no_longer_served_here() -> None:
     assert served_here(url)
     server.stop()
     assert not served_here(url) and not served_here(None)
+
+
+REQUEST_IDS = st.text(st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)),
+                      min_size=1, max_size=40)
+RECORDS = st.lists(st.tuples(st.sampled_from(["a", "b", "c"]) | REQUEST_IDS,
+                             st.binary(min_size=1, max_size=300)), max_size=12)
+
+
+@given(records=RECORDS, cut=st.integers(min_value=0), one=st.booleans())
+def test_log_file_records_read_back(
+    tmp_path_factory: pytest.TempPathFactory, records: list[tuple[str, bytes]], cut: int,
+    one: bool,
+) -> None:
+    """Whatever the logs hold (record lines included), each request's attempts come back
+    joined, requests in the order their last attempt ended; a record cut short (being
+    written) is left out, and nothing after it is made up."""
+    data = [log_record(request_id, log) for request_id, log in records]
+    whole = b"".join(data)
+    cut = cut % (len(whole) + 1)
+    path = Path(tmp_path_factory.mktemp("logs")) / "f.log"
+    path.write_bytes(whole[:cut])
+    expected: dict[str, list[bytes]] = {}
+    at = 0
+    for record, (request_id, log) in zip(data, records, strict=True):
+        at += len(record)
+        if at > cut:
+            break
+        expected.setdefault(request_id, []).append(log)
+        expected[request_id] = expected.pop(request_id)
+    wanted = records[0][0] if one and records else None
+    got = invocation_logs(path, wanted)
+    if wanted is None:
+        assert got == [b"".join(logs) for logs in expected.values()]
+    else:
+        assert got == ([b"".join(expected[wanted])] if wanted in expected else [])
+
+
+def test_no_log_file_reads_as_no_logs(tmp_path: Path) -> None:
+    assert invocation_logs(tmp_path / "absent.log") == []
