@@ -212,9 +212,10 @@ class FileStarted:
 
 @dataclass(frozen=True)
 class FileData:
-    """The next bytes of the file being received."""
+    """The next bytes of the file being received (the payload as fed: a view stays valid
+    only as long as the buffer it views)."""
 
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True)
@@ -292,8 +293,8 @@ class FileAssembler:
         """Bytes received and announced of the file being received (``(0, 0)`` when idle)."""
         return (self._got, self._size) if self._size >= 0 else (0, 0)
 
-    def feed(self, payload: bytes) -> list[FileEvent]:
-        """Take one frame payload.
+    def feed(self, payload: bytes | memoryview) -> list[FileEvent]:
+        """Take one frame payload (bytes, or a view of them: data is not copied).
 
         Returns:
             The events it makes: a header gives :class:`FileStarted` (and, for an empty file,
@@ -307,6 +308,7 @@ class FileAssembler:
         if self._error is not None:
             raise self._error
         if self._size < 0:
+            payload = bytes(payload)
             found = _HEADER.fullmatch(payload)
             if found is None:
                 self._fail(f"expected a FILE:<size>:<sha256> frame, got {payload[:80]!r}")
@@ -752,20 +754,26 @@ class Links:
 
     def _read(self, link: _Link) -> None:
         while not link.reason:
+            decoder = link.decoder
             try:
-                data = link.sock.recv(_RECV_SIZE)
+                # Into the decoder's reused buffer, and each frame handed on as a view of it:
+                # no new memory per frame (its first touch costs more than TLS here).
+                received = link.sock.recv_into(decoder.get_buffer(_RECV_SIZE), _RECV_SIZE)
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
                 return
             except OSError as exc:
                 self._ended(link, f"connection lost: {exc.strerror or exc}")
                 return
             try:
-                link.decoder.receive_data(data)
-                while (frame := link.decoder.next_frame()) is not NEED_DATA:
+                if received:
+                    decoder.buffer_updated(received)
+                else:
+                    decoder.receive_data(b"")
+                while (frame := decoder.next_frame_view()) is not NEED_DATA:
                     if frame is CLOSED:
                         self._closed_by_relay(link)
                         return
-                    assert isinstance(frame, bytes)
+                    assert isinstance(frame, memoryview)
                     self._frame(link, frame)
             except ProtocolError as exc:
                 self._ended(link, str(exc))
@@ -774,9 +782,12 @@ class Links:
                 self._ended(link, f"cannot spool in {link.spool_dir}: {exc.strerror or exc}")
                 return
 
-    def _frame(self, link: _Link, frame: bytes) -> None:
-        link.last_frame = frame
-        if link.assembler.idle and frame.startswith(b"FAIL("):
+    def _frame(self, link: _Link, frame: memoryview) -> None:
+        """Take one frame (a view, valid until the next read: written to the spool or
+        copied before then)."""
+        is_fail = frame[:5].tobytes() == b"FAIL("
+        link.last_frame = frame.tobytes() if is_fail else b""  # only a FAIL is looked at
+        if link.assembler.idle and is_fail:
             return  # the relay's last word; the link's end (EOF) follows and reports it
         for event in link.assembler.feed(frame):
             if isinstance(event, FileData):
