@@ -65,6 +65,7 @@ from typing import BinaryIO, Final, NoReturn
 from mu.errors import ProtocolError, RemoteProtocolError
 from mu.protocol import (
     CLOSED,
+    HEADER_LEN,
     NEED_DATA,
     FrameDecoder,
     decode_text,
@@ -230,12 +231,14 @@ FileEvent = FileStarted | FileData | FileDone
 
 
 def file_frames(
-    read: Callable[[int], bytes], size: int, sha256: str, frame_size: int = FILE_FRAME
-) -> Iterator[bytes]:
+    read: Callable[[int], bytes | memoryview], size: int, sha256: str,
+    frame_size: int = FILE_FRAME,
+) -> Iterator[bytes | memoryview]:
     """The frame payloads that carry one file: its header, then its bytes.
 
     Args:
-        read: reads up to n bytes of the file (``handle.read``).
+        read: reads up to n bytes of the file (``handle.read``, or a view of a buffer read
+            into).
         size: the file's size, as announced in the header.
         sha256: the hex SHA-256 of its bytes, as announced.
         frame_size: the largest data frame (at least 1).
@@ -354,8 +357,15 @@ class FileAssembler:
 OUTBOX_LIMIT: Final = 4 * FILE_FRAME
 """Bytes a link may hold queued for writing; a ``send`` waits while more are queued."""
 _RECV_SIZE = 256 * 1024
+_SEND_BUFFERS: Final = 3
+"""Buffers of :data:`FILE_FRAME` bytes a ``send`` reads its file through (one being read while
+the link thread writes the others)."""
 _RELAY_FAIL = re.compile(rb"FAIL\((relay: .*)\)", re.DOTALL)
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class _Unsent(Exception):
+    """A link ended while a ``send`` waited for a buffer; ``str()`` says why."""
 
 
 class LinkError(Exception):
@@ -547,23 +557,42 @@ class Links:
         except OSError as exc:
             return f"FAIL({where}: cannot read {path}: {exc.strerror or exc})"
         with handle, link.send_lock:
+            # Every MB of new memory costs its first touch, which on a host short of free
+            # pages is more than TLS: the file goes through a few reused buffers (the first
+            # also serves the digest's pass), each read into again once the link thread has
+            # written it, and each frame's header is queued before its payload, not copied
+            # with it.
+            first = memoryview(bytearray(FILE_FRAME))
+            buffers = collections.deque([(first, 0)])  # and the bytes queued once each is out
+
+            def read(n: int) -> memoryview:
+                if len(buffers) == _SEND_BUFFERS or buffers[0][1] <= link.written:
+                    buffer, written_at = buffers.popleft()
+                    failure = self._wait_written(link, written_at)
+                    if failure:
+                        raise _Unsent(failure)
+                else:
+                    buffer = memoryview(bytearray(FILE_FRAME))
+                got = handle.readinto(buffer[:n])
+                # out once its frame, queued next (by this thread alone), is written
+                buffers.append((buffer, link.enqueued + HEADER_LEN + got))
+                return buffer[:got]
+
             try:
-                # One buffer for the digest's pass, and each frame's header queued before its
-                # payload rather than copied with it: every MB of new memory costs its
-                # first touch, which on a host short of free pages is more than TLS.
                 digest = hashlib.sha256()
                 size = 0
-                buffer = memoryview(bytearray(FILE_FRAME))
-                while n := handle.readinto(buffer):
-                    digest.update(buffer[:n])
+                while n := handle.readinto(first):
+                    digest.update(first[:n])
                     size += n
                 sha256 = digest.hexdigest()
                 handle.seek(0)
-                for payload in file_frames(handle.read, size, sha256):
+                for payload in file_frames(read, size, sha256):
                     failure = (self._enqueue(link, frame_header(len(payload)))
                                or self._enqueue(link, payload))
                     if failure:
                         return f"FAIL({where}: {failure})"
+            except _Unsent as exc:
+                return f"FAIL({where}: {exc})"
             except OSError as exc:
                 # Frames may be out already: the peer's framing is lost, so the link ends.
                 reason = f"cannot read {path}: {exc.strerror or exc}"
@@ -654,7 +683,7 @@ class Links:
         if not link.released.wait(timeout):
             log.warning("link %s was not released within %g s", link.name, timeout)
 
-    def _enqueue(self, link: _Link, data: bytes) -> str:
+    def _enqueue(self, link: _Link, data: bytes | memoryview) -> str:
         """Queue ``data`` for writing, waiting while the outbox is full; "" or why not."""
         with self._cond:
             while link.queued >= OUTBOX_LIMIT and not link.reason:
@@ -667,9 +696,11 @@ class Links:
         self._wake()
         return ""
 
-    def _wait_written(self, link: _Link) -> str:
+    def _wait_written(self, link: _Link, target: int | None = None) -> str:
+        """Wait until ``target`` bytes (all that were queued) were written; "" or why not."""
         with self._cond:
-            target = link.enqueued
+            if target is None:
+                target = link.enqueued
             while link.written < target and not link.reason:
                 self._cond.wait()
             if link.written < target:
