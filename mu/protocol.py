@@ -10,7 +10,10 @@ space (0x20), then exactly that many payload bytes::
 This module never touches a socket. Senders call :func:`encode_frame`; receivers feed whatever
 bytes arrived to :meth:`FrameDecoder.receive_data` (``b""`` meaning EOF) and then call
 :meth:`FrameDecoder.next_frame` until it returns :data:`NEED_DATA`. Any split or merge of frames
-across reads decodes the same.
+across reads decodes the same. A receiver of large frames can instead read straight into the
+decoder's reused buffer (:meth:`FrameDecoder.get_buffer`, :meth:`FrameDecoder.buffer_updated`)
+and take each payload as a view of it (:meth:`FrameDecoder.next_frame_view`), so that no new
+memory is touched per frame.
 
 Rules:
 
@@ -36,6 +39,7 @@ from mu.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "CLOSED",
+    "DEFAULT_KEEP",
     "DEFAULT_MAX_FRAME",
     "EXPECT",
     "HEADER_LEN",
@@ -61,8 +65,8 @@ DIGITS: Final = 12
 HEADER_LEN: Final = DIGITS + 1
 DEFAULT_MAX_FRAME: Final = 64 * 1024 * 1024
 _MAX_ENCODABLE: Final = 10**DIGITS - 1
-_KEEP: Final = 4 * 1024 * 1024
-"""A decoder keeps at most this much room once it has returned every frame."""
+DEFAULT_KEEP: Final = 64 * 1024
+"""The room a decoder keeps, by default, once it has returned every frame."""
 
 
 class Sentinel(enum.Enum):
@@ -137,6 +141,8 @@ class FrameDecoder:
     Args:
         max_frame: the largest payload accepted, in bytes.
         peer: a name for the peer used in error messages ("worker 12", "127.0.0.1:4242").
+        keep: the room kept once every frame was returned (more is given back then); a
+            receiver of large frames keeps room for two of them and a read.
 
     >>> d = FrameDecoder()
     >>> d.receive_data(b"000000000002 OK0000")
@@ -146,13 +152,16 @@ class FrameDecoder:
     NEED_DATA
     """
 
-    __slots__ = ("_buf", "_end", "_eof", "_error", "_pos", "max_frame", "peer")
+    __slots__ = ("_buf", "_end", "_eof", "_error", "_pos", "keep", "max_frame", "peer")
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, peer: str = "") -> None:
+    def __init__(
+        self, max_frame: int = DEFAULT_MAX_FRAME, peer: str = "", keep: int = DEFAULT_KEEP
+    ) -> None:
         if max_frame < 0:
             raise ValueError(f"max_frame must be >= 0, got {max_frame}")
         self.max_frame = max_frame
         self.peer = peer
+        self.keep = keep
         self._buf = bytearray()  # bytes [_pos, _end) arrived and are not yet returned
         self._pos = 0
         self._end = 0
@@ -200,7 +209,7 @@ class FrameDecoder:
         buf, pos, end = self._buf, self._pos, self._end
         if pos == end:  # everything was returned: start over at the front
             pos = end = 0
-            if len(buf) > _KEEP:
+            if len(buf) > self.keep:
                 buf = bytearray()  # give back the room a large frame took
         if end + size > len(buf):
             kept = end - pos

@@ -22,12 +22,13 @@ one :mod:`selectors` selector. One thread rather than a reader per link because 
 connection must never be used by two threads at once, and a link is written (a ``send``) while
 it is read (an arriving file): with a reader per link the sender would have to write the same
 ``SSLSocket`` from another thread. Here job threads never touch a socket: ``send`` hands
-frames to the link's outbox (bounded by :data:`OUTBOX_LIMIT`, so a large file is read from
-disk only as fast as the link drains) and waits until the last one is written; the link thread
-writes outboxes when their sockets are writable, reads every readable socket until TLS has
-nothing more, feeds the frames to the link's assembler, and writes arriving bytes straight to
-a spool file in the invocation's private directory (``<tmpdir>/.links/``), so memory does not
-grow with file size. A complete file whose size and SHA-256 match its header is queued on the
+frames to the link's outbox (bounded by :data:`OUTBOX_LIMIT`; a file is read through a few
+reused buffers, each read into again once it is written, so it is read from disk only as fast
+as the link drains) and waits until the last one is written; the link thread writes outboxes
+when their sockets are writable, reads every readable socket until TLS has nothing more (into
+the decoder's reused buffer), feeds the frames to the link's assembler as views of that
+buffer, and writes arriving bytes straight to a spool file in the invocation's private
+directory (``<tmpdir>/.links/``), so memory does not grow with file size. A complete file whose size and SHA-256 match its header is queued on the
 link and announced once as ``INFO:file:NAME:<size>:<sha256>``; ``recv`` moves the oldest queued
 file to its target (a rename inside the private directory), waiting for one at most
 ``recv_timeout`` seconds.
@@ -513,7 +514,9 @@ class Links:
             peer = f"link {name} (relay {host}:{port})"
             self._send(f"OK:LINK({name})")
             self._links[name] = _Link(
-                name, sock, spool_dir, FrameDecoder(FILE_FRAME, peer), FileAssembler(peer)
+                name, sock, spool_dir,
+                FrameDecoder(FILE_FRAME, peer, keep=2 * (HEADER_LEN + FILE_FRAME) + _RECV_SIZE),
+                FileAssembler(peer),
             )
             self._ensure_thread()
         self._wake()

@@ -276,6 +276,14 @@ def test_a_stream_of_large_frames_reuses_one_buffer(frame: int, room: int, count
     assert all(b is last for b in later)
 
 
+def test_room_beyond_keep_is_given_back_once_every_frame_is_returned() -> None:
+    d = FrameDecoder(keep=8192)
+    d.receive_data(encode_frame(b"x" * 100_000))
+    assert d.next_frame() == b"x" * 100_000
+    assert len(d.get_buffer(100)) == 100
+    assert len(d.get_buffer(100).obj) <= 8192  # type: ignore[arg-type]
+
+
 def test_buffer_updated_beyond_the_room_given_is_refused() -> None:
     d = FrameDecoder()
     d.get_buffer(10)
