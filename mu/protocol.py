@@ -10,7 +10,10 @@ space (0x20), then exactly that many payload bytes::
 This module never touches a socket. Senders call :func:`encode_frame`; receivers feed whatever
 bytes arrived to :meth:`FrameDecoder.receive_data` (``b""`` meaning EOF) and then call
 :meth:`FrameDecoder.next_frame` until it returns :data:`NEED_DATA`. Any split or merge of frames
-across reads decodes the same.
+across reads decodes the same. A receiver of large frames can instead read straight into the
+decoder's reused buffer (:meth:`FrameDecoder.get_buffer`, :meth:`FrameDecoder.buffer_updated`)
+and take each payload as a view of it (:meth:`FrameDecoder.next_frame_view`), so that no new
+memory is touched per frame.
 
 Rules:
 
@@ -36,6 +39,7 @@ from mu.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "CLOSED",
+    "DEFAULT_KEEP",
     "DEFAULT_MAX_FRAME",
     "EXPECT",
     "HEADER_LEN",
@@ -61,6 +65,8 @@ DIGITS: Final = 12
 HEADER_LEN: Final = DIGITS + 1
 DEFAULT_MAX_FRAME: Final = 64 * 1024 * 1024
 _MAX_ENCODABLE: Final = 10**DIGITS - 1
+DEFAULT_KEEP: Final = 64 * 1024
+"""The room a decoder keeps, by default, once it has returned every frame."""
 
 
 class Sentinel(enum.Enum):
@@ -125,9 +131,18 @@ def decode_text(payload: bytes) -> str:
 class FrameDecoder:
     """Incremental decoder of length-prefixed frames.
 
+    Received bytes live in one buffer that is reused: consumed bytes are dropped by moving
+    what is left to its front when more room is needed, and the buffer grows (doubling) only
+    when what is left and what is asked for do not fit. A stream of 1 MB frames so costs no
+    new memory per frame beyond the payloads :meth:`next_frame` returns, and none with
+    :meth:`get_buffer` and :meth:`next_frame_view`, which receive into the buffer and hand
+    payloads out of it without a copy (new memory's first touch costs more than a copy).
+
     Args:
         max_frame: the largest payload accepted, in bytes.
         peer: a name for the peer used in error messages ("worker 12", "127.0.0.1:4242").
+        keep: the room kept once every frame was returned (more is given back then); a
+            receiver of large frames keeps room for two of them and a read.
 
     >>> d = FrameDecoder()
     >>> d.receive_data(b"000000000002 OK0000")
@@ -137,15 +152,19 @@ class FrameDecoder:
     NEED_DATA
     """
 
-    __slots__ = ("_buf", "_eof", "_error", "_pos", "max_frame", "peer")
+    __slots__ = ("_buf", "_end", "_eof", "_error", "_pos", "keep", "max_frame", "peer")
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, peer: str = "") -> None:
+    def __init__(
+        self, max_frame: int = DEFAULT_MAX_FRAME, peer: str = "", keep: int = DEFAULT_KEEP
+    ) -> None:
         if max_frame < 0:
             raise ValueError(f"max_frame must be >= 0, got {max_frame}")
         self.max_frame = max_frame
         self.peer = peer
-        self._buf = bytearray()
+        self.keep = keep
+        self._buf = bytearray()  # bytes [_pos, _end) arrived and are not yet returned
         self._pos = 0
+        self._end = 0
         self._eof = False
         self._error: RemoteProtocolError | None = None
 
@@ -157,7 +176,7 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames."""
-        return len(self._buf) - self._pos
+        return self._end - self._pos
 
     def receive_data(self, data: bytes) -> None:
         """Feed received bytes; ``b""`` marks EOF.
@@ -172,14 +191,53 @@ class FrameDecoder:
         if not data:
             self._eof = True
             return
-        if self._pos and self._pos == len(self._buf):
-            # Everything so far was consumed: start over instead of growing the buffer.
-            self._buf.clear()
-            self._pos = 0
-        self._buf += data
+        self.get_buffer(len(data))[:] = data
+        self._end += len(data)
+
+    def get_buffer(self, size: int) -> memoryview:
+        """Room for ``size`` more bytes, to receive into (``sock.recv_into``); then say how
+        many arrived with :meth:`buffer_updated` (EOF is still ``receive_data(b"")``).
+
+        The buffer is reused: a view :meth:`next_frame_view` returned earlier is no longer
+        valid after this call.
+
+        Raises:
+            LocalProtocolError: called after EOF.
+        """
+        if self._eof:
+            raise LocalProtocolError("received data after EOF")
+        buf, pos, end = self._buf, self._pos, self._end
+        if pos == end:  # everything was returned: start over at the front
+            pos = end = 0
+            if len(buf) > self.keep:
+                buf = bytearray()  # give back the room a large frame took
+        if end + size > len(buf):
+            kept = end - pos
+            room = buf if kept + size <= len(buf) else bytearray(
+                max(2 * len(buf), kept + size, 4096))
+            memoryview(room)[:kept] = memoryview(buf)[pos:end]  # a memmove within buf
+            buf, pos, end = room, 0, kept
+        self._buf, self._pos, self._end = buf, pos, end
+        return memoryview(buf)[end : end + size]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` (at least 1) were written at the front of the last :meth:`get_buffer`."""
+        if not 0 < nbytes <= len(self._buf) - self._end:
+            raise ValueError(f"buffer_updated({nbytes}): not in 1..{len(self._buf) - self._end}")
+        self._end += nbytes
 
     def next_frame(self) -> bytes | Sentinel:
         """Return the next complete payload, :data:`NEED_DATA` or :data:`CLOSED`.
+
+        Raises:
+            RemoteProtocolError: the peer broke the framing; the decoder stays broken.
+        """
+        frame = self.next_frame_view()
+        return frame if isinstance(frame, Sentinel) else frame.tobytes()
+
+    def next_frame_view(self) -> memoryview | Sentinel:
+        """As :meth:`next_frame`, but the payload is a view into the decoder's buffer, valid
+        until the next :meth:`get_buffer` or :meth:`receive_data` (no copy).
 
         Raises:
             RemoteProtocolError: the peer broke the framing; the decoder stays broken.
@@ -188,9 +246,10 @@ class FrameDecoder:
             raise self._error
         buf = self._buf
         pos = self._pos
+        end = self._end
         start = pos + HEADER_LEN
-        if len(buf) >= start:
-            header = buf[pos:start]
+        if end >= start:
+            header = bytes(buf[pos:start])
             if header[DIGITS] == 0x20 and header[:DIGITS].isdigit():
                 length = int(header[:DIGITS])
                 if length > self.max_frame:
@@ -198,20 +257,15 @@ class FrameDecoder:
                     raise self._error
             else:
                 self._bad_header(pos)
-            end = start + length
-            if end <= len(buf):
-                payload = bytes(buf[start:end])
-                self._pos = end
-                if end > 65536 and end * 2 > len(buf):
-                    # Compact lazily so a long stream of small frames costs O(1) per frame.
-                    del buf[:end]
-                    self._pos = 0
-                return payload
-        elif len(buf) > pos and not bytes(buf[pos:]).isdigit():
+            stop = start + length
+            if stop <= end:
+                self._pos = stop
+                return memoryview(buf)[start:stop]
+        elif end > pos and not bytes(buf[pos:end]).isdigit():
             # Reject garbage as soon as it is visible, not only after 13 bytes arrive.
             self._bad_header(pos)
         if self._eof:
-            avail = len(buf) - pos
+            avail = end - pos
             if avail == 0:
                 return CLOSED
             self._fail(f"stream ended inside a frame ({avail} bytes buffered)")
@@ -219,7 +273,7 @@ class FrameDecoder:
 
     def _bad_header(self, pos: int) -> NoReturn:
         """Raise the error that names what is wrong with the (partial) header at ``pos``."""
-        header = bytes(self._buf[pos : pos + HEADER_LEN])
+        header = bytes(self._buf[pos : min(pos + HEADER_LEN, self._end)])
         if not header[:DIGITS].isdigit():
             self._fail(f"frame header {header!r} is not {DIGITS} decimal digits and a space")
         self._fail(f"frame header {header!r} lacks the space after the length")

@@ -22,12 +22,13 @@ one :mod:`selectors` selector. One thread rather than a reader per link because 
 connection must never be used by two threads at once, and a link is written (a ``send``) while
 it is read (an arriving file): with a reader per link the sender would have to write the same
 ``SSLSocket`` from another thread. Here job threads never touch a socket: ``send`` hands
-frames to the link's outbox (bounded by :data:`OUTBOX_LIMIT`, so a large file is read from
-disk only as fast as the link drains) and waits until the last one is written; the link thread
-writes outboxes when their sockets are writable, reads every readable socket until TLS has
-nothing more, feeds the frames to the link's assembler, and writes arriving bytes straight to
-a spool file in the invocation's private directory (``<tmpdir>/.links/``), so memory does not
-grow with file size. A complete file whose size and SHA-256 match its header is queued on the
+frames to the link's outbox (bounded by :data:`OUTBOX_LIMIT`; a file is read through a few
+reused buffers, each read into again once it is written, so it is read from disk only as fast
+as the link drains) and waits until the last one is written; the link thread writes outboxes
+when their sockets are writable, reads every readable socket until TLS has nothing more (into
+the decoder's reused buffer), feeds the frames to the link's assembler as views of that
+buffer, and writes arriving bytes straight to a spool file in the invocation's private
+directory (``<tmpdir>/.links/``), so memory does not grow with file size. A complete file whose size and SHA-256 match its header is queued on the
 link and announced once as ``INFO:file:NAME:<size>:<sha256>``; ``recv`` moves the oldest queued
 file to its target (a rename inside the private directory), waiting for one at most
 ``recv_timeout`` seconds.
@@ -65,6 +66,7 @@ from typing import BinaryIO, Final, NoReturn
 from mu.errors import ProtocolError, RemoteProtocolError
 from mu.protocol import (
     CLOSED,
+    HEADER_LEN,
     NEED_DATA,
     FrameDecoder,
     decode_text,
@@ -212,9 +214,10 @@ class FileStarted:
 
 @dataclass(frozen=True)
 class FileData:
-    """The next bytes of the file being received."""
+    """The next bytes of the file being received (the payload as fed: a view stays valid
+    only as long as the buffer it views)."""
 
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True)
@@ -229,12 +232,14 @@ FileEvent = FileStarted | FileData | FileDone
 
 
 def file_frames(
-    read: Callable[[int], bytes], size: int, sha256: str, frame_size: int = FILE_FRAME
-) -> Iterator[bytes]:
+    read: Callable[[int], bytes | memoryview], size: int, sha256: str,
+    frame_size: int = FILE_FRAME,
+) -> Iterator[bytes | memoryview]:
     """The frame payloads that carry one file: its header, then its bytes.
 
     Args:
-        read: reads up to n bytes of the file (``handle.read``).
+        read: reads up to n bytes of the file (``handle.read``, or a view of a buffer read
+            into).
         size: the file's size, as announced in the header.
         sha256: the hex SHA-256 of its bytes, as announced.
         frame_size: the largest data frame (at least 1).
@@ -292,8 +297,8 @@ class FileAssembler:
         """Bytes received and announced of the file being received (``(0, 0)`` when idle)."""
         return (self._got, self._size) if self._size >= 0 else (0, 0)
 
-    def feed(self, payload: bytes) -> list[FileEvent]:
-        """Take one frame payload.
+    def feed(self, payload: bytes | memoryview) -> list[FileEvent]:
+        """Take one frame payload (bytes, or a view of them: data is not copied).
 
         Returns:
             The events it makes: a header gives :class:`FileStarted` (and, for an empty file,
@@ -307,6 +312,7 @@ class FileAssembler:
         if self._error is not None:
             raise self._error
         if self._size < 0:
+            payload = bytes(payload)
             found = _HEADER.fullmatch(payload)
             if found is None:
                 self._fail(f"expected a FILE:<size>:<sha256> frame, got {payload[:80]!r}")
@@ -352,8 +358,15 @@ class FileAssembler:
 OUTBOX_LIMIT: Final = 4 * FILE_FRAME
 """Bytes a link may hold queued for writing; a ``send`` waits while more are queued."""
 _RECV_SIZE = 256 * 1024
+_SEND_BUFFERS: Final = 3
+"""Buffers of :data:`FILE_FRAME` bytes a ``send`` reads its file through (one being read while
+the link thread writes the others)."""
 _RELAY_FAIL = re.compile(rb"FAIL\((relay: .*)\)", re.DOTALL)
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class _Unsent(Exception):
+    """A link ended while a ``send`` waited for a buffer; ``str()`` says why."""
 
 
 class LinkError(Exception):
@@ -501,7 +514,9 @@ class Links:
             peer = f"link {name} (relay {host}:{port})"
             self._send(f"OK:LINK({name})")
             self._links[name] = _Link(
-                name, sock, spool_dir, FrameDecoder(FILE_FRAME, peer), FileAssembler(peer)
+                name, sock, spool_dir,
+                FrameDecoder(FILE_FRAME, peer, keep=2 * (HEADER_LEN + FILE_FRAME) + _RECV_SIZE),
+                FileAssembler(peer),
             )
             self._ensure_thread()
         self._wake()
@@ -545,23 +560,42 @@ class Links:
         except OSError as exc:
             return f"FAIL({where}: cannot read {path}: {exc.strerror or exc})"
         with handle, link.send_lock:
+            # Every MB of new memory costs its first touch, which on a host short of free
+            # pages is more than TLS: the file goes through a few reused buffers (the first
+            # also serves the digest's pass), each read into again once the link thread has
+            # written it, and each frame's header is queued before its payload, not copied
+            # with it.
+            first = memoryview(bytearray(FILE_FRAME))
+            buffers = collections.deque([(first, 0)])  # and the bytes queued once each is out
+
+            def read(n: int) -> memoryview:
+                if len(buffers) == _SEND_BUFFERS or buffers[0][1] <= link.written:
+                    buffer, written_at = buffers.popleft()
+                    failure = self._wait_written(link, written_at)
+                    if failure:
+                        raise _Unsent(failure)
+                else:
+                    buffer = memoryview(bytearray(FILE_FRAME))
+                got = handle.readinto(buffer[:n])
+                # out once its frame, queued next (by this thread alone), is written
+                buffers.append((buffer, link.enqueued + HEADER_LEN + got))
+                return buffer[:got]
+
             try:
-                # One buffer for the digest's pass, and each frame's header queued before its
-                # payload rather than copied with it: every MB of new memory costs its
-                # first touch, which on a host short of free pages is more than TLS.
                 digest = hashlib.sha256()
                 size = 0
-                buffer = memoryview(bytearray(FILE_FRAME))
-                while n := handle.readinto(buffer):
-                    digest.update(buffer[:n])
+                while n := handle.readinto(first):
+                    digest.update(first[:n])
                     size += n
                 sha256 = digest.hexdigest()
                 handle.seek(0)
-                for payload in file_frames(handle.read, size, sha256):
+                for payload in file_frames(read, size, sha256):
                     failure = (self._enqueue(link, frame_header(len(payload)))
                                or self._enqueue(link, payload))
                     if failure:
                         return f"FAIL({where}: {failure})"
+            except _Unsent as exc:
+                return f"FAIL({where}: {exc})"
             except OSError as exc:
                 # Frames may be out already: the peer's framing is lost, so the link ends.
                 reason = f"cannot read {path}: {exc.strerror or exc}"
@@ -652,7 +686,7 @@ class Links:
         if not link.released.wait(timeout):
             log.warning("link %s was not released within %g s", link.name, timeout)
 
-    def _enqueue(self, link: _Link, data: bytes) -> str:
+    def _enqueue(self, link: _Link, data: bytes | memoryview) -> str:
         """Queue ``data`` for writing, waiting while the outbox is full; "" or why not."""
         with self._cond:
             while link.queued >= OUTBOX_LIMIT and not link.reason:
@@ -665,9 +699,11 @@ class Links:
         self._wake()
         return ""
 
-    def _wait_written(self, link: _Link) -> str:
+    def _wait_written(self, link: _Link, target: int | None = None) -> str:
+        """Wait until ``target`` bytes (all that were queued) were written; "" or why not."""
         with self._cond:
-            target = link.enqueued
+            if target is None:
+                target = link.enqueued
             while link.written < target and not link.reason:
                 self._cond.wait()
             if link.written < target:
@@ -752,20 +788,26 @@ class Links:
 
     def _read(self, link: _Link) -> None:
         while not link.reason:
+            decoder = link.decoder
             try:
-                data = link.sock.recv(_RECV_SIZE)
+                # Into the decoder's reused buffer, and each frame handed on as a view of it:
+                # no new memory per frame (its first touch costs more than TLS here).
+                received = link.sock.recv_into(decoder.get_buffer(_RECV_SIZE), _RECV_SIZE)
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
                 return
             except OSError as exc:
                 self._ended(link, f"connection lost: {exc.strerror or exc}")
                 return
             try:
-                link.decoder.receive_data(data)
-                while (frame := link.decoder.next_frame()) is not NEED_DATA:
+                if received:
+                    decoder.buffer_updated(received)
+                else:
+                    decoder.receive_data(b"")
+                while (frame := decoder.next_frame_view()) is not NEED_DATA:
                     if frame is CLOSED:
                         self._closed_by_relay(link)
                         return
-                    assert isinstance(frame, bytes)
+                    assert isinstance(frame, memoryview)
                     self._frame(link, frame)
             except ProtocolError as exc:
                 self._ended(link, str(exc))
@@ -774,9 +816,12 @@ class Links:
                 self._ended(link, f"cannot spool in {link.spool_dir}: {exc.strerror or exc}")
                 return
 
-    def _frame(self, link: _Link, frame: bytes) -> None:
-        link.last_frame = frame
-        if link.assembler.idle and frame.startswith(b"FAIL("):
+    def _frame(self, link: _Link, frame: memoryview) -> None:
+        """Take one frame (a view, valid until the next read: written to the spool or
+        copied before then)."""
+        is_fail = frame[:5].tobytes() == b"FAIL("
+        link.last_frame = frame.tobytes() if is_fail else b""  # only a FAIL is looked at
+        if link.assembler.idle and is_fail:
             return  # the relay's last word; the link's end (EOF) follows and reports it
         for event in link.assembler.feed(frame):
             if isinstance(event, FileData):

@@ -333,6 +333,30 @@ def test_recv_before_and_after_the_arrival(keys: KeySet, relay: Relay) -> None:
         assert b.ask("recv:left:got3") == f"OK:RECV(left:{len(first)}:{sha(first)})"
 
 
+def test_files_of_many_frames_arrive_whole_through_reused_buffers(
+    keys: KeySet, relay: Relay
+) -> None:
+    """A file of more frames than a send has buffers, sent twice in a row, then a different
+    one: the sender reads each buffer again only once it is written, the receiver takes each
+    frame out of its one reused buffer; every byte arrives as sent."""
+    with workers(keys, relay, 2) as (a, b):
+        a_dir, b_dir = tmpdir_of(a), tmpdir_of(b)
+        assert a.ask("link:right:31:32") == "OK:LINK(right)"
+        assert b.ask("link:left:32:31") == "OK:LINK(left)"
+        files = [blob(3, 7 * FILE_FRAME + 12345), blob(4, 5 * FILE_FRAME)]
+        for n, data in enumerate(files):
+            (a_dir / f"f{n}").write_bytes(data)
+        for n in (0, 0, 1):
+            data = files[n]
+            assert a.ask(f"send:right:f{n}") == f"OK:SEND(right:{len(data)}:{sha(data)})"
+        for n in (0, 0, 1):
+            assert b.recv() == f"INFO:file:left:{len(files[n])}:{sha(files[n])}"
+        for k, n in enumerate((0, 0, 1)):
+            data = files[n]
+            assert b.ask(f"recv:left:g{k}") == f"OK:RECV(left:{len(data)}:{sha(data)})"
+            assert (b_dir / f"g{k}").read_bytes() == data
+
+
 def test_files_come_in_order_and_close_link_ends_a_waiting_recv(
     keys: KeySet, relay: Relay
 ) -> None:

@@ -11,6 +11,7 @@ from mu.protocol import (
     CLOSED,
     DEFAULT_MAX_FRAME,
     EXPECT,
+    HEADER_LEN,
     NEED_DATA,
     Fail,
     FrameDecoder,
@@ -199,6 +200,104 @@ def test_roundtrip_any_payloads_any_chunking(payloads: list[bytes], data: st.Dat
     got.extend(drain(d))
     assert got == payloads
     assert d.next_frame() is CLOSED
+
+
+def feed_into(decoder: FrameDecoder, chunk: bytes, room: int) -> None:
+    """Receive ``chunk`` as a socket's ``recv_into`` would: into the decoder's own buffer,
+    in pieces of at most ``room`` bytes asked for at a time."""
+    for i in range(0, len(chunk), room):
+        piece = chunk[i : i + room]
+        view = decoder.get_buffer(room)
+        assert len(view) == room
+        view[: len(piece)] = piece
+        decoder.buffer_updated(len(piece))
+
+
+def drain_views(decoder: FrameDecoder) -> list[bytes]:
+    frames: list[bytes] = []
+    while True:
+        frame = decoder.next_frame_view()
+        if frame is NEED_DATA or frame is CLOSED:
+            return frames
+        assert isinstance(frame, memoryview)
+        frames.append(frame.tobytes())
+
+
+@settings(max_examples=300)
+@given(
+    payloads=st.lists(st.binary(max_size=300), max_size=20),
+    room=st.integers(1, 400),
+    copy=st.lists(st.booleans(), min_size=1),
+    data=st.data(),
+)
+def test_receiving_into_the_buffer_decodes_the_same(
+    payloads: list[bytes], room: int, copy: list[bool], data: st.DataObject
+) -> None:
+    """``get_buffer``/``buffer_updated`` mixed with ``receive_data``, frames taken as views
+    or copies: the same payloads, in order, under any split."""
+    stream = b"".join(encode_frame(p) for p in payloads)
+    d = FrameDecoder()
+    got: list[bytes] = []
+    for i, chunk in enumerate(data.draw(chunked(stream))):
+        if copy[i % len(copy)]:
+            d.receive_data(chunk)
+            got.extend(drain(d))
+        else:
+            feed_into(d, chunk, room)
+            got.extend(drain_views(d))
+    d.receive_data(b"")
+    got.extend(drain_views(d))
+    assert got == payloads
+    assert d.next_frame_view() is CLOSED
+
+
+@settings(max_examples=100)
+@given(frame=st.integers(1, 5000), room=st.integers(1, 2000), count=st.integers(8, 40))
+def test_a_stream_of_large_frames_reuses_one_buffer(frame: int, room: int, count: int) -> None:
+    """Frames drained as they complete: after the first few, every receive lands in the same
+    buffer (no new memory per frame), never larger than twice a frame and a receive."""
+    payload = bytes(range(256)) * (frame // 256) + b"x" * (frame % 256)
+    stream = encode_frame(payload) * count
+    d = FrameDecoder()
+    buffers = []
+    for i in range(0, len(stream), room):
+        piece = stream[i : i + room]
+        view = d.get_buffer(room)
+        buffers.append(view.obj)
+        view[: len(piece)] = piece
+        d.buffer_updated(len(piece))
+        for got in drain_views(d):
+            assert got == payload
+    assert d.buffered == 0
+    last = buffers[-1]
+    assert isinstance(last, bytearray)
+    assert len(last) <= max(4096, 2 * (len(payload) + HEADER_LEN + room))
+    later = buffers[len(buffers) // 2 :]
+    assert all(b is last for b in later)
+
+
+def test_room_beyond_keep_is_given_back_once_every_frame_is_returned() -> None:
+    d = FrameDecoder(keep=8192)
+    d.receive_data(encode_frame(b"x" * 100_000))
+    assert d.next_frame() == b"x" * 100_000
+    assert len(d.get_buffer(100)) == 100
+    assert len(d.get_buffer(100).obj) <= 8192  # type: ignore[arg-type]
+
+
+def test_buffer_updated_beyond_the_room_given_is_refused() -> None:
+    d = FrameDecoder()
+    d.get_buffer(10)
+    with pytest.raises(ValueError, match="buffer_updated"):
+        d.buffer_updated(len(d.get_buffer(10)) + 4096)
+    with pytest.raises(ValueError, match="buffer_updated"):
+        d.buffer_updated(0)
+
+
+def test_get_buffer_after_eof_is_a_local_error() -> None:
+    d = FrameDecoder()
+    d.receive_data(b"")
+    with pytest.raises(LocalProtocolError, match="after EOF"):
+        d.get_buffer(1)
 
 
 @settings(max_examples=500)
