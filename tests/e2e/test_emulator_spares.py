@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import signal
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from tests.integration.test_emulator import CREDS, ROLE, bundle, wait_for
+from tests.integration.test_emulator import CREDS, ROLE, bundle, mu_emulator, wait_for
 
 HANDLER = b'''
 import json, os, time
@@ -46,12 +44,7 @@ def initialised(logs: Any, group: str) -> set[int]:
 
 
 def test_spares_are_initialised_ahead_and_take_the_next_cold_start(tmp_path: Path) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mu.cli", "emulator", "--spares", "2",
-         "--state-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with mu_emulator("--spares", "2", "--state-dir", str(tmp_path)) as proc:
         assert proc.stdout is not None
         lambda_url = proc.stdout.readline().split()[-1]
         s3_url = proc.stdout.readline().split()[-1]  # moto: CloudWatch Logs too
@@ -85,10 +78,3 @@ def test_spares_are_initialised_ahead_and_take_the_next_cold_start(tmp_path: Pat
         assert spare in spares and "Init Duration" in report
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()

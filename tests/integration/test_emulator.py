@@ -132,6 +132,24 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60) -> bool:
     return condition()
 
 
+@contextlib.contextmanager
+def mu_emulator(*args: str, **popen: Any) -> Iterator[subprocess.Popen[str]]:
+    """``mu emulator ARGS`` as a user starts it, its output piped; killed at the end if it
+    has not stopped by then."""
+    popen.setdefault("stderr", subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "mu.cli", "emulator", *args],
+                            stdout=subprocess.PIPE, text=True, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
 def invoke(lam: Any, name: str, event: dict[str, Any], **kw: Any) -> tuple[dict[str, Any], Any]:
     resp = lam.invoke(FunctionName=name, Payload=json.dumps(event).encode(), **kw)
     return resp, json.loads(resp["Payload"].read() or b"null")
@@ -585,11 +603,7 @@ def test_unknown_route_names_the_path(emulator: ThreadedEmulatorServer) -> None:
 def test_mu_emulator_serves_in_the_foreground_and_stops_on_sigterm(tmp_path: Path) -> None:
     import signal
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mu.cli", "emulator", "--state-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
+    with mu_emulator("--state-dir", str(tmp_path)) as proc:
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(2)]  # readiness: both endpoints
         assert lines[0].startswith("Lambda API: http://127.0.0.1:")
@@ -611,13 +625,6 @@ def test_mu_emulator_serves_in_the_foreground_and_stops_on_sigterm(tmp_path: Pat
         assert proc.wait(timeout=30) == 0
         for pid in kids:
             assert wait_for(partial(gone, pid), timeout=10), pid
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
 
 
 def test_out_of_descriptors_the_emulator_waits_and_serves_again(tmp_path: Path) -> None:

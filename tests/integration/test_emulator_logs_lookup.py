@@ -14,6 +14,7 @@ from pathlib import Path
 
 import boto3
 
+from tests.integration.test_emulator import mu_emulator
 from tests.integration.test_logs import invocation, put, stream_of
 
 CREDS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -28,12 +29,8 @@ def test_logs_finds_an_emulator_started_with_state_dir(tmp_path: Path) -> None:
     cache = tmp_path / "cache"  # the well-known places live here, not in the user's home
     state = tmp_path / "elsewhere"
     env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mu.cli", "emulator", "--state-dir", str(state)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-    )
     name = "logged"
-    try:
+    with mu_emulator("--state-dir", str(state), stderr=subprocess.DEVNULL, env=env) as proc:
         assert proc.stdout is not None
         proc.stdout.readline()  # readiness: the Lambda API's endpoint
         s3_url = proc.stdout.readline().split()[-1]  # moto: S3, CloudWatch Logs, ...
@@ -53,12 +50,6 @@ def test_logs_finds_an_emulator_started_with_state_dir(tmp_path: Path) -> None:
         assert new.stdout == one.stdout
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
     assert list((cache / "mu" / "emulators").glob("*.json")) == []  # it deregistered
     missing = mu(["emulator", "logs", name], env, tmp_path)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
