@@ -10,9 +10,10 @@ An environment is made in one of two ways, with identical results:
 
 * **zygote** (``python -I -m emulator.environment zygote FD``): one process per function
   version imports what every environment needs (boto3, as the Lambda Python runtime provides
-  it, and every module of ``awslambdaric`` but its native client, whose C++ runtime library
-  it links all the same), freezes the collector,
-  then forks one child per environment the emulator asks for. The emulator writes one JSON
+  it, the standard library's modules that its first request loads, and every module of
+  ``awslambdaric`` but its native client, whose C++ runtime library it links all the same;
+  never the function's own code), freezes the collector, then forks one child per
+  environment the emulator asks for. The emulator writes one JSON
   line (the environment's variables, its task root and the ``/tmp`` size) with the write end
   of the environment's log pipe attached (``SCM_RIGHTS``); the zygote answers the child's
   pid. The native client reads ``AWS_LAMBDA_RUNTIME_API`` once, when its shared object is
