@@ -10,9 +10,10 @@ An environment is made in one of two ways, with identical results:
 
 * **zygote** (``python -I -m emulator.environment zygote FD``): one process per function
   version imports what every environment needs (boto3, as the Lambda Python runtime provides
-  it, and every module of ``awslambdaric`` but its native client, whose C++ runtime library
-  it links all the same), freezes the collector,
-  then forks one child per environment the emulator asks for. The emulator writes one JSON
+  it, the standard library's modules that its first request loads, and every module of
+  ``awslambdaric`` but its native client, whose C++ runtime library it links all the same;
+  never the function's own code), freezes the collector, then forks one child per
+  environment the emulator asks for. The emulator writes one JSON
   line (the environment's variables, its task root and the ``/tmp`` size) with the write end
   of the environment's log pipe attached (``SCM_RIGHTS``); the zygote answers the child's
   pid. The native client reads ``AWS_LAMBDA_RUNTIME_API`` once, when its shared object is
@@ -62,6 +63,7 @@ def _preload() -> None:
             boto3.client("s3", region_name="us-east-1", aws_access_key_id="preload",
                          aws_secret_access_key="preload").close()
     import concurrent.futures  # noqa: F401
+    import encodings.idna  # noqa: F401 (a str host's first lookup: about 2 ms per environment)
     import http.client  # noqa: F401
     import importlib  # noqa: F401
     import logging  # noqa: F401

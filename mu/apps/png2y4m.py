@@ -216,11 +216,23 @@ def upload_numbered(s3: Any, bucket: str, directory: str, suffix: str,
             raise ConfigError(f"bucket {bucket!r} does not exist")
         create(s3, bucket)
     for number, path in enumerate(files, first):
-        extra = {"ChecksumAlgorithm": "SHA256", "Metadata": metadata(*file_digest(str(path)))}
+        digest, size = file_digest(str(path))
         where = key(number)
         with aws_errors(s3_where(s3, f"upload {path} to s3://{bucket}/{where}")):
-            s3.upload_file(str(path), bucket, where, ExtraArgs=extra)
+            if size < _MULTIPART_BYTES:  # one PUT: a third of upload_file's CPU for 341 KB
+                with open(path, "rb") as body:
+                    s3.put_object(Bucket=bucket, Key=where, Body=body, ChecksumAlgorithm="SHA256",
+                                  ChecksumSHA256=digest, Metadata=metadata(digest, size))
+            else:
+                s3.upload_file(str(path), bucket, where, ExtraArgs={
+                    "ChecksumAlgorithm": "SHA256", "Metadata": metadata(digest, size)})
     return len(files)
+
+
+_MULTIPART_BYTES = 8 * 1024 * 1024
+"""From this size on, an input goes up through boto3's transfer manager (its multipart
+threshold); below it, in one ``put_object`` with the SHA-256 already computed for the
+metadata, which S3 verifies."""
 
 
 def finished_chunks(s3: Any, cfg: Png2Y4MConfig, chunks: list[int]) -> list[int]:

@@ -2,11 +2,12 @@
 
 It imports only the standard library, boto3/botocore (in :mod:`mu.worker.s3`, which is
 all of its AWS) and the pure core, because the Lambda runtime has nothing else. Of the core,
-the worker's modules import ``mu.errors``, ``mu.protocol``, ``mu.faults`` (the rehearsal
-fault a command may carry) and ``mu.integrity`` (the SHA-256 of transfers); importing
-``mu.worker`` also runs ``mu/__init__.py``, which loads ``mu.actor`` and ``mu.states`` (and
-imports nothing else unless :func:`mu.run_job` is called, which never happens in a worker).
-The bundle carries these files and ``mu.launch``/``mu.config`` beside them
+the worker's modules import ``mu.errors``, ``mu.protocol``, ``mu.integrity`` (the SHA-256
+of transfers) and, when a rehearsal's ``fault`` command arrives, ``mu.faults``; importing
+``mu.worker`` also runs ``mu/__init__.py``, which imports nothing else (``mu.actor`` and
+``mu.states`` only when one of their names is asked for, ``mu.cli`` only when
+:func:`mu.run_job` is called, neither of which happens in a worker). The bundle carries these
+files and ``mu.actor``/``mu.states``/``mu.launch``/``mu.config`` beside them
 (:data:`mu.lambdaize.CORE_MODULES`):
 
 * :mod:`mu.worker.session` connects back to the coordinator over mutual TLS, says hello and

@@ -82,13 +82,15 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from mu.faults import Fault
 from mu.protocol import Retval
 from mu.worker.jobs import JobSet
 from mu.worker.peer import LinkError, Links
 from mu.worker.s3 import S3, TransferError
+
+if TYPE_CHECKING:
+    from mu.faults import Fault
 
 __all__ = [
     "COMMANDS",
@@ -542,6 +544,8 @@ def _quit(worker: Worker, args: str) -> Reply:
 def _fault(worker: Worker, args: str) -> Reply:
     if not worker.faults_allowed:
         raise CommandError("no such command 'fault' (this run injects no faults)")
+    from mu.faults import Fault  # only rehearsals need it: about 1 ms of every Init spared
+
     try:
         fault = Fault.from_args(args)
     except ValueError as exc:

@@ -25,8 +25,8 @@ def test_all_is_sorted() -> None:
 def test_all_is_complete() -> None:
     public = {
         name
-        for name, value in vars(mu).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        for name in dir(mu)
+        if not name.startswith("_") and not isinstance(getattr(mu, name), types.ModuleType)
         and name != "annotations"
     }
     assert public | {"__version__"} == set(mu.__all__)
