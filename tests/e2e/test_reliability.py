@@ -35,6 +35,7 @@ import boto3
 import pytest
 
 from backends.local import LOCAL_CREDENTIALS
+from emulator.runner import invocation_logs
 from emulator.s3 import S3Server
 from emulator.server import ThreadedEmulatorServer
 from mu.faults import KINDS, FaultSpec
@@ -268,8 +269,8 @@ class Cloud:
                 "--s3-endpoint-url", self.s3_url]
 
     def invocations(self) -> int:
-        """Invocations the emulator has started so far (one log file each)."""
-        return sum(1 for _ in (self.state_dir / "logs").glob("*/*.log"))
+        """Invocations the emulator has run so far (a record each in their function's log)."""
+        return sum(len(invocation_logs(path)) for path in (self.state_dir / "logs").glob("*.log"))
 
     def outputs(self, bucket: str) -> set[str]:
         listing = self.s3.list_objects_v2(Bucket=bucket, Prefix=output_key(0).rsplit("/", 1)[0] + "/")
