@@ -66,10 +66,11 @@ def main() -> int:
     keep = os.environ.get("MU_BENCH_KEEP")  # a directory to keep the logs in
     with tempfile.TemporaryDirectory(prefix="mu-bench-emu-png2y4m-") as tmp:
         work = Path(keep or tmp)
-        inputs = work / "frames"
-        write_frames(inputs, max(w * f for w, f in sizes), 320, 180)
+        for workers, frames in sizes:  # a folder per size: mu uploads all of its folder
+            write_frames(work / f"frames-{workers}x{frames}", workers * frames, 320, 180)
         for _ in range(args.repeat):
             for workers, frames in sizes:
+                inputs = work / f"frames-{workers}x{frames}"
                 runs.append(one_run(workers, frames, inputs, work, len(runs)))
                 print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     summary = {}
