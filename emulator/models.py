@@ -350,6 +350,7 @@ class FunctionRegistry:
         self.concurrency_limit = concurrency_limit
         self._lock = threading.Condition()
         self._functions: dict[str, Function] = {}
+        self._codes: dict[str, tuple[str, Code]] = {}  # name -> (RevisionId, its Code)
         self._active = 0
         self._queue: deque[tuple[str, bytes, str, int]] = deque()
         self._closed = False
@@ -582,13 +583,22 @@ class FunctionRegistry:
             record = self._record(Invocation(request_id, fn.FunctionName, kind, "running", 1))
         result: Result | None = None
         try:
-            result = self.runner.run(fn.code(self.region), payload, request_id)
+            result = self.runner.run(self._code(fn), payload, request_id)
         finally:
             with self._lock:
                 self._active -= 1
                 self._ended(record, result)
                 self._dispatch()
         return self._answer(result, tail, request_id)
+
+    def _code(self, fn: Function) -> Code:
+        """``fn.code()``, made once per revision of ``fn`` (every change of its code or
+        configuration gives it a new ``RevisionId``) rather than once per invocation."""
+        cached = self._codes.get(fn.FunctionName)
+        if cached is None or cached[0] != fn.RevisionId:
+            cached = fn.RevisionId, fn.code(self.region)
+            self._codes[fn.FunctionName] = cached
+        return cached[1]
 
     def _record(self, invocation: Invocation) -> Invocation:
         """Keep ``invocation`` (lock held), forgetting the oldest beyond the limit."""
@@ -675,7 +685,7 @@ class FunctionRegistry:
             return False
         self._attempt(request_id)
         allowed = 2 if fn.MaximumRetryAttempts is None else fn.MaximumRetryAttempts
-        self.runner.launch(fn.code(self.region), payload, request_id, functools.partial(
+        self.runner.launch(self._code(fn), payload, request_id, functools.partial(
             self._async_done, name, payload, request_id, attempt, allowed))
         return True
 

@@ -56,6 +56,7 @@ import datetime
 import json
 import math
 import os
+import random
 import shutil
 import signal
 import socket
@@ -213,6 +214,8 @@ class _Env:
 
 
 _Answer = tuple[int, dict[str, str], bytes]  # a Runtime API answer: status, headers, body
+_SENT: _Answer = (-1, {}, b"")  # what ``Runner._route`` returns when it has answered itself
+_OK = b'{"status": "OK"}'
 
 
 class _RuntimeAPI(asyncio.Protocol):
@@ -245,6 +248,10 @@ class _RuntimeAPI(asyncio.Protocol):
             self.close()  # more than a request, sent while one is parked
         elif not self.parked:
             self._serve()
+
+    def reply(self, answer: _Answer) -> None:
+        """Answer the request being served now (before :meth:`Runner._route` returns)."""
+        self._send(answer)
 
     def answer(self, answer: _Answer) -> None:
         """Answer the parked /next, then serve what came after it."""
@@ -293,7 +300,7 @@ class _RuntimeAPI(asyncio.Protocol):
             answer = self.runner._route(self.env, self, parts[0], parts[1], headers, body)
             if answer is None:
                 self.parked = True
-            else:
+            elif answer is not _SENT:
                 self._send(answer)
 
 
@@ -474,6 +481,7 @@ class Runner:
         self._refills: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._zygotes: OrderedDict[tuple[str, str], _Zygote] = OrderedDict()
         self._running: dict[str, int] = {}  # request id -> pid (read from any thread)
+        self._handed: deque[_Invocation] = deque()  # handed to the loop, not yet launched
         self._closed = False
         self._checked = 0  # where the memory checks' turn is
         _more_descriptors()
@@ -510,9 +518,11 @@ class Runner:
             on_done(Result(False, error=_error("the emulator is stopping", "Runtime.Stopped"),
                            log_path=str(log_file(self.state_dir, code.name))))
             return
+        self._handed.append(inv)
         try:
             self._loop.call_soon_threadsafe(self._launch, inv)
         except RuntimeError:  # the loop closed meanwhile
+            self._handed.remove(inv)
             on_done(Result(False, error=_error("the emulator is stopping", "Runtime.Stopped")))
 
     def warm(self, code: Code) -> None:
@@ -584,6 +594,7 @@ class Runner:
     # -- in the loop -----------------------------------------------------------------------
 
     def _launch(self, inv: _Invocation) -> None:
+        self._handed.popleft()
         if self._closed:
             self._complete(inv, Result(False, error=_error("the emulator is stopping",
                                                             "Runtime.Stopped")), None)
@@ -848,14 +859,16 @@ class Runner:
     def _route(self, env: _Env, conn: _RuntimeAPI, method: str, path: str,
                headers: dict[str, str], body: bytes) -> _Answer | None:
         """The answer to one request of ``env`` on ``conn``; None: a /next parked until an
-        invocation is delivered to it (:meth:`_deliver`)."""
+        invocation is delivered to it (:meth:`_deliver`); ``_SENT``: answered on ``conn``
+        by :meth:`_responded` (a ``response`` or ``error``, now or once the invocations
+        handed to the loop before it are delivered)."""
         if method == "GET" and path == f"{_API}/invocation/next":
             return self._next(env, conn)
         if method == "POST" and path == f"{_API}/init/error":
             if env.init_ms is not None:
                 return 403, {}, _json(_error("init is over", "InvalidStateTransition"))
             env.init_error = _error_body(body, headers, "")
-            return 202, {}, _json({"status": "OK"})
+            return 202, {}, _OK
         prefix = f"{_API}/invocation/"
         if method == "POST" and path.startswith(prefix):
             request_id, _, what = path[len(prefix):].partition("/")
@@ -874,9 +887,22 @@ class Runner:
                     result = Result(True, body=body or b"null")
             else:
                 result = Result(False, error=_error_body(body, headers, request_id))
-            self._finish(env, result)
-            return 202, {}, _json({"status": "OK"})
+            if self._handed:  # invocations wait to be delivered: they go first
+                self._loop.call_soon(self._responded, env, conn, inv, result)
+            else:
+                self._responded(env, conn, inv, result)
+            return _SENT
         return 404, {}, _json(_error(f"no such resource: {method} {path}", "NotFound"))
+
+    def _responded(self, env: _Env, conn: _RuntimeAPI, inv: _Invocation, result: Result
+                   ) -> None:
+        """``env`` posted ``inv``'s outcome on ``conn``: answer it, then record the end (its
+        END and REPORT lines, its log record, the registry's bookkeeping), while the
+        environment asks for its next invocation."""
+        if env.inv is not inv or env.dead:
+            return  # destroyed meanwhile (its invocation failed with the reason)
+        conn.reply((202, {}, _OK))
+        self._finish(env, result)
 
     def _next(self, env: _Env, conn: _RuntimeAPI) -> _Answer | None:
         if env.dead:
@@ -913,7 +939,7 @@ class Runner:
             "Lambda-Runtime-Deadline-Ms": str(int(deadline * 1000)),
             "Lambda-Runtime-Invoked-Function-Arn": inv.code.arn,
             "Lambda-Runtime-Trace-Id": f"Root=1-{int(inv.started):08x}-{trace};Parent="
-                                       f"{uuid.uuid4().hex[:16]};Sampled=0",
+                                       f"{random.getrandbits(64):016x};Sampled=0",
             "Content-Type": "application/json",
         }
         return 200, headers, inv.payload
