@@ -31,7 +31,8 @@ took (ahead of it). Spares are reaped like idle environments and kept only for t
 that have a zygote.
 
 Environments are forked by a *zygote* per function version (the one used least recently
-is stopped beyond ``KEPT_ZYGOTES``), or spawned one by one (``fork_server=False``). With
+is stopped beyond ``KEPT_ZYGOTES``; it starts when the function's code is set, ahead of its
+first invocation), or spawned one by one (``fork_server=False``). With
 bubblewrap (``sandbox``), the zygote or the spawned process runs with every file system
 read-only, the code at ``/var/task``, and each environment has a private ``tmpfs`` at
 ``/tmp`` of its ``EphemeralStorage``; without it, a private ``TMPDIR`` per environment
@@ -526,10 +527,15 @@ class Runner:
             on_done(Result(False, error=_error("the emulator is stopping", "Runtime.Stopped")))
 
     def warm(self, code: Code) -> None:
-        """Make ``warm_pool`` environments of ``code`` ahead of its invocations."""
+        """Make ``warm_pool`` environments of ``code`` ahead of its invocations, or else
+        (with the fork server) start its zygote, so that the first invocation waits only
+        for its own environment (about 0.3-0.4 s of a 100-worker local run's 4 s)."""
         if self.warm_pool and not self._closed:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._warm, code)
+        elif self.fork_server and not self._closed:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._zygote, code)
 
     def pids(self) -> dict[str, int]:
         """Running invocations: request id -> pid of its environment (its group leader)."""

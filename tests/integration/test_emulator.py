@@ -627,6 +627,27 @@ def test_mu_emulator_serves_in_the_foreground_and_stops_on_sigterm(tmp_path: Pat
             assert wait_for(partial(gone, pid), timeout=10), pid
 
 
+def test_a_functions_zygote_starts_when_its_code_is_set(tmp_path: Path) -> None:
+    """As Lambda prepares a function while it is Pending: the zygote (the runtime's
+    interpreter with boto3 and awslambdaric imported, no handler code) is ready before the
+    first invocation, which then waits only for its own environment."""
+
+    def zygotes(pid: int) -> list[int]:
+        found = []
+        for child in descendants(pid):
+            with contextlib.suppress(OSError):
+                if b"\0zygote\0" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(child)
+        return found
+
+    with mu_emulator("--state-dir", str(tmp_path)) as proc:
+        assert proc.stdout is not None
+        client = boto3.client("lambda", endpoint_url=proc.stdout.readline().split()[-1],
+                              **CREDS)
+        make(client)
+        assert wait_for(lambda: bool(zygotes(proc.pid)))  # nothing invoked
+
+
 def test_out_of_descriptors_the_emulator_waits_and_serves_again(tmp_path: Path) -> None:
     import resource
     import socket
