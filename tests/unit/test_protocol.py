@@ -27,12 +27,17 @@ from mu.protocol import (
 from tests.strategies import chunked
 
 
-def drain(decoder: FrameDecoder) -> list[bytes]:
+def drain(decoder: FrameDecoder, views: bool = False) -> list[bytes]:
+    """Every complete frame, from ``next_frame`` (or ``next_frame_view``, which must give
+    views)."""
     frames: list[bytes] = []
     while True:
-        frame = decoder.next_frame()
+        frame = decoder.next_frame_view() if views else decoder.next_frame()
         if frame is NEED_DATA or frame is CLOSED:
             return frames
+        if views:
+            assert isinstance(frame, memoryview)
+            frame = frame.tobytes()
         assert isinstance(frame, bytes)
         frames.append(frame)
 
@@ -213,16 +218,6 @@ def feed_into(decoder: FrameDecoder, chunk: bytes, room: int) -> None:
         decoder.buffer_updated(len(piece))
 
 
-def drain_views(decoder: FrameDecoder) -> list[bytes]:
-    frames: list[bytes] = []
-    while True:
-        frame = decoder.next_frame_view()
-        if frame is NEED_DATA or frame is CLOSED:
-            return frames
-        assert isinstance(frame, memoryview)
-        frames.append(frame.tobytes())
-
-
 @settings(max_examples=300)
 @given(
     payloads=st.lists(st.binary(max_size=300), max_size=20),
@@ -244,9 +239,9 @@ def test_receiving_into_the_buffer_decodes_the_same(
             got.extend(drain(d))
         else:
             feed_into(d, chunk, room)
-            got.extend(drain_views(d))
+            got.extend(drain(d, views=True))
     d.receive_data(b"")
-    got.extend(drain_views(d))
+    got.extend(drain(d, views=True))
     assert got == payloads
     assert d.next_frame_view() is CLOSED
 
@@ -254,8 +249,10 @@ def test_receiving_into_the_buffer_decodes_the_same(
 @settings(max_examples=100)
 @given(frame=st.integers(1, 5000), room=st.integers(1, 2000), count=st.integers(8, 40))
 def test_a_stream_of_large_frames_reuses_one_buffer(frame: int, room: int, count: int) -> None:
-    """Frames drained as they complete: after the first few, every receive lands in the same
-    buffer (no new memory per frame), never larger than twice a frame and a receive."""
+    """Frames drained as they complete: the receives land in a few buffers, each new one at
+    least twice the last (no new memory per frame), never larger than twice a frame and a
+    receive. (When the last growth comes depends on where reads cut the frames: it can be
+    late in a stream.)"""
     payload = bytes(range(256)) * (frame // 256) + b"x" * (frame % 256)
     stream = encode_frame(payload) * count
     d = FrameDecoder()
@@ -266,14 +263,14 @@ def test_a_stream_of_large_frames_reuses_one_buffer(frame: int, room: int, count
         buffers.append(view.obj)
         view[: len(piece)] = piece
         d.buffer_updated(len(piece))
-        for got in drain_views(d):
+        for got in drain(d, views=True):
             assert got == payload
     assert d.buffered == 0
     last = buffers[-1]
     assert isinstance(last, bytearray)
     assert len(last) <= max(4096, 2 * (len(payload) + HEADER_LEN + room))
-    later = buffers[len(buffers) // 2 :]
-    assert all(b is last for b in later)
+    distinct = {id(b) for b in buffers}  # all alive: ids are not reused
+    assert len(distinct) <= 2 + (len(last) // 4096).bit_length()
 
 
 def test_room_beyond_keep_is_given_back_once_every_frame_is_returned() -> None:
