@@ -294,6 +294,13 @@ class _RuntimeAPI(asyncio.Protocol):
                 self._send((400, {}, _json(_error("bad request", "InvalidRequest"))))
                 self.close()
                 return
+            if headers.get("transfer-encoding", "identity").lower() != "identity":
+                # A chunked body (a streamed response) is not taken for an empty one.
+                self._send((411, {}, _json(_error(
+                    "a body needs Content-Length (streamed responses are not supported)",
+                    "InvalidRequest"))))
+                self.close()
+                return
             if len(self.buf) < end + 4 + length:
                 return
             body = bytes(self.buf[end + 4:end + 4 + length])
@@ -482,7 +489,6 @@ class Runner:
         self._refills: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self._zygotes: OrderedDict[tuple[str, str], _Zygote] = OrderedDict()
         self._running: dict[str, int] = {}  # request id -> pid (read from any thread)
-        self._handed: deque[_Invocation] = deque()  # handed to the loop, not yet launched
         self._closed = False
         self._checked = 0  # where the memory checks' turn is
         _more_descriptors()
@@ -519,11 +525,9 @@ class Runner:
             on_done(Result(False, error=_error("the emulator is stopping", "Runtime.Stopped"),
                            log_path=str(log_file(self.state_dir, code.name))))
             return
-        self._handed.append(inv)
         try:
             self._loop.call_soon_threadsafe(self._launch, inv)
         except RuntimeError:  # the loop closed meanwhile
-            self._handed.remove(inv)
             on_done(Result(False, error=_error("the emulator is stopping", "Runtime.Stopped")))
 
     def warm(self, code: Code) -> None:
@@ -600,7 +604,6 @@ class Runner:
     # -- in the loop -----------------------------------------------------------------------
 
     def _launch(self, inv: _Invocation) -> None:
-        self._handed.popleft()
         if self._closed:
             self._complete(inv, Result(False, error=_error("the emulator is stopping",
                                                             "Runtime.Stopped")), None)
@@ -866,8 +869,9 @@ class Runner:
                headers: dict[str, str], body: bytes) -> _Answer | None:
         """The answer to one request of ``env`` on ``conn``; None: a /next parked until an
         invocation is delivered to it (:meth:`_deliver`); ``_SENT``: answered on ``conn``
-        by :meth:`_responded` (a ``response`` or ``error``, now or once the invocations
-        handed to the loop before it are delivered)."""
+        already (a ``response`` or ``error``: its 202 goes out before the end is recorded,
+        its END and REPORT lines, its log record, the registry's bookkeeping, so that the
+        environment asks for its next invocation meanwhile)."""
         if method == "GET" and path == f"{_API}/invocation/next":
             return self._next(env, conn)
         if method == "POST" and path == f"{_API}/init/error":
@@ -893,22 +897,10 @@ class Runner:
                     result = Result(True, body=body or b"null")
             else:
                 result = Result(False, error=_error_body(body, headers, request_id))
-            if self._handed:  # invocations wait to be delivered: they go first
-                self._loop.call_soon(self._responded, env, conn, inv, result)
-            else:
-                self._responded(env, conn, inv, result)
+            conn.reply((202, {}, _OK))
+            self._finish(env, result)
             return _SENT
         return 404, {}, _json(_error(f"no such resource: {method} {path}", "NotFound"))
-
-    def _responded(self, env: _Env, conn: _RuntimeAPI, inv: _Invocation, result: Result
-                   ) -> None:
-        """``env`` posted ``inv``'s outcome on ``conn``: answer it, then record the end (its
-        END and REPORT lines, its log record, the registry's bookkeeping), while the
-        environment asks for its next invocation."""
-        if env.inv is not inv or env.dead:
-            return  # destroyed meanwhile (its invocation failed with the reason)
-        conn.reply((202, {}, _OK))
-        self._finish(env, result)
 
     def _next(self, env: _Env, conn: _RuntimeAPI) -> _Answer | None:
         if env.dead:
@@ -1216,7 +1208,7 @@ def _json(value: Any) -> bytes:
 
 def _http(status: int, body: bytes, headers: dict[str, str] | None = None) -> bytes:
     reason = {200: "OK", 202: "Accepted", 400: "Bad Request", 403: "Forbidden",
-              404: "Not Found"}.get(status, "Error")
+              404: "Not Found", 411: "Length Required"}.get(status, "Error")
     head = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}"]
     if headers is None or "Content-Type" not in headers:
         head.append("Content-Type: application/json")

@@ -222,7 +222,7 @@ def upload_numbered(s3: Any, bucket: str, directory: str, suffix: str,
             if size < _MULTIPART_BYTES:  # one PUT: a third of upload_file's CPU for 341 KB
                 with open(path, "rb") as body:
                     s3.put_object(Bucket=bucket, Key=where, Body=body, ChecksumAlgorithm="SHA256",
-                                  ChecksumSHA256=digest, Metadata=metadata(digest, size))
+                                  Metadata=metadata(digest, size))
             else:
                 s3.upload_file(str(path), bucket, where, ExtraArgs={
                     "ChecksumAlgorithm": "SHA256", "Metadata": metadata(digest, size)})
@@ -231,8 +231,8 @@ def upload_numbered(s3: Any, bucket: str, directory: str, suffix: str,
 
 _MULTIPART_BYTES = 8 * 1024 * 1024
 """From this size on, an input goes up through boto3's transfer manager (its multipart
-threshold); below it, in one ``put_object`` with the SHA-256 already computed for the
-metadata, which S3 verifies."""
+threshold); below it, in one ``put_object`` (botocore's SHA-256 of the bytes sent, which S3
+verifies; the file's own in the metadata, which the workers check)."""
 
 
 def finished_chunks(s3: Any, cfg: Png2Y4MConfig, chunks: list[int]) -> list[int]:

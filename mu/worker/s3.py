@@ -24,12 +24,13 @@ Downloads stream ``get_object`` into the file and uploads use ``put_object`` wit
 file, so a missing key or bucket fails with S3's own error code (``NoSuchKey``,
 ``NoSuchBucket``) rather than a bare HTTP status.
 
-Integrity (:mod:`mu.integrity`): an upload sends the worker's own SHA-256 of the file, which
-S3 verifies on receipt (botocore does not hash the body again), and records that digest and
-the file's size in the object's metadata; the digest S3 reports back must equal the worker's.
-A download asks for the stored checksum, which botocore checks against the streamed body,
-and checks the file written against the recorded digest when there is one. A mismatch fails
-the transfer, naming the object.
+Integrity (:mod:`mu.integrity`): an upload sends a SHA-256 of the bytes sent (botocore's,
+not the worker's: S3 verifies it on receipt, and where an S3 does not, moto for one, the
+digest it reports back is still of what it received) and records the worker's own digest and
+size of the file in the object's metadata; the digest S3 reports back must equal the
+worker's. A download asks for the stored checksum, which botocore checks against the
+streamed body, and checks the file written against the recorded digest when there is one. A
+mismatch fails the transfer, naming the object.
 
 Rehearsal faults (:meth:`S3.inject_errors`): each S3 call may be answered, before it leaves,
 by a made-up 503 ``SlowDown``, which the client's own retries then handle as they would a real
@@ -232,8 +233,7 @@ class S3:
                 raise TransferError(f"{where}: {path} changed while it was being read")
             response = self.client().put_object(
                 Bucket=bucket, Key=key, Body=handle, ContentLength=size,
-                ChecksumAlgorithm="SHA256", ChecksumSHA256=digest,
-                Metadata=metadata(digest, size),
+                ChecksumAlgorithm="SHA256", Metadata=metadata(digest, size),
             )
         except (ClientError, BotoCoreError) as exc:
             raise TransferError(f"{where}: {_describe(exc)}") from exc

@@ -442,6 +442,15 @@ def test_the_runtime_api_refuses_an_unknown_request_id_and_keeps_serving(
     answer = conn.getresponse()
     assert answer.status == 404 and answer.read()
     conn.close()
+    # A chunked body is refused, not taken for an empty response.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.putrequest("POST", "/2018-06-01/runtime/invocation/no-such-id/response")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    conn.send(b"2\r\n{}\r\n0\r\n\r\n")
+    answer = conn.getresponse()
+    assert answer.status == 411 and b"Content-Length" in answer.read()
+    conn.close()
     assert call(lam, name, {})[1]["count"] == 2  # the environment serves on, warm
 
 
