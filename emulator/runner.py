@@ -539,7 +539,7 @@ class Runner:
                 self._loop.call_soon_threadsafe(self._warm, code)
         elif self.fork_server and not self._closed:
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._zygote, code)
+                self._loop.call_soon_threadsafe(self._prepare, code)
 
     def pids(self) -> dict[str, int]:
         """Running invocations: request id -> pid of its environment (its group leader)."""
@@ -778,6 +778,12 @@ class Runner:
             cwd=env.code.code_dir, env=vars_, stdin=subprocess.DEVNULL, stdout=log_w,
             stderr=log_w, start_new_session=True)
         self._started(env, env.proc.pid)
+
+    def _prepare(self, code: Code) -> None:
+        """Start ``code``'s zygote ahead of its first invocation; if it cannot start now,
+        that invocation tries again and reports why."""
+        with contextlib.suppress(OSError):
+            self._zygote(code)
 
     def _zygote(self, code: Code) -> _Zygote:
         key = (code.name, code.sha)
