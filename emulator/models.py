@@ -456,6 +456,7 @@ class FunctionRegistry:
         fn = self.get(name)
         with self._lock:
             self._functions.pop(fn.FunctionName, None)
+            self._codes.pop(fn.FunctionName, None)
         self.runner.forget(
             fn.FunctionName, reason=f"function {fn.FunctionName} was deleted while this "
             "invocation ran")
