@@ -81,16 +81,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from mu.protocol import Retval
 from mu.worker.jobs import JobSet
-from mu.worker.peer import LinkError, Links
 from mu.worker.s3 import S3, TransferError
 
 if TYPE_CHECKING:
     from mu.faults import Fault
+    from mu.worker.peer import Links
 
 __all__ = [
     "COMMANDS",
@@ -118,9 +117,10 @@ class CommandError(Exception):
     """A command cannot be carried out; ``str()`` is the text inside ``FAIL(...)``."""
 
 
-@dataclass(frozen=True)
 class Reply:
-    """What a handler asks :func:`dispatch` to do.
+    """What a handler asks :func:`dispatch` to do (a plain class, not a dataclass: every
+    execution environment imports this module, and building a dataclass compiles its
+    methods).
 
     Attributes:
         messages: responses to queue at once, in order.
@@ -130,13 +130,21 @@ class Reply:
         quit: end the session after queuing ``messages``.
     """
 
-    messages: tuple[str, ...] = ()
-    job: Callable[[], str] | None = None
-    ack: str = ""
-    quit: bool = False
+    __slots__ = ("ack", "job", "messages", "quit")
+
+    def __init__(
+        self,
+        messages: tuple[str, ...] = (),
+        job: Callable[[], str] | None = None,
+        ack: str = "",
+        quit: bool = False,
+    ) -> None:
+        self.messages = messages
+        self.job = job
+        self.ack = ack
+        self.quit = quit
 
 
-@dataclass
 class Worker:
     """The state one invocation's commands act on.
 
@@ -149,26 +157,47 @@ class Worker:
         jobs: the background jobs and subprocesses of this invocation.
         s3: the invocation's S3 client holder.
         connect_peer: opens a peer link ``(host, port, first)``; ``None`` disables ``connect``.
-        links: the invocation's named links; ``None`` disables ``link``/``send``/``recv``.
         run_blocking: carries out a blocking job ``(name, job)``: it must send the job's
             result before the next command is served. ``None``: run it here, in the caller.
+        links: the invocation's named links; ``None``: made by ``make_links`` when a
+            ``link``/``send``/``recv``/``close_link`` command first needs them (so a job that
+            uses none never imports :mod:`mu.worker.peer`), or, without ``make_links``,
+            those commands are disabled.
+        make_links: makes the named links (see ``links``).
+        faults_allowed: whether the rehearsal ``fault`` command is served.
     """
 
-    vals: dict[str, Val]
-    command: str
-    tmpdir: str
-    cwd: str
-    send: Callable[[str], None]
-    jobs: JobSet
-    s3: S3
-    connect_peer: Callable[[str, int, str], Any] | None = None
-    run_blocking: Callable[[str, Callable[[], str]], None] | None = None
-    peer: Any = None
-    links: Links | None = None
-    commands_served: int = 0
-    faults_allowed: bool = False
-    fault: Fault | None = None
-    fault_due: int = 0  # the value of commands_served at which fault.kind fires
+    def __init__(
+        self,
+        vals: dict[str, Val],
+        command: str,
+        tmpdir: str,
+        cwd: str,
+        send: Callable[[str], None],
+        jobs: JobSet,
+        s3: S3,
+        connect_peer: Callable[[str, int, str], Any] | None = None,
+        run_blocking: Callable[[str, Callable[[], str]], None] | None = None,
+        links: Links | None = None,
+        make_links: Callable[[], Links] | None = None,
+        faults_allowed: bool = False,
+    ) -> None:
+        self.vals = vals
+        self.command = command
+        self.tmpdir = tmpdir
+        self.cwd = cwd
+        self.send = send
+        self.jobs = jobs
+        self.s3 = s3
+        self.connect_peer = connect_peer
+        self.run_blocking = run_blocking
+        self.links = links
+        self.make_links = make_links
+        self.faults_allowed = faults_allowed
+        self.peer: Any = None
+        self.commands_served = 0
+        self.fault: Fault | None = None
+        self.fault_due = 0  # the value of commands_served at which fault.kind fires
 
     def fault_fires(self) -> str:
         """The armed fault (``crash``/``hang``/``drop``) if the next command is its moment."""
@@ -461,7 +490,9 @@ def _close_connect(worker: Worker, args: str) -> Reply:
 
 def _links(worker: Worker, name: str) -> Links:
     if worker.links is None:
-        raise CommandError(f"{name}: peer links are not available in this session")
+        if worker.make_links is None:
+            raise CommandError(f"{name}: peer links are not available in this session")
+        worker.links = worker.make_links()
     return worker.links
 
 
@@ -470,6 +501,8 @@ def _link_and_path(worker: Worker, name: str, args: str) -> tuple[Links, str, st
     link, sep, path = args.partition(":")
     if not link or not sep or not path:
         raise CommandError(f"{name}: expected {name}:NAME:path, got {name}:{args}")
+    from mu.worker.peer import LinkError  # imported with the links: see Worker
+
     try:
         links.check(name, link)
     except LinkError as exc:
@@ -498,6 +531,8 @@ def _link(worker: Worker, args: str) -> Reply:
             f"link: expected link:NAME:me:partner or link:NAME:host:port:me:partner, "
             f"got link:{args}"
         )
+    from mu.worker.peer import LinkError
+
     try:  # answers OK:LINK(name) itself, before any INFO about the link
         links.open(name, host, port, _number("link", "me", me), _number("link", "partner", partner))
     except LinkError as exc:
@@ -530,6 +565,8 @@ def _close_link(worker: Worker, args: str) -> Reply:
     links = _links(worker, "close_link")
     if not args:
         raise CommandError("close_link: expected close_link:NAME, got close_link:")
+    from mu.worker.peer import LinkError
+
     try:  # answers OK:CLOSE_LINK(name) itself, before a waiting send/recv on it fails
         links.close_link(args)
     except LinkError as exc:

@@ -37,7 +37,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from mu.worker import reaper
 
@@ -55,18 +54,21 @@ _CHUNK = 65536
 _POLL = 0.05  # seconds between exit checks where the kernel has no pidfd_open
 
 
-@dataclass(frozen=True)
 class ProcessResult:
     """How a shell command ended.
 
     ``returncode`` is negative when a signal killed it (``-9`` for SIGKILL). ``output`` is the
     combined stdout and stderr, cut to :data:`OUTPUT_LIMIT` bytes with a marker saying how
-    many bytes were dropped.
+    many bytes were dropped. (A plain class: a dataclass would compile its methods in every
+    execution environment's Init.)
     """
 
-    returncode: int
-    output: str
-    dropped: int
+    __slots__ = ("dropped", "output", "returncode")
+
+    def __init__(self, returncode: int, output: str, dropped: int) -> None:
+        self.returncode = returncode
+        self.output = output
+        self.dropped = dropped
 
 
 class JobSet:

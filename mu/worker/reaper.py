@@ -41,7 +41,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
 from typing import Final
 
 __all__ = [
@@ -109,12 +108,14 @@ def marked_env(base: Mapping[str, str] | None, mark: str) -> dict[str, str]:
     return env
 
 
-@dataclass(frozen=True)
 class _Proc:
-    pid: int
-    ppid: int
-    start: int  # start time in clock ticks since boot: with the pid, the process's identity
-    zombie: bool
+    __slots__ = ("pid", "ppid", "start", "zombie")
+
+    def __init__(self, pid: int, ppid: int, start: int, zombie: bool) -> None:
+        self.pid = pid
+        self.ppid = ppid
+        self.start = start  # clock ticks since boot: with the pid, the process's identity
+        self.zombie = zombie
 
 
 def _stat(pid: int) -> _Proc | None:

@@ -83,7 +83,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from mu.errors import ProtocolError
 from mu.protocol import (
@@ -98,8 +98,10 @@ from mu.protocol import (
 from mu.worker import reaper
 from mu.worker.commands import Worker, dispatch, initial_vals, render
 from mu.worker.jobs import JobSet
-from mu.worker.peer import Links, PeerLink, open_link
 from mu.worker.s3 import S3
+
+if TYPE_CHECKING:
+    from mu.worker.peer import Links, PeerLink
 
 __all__ = [
     "DEFAULT_TIMEOUT", "TMP_PREFIX", "EventError", "Session", "client_context", "run",
@@ -378,10 +380,7 @@ class Session:
             jobs=JobSet(self.send, own_process=own_process),
             s3=S3(str(event.get("region") or "")),
             connect_peer=self._connect_peer,
-            links=Links(
-                tmpdir, self.send, self.tls, self.token, str(event.get("relay") or ""),
-                recv_timeout=self.timeout, connect_timeout=CONNECT_TIMEOUT,
-            ),
+            make_links=self._make_links,
             run_blocking=self._run_blocking,
             faults_allowed=bool(_int(event, "faults", 0)),
         )
@@ -406,8 +405,20 @@ class Session:
         with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
 
+    # mu.worker.peer is imported only by a job that opens a link (png2y4m opens none): its
+    # import is about 2.5 ms of CPU, more in a forked environment (copy-on-write).
     def _connect_peer(self, host: str, port: int, first: str) -> PeerLink:
+        from mu.worker.peer import open_link
+
         return open_link(host, port, first, self.tls, self.send, CONNECT_TIMEOUT)
+
+    def _make_links(self) -> Links:
+        from mu.worker.peer import Links
+
+        return Links(
+            self.tmpdir, self.send, self.tls, self.token, str(self.event.get("relay") or ""),
+            recv_timeout=self.timeout, connect_timeout=CONNECT_TIMEOUT,
+        )
 
     def serve(self) -> dict[str, Any]:
         """Connect, say hello, serve until the end; always clean up.
