@@ -51,6 +51,22 @@ _MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x1000, 0x4000
 
 def _preload() -> None:
     """Import what every environment needs, except the native client (see above)."""
+    # Lambda's runtime has no pyOpenSSL. Where it is installed (mu's own virtualenv), botocore
+    # imports urllib3's pyOpenSSL module, and with it cryptography, only to take urllib3's
+    # original SSLContext from it, the class it takes from urllib3.util.ssl_ otherwise: about
+    # 50 ms of the preload and 4 MB more in the zygote that every fork copies the page tables
+    # of. Refused here, the import fails as on Lambda; a handler may still import it later.
+    blocked = "urllib3.contrib.pyopenssl" not in sys.modules
+    if blocked:
+        sys.modules["urllib3.contrib.pyopenssl"] = None  # type: ignore[assignment]
+    try:
+        _preload_modules()
+    finally:
+        if blocked and sys.modules.get("urllib3.contrib.pyopenssl", 0) is None:
+            del sys.modules["urllib3.contrib.pyopenssl"]
+
+
+def _preload_modules() -> None:
     with contextlib.suppress(ImportError):
         import boto3  # (the runtime provides it; what makes cold starts slow)
 
