@@ -16,7 +16,8 @@ files and ``mu.actor``/``mu.states``/``mu.launch``/``mu.config`` beside them
   command templating;
 * :mod:`mu.worker.jobs` runs the ``nonblock`` background jobs and owns their subprocesses;
   :mod:`mu.worker.reaper` finds and ends every process a command started;
-* :mod:`mu.worker.s3` does the S3 transfers; :mod:`mu.worker.peer` the worker-to-peer link.
+* :mod:`mu.worker.s3` does the S3 transfers; :mod:`mu.worker.peer` the worker-to-peer links,
+  imported only when a job opens one (``connect``, ``link``...).
 
 The Lambda entry point ``lambda_function.lambda_handler`` calls :func:`mu.worker.session.run`;
 ``mu/worker/lambda_function.py`` is a link to ``function/lambda_function.py`` (one file), and
