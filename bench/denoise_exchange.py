@@ -6,7 +6,12 @@ whole path of ``mu denoise`` (each worker retrieves its chunk, cuts its edge fra
 them with its neighbours through the relay with TLS on both legs, filters, uploads). The
 same chunks are then run again with ``--radius 0`` (no halos, no exchange: the filter
 copies) for comparison, both after a first radius-0 run that uploads the chunks and warms
-the execution environments up. Reported: for each run the coordinator's wall time; for the
+the execution environments up and a first radius-R run, so that each measured run writes
+its outputs over those of a run like it: the local S3 server (in this process) spools an
+object of more than about 5 MB to a file, and on this guest writing new keys' files cost
+several times the CPU of writing over old ones, whose pages had just been freed (with new
+keys for the radius-R run only, 1 CPU-s more in this process at 32 workers: the S3
+server's, not the exchange's). Reported: for each run the coordinator's wall time; for the
 radius-R run, each worker's time in the exchange (from entering ``ExchangeState`` to
 entering ``FilterState``: links, sends, waits, receives) as a share of the run's wall
 time (median and worst), split per side into opening the link and sending, and receiving
@@ -153,8 +158,10 @@ def main() -> int:
         try:
             common = {"workers": args.workers, "frames": args.f, "video": "v", "bucket": "bench"}
             # a first run uploads the chunks and warms the execution environments up, so
-            # that neither measured run pays the cold starts
+            # that neither measured run pays the cold starts; a second writes the radius-R
+            # outputs once, so that both measured runs overwrite their outputs
             one_run(site, DenoiseOptions(**common, radius=0, input_dir=str(work / "in")))
+            one_run(site, DenoiseOptions(**common, radius=args.radius))
             halos, halos_cpu = one_run(site, DenoiseOptions(**common, radius=args.radius))
             plain, plain_cpu = one_run(site, DenoiseOptions(**common, radius=0))
         finally:
