@@ -11,12 +11,13 @@ rule). A zip is unpacked outside the lock into ``STATE_DIR/unpacking/ID/``, with
 250 MiB unzipped limit (the sizes the zip lists, and the bytes written), and moved into
 place only when whole; a refused zip leaves nothing behind.
 
-Invocations go through :meth:`FunctionRegistry.invoke`. Synchronous ones run in the calling
-(request) thread; beyond the concurrency limit they are refused with 429, as on AWS.
-Asynchronous (Event) ones are accepted at once (202). One that finds a free concurrency slot
-takes it, and the request's thread starts it right after sending the 202
+Invocations go through :meth:`FunctionRegistry.invoke`. A synchronous one takes a
+concurrency slot at once, or is refused with 429 beyond the limit, as on AWS; the caller
+runs it (:attr:`InvokeResult.run`) and gets its answer when it ends, without a thread
+waiting for it. Asynchronous (Event) ones are accepted at once (202). One that finds a free
+concurrency slot takes it, and the server starts it right after sending the 202
 (:attr:`InvokeResult.start`); the others wait in a FIFO queue, started as slots free. The
-runner reports each end from its one watcher thread, and a failed Event is queued again up
+runner reports each end from its loop's thread, and a failed Event is queued again up
 to the function's ``MaximumRetryAttempts`` (default 2, as on AWS). Every invocation
 has an :class:`Invocation` record (status, attempts, error, log file), kept for the last
 ``KEEP_INVOCATIONS`` and read with :meth:`FunctionRegistry.invocation`. The execution engine
@@ -318,6 +319,10 @@ class InvokeResult:
     start: Callable[[], None] | None = None
     """For an accepted Event that holds a concurrency slot: starts it. The caller must call
     it exactly once, after the 202 is on its way (the slot stays taken until the end)."""
+    run: Callable[[Callable[[InvokeResult], None]], None] | None = None
+    """For a synchronous invoke (it holds a concurrency slot): ``run(answer)`` starts it,
+    and ``answer(result)`` follows once it ends, from the runner's thread (at once if the
+    emulator is stopping). The caller must call it exactly once."""
 
 
 class FunctionRegistry:
@@ -542,7 +547,8 @@ class FunctionRegistry:
     # -- invocations ---------------------------------------------------------------------
 
     def invoke(self, name: str, payload: bytes, kind: str, tail: bool) -> InvokeResult:
-        """Invoke ``name`` (``kind`` RequestResponse, Event or DryRun)."""
+        """Invoke ``name`` (``kind`` RequestResponse, Event or DryRun). An Event or DryRun
+        is answered now; a RequestResponse when it ends, through the result's ``run``."""
         fn = self.get(name)
         request_id = str(uuid.uuid4())
         if kind == "DryRun":
@@ -582,15 +588,21 @@ class FunctionRegistry:
                 raise TooManyRequests("Rate Exceeded.", "ConcurrentInvocationLimitExceeded")
             self._active += 1
             record = self._record(Invocation(request_id, fn.FunctionName, kind, "running", 1))
-        result: Result | None = None
-        try:
-            result = self.runner.run(self._code(fn), payload, request_id)
-        finally:
+        return InvokeResult(0, request_id=request_id, run=functools.partial(
+            self._run, self._code(fn), payload, record, tail))
+
+    def _run(self, code: Code, payload: bytes, record: Invocation, tail: bool,
+             answer: Callable[[InvokeResult], None]) -> None:
+        """Start a synchronous invocation whose slot is taken; ``answer`` its outcome."""
+
+        def done(result: Result) -> None:
             with self._lock:
                 self._active -= 1
                 self._ended(record, result)
                 self._dispatch()
-        return self._answer(result, tail, request_id)
+            answer(self._answer(result, tail, record.request_id))
+
+        self.runner.launch(code, payload, record.request_id, done)
 
     def _code(self, fn: Function) -> Code:
         """``fn.code()``, made once per revision of ``fn`` (every change of its code or

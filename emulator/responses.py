@@ -10,12 +10,13 @@ from urllib.parse import unquote
 
 from emulator import urls
 from emulator.errors import EmulatorError, InvalidParameterValue, RequestTooLarge, UnsupportedRoute
-from emulator.models import ASYNC_LIMIT, SYNC_LIMIT, FunctionRegistry
+from emulator.models import ASYNC_LIMIT, SYNC_LIMIT, FunctionRegistry, InvokeResult
 
-__all__ = ["REQUEST_LIMIT", "Request", "Response", "answers_at_once", "body_limit",
-           "error_response", "handle", "too_large"]
+__all__ = ["REQUEST_LIMIT", "Request", "Response", "blocks", "body_limit", "error_response",
+           "handle", "too_large"]
 
 REQUEST_LIMIT = 70_167_211  # bytes of a CreateFunction request with its zip, as on AWS
+_PARSED_AT_ONCE = 65536  # bytes of body at most that a request not blocking may carry
 
 
 @dataclass
@@ -34,6 +35,10 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
     after: Callable[[], None] | None = None
     """Work the server must do once the response is sent (starting an accepted Event)."""
+    later: Callable[[Callable[[Response], None]], None] | None = None
+    """Set for a synchronous invoke, whose answer is not this one: the server must call
+    ``later(reply)`` exactly once, and ``reply(answer)`` follows once the invocation has
+    ended, from the runner's thread (at once if the emulator is stopping)."""
 
 
 def _json(status: int, obj: Any, headers: dict[str, str] | None = None) -> Response:
@@ -56,12 +61,13 @@ def _params(req: Request) -> dict[str, Any]:
     return obj
 
 
-def answers_at_once(req: Request) -> bool:
-    """Whether ``req`` is answered without waiting for anything: an Event or DryRun Invoke
-    (accepted or refused at once; the function runs later). Any other request may block:
-    a synchronous invoke runs the function, CreateFunction unpacks a zip."""
-    return (_is_invoke(req.method, req.path)
-            and req.headers.get("x-amz-invocation-type") in ("Event", "DryRun"))
+def blocks(req: Request) -> bool:
+    """Whether :func:`handle` may hold up its thread on ``req``: any request that writes the
+    state directory (CreateFunction unpacks a zip, UpdateFunctionCode, DeleteFunction...)
+    or carries more than 64 KiB of body to parse. An Invoke (a synchronous one is answered
+    later: :attr:`Response.later`) and a read are handled without waiting for anything."""
+    return len(req.body) > _PARSED_AT_ONCE or not (
+        req.method == "GET" or _is_invoke(req.method, req.path))
 
 
 def _is_invoke(method: str, target: str) -> bool:
@@ -169,6 +175,14 @@ def invoke(reg: FunctionRegistry, req: Request, name: str) -> Response:
     kind = req.headers.get("x-amz-invocation-type", "RequestResponse")
     tail = req.headers.get("x-amz-log-type", "None") == "Tail"
     result = reg.invoke(name, req.body, kind, tail)
+    run = result.run
+    if run is not None:
+        return Response(0, later=lambda reply: run(lambda ended: reply(_invoked(ended))))
+    return _invoked(result)
+
+
+def _invoked(result: InvokeResult) -> Response:
+    """What Invoke answers for ``result``."""
     out = {"x-amzn-RequestId": result.request_id, "X-Amz-Executed-Version": "$LATEST"}
     if result.function_error:
         out["X-Amz-Function-Error"] = result.function_error

@@ -12,7 +12,10 @@ comes to.
 
 All the runner's work happens in one thread running an ``asyncio`` loop: the Runtime API
 endpoints, every environment's log pipe and pidfd, the timers of deadlines, the memory
-checks and idle reaping. :meth:`Runner.launch` (any thread) hands an invocation to that loop.
+checks and idle reaping; the emulator's Lambda API (:mod:`emulator.server`) serves from the
+same loop (:attr:`Runner.loop`), so that an invocation goes from its Invoke request to its
+environment without leaving that thread. :meth:`Runner.launch` (any thread; from the loop's
+own, within the call) hands an invocation to that loop.
 There it goes to an idle environment of its function, the one used most recently (a *warm*
 start: module globals and ``/tmp`` are as the last invocation left them; the environment's
 parked ``next`` is answered in that same callback, :class:`_RuntimeAPI`), or else a new
@@ -501,8 +504,19 @@ class Runner:
 
     # -- any thread ------------------------------------------------------------------------
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop all of this runner's work runs in (in a thread of its own); other parts
+        of the emulator may serve from it too (:mod:`emulator.server`)."""
+        return self._loop
+
+    def in_loop(self) -> bool:
+        """Whether the caller runs in :attr:`loop`'s thread."""
+        return threading.get_ident() == self._thread.ident
+
     def run(self, code: Code, payload: bytes, request_id: str) -> Result:
-        """Run one invocation to its end and return the outcome."""
+        """Run one invocation to its end and return the outcome (never from :attr:`loop`:
+        it would wait for itself)."""
         ended = threading.Event()
         results: list[Result] = []
 
@@ -519,11 +533,15 @@ class Runner:
     ) -> None:
         """Start one invocation and return at once; ``on_done(result)`` follows, always,
         from the runner's thread (never from within this call), except after :meth:`close`,
-        when it is called at once with a "stopping" error."""
+        when it is called at once with a "stopping" error. Called from the runner's thread
+        (the Lambda API's Event), the invocation goes to its environment within the call."""
         inv = _Invocation(code, request_id, payload, on_done)
         if self._closed:
             on_done(Result(False, error=_error("the emulator is stopping", "Runtime.Stopped"),
                            log_path=str(log_file(self.state_dir, code.name))))
+            return
+        if self.in_loop():  # delivered now: no self-pipe write, no turn of the loop
+            self._launch(inv)
             return
         try:
             self._loop.call_soon_threadsafe(self._launch, inv)
@@ -552,7 +570,7 @@ class Runner:
     def forget(self, name: str, reason: str | None = None) -> None:
         """Function ``name`` was updated (its environments are destroyed once idle) or, with
         a ``reason``, deleted (its running invocations are killed, each failing with it)."""
-        self._call(self._forget, name, reason)
+        self.call(self._forget, name, reason)
 
     def close(self) -> None:
         """Kill every environment and zygote; every ``on_done`` has been called when this
@@ -560,24 +578,28 @@ class Runner:
         if self._closed:
             return
         self._closed = True
-        self._call(self._close_all)
+        self.call(self._close_all)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self.logs.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run ``fn(*args)`` in the loop and wait for it."""
+    def call(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` in :attr:`loop` and wait for it (at once when called from
+        the loop's thread; not at all once the loop is closed)."""
+        if self.in_loop():
+            fn(*args)
+            return
         done = threading.Event()
 
-        def call() -> None:
+        def in_loop() -> None:
             try:
                 fn(*args)
             finally:
                 done.set()
 
         try:
-            self._loop.call_soon_threadsafe(call)
+            self._loop.call_soon_threadsafe(in_loop)
         except RuntimeError:
             return
         done.wait()
@@ -983,9 +1005,10 @@ class Runner:
         if inv is None:
             return
         env.inv, env.delivered = None, False
+        # Free before its end is recorded: an invocation launched from ``on_done`` (a
+        # queued Event given the slot) takes it rather than making a new environment.
+        self._returning.setdefault(env.key, set()).add(env)
         self._complete(inv, result, env)
-        if not env.dead and env.inv is None:
-            self._returning.setdefault(env.key, set()).add(env)
 
     def _complete(self, inv: _Invocation, result: Result, env: _Env | None) -> None:
         if inv.timer is not None:

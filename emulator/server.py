@@ -1,23 +1,28 @@
 """The emulator's HTTP server: HTTP/1.1 keep-alive on 127.0.0.1, started ready, stopped joined.
 
-``start()`` binds (port 0 by default), starts the serving thread and returns once it
-serves; ``.url`` and ``.address`` give the real port. ``stop()`` stops accepting, kills
-every execution environment and zygote, and joins the serving and runner threads (a
-request still being handled in a thread of its own ends with its invocation).
+``start()`` binds (port 0 by default) and returns once the server is serving; ``.url`` and
+``.address`` give the real port. ``stop()`` stops accepting, kills every execution
+environment and zygote, and joins the runner's thread (a request still being handled in a
+thread of its own, CreateFunction unpacking a zip, ends on its own).
 
 Theory of operation
 -------------------
-One thread serves every connection from one ``selectors`` loop: it reads what each
-connection sends, parses each complete request (request line, headers, a
-``Content-Length`` body; keep-alive, pipelining and ``Expect: 100-continue``) and answers in
-order. A request that is answered without waiting for anything (an Event or DryRun invoke:
-:func:`~emulator.responses.answers_at_once`) is handled right there, so a burst of Event
-invokes costs no thread switch per request; any other request may block (a synchronous
-invoke runs the function, CreateFunction unpacks a zip) and is handled in a thread of its
-own, while the loop serves the other connections and reads no further on that one until
-the answer is out. ``http.server`` is not used: its handler parses headers with the
-``email`` package (about a third of a millisecond per request) and needs a thread per
-connection.
+The Lambda API is served from the runner's ``asyncio`` loop (:attr:`Runner.loop
+<emulator.runner.Runner.loop>`), the thread that also serves the environments' Runtime API:
+each connection is a non-blocking socket watched with the loop's ``add_reader`` and
+``add_writer``. The server reads what each connection sends, parses each complete request
+(request line, headers, a ``Content-Length`` body; keep-alive, pipelining and ``Expect:
+100-continue``) and answers in order. An Invoke or a read is handled right there
+(:func:`~emulator.responses.blocks`): an Event or DryRun is answered at once, and the
+Event it accepted goes to the runner in the same thread, with no hand-over between threads
+per invocation; a synchronous invoke is started there, and its answer goes out when the
+runner reports its end (:attr:`~emulator.responses.Response.later`), with no thread waiting
+for it. Any other request may block (CreateFunction unpacks a zip, anything that writes the
+state directory) and is handled in a thread of its own, whose answer the loop sends, so the
+loop never waits for the disk. A connection whose request is being handled apart is read
+no further until its answer is out. ``http.server`` is not used: its handler parses
+headers with the ``email`` package (about a third of a millisecond per request) and needs a
+thread per connection.
 
 Whatever a client makes the loop hold is bounded (:class:`Limits`): the number of
 connections (at the cap, the one quiet longest is closed to make room), the time a
@@ -30,6 +35,7 @@ client that does not read its answers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
@@ -39,7 +45,7 @@ import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -52,7 +58,7 @@ from emulator.models import FunctionRegistry
 from emulator.responses import (
     Request,
     Response,
-    answers_at_once,
+    blocks,
     body_limit,
     error_response,
     handle,
@@ -107,6 +113,7 @@ class _Connection:
         "discard",
         "eof",
         "events",
+        "fd",
         "head",
         "inbuf",
         "last",
@@ -118,14 +125,15 @@ class _Connection:
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.inbuf = bytearray()
         self.outbuf = bytearray()
-        self.busy = False  # a request of this connection is being handled in a thread
+        self.busy = False  # a request of this connection is being handled apart
         self.eof = False  # the client has sent all it will (its requests are still served)
         self.closing = False  # close once the answers queued are sent
         self.closed = False
         self.continued = False  # "100 Continue" sent for the request being read
-        self.events = selectors.EVENT_READ  # what the selector watches it for (0: nothing)
+        self.events = 0  # what the loop watches it for (selectors.EVENT_READ, _WRITE)
         self.last = now  # when it last brought or took bytes
         self.started = now  # when the first byte of the request being read arrived
         self.head = False  # the headers of the request being read are in
@@ -134,66 +142,40 @@ class _Connection:
 
 
 class _HTTPServer:
-    """The serving loop (see the module's theory of operation)."""
+    """The server's callbacks in the runner's loop (see the module's theory of operation):
+    every method but the constructor runs in the loop's thread."""
 
-    def __init__(
-        self, address: tuple[str, int], registry: FunctionRegistry, limits: Limits = Limits()
-    ) -> None:
+    def __init__(self, address: tuple[str, int], registry: FunctionRegistry,
+                 loop: asyncio.AbstractEventLoop, limits: Limits = Limits()) -> None:
         self.registry = registry
         self.limits = limits
+        self._loop = loop
         self._listener = socket.create_server(address, backlog=_BACKLOG)
         self._listener.setblocking(False)
         self.server_address = self._listener.getsockname()
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._listener, selectors.EVENT_READ, "listen")
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)  # a wake-up already on its way is enough
-        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
-        self._answered: deque[tuple[_Connection, Response, bool]] = deque()  # by threads
         # Open connections, the one quiet longest first (moved to the end when active).
         self._connections: OrderedDict[_Connection, None] = OrderedDict()
-        self._accepting = True  # False while it cannot take more, until a connection closes
+        self._accepting = False  # watching the listener (not while it cannot take more)
         self._stopping = False
+        self._sweeper: asyncio.TimerHandle | None = None
         self.reserved = 0  # bytes of the body budget taken
         self.evicted = 0  # connections closed to make room for new ones
         self.timed_out = 0  # connections closed by a timeout
 
-    def serve_forever(self) -> None:
-        try:
-            next_sweep = time.monotonic() + _SWEEP
-            while not self._stopping:
-                for key, mask in self._selector.select(_SWEEP):
-                    if key.data == "listen":
-                        self._accept()
-                    elif key.data == "wake":
-                        self._woken()
-                    else:
-                        conn: _Connection = key.data
-                        if mask & selectors.EVENT_WRITE:
-                            self._flush(conn)
-                        if mask & selectors.EVENT_READ and not conn.closed:
-                            self._read(conn)
-                now = time.monotonic()
-                if now >= next_sweep:
-                    next_sweep = now + _SWEEP
-                    self._sweep(now)
-        finally:
-            for conn in list(self._connections):
-                self._close(conn)
-            self._selector.close()
-            self._listener.close()
-            self._wake_r.close()
-            self._wake_w.close()  # a request thread finishing later finds it closed: fine
+    def start(self) -> None:
+        """Accept and serve."""
+        self._resume_accepting()
+        self._sweeper = self._loop.call_later(_SWEEP, self._sweep)
 
     def shutdown(self) -> None:
-        """Make :meth:`serve_forever` return (it closes every connection)."""
+        """Stop accepting and close every connection (an answer to come is dropped)."""
         self._stopping = True
-        self._wake()
-
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._pause_accepting()
+        for conn in list(self._connections):
+            self._close(conn)
+        self._listener.close()
 
     def _accept(self) -> None:
         for _ in range(_ACCEPTS):
@@ -217,14 +199,19 @@ class _HTTPServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = _Connection(sock, time.monotonic())
             self._connections[conn] = None
-            self._selector.register(sock, selectors.EVENT_READ, conn)
+            self._interest(conn)
             if len(self._connections) > self.limits.connections:
                 self._evict()  # one quieter than this new one: checked above
 
     def _pause_accepting(self) -> None:
         if self._accepting:
-            self._selector.unregister(self._listener)
+            self._loop.remove_reader(self._listener.fileno())
             self._accepting = False
+
+    def _resume_accepting(self) -> None:
+        if not self._accepting and not self._stopping:
+            self._loop.add_reader(self._listener.fileno(), self._accept)
+            self._accepting = True
 
     def _evict(self) -> bool:
         """Close the connection quiet longest whose request is not being handled; False if
@@ -236,8 +223,10 @@ class _HTTPServer:
                 return True
         return False
 
-    def _sweep(self, now: float) -> None:
-        """Close the connections past a deadline (see :class:`Limits`)."""
+    def _sweep(self) -> None:
+        """Close the connections past a deadline (see :class:`Limits`); again in a second."""
+        self._sweeper = self._loop.call_later(_SWEEP, self._sweep)
+        now = time.monotonic()
         limits = self.limits
         for conn in list(self._connections):
             if conn.busy:
@@ -258,16 +247,29 @@ class _HTTPServer:
                 self.timed_out += 1
                 self._close(conn)
 
-    def _woken(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            self._wake_r.recv(4096)
-        while self._answered:
-            conn, resp, keep = self._answered.popleft()
-            conn.busy = False
-            self._release(conn)
-            if not conn.closed:
-                self._answer(conn, resp, keep)
-                self._advance(conn)
+    def _answered(self, conn: _Connection, resp: Response, keep: bool) -> None:
+        """``resp`` answers ``conn``'s request handled apart (in a thread, or a synchronous
+        invoke): send it (or, a synchronous invoke's, await its answer), then serve on."""
+        if resp.later is not None:
+            resp.later(functools.partial(self._reply, conn, keep))
+            return
+        conn.busy = False
+        self._release(conn)
+        if not conn.closed:
+            self._answer(conn, resp, keep)
+            self._advance(conn)
+
+    def _reply(self, conn: _Connection, keep: bool, resp: Response) -> None:
+        """A synchronous invoke's answer: sent on a turn of the loop of its own (it may
+        come from within ``Response.later`` itself, when the emulator is stopping)."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the emulator stopped
+            self._loop.call_soon(self._answered, conn, resp, keep)
+
+    def _handle_apart(self, conn: _Connection, req: Request, keep: bool) -> None:
+        """Handle ``req`` (one that may block) in a thread of its own."""
+        resp = handle(self.registry, req)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the emulator stopped
+            self._loop.call_soon_threadsafe(self._answered, conn, resp, keep)
 
     def _read(self, conn: _Connection) -> None:
         try:
@@ -339,13 +341,18 @@ class _HTTPServer:
             conn.continued = conn.head = False
             conn.started = time.monotonic()  # of the next request, whose bytes follow
             req = Request(method, target, headers, body)
-            if answers_at_once(req):
-                self._answer(conn, handle(self.registry, req), keep, starts)
-                self._release(conn)
-            else:
+            if blocks(req):
                 conn.busy = True
-                threading.Thread(target=self._handle_slow, args=(conn, req, keep),
+                threading.Thread(target=self._handle_apart, args=(conn, req, keep),
                                  name="mu-emulator-request", daemon=True).start()
+                continue
+            resp = handle(self.registry, req)
+            if resp.later is None:
+                self._answer(conn, resp, keep, starts)
+                self._release(conn)
+            else:  # started once the answers before it are out, like the Events they took
+                conn.busy = True
+                starts.append(functools.partial(self._answered, conn, resp, keep))
         if conn.outbuf and not conn.closed:
             self._flush(conn)
         for start in starts:
@@ -361,10 +368,6 @@ class _HTTPServer:
         """Give back the body budget ``conn``'s request held."""
         self.reserved -= conn.reserved
         conn.reserved = 0
-
-    def _handle_slow(self, conn: _Connection, req: Request, keep: bool) -> None:
-        self._answered.append((conn, handle(self.registry, req), keep))
-        self._wake()
 
     def _answer(self, conn: _Connection, resp: Response, keep: bool,
                 starts: list[Callable[[], None]] | None = None) -> None:
@@ -429,15 +432,21 @@ class _HTTPServer:
         events = selectors.EVENT_READ if reading or conn.discard else 0
         if conn.outbuf:
             events |= selectors.EVENT_WRITE
-        if events == conn.events:
-            return
-        if not events:
-            self._selector.unregister(conn.sock)
-        elif not conn.events:
-            self._selector.register(conn.sock, events, conn)
-        else:
-            self._selector.modify(conn.sock, events, conn)
-        conn.events = events
+        self._watch(conn, events)
+
+    def _watch(self, conn: _Connection, events: int) -> None:
+        """Have the loop watch ``conn`` for ``events`` (0: nothing)."""
+        changed, conn.events = events ^ conn.events, events
+        if changed & selectors.EVENT_READ:
+            if events & selectors.EVENT_READ:
+                self._loop.add_reader(conn.fd, self._read, conn)
+            else:
+                self._loop.remove_reader(conn.fd)
+        if changed & selectors.EVENT_WRITE:
+            if events & selectors.EVENT_WRITE:
+                self._loop.add_writer(conn.fd, self._flush, conn)
+            else:
+                self._loop.remove_writer(conn.fd)
 
     def _close(self, conn: _Connection) -> None:
         if conn.closed:
@@ -446,11 +455,8 @@ class _HTTPServer:
         self._connections.pop(conn, None)
         if not conn.busy:
             self._release(conn)  # a request being handled gives its budget back when done
-        if not self._accepting and not self._stopping:
-            self._accepting = True
-            self._selector.register(self._listener, selectors.EVENT_READ, "listen")
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(conn.sock)
+        self._resume_accepting()
+        self._watch(conn, 0)
         conn.sock.close()
 
 
@@ -563,21 +569,20 @@ class ThreadedEmulatorServer:
             raise
         self._port = port
         self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._ready = threading.Event()
 
     def start(self) -> None:
-        """Bind 127.0.0.1 and serve; return once serving (raises after a bounded wait)."""
-        self._httpd = _HTTPServer(("127.0.0.1", self._port), self.registry, self.limits)
-        self._thread = threading.Thread(target=self._serve, name="mu-emulator", daemon=True)
-        self._thread.start()
+        """Bind 127.0.0.1 and serve from the runner's loop; return once serving (raises
+        after a bounded wait)."""
+        self._httpd = _HTTPServer(("127.0.0.1", self._port), self.registry, self.runner.loop,
+                                  self.limits)
+        self.runner.loop.call_soon_threadsafe(self._serve, self._httpd)
         if not self._ready.wait(_READY_TIMEOUT):
             raise RuntimeError("the emulator did not start serving")
 
-    def _serve(self) -> None:
-        assert self._httpd is not None
+    def _serve(self, httpd: _HTTPServer) -> None:
+        httpd.start()
         self._ready.set()
-        self._httpd.serve_forever()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -597,9 +602,7 @@ class ThreadedEmulatorServer:
         """Stop serving, kill execution environments and zygotes, join (also after a failed
         :meth:`start`: the runner's temp folder is removed either way)."""
         if self._httpd is not None:
-            self._httpd.shutdown()
-            if self._thread is not None:
-                self._thread.join()
+            self.runner.call(self._httpd.shutdown)
             self._httpd = None
         self.registry.close()
 

@@ -737,6 +737,66 @@ def test_pipelined_requests_on_one_keep_alive_connection(
     assert emulator.registry.wait_idle(60)
 
 
+def read_answers(sock: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """The next ``count`` HTTP answers on ``sock``: (status, body) each."""
+    buf, answers = b"", list[tuple[int, bytes]]()
+    while len(answers) < count:
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            assert chunk, f"closed after {answers}"
+            buf += chunk
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        length = next((int(line.split(":", 1)[1]) for line in lines[1:]
+                       if line.lower().startswith("content-length:")), 0)
+        while len(buf) < length:
+            chunk = sock.recv(65536)
+            assert chunk, "closed inside an answer"
+            buf += chunk
+        answers.append((int(lines[0].split()[1]), buf[:length]))
+        buf = buf[length:]
+    return answers
+
+
+def test_synchronous_invokes_wait_without_a_thread_and_answer_in_order(
+    lam: Any, emulator: ThreadedEmulatorServer
+) -> None:
+    name = make(lam, Timeout=60)
+    host, port = emulator.address
+    gate = Gate()
+
+    def invoke_request(kind: str, event: dict[str, Any]) -> bytes:
+        body = json.dumps(event).encode()
+        return (f"POST /2015-03-31/functions/{name}/invocations HTTP/1.1\r\n"
+                f"Host: {host}:{port}\r\nX-Amz-Invocation-Type: {kind}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    get = f"GET /2015-03-31/functions/{name} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    try:
+        with contextlib.ExitStack() as stack:
+            socks = [stack.enter_context(socket.create_connection((host, port), timeout=60))
+                     for _ in range(3)]
+            for sock in socks:  # a synchronous invoke, and two requests pipelined behind it
+                sock.sendall(invoke_request("RequestResponse", {"action": "wait",
+                                                                "gate": gate.port})
+                             + invoke_request("DryRun", {}) + get)
+            assert wait_for(lambda: len(emulator.runner.pids()) == 3)
+            # No thread waits for them (one that handled an earlier request may be ending),
+            # and other clients are served meanwhile.
+            assert wait_for(lambda: not any(t.name == "mu-emulator-request"
+                                            for t in threading.enumerate()))
+            assert lam.invoke(FunctionName=name, InvocationType="DryRun")["StatusCode"] == 204
+            assert lam.get_function(FunctionName=name)["Configuration"]["FunctionName"] == name
+            gate.touch()
+            for sock in socks:
+                answers = read_answers(sock, 3)
+                assert [status for status, _ in answers] == [200, 204, 200]
+                assert json.loads(answers[0][1])["name"] == name
+                assert json.loads(answers[2][1])["Configuration"]["FunctionName"] == name
+    finally:
+        gate.close()
+
+
 def test_aws_cli_lists_functions(lam: Any, emulator: ThreadedEmulatorServer) -> None:
     aws = shutil.which("aws")
     if aws is None:
