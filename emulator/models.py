@@ -8,8 +8,9 @@ A registry opened on an existing state directory finds the functions created bef
 skips a damaged one). Every parameter is checked for type and range before anything is
 stored (:class:`~emulator.errors.InvalidParameterValue` names the field, the value and the
 rule). A zip is unpacked outside the lock into ``STATE_DIR/unpacking/ID/``, within Lambda's
-250 MiB unzipped limit (the sizes the zip lists, and the bytes written), and moved into
-place only when whole; a refused zip leaves nothing behind.
+250 MiB unzipped limit (the sizes the zip lists, and the bytes written), hashed and written
+beside it, and moved into place only when whole (under the lock only the moves): a refused
+zip leaves nothing behind, and an invoke never waits for a zip's hash or write.
 
 Invocations go through :meth:`FunctionRegistry.invoke`. A synchronous one takes a
 concurrency slot at once, or is refused with 429 beyond the limit, as on AWS; the caller
@@ -34,6 +35,7 @@ import functools
 import hashlib
 import io
 import json
+import os
 import random
 import re
 import shutil
@@ -45,7 +47,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from emulator.errors import (
     EmulatorError,
@@ -182,6 +184,24 @@ def _zip_of(code: dict[str, Any]) -> bytes:
         raise InvalidParameterValue(
             f"Zipped size {len(raw)} bytes is above the limit of {ZIPPED_LIMIT} bytes")
     return raw
+
+
+class _Unpacked(NamedTuple):
+    """A zip unpacked into ``folder``, the zip itself kept beside it, and its SHA-256."""
+
+    folder: Path
+    digest: bytes
+    size: int
+
+    @property
+    def zip(self) -> Path:
+        return self.folder.with_suffix(".zip")
+
+
+def _discard(unpacked: _Unpacked) -> None:
+    """Remove what :meth:`FunctionRegistry._unpack` left that was not moved into place."""
+    shutil.rmtree(unpacked.folder, ignore_errors=True)
+    unpacked.zip.unlink(missing_ok=True)
 
 
 def _unzip(raw: bytes, folder: Path) -> None:
@@ -431,11 +451,11 @@ class FunctionRegistry:
                 if name in self._functions:
                     raise ResourceConflict(f"Function already exist: {name}")
                 fn = Function(FunctionName=name, CodeSha256="", CodeSize=0, **settings)
-                self._store_code(fn, zip_bytes, unpacked)
+                self._store_code(fn, unpacked)
                 self._functions[name] = fn
                 self._save(fn)
         finally:
-            shutil.rmtree(unpacked, ignore_errors=True)  # gone once stored
+            _discard(unpacked)  # gone once stored
         self.runner.warm(fn.code(self.region))
         return fn
 
@@ -447,12 +467,12 @@ class FunctionRegistry:
             with self._lock:
                 if self._functions.get(fn.FunctionName) is not fn:
                     raise ResourceNotFound(f"Function not found: {fn.arn(self.region)}")
-                self._store_code(fn, zip_bytes, unpacked)
+                self._store_code(fn, unpacked)
                 fn.LastModified = _now()
                 fn.RevisionId = str(uuid.uuid4())
                 self._save(fn)
         finally:
-            shutil.rmtree(unpacked, ignore_errors=True)
+            _discard(unpacked)
         self.runner.forget(fn.FunctionName)
         self.runner.warm(fn.code(self.region))
         return fn
@@ -503,8 +523,10 @@ class FunctionRegistry:
             "DestinationConfig": {"OnSuccess": {}, "OnFailure": {}},
         }
 
-    def _unpack(self, zip_bytes: bytes) -> Path:
-        """Unpack a zip into a folder of its own under ``STATE_DIR/unpacking/``; the folder.
+    def _unpack(self, zip_bytes: bytes) -> _Unpacked:
+        """Unpack a zip into a folder of its own under ``STATE_DIR/unpacking/``, with the zip
+        itself beside it (``FOLDER.zip``) and its digest, all made before the registry's lock
+        is taken: a large zip's hash and write would hold it (and every invoke) up.
 
         Its Python files are compiled there, once: environments import them from a read-only
         task root (a sandbox's ``/var/task``), where Python could not keep what it compiles,
@@ -517,25 +539,26 @@ class FunctionRegistry:
         """
         folder = self.state_dir / "unpacking" / uuid.uuid4().hex
         folder.parent.mkdir(parents=True, exist_ok=True)
+        unpacked = _Unpacked(folder, hashlib.sha256(zip_bytes).digest(), len(zip_bytes))
         try:
             _unzip(zip_bytes, folder)
             compileall.compile_dir(folder, quiet=2)
+            unpacked.zip.write_bytes(zip_bytes)
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
+            _discard(unpacked)
             raise
-        return folder
+        return unpacked
 
-    def _store_code(self, fn: Function, zip_bytes: bytes, unpacked: Path) -> None:
-        """Give ``fn`` the code unpacked in ``unpacked`` (moved; lock held)."""
-        digest = hashlib.sha256(zip_bytes)
+    def _store_code(self, fn: Function, unpacked: _Unpacked) -> None:
+        """Give ``fn`` the code in ``unpacked`` (moved into place; lock held)."""
         home = self.state_dir / "functions" / fn.FunctionName
-        code_dir = home / f"code-{digest.hexdigest()[:16]}"
+        code_dir = home / f"code-{unpacked.digest.hex()[:16]}"
         home.mkdir(parents=True, exist_ok=True)
         if not code_dir.is_dir():
-            unpacked.rename(code_dir)
-        (home / "code.zip").write_bytes(zip_bytes)
-        fn.CodeSha256 = base64.b64encode(digest.digest()).decode()
-        fn.CodeSize, fn.code_dir = len(zip_bytes), str(code_dir)
+            unpacked.folder.rename(code_dir)
+        os.replace(unpacked.zip, home / "code.zip")
+        fn.CodeSha256 = base64.b64encode(unpacked.digest).decode()
+        fn.CodeSize, fn.code_dir = unpacked.size, str(code_dir)
 
     def _save(self, fn: Function) -> None:
         home = self.state_dir / "functions" / fn.FunctionName
