@@ -41,17 +41,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from warm_worker import SERVER  # moto's S3 on loopback until stdin closes
 
-SERVER = """
-import sys
-from emulator.s3 import S3Server
-server = S3Server()
-server.start()
-print(server.endpoint_url, flush=True)
-sys.stdin.read()
-server.stop()
-"""
+ROOT = Path(__file__).resolve().parents[1]
 
 SETUP = """
 import compileall, json, os, pathlib, shutil, sys
