@@ -540,7 +540,7 @@ class Runner:
         inv = _Invocation(code, request_id, payload, on_done)
         if self._closed:
             on_done(Result(False, error=_error("the emulator is stopping", "Runtime.Stopped"),
-                           log_path=str(log_file(self.state_dir, code.name))))
+                           log_path=self._log_path(code.name)))
             return
         if self.in_loop():  # delivered now: no self-pipe write, no turn of the loop
             self._launch(inv)
@@ -1207,12 +1207,18 @@ class Runner:
             target.log += line
         self.logs.put(f"/aws/lambda/{env.code.name}", env.stream, line)
 
+    def _log_path(self, function: str) -> str:
+        """``function``'s log file (kept: a Path made per invocation was about 5 % of the
+        loop's time)."""
+        path = self._log_paths.get(function)
+        if path is None:
+            path = self._log_paths[function] = str(log_file(self.state_dir, function))
+        return path
+
     def _record(self, inv: _Invocation) -> str:
         """Append ``inv``'s log to its function's log file, in one write (a reader never
         sees half of another record); the file's path."""
-        path = self._log_paths.get(inv.code.name)
-        if path is None:  # (a Path made per invocation was about 5 % of the loop's time)
-            path = self._log_paths[inv.code.name] = str(log_file(self.state_dir, inv.code.name))
+        path = self._log_path(inv.code.name)
         if not inv.log:
             return path
         record = log_record(inv.request_id, inv.log)
